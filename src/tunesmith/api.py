@@ -1,0 +1,258 @@
+"""The Python API: the stages run in pipeline order.
+
+prepare:  config -> data (read, checked, split) -> backbone -> resolved config
+fit:      prepare -> train (trial 0, the recipe) -> evaluate on test once -> bundle -> metrics
+load:     a run folder or bundle -> Predictor
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunesmith import __version__
+from tunesmith.config import Config, load_config
+from tunesmith.console import console
+from tunesmith.data import TaskData, load_task_data
+from tunesmith.data.images import median_side
+from tunesmith.evaluate import (
+    PRIMARY_METRIC,
+    classification_metrics,
+    collect_logits,
+    majority_baseline,
+)
+from tunesmith.export import Predictor, load_predictor, save_bundle
+from tunesmith.io import write_json, write_text
+from tunesmith.models import Backbone, Classifier, build_backbone, make_head
+from tunesmith.models.inputs import eval_batches, train_batches
+from tunesmith.report import summary_table
+from tunesmith.search import DataProfile, image_size, resolve, train_settings
+from tunesmith.train import TrialResult, train_trial
+
+EVAL_BATCH_SIZE = 64
+
+
+@dataclass
+class Prepared:
+    config: Config  # resolved: no `auto` left
+    data: TaskData
+    backbone: Backbone
+    profile: DataProfile
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_dir: Path
+    metrics: dict[str, Any]
+
+
+def _as_config(config: Config | str | Path, overrides: list[str] | None) -> Config:
+    if isinstance(config, Config):
+        return config
+    return load_config(config, overrides)
+
+
+def prepare(config: Config) -> Prepared:
+    """Read and split the data, load the backbone and resolve every `auto` in the config."""
+    data = load_task_data(config)
+    profile = DataProfile(
+        modality=data.modality,
+        train_rows=len(data.train),
+        classes=len(data.classes),
+        median_image_side=median_side(data.train.inputs) if data.modality == "image" else None,
+    )
+    requested_size = config.data.image_size
+    backbone = build_backbone(
+        config.model.backbone,
+        modality=data.modality,
+        resolve=config.path,
+        max_length=None if config.data.max_length == "auto" else int(config.data.max_length),
+        image_size=None if requested_size == "auto" else int(requested_size),
+    )
+    if data.modality == "image" and requested_size == "auto":
+        pretrained = backbone.pretrained_stats()["pretrained_size"]  # type: ignore[operator]
+        backbone.image_size = image_size(profile, int(pretrained))  # type: ignore[assignment]
+    resolved = resolve(
+        config,
+        profile,
+        num_features=backbone.num_features,
+        preprocessing=backbone.preprocessing(),
+        backbone=_absolute_spec(config),
+    )
+    return Prepared(resolved, data, backbone, profile)
+
+
+def _absolute_spec(config: Config) -> str:
+    """The backbone spec with its paths made absolute, so the resolved config works anywhere."""
+    from urllib.parse import urlencode
+
+    from tunesmith.models import parse_spec
+
+    spec = parse_spec(config.model.backbone)
+    target = spec.target
+    if spec.source == "hf":
+        target = str(config.path(target))
+    options = {k: str(config.path(v)) if k == "weights" else v for k, v in spec.options.items()}
+    query = f"?{urlencode(options, safe='/:')}" if options else ""
+    return f"{spec.source}:{target}{query}"
+
+
+def validate(config: Config | str | Path, overrides: list[str] | None = None) -> Prepared:
+    """Check config, data and model without training: one forward pass on two training rows."""
+    prepared = prepare(_as_config(config, overrides))
+    model = _classifier(prepared)
+    batches = eval_batches(prepared.backbone, prepared.data.train.inputs[:2], batch_size=2)
+    logits, _ = collect_logits(model, batches)
+    if logits.shape != (min(2, len(prepared.data.train)), len(prepared.data.classes)):
+        raise AssertionError(f"unexpected output shape {logits.shape}")
+    return prepared
+
+
+def _classifier(prepared: Prepared) -> Classifier:
+    head = prepared.config.model.head
+    return Classifier(
+        prepared.backbone,
+        make_head(
+            prepared.backbone.num_features,
+            len(prepared.data.classes),
+            layers=int(head.layers),
+            hidden=int(head.hidden),
+            activation=str(head.activation),
+            init=str(head.init),
+            dropout=float(head.dropout),
+        ),
+    )
+
+
+def _fresh_run_dir(run_dir: Path) -> None:
+    """Start a run folder; a finished run already there is renamed, never overwritten."""
+    if (run_dir / "metrics.json").exists():
+        stamp = time.strftime(
+            "%Y%m%d-%H%M%S", time.localtime((run_dir / "metrics.json").stat().st_mtime)
+        )
+        kept = run_dir.with_name(f"{run_dir.name}-{stamp}")
+        run_dir.rename(kept)
+        console.print(f"[yellow]kept the previous run as {kept}[/]")
+    elif run_dir.exists():
+        shutil.rmtree(run_dir / "trials", ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _data_report(data: TaskData) -> dict[str, Any]:
+    return {
+        "task": data.task,
+        "classes": data.classes,
+        "parts": {
+            name: {"rows": len(part), "label_counts": dict(Counter(part.labels).most_common())}
+            for name, part in (("train", data.train), ("val", data.val), ("test", data.test))
+        },
+    }
+
+
+def fit(config: Config | str | Path, overrides: list[str] | None = None) -> RunSummary:
+    """Run the whole pipeline, as `tunesmith run` does."""
+    started = time.perf_counter()
+    prepared = prepare(_as_config(config, overrides))
+    resolved, data = prepared.config, prepared.data
+    run_dir = resolved.run_dir
+    _fresh_run_dir(run_dir)
+    write_text(run_dir / "config.yaml", resolved.to_yaml())
+    write_json(run_dir / "splits.json", data.splits)
+    write_json(run_dir / "data_report.json", _data_report(data))
+
+    settings = train_settings(resolved)
+    model = _classifier(prepared)
+    train_loader = train_batches(
+        prepared.backbone,
+        data.train,
+        data.targets(data.train),
+        batch_size=settings.batch_size,
+        seed=settings.seed,
+    )
+    val = eval_batches(
+        prepared.backbone, data.val.inputs, data.targets(data.val), batch_size=EVAL_BATCH_SIZE
+    )
+    trial_dir = run_dir / "trials" / "0"
+    write_text(trial_dir / "config.yaml", resolved.to_yaml())
+    console.print(
+        f"[bold]training[/] {resolved.model.backbone} on {len(data.train)} rows "
+        f"({len(data.val)} val, {len(data.test)} test held out)"
+    )
+    result = train_trial(model, train_loader, val, settings, trial_dir)
+
+    test_metrics = _evaluate_test(model, prepared, result)
+    save_bundle(
+        model,
+        run_dir / "best",
+        task=data.task,
+        classes=data.classes,
+        head=resolved.model.head.model_dump(),
+        inputs={"text_column": resolved.data.text_column} if data.modality == "text" else {},
+    )
+    metrics = _metrics_record(prepared, result, test_metrics, time.perf_counter() - started)
+    write_json(run_dir / "metrics.json", metrics)
+    console.print(summary_table(metrics, str(run_dir)))
+    return RunSummary(run_dir, metrics)
+
+
+def _evaluate_test(model: Classifier, prepared: Prepared, result: TrialResult) -> dict[str, float]:
+    """The one evaluation on the test part, after the model was chosen on validation alone."""
+    data = prepared.data
+    batches = eval_batches(
+        prepared.backbone, data.test.inputs, data.targets(data.test), batch_size=EVAL_BATCH_SIZE
+    )
+    device = next(model.parameters()).device
+    autocast = (
+        (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
+        if result.precision == "bf16"
+        else contextlib.nullcontext
+    )
+    logits, targets = collect_logits(model, batches, device=device, autocast=autocast)
+    return classification_metrics(logits, targets)
+
+
+def _metrics_record(
+    prepared: Prepared, result: TrialResult, test: dict[str, float], wall_s: float
+) -> dict[str, Any]:
+    import numpy as np
+
+    data = prepared.data
+    train = prepared.config.train
+    return {
+        "task": data.task,
+        "primary_metric": PRIMARY_METRIC,
+        "test": {name: {"value": value} for name, value in test.items()},
+        "val": {
+            name: {"value": value} for name, value in result.best_val.items() if name != "loss"
+        },
+        "baselines": {
+            "majority": majority_baseline(
+                np.asarray(data.targets(data.train)), np.asarray(data.targets(data.test))
+            )
+        },
+        "search": {
+            "trials_completed": 1,
+            "trials_pruned": 0,
+            "best_trial": 0,
+            "best_params": train.model_dump(mode="json"),
+        },
+        "train": {
+            "best_epoch": result.best_epoch,
+            "precision": result.precision,
+            "samples_per_s": result.train_samples_per_s,
+        },
+        "wall_s": round(wall_s, 1),
+        "test_rows": len(data.test),
+        "versions": {"tunesmith": __version__, "torch": torch.__version__},
+    }
+
+
+def load(run_or_bundle: str | Path) -> Predictor:
+    return load_predictor(run_or_bundle)

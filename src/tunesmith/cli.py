@@ -1,0 +1,91 @@
+"""The command line. It only wires arguments to `tunesmith.api`; no computing happens here."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tunesmith.errors import TunesmithError
+
+app = typer.Typer(
+    name="tunesmith",
+    help="Fine-tune a pretrained model on your dataset: recipe, training, honest test metrics, "
+    "a model bundle.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+ConfigArg = Annotated[Path, typer.Argument(help="The YAML config of the run.")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config key, e.g. --set train.lr=1e-4 (repeatable)."),
+]
+
+
+@app.command()
+def run(config: ConfigArg, set_: SetOption = None) -> None:
+    """Fine-tune as the config says: check data, train, evaluate on test once, write the bundle."""
+    from tunesmith.api import fit
+
+    summary = fit(config, set_ or [])
+    typer.echo(f"run folder: {summary.run_dir}")
+
+
+@app.command()
+def validate(config: ConfigArg, set_: SetOption = None) -> None:
+    """Check config, data and model (one forward pass); nothing is trained or written."""
+    from tunesmith import api
+    from tunesmith.console import console
+
+    prepared = api.validate(config, set_ or [])
+    data = prepared.data
+    console.print(
+        f"[green]ok[/]: {data.task}, {len(data.classes)} classes, "
+        f"{len(data.train)}/{len(data.val)}/{len(data.test)} train/val/test rows, "
+        f"backbone {prepared.config.model.backbone} ({prepared.backbone.num_features} features)"
+    )
+    typer.echo(prepared.config.to_yaml())
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (runs/NAME) or a bundle folder.")],
+    inputs: Annotated[
+        list[Path], typer.Argument(help="CSV/JSONL files of texts, or images and image folders.")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write predictions to this .csv or .jsonl instead of printing them."),
+    ] = None,
+) -> None:
+    """Predict labels and class probabilities with a trained bundle."""
+    from tunesmith.export.predictor import (
+        gather_inputs,
+        load_predictor,
+        predictions_table,
+        write_predictions,
+    )
+
+    predictor = load_predictor(run_dir)
+    batch = gather_inputs(predictor, inputs)
+    table = predictions_table(predictor, batch, predictor.predict_proba(batch.inputs))
+    if out is None:
+        typer.echo(table.to_csv(index=False), nl=False)
+    else:
+        write_predictions(table, out)
+        typer.echo(f"wrote {len(table)} predictions to {out}")
+
+
+def main() -> None:
+    try:
+        app()
+    except TunesmithError as error:
+        typer.secho(f"error: {error.message}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.secho("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,35 @@
+"""The one exception type for problems a user can cause and fix.
+
+Every message names where the problem is (a file and, when it applies, a field) and how to fix it.
+The command line turns a `TunesmithError` into that message and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class TunesmithError(Exception):
+    """A problem with the user's input: config, data, model or run folder."""
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        file: str | Path | None = None,
+        field: str | None = None,
+        fix: str | None = None,
+    ) -> None:
+        self.problem = problem
+        self.file = str(file) if file is not None else None
+        self.field = field
+        self.fix = fix
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        where = ": ".join(part for part in (self.file, self.field) if part)
+        text = f"{where}: {self.problem}" if where else self.problem
+        if self.fix:
+            text += f"\n  fix: {self.fix}"
+        return text

@@ -1,0 +1,124 @@
+"""The model bundle in `best/`: everything needed to predict, and nothing that runs code on load.
+
+    best/
+      model.safetensors   all weights (backbone and head)
+      tunesmith.json      task, classes, backbone architecture, head shape, preprocessing, checksum
+      backbone/           for hf: backbones, the config and tokenizer files (no weights)
+
+The bundle is written into a temporary folder and renamed into place, so a crash never leaves a
+half-written `best/`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+
+from tunesmith import __version__
+from tunesmith.errors import TunesmithError
+from tunesmith.models import Classifier, make_head, rebuild_backbone
+
+FORMAT_VERSION = 1
+MANIFEST = "tunesmith.json"
+WEIGHTS = "model.safetensors"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_bundle(
+    model: Classifier,
+    folder: Path,
+    *,
+    task: str,
+    classes: list[str],
+    head: dict[str, Any],
+    inputs: dict[str, Any],
+) -> None:
+    """Write `model` as a bundle at `folder`, replacing an old bundle only once it is complete."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        backbone_info = model.backbone.save_architecture(staging / "backbone")
+        save_model(model, str(staging / WEIGHTS))
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "task": task,
+            "classes": classes,
+            "backbone": backbone_info,
+            "head": head,
+            "preprocessing": model.backbone.preprocessing(),
+            "inputs": inputs,
+            "weights_sha256": sha256(staging / WEIGHTS),
+            "versions": {"tunesmith": __version__, "torch": torch.__version__},
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        _swap_into_place(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _swap_into_place(staging: Path, folder: Path) -> None:
+    old = folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    staging.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise TunesmithError(
+            "not a tunesmith bundle (tunesmith.json is missing)",
+            file=folder,
+            fix="pass a run folder (runs/NAME) or its best/ folder",
+        )
+    manifest: dict[str, Any] = json.loads(path.read_text())
+    if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
+        raise TunesmithError(
+            f"bundle format {manifest['format_version']} is newer than this tunesmith reads "
+            f"({FORMAT_VERSION})",
+            file=path,
+            field="format_version",
+            fix="upgrade tunesmith to the version that wrote the bundle",
+        )
+    return manifest
+
+
+def load_bundle(folder: Path) -> tuple[Classifier, dict[str, Any]]:
+    """Rebuild the classifier a bundle describes and load its checked weights."""
+    manifest = read_manifest(folder)
+    weights = folder / WEIGHTS
+    if not weights.is_file():
+        raise TunesmithError(
+            "the bundle has no weights file",
+            file=weights,
+            fix="re-export the bundle (tunesmith run writes it to best/)",
+        )
+    if sha256(weights) != manifest["weights_sha256"]:
+        raise TunesmithError(
+            "the weights file does not match the checksum in tunesmith.json (altered or truncated)",
+            file=weights,
+            field="weights_sha256",
+            fix="restore the bundle from the run folder",
+        )
+    backbone = rebuild_backbone(folder, manifest["backbone"])
+    head = make_head(backbone.num_features, len(manifest["classes"]), **manifest["head"])
+    model = Classifier(backbone, head)
+    load_model(model, str(weights))
+    model.eval()
+    return model, manifest

@@ -1,0 +1,30 @@
+"""The end-of-run summary: what was trained and how well it scores on held-out data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+
+def summary_table(metrics: dict[str, Any], run_dir: str) -> Table:
+    table = Table(title=f"tunesmith: {run_dir}", show_header=True, header_style="bold")
+    table.add_column("metric")
+    table.add_column("test", justify="right")
+    table.add_column("val (best epoch)", justify="right")
+    table.add_column("majority baseline", justify="right")
+    for name, value in metrics["test"].items():
+        val = metrics["val"].get(name, {}).get("value")
+        baseline = metrics["baselines"]["majority"].get(name)
+        table.add_row(
+            name + (" (primary)" if name == metrics["primary_metric"] else ""),
+            f"{value['value']:.4f}",
+            f"{val:.4f}" if val is not None else "–",
+            f"{baseline:.4f}" if baseline is not None else "–",
+        )
+    table.caption = (
+        f"{metrics['test_rows']} test rows · {metrics['wall_s']:.0f} s · "
+        f"precision {metrics['train']['precision']} · "
+        f"{metrics['train']['samples_per_s']:.1f} train samples/s"
+    )
+    return table
