@@ -127,7 +127,7 @@ class Config(_Strict):
         return copy
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        return str(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
 
 
 def parse_overrides(overrides: list[str], *, source: str = "--set") -> dict[str, Any]:

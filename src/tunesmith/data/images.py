@@ -48,7 +48,7 @@ def image_transform(
         if train
         else [v2.Resize((size, size), antialias=True)]
     )
-    return v2.Compose(
+    transform: Transform = v2.Compose(
         [
             v2.PILToTensor(),
             *resize,
@@ -56,6 +56,7 @@ def image_transform(
             v2.Normalize(list(mean), list(std)),
         ]
     )
+    return transform
 
 
 class ImageFiles(Dataset[tuple[torch.Tensor, int]]):

@@ -15,4 +15,5 @@ class Classifier(nn.Module):
         self.head = head
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.head(self.backbone(inputs))
+        logits: torch.Tensor = self.head(self.backbone(inputs))
+        return logits

@@ -48,7 +48,8 @@ class HFTextBackbone(Backbone):
         mask = inputs["attention_mask"]
         hidden = self.encoder(input_ids=inputs["input_ids"], attention_mask=mask).last_hidden_state
         weights = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        pooled: torch.Tensor = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return pooled
 
     def preprocessing(self) -> dict[str, Any]:
         return {"kind": "tokenizer", "max_length": self.max_length, "pooling": "mean"}

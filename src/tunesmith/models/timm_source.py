@@ -30,9 +30,9 @@ class TimmBackbone(Backbone):
         return self.model(inputs["pixel_values"])  # type: ignore[no-any-return]
 
     def pretrained_stats(self) -> dict[str, Any]:
-        import timm.data
+        from timm.data.config import resolve_model_data_config
 
-        data_config = timm.data.resolve_model_data_config(self.model)
+        data_config = resolve_model_data_config(self.model)
         return {
             "mean": list(data_config["mean"]),
             "std": list(data_config["std"]),

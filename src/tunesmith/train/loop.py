@@ -139,16 +139,15 @@ def _train_epoch(
     epoch: int,
 ) -> dict[str, float]:
     model.train()
-    sampler = getattr(loader, "batch_sampler", None)
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
+    set_epoch = getattr(loader.batch_sampler, "set_epoch", None)
+    if callable(set_epoch):  # a new batch order each epoch, reproducible from the seed
+        set_epoch(epoch)
     losses: list[float] = []
     seen = 0
     started = time.perf_counter()
     with progress() as bar:
-        task = bar.add_task(
-            f"epoch {epoch + 1}/{settings.epochs}", total=len(loader.dataset), status=""
-        )  # type: ignore[arg-type]
+        rows = len(loader.dataset)  # type: ignore[arg-type]
+        task = bar.add_task(f"epoch {epoch + 1}/{settings.epochs}", total=rows, status="")
         for batch in loader:
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             targets = batch.pop("labels")
