@@ -8,7 +8,6 @@ load:     a run folder or bundle -> Predictor
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -16,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import set_seed
 
 from tunesmith import __version__
 from tunesmith.config import Config, load_config
 from tunesmith.console import console
 from tunesmith.data import TaskData, load_task_data
 from tunesmith.data.images import median_side
+from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import (
     PRIMARY_METRIC,
     classification_metrics,
@@ -32,6 +33,7 @@ from tunesmith.export import Predictor, load_predictor, save_bundle
 from tunesmith.io import write_json, write_text
 from tunesmith.models import Backbone, Classifier, build_backbone, make_head
 from tunesmith.models.inputs import eval_batches, train_batches
+from tunesmith.models.timm_source import TimmBackbone
 from tunesmith.report import summary_table
 from tunesmith.search import DataProfile, image_size, resolve, train_settings
 from tunesmith.train import TrialResult, train_trial
@@ -61,6 +63,17 @@ def _as_config(config: Config | str | Path, overrides: list[str] | None) -> Conf
 
 def prepare(config: Config) -> Prepared:
     """Read and split the data, load the backbone and resolve every `auto` in the config."""
+    try:
+        return _prepare(config)
+    except TunesmithError as error:
+        if error.file is None:  # a problem with a config value: point at the config file
+            raise TunesmithError(
+                error.problem, file=config.source, field=error.field, fix=error.fix
+            ) from None
+        raise
+
+
+def _prepare(config: Config) -> Prepared:
     data = load_task_data(config)
     profile = DataProfile(
         modality=data.modality,
@@ -68,17 +81,15 @@ def prepare(config: Config) -> Prepared:
         classes=len(data.classes),
         median_image_side=median_side(data.train.inputs) if data.modality == "image" else None,
     )
-    requested_size = config.data.image_size
     backbone = build_backbone(
         config.model.backbone,
         modality=data.modality,
         resolve=config.path,
-        max_length=None if config.data.max_length == "auto" else int(config.data.max_length),
-        image_size=None if requested_size == "auto" else int(requested_size),
+        max_length=_given(config.data.max_length),
+        image_size=_given(config.data.image_size),
     )
-    if data.modality == "image" and requested_size == "auto":
-        pretrained = backbone.pretrained_stats()["pretrained_size"]  # type: ignore[operator]
-        backbone.image_size = image_size(profile, int(pretrained))  # type: ignore[assignment]
+    if isinstance(backbone, TimmBackbone) and _given(config.data.image_size) is None:
+        backbone.image_size = image_size(profile, backbone.pretrained_stats()["pretrained_size"])
     resolved = resolve(
         config,
         profile,
@@ -87,6 +98,11 @@ def prepare(config: Config) -> Prepared:
         backbone=_absolute_spec(config),
     )
     return Prepared(resolved, data, backbone, profile)
+
+
+def _given(value: int | str | None) -> int | None:
+    """A size the user set, or None where the recipe decides."""
+    return value if isinstance(value, int) else None
 
 
 def _absolute_spec(config: Config) -> str:
@@ -116,6 +132,7 @@ def validate(config: Config | str | Path, overrides: list[str] | None = None) ->
 
 
 def _classifier(prepared: Prepared) -> Classifier:
+    set_seed(prepared.config.seed)  # the head's initialization is part of what the seed fixes
     head = prepared.config.model.head
     return Classifier(
         prepared.backbone,
@@ -132,16 +149,16 @@ def _classifier(prepared: Prepared) -> Classifier:
 
 
 def _fresh_run_dir(run_dir: Path) -> None:
-    """Start a run folder; a finished run already there is renamed, never overwritten."""
-    if (run_dir / "metrics.json").exists():
-        stamp = time.strftime(
-            "%Y%m%d-%H%M%S", time.localtime((run_dir / "metrics.json").stat().st_mtime)
-        )
+    """Start an empty run folder. Whatever an earlier run left there, finished or killed, is kept
+    under `NAME-<time it was last written>`, never overwritten."""
+    if run_dir.exists() and any(run_dir.iterdir()):
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(run_dir.stat().st_mtime))
         kept = run_dir.with_name(f"{run_dir.name}-{stamp}")
+        suffix = 1
+        while kept.exists():
+            kept, suffix = kept.with_name(f"{run_dir.name}-{stamp}-{suffix}"), suffix + 1
         run_dir.rename(kept)
-        console.print(f"[yellow]kept the previous run as {kept}[/]")
-    elif run_dir.exists():
-        shutil.rmtree(run_dir / "trials", ignore_errors=True)
+        console.print(f"[yellow]kept the previous run folder as {kept}[/]")
     run_dir.mkdir(parents=True, exist_ok=True)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
@@ -55,8 +55,8 @@ class DataConfig(_Strict):
     test: Path | None = None
     text_column: str = "text"
     label_column: str = "label"
-    image_size: int | Auto = "auto"
-    max_length: int | Auto = "auto"
+    image_size: int | Auto | None = "auto"  # image tasks; null for text
+    max_length: int | Auto | None = "auto"  # text tasks; null for images
     split: SplitConfig = SplitConfig()
 
 
@@ -84,6 +84,8 @@ class TrainConfig(_Strict):
     warmup: float | Auto = "auto"
     grad_clip: float | None = 1.0
     label_smoothing: float | Auto = "auto"
+    # Decay of the weight average that is evaluated and kept; null turns averaging off.
+    ema: Annotated[float, Field(gt=0.0, lt=1.0)] | Auto | None = "auto"
     precision: Precision = "auto"
 
 

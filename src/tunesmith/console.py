@@ -22,7 +22,9 @@ class SamplesPerSecond(ProgressColumn):
     """Throughput in samples/s; tasks advance by samples, not batches."""
 
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
+        # Rich's own speed is a recent-window estimate; once done, the whole-task mean is the truth.
+        elapsed = task.elapsed or 0.0
+        speed = task.completed / elapsed if task.finished and elapsed > 0 else task.speed
         return Text(f"{speed:,.1f} samples/s" if speed else "– samples/s", style="cyan")
 
 

@@ -82,7 +82,15 @@ def _check_folder(path: Path, field: str) -> None:
 def _load_config(path: Path, field: str) -> Any:
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise TunesmithError(
+            f"cannot read the model config: {str(error).splitlines()[0]}",
+            file=path / "config.json",
+            field=field,
+            fix="use a config.json written by save_pretrained for a model transformers knows",
+        ) from None
     if getattr(config, "auto_map", None):
         raise TunesmithError(
             "this model needs trust_remote_code (it runs code shipped with the weights)",
@@ -134,7 +142,20 @@ def load_pretrained(path: Path, *, field: str, max_length: int | None) -> HFText
             fix="check that the folder holds weights saved for this config (model.safetensors)",
         ) from None
     tokenizer = _load_tokenizer(path, field)
+    _check_vocabulary(tokenizer, encoder, path, field)
     return HFTextBackbone(encoder, tokenizer, max_length=_max_length(tokenizer, config, max_length))
+
+
+def _check_vocabulary(tokenizer: Any, encoder: Any, path: Path, field: str) -> None:
+    """A tokenizer that emits ids past the embedding table would crash mid-training."""
+    rows = int(encoder.get_input_embeddings().num_embeddings)
+    if len(tokenizer) > rows:
+        raise TunesmithError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model embeds only {rows}",
+            file=path,
+            field=field,
+            fix="save the tokenizer that belongs to this model into the folder",
+        )
 
 
 def rebuild(folder: Path, info: dict[str, Any]) -> HFTextBackbone:

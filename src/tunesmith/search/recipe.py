@@ -64,6 +64,12 @@ def _train_defaults(profile: DataProfile) -> dict[str, Any]:
     }
 
 
+def ema_decay(train_rows: int, batch_size: int) -> float:
+    """A weight average over about the last epoch of steps."""
+    steps_per_epoch = max(1, -(-train_rows // batch_size))
+    return round(1.0 - 1.0 / max(10, steps_per_epoch), 5)
+
+
 def _head_defaults(profile: DataProfile, num_features: int) -> dict[str, Any]:
     # A linear head: with a few thousand rows, extra head layers add parameters the data cannot
     # pin down; the backbone is being fine-tuned anyway.
@@ -95,13 +101,16 @@ def resolve(
     """`config` with every `auto` replaced by the recipe's value."""
     train = _fill(config.train, {**_train_defaults(profile), "epochs": _epochs(profile)})
     train["precision"] = resolve_precision(config.train.precision, default_device())
+    if train["ema"] == "auto":
+        train["ema"] = ema_decay(profile.train_rows, int(train["batch_size"]))
     head = _fill(config.model.head, _head_defaults(profile, num_features))
     data = config.data.model_copy(
         update={
             "train": config.path(config.data.train),
             "test": config.path(config.data.test) if config.data.test else None,
-            "max_length": preprocessing.get("max_length", config.data.max_length),
-            "image_size": preprocessing.get("size", config.data.image_size),
+            # Each modality has its own input size; the other one does not apply.
+            "max_length": preprocessing.get("max_length"),
+            "image_size": preprocessing.get("size"),
         }
     )
     model = config.model.model_copy(
@@ -126,6 +135,7 @@ def train_settings(config: Config) -> TrainSettings:
         train.batch_size,
         train.warmup,
         train.label_smoothing,
+        train.ema,
     ]
     if any(value == "auto" for value in values):
         raise ValueError("train_settings needs a resolved config")
@@ -140,4 +150,5 @@ def train_settings(config: Config) -> TrainSettings:
         label_smoothing=float(train.label_smoothing),
         precision=train.precision,
         seed=config.seed,
+        ema_decay=None if train.ema is None else float(train.ema),
     )

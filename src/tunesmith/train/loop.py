@@ -7,6 +7,7 @@ trial folder, and logs one JSON line per epoch. A search talks to it only throug
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
@@ -24,6 +26,7 @@ from tunesmith.evaluate import PRIMARY_METRIC, classification_metrics, collect_l
 from tunesmith.io import append_jsonl, atomic_write
 from tunesmith.models.classifier import Classifier
 from tunesmith.models.inputs import EvalBatches
+from tunesmith.train.ema import WeightAverage
 from tunesmith.train.optim import adamw, warmup_cosine
 from tunesmith.train.precision import default_device, resolve_precision
 
@@ -40,6 +43,7 @@ class TrainSettings:
     label_smoothing: float
     precision: str
     seed: int
+    ema_decay: float | None = None
 
 
 class Reporter(Protocol):
@@ -82,6 +86,8 @@ def train_trial(
     """Fine-tune `model` in place; on return it holds the best-on-validation weights."""
     set_seed(settings.seed)
     precision = resolve_precision(settings.precision, default_device())
+    # Accelerate keeps its mixed-precision setting process-wide; each trial may choose its own.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
     optimizer = adamw(
         model, lr=settings.lr, head_lr=settings.head_lr, weight_decay=settings.weight_decay
@@ -93,13 +99,30 @@ def train_trial(
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
 
+    average = (
+        WeightAverage(accelerator.unwrap_model(model), decay=settings.ema_decay)
+        if settings.ema_decay
+        else None
+    )
     best = _Best()
     result = TrialResult(best_epoch=-1, best_val={}, precision=precision)
     for epoch in range(settings.epochs):
         train_stats = _train_epoch(
-            model, train_loader, optimizer, scheduler, loss_fn, accelerator, settings, epoch
+            model,
+            train_loader,
+            optimizer,
+            scheduler,
+            loss_fn,
+            accelerator,
+            settings,
+            epoch,
+            average,
         )
-        val = _evaluate(model, val_batches, accelerator, loss_fn)
+        # With weight averaging on, the averaged weights are the ones evaluated and kept.
+        with average.applied() if average else contextlib.nullcontext():
+            val = _evaluate(model, val_batches, accelerator, loss_fn)
+            if val[PRIMARY_METRIC] > best.score:
+                best = _keep_best(accelerator.unwrap_model(model), val, epoch + 1, trial_dir)
         record = {
             "epoch": epoch + 1,
             "step": (epoch + 1) * len(train_loader),
@@ -108,8 +131,6 @@ def train_trial(
         }
         result.history.append(record)
         append_jsonl(trial_dir / "metrics.jsonl", record)
-        if val[PRIMARY_METRIC] > best.score:
-            best = _keep_best(accelerator.unwrap_model(model), val, epoch + 1, trial_dir)
         console.print(
             f"epoch {epoch + 1}/{settings.epochs}: train loss {train_stats['train_loss']:.4f}, "
             f"val loss {val['loss']:.4f}, val {PRIMARY_METRIC} {val[PRIMARY_METRIC]:.4f}"
@@ -137,6 +158,7 @@ def _train_epoch(
     accelerator: Accelerator,
     settings: TrainSettings,
     epoch: int,
+    average: WeightAverage | None,
 ) -> dict[str, float]:
     model.train()
     set_epoch = getattr(loader.batch_sampler, "set_epoch", None)
@@ -159,6 +181,8 @@ def _train_epoch(
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if average is not None:
+                average.update()
             losses.append(loss.item())
             seen += len(targets)
             bar.update(task, advance=len(targets), status=f"loss {np.mean(losses[-50:]):.4f}")

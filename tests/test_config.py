@@ -1,0 +1,167 @@
+"""The config: strict validation, overrides, paths relative to the config, full resolution."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tunesmith import api
+from tunesmith.config import load_config, parse_overrides
+from tunesmith.errors import TunesmithError
+
+
+def autos(value: Any, where: str = "") -> list[str]:
+    """The dotted names of every value still set to `auto`."""
+    if isinstance(value, dict):
+        return [name for key, item in value.items() for name in autos(item, f"{where}{key}.")]
+    return [where.rstrip(".")] if value == "auto" else []
+
+
+def test_every_problem_is_listed_at_once(text_config: Callable[..., Path]) -> None:
+    path = text_config(data={"bogus_key": 1}, train={"epochs": "many"})
+    with pytest.raises(TunesmithError) as caught:
+        load_config(path)
+    message = caught.value.message
+    assert "2 problem(s)" in message
+    assert "data.bogus_key: unknown key" in message
+    assert "train.epochs" in message and "'many'" in message
+    assert caught.value.file == str(path)
+
+
+def test_a_union_field_is_reported_once(text_config: Callable[..., Path]) -> None:
+    # `lr: float | "auto"` fails in both branches; the user should read one line, not two.
+    with pytest.raises(TunesmithError) as caught:
+        load_config(text_config(train={"lr": "fast"}))
+    assert "1 problem(s)" in caught.value.message
+    assert caught.value.message.count("train.lr") == 1
+
+
+def test_missing_required_keys_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("name: x\n")
+    with pytest.raises(TunesmithError) as caught:
+        load_config(path)
+    assert "data: required but missing" in caught.value.message
+    assert "model: required but missing" in caught.value.message
+
+
+def test_overrides_are_nested_and_typed_as_yaml(text_config: Callable[..., Path]) -> None:
+    config = load_config(text_config(), [
+        "train.lr=1e-4", "train.epochs=3", "model.head.layers=2", "data.split.seed=7",
+        "model.head.activation=silu",
+    ])
+    assert isinstance(config.train.lr, float) and config.train.lr == pytest.approx(1e-4)
+    assert config.train.epochs == 3 and isinstance(config.train.epochs, int)
+    assert config.model.head.layers == 2
+    assert config.data.split.seed == 7
+    assert config.model.head.activation == "silu"
+    # Untouched siblings of an overridden key survive the merge.
+    assert config.train.batch_size == 16 and config.data.split.val == pytest.approx(0.2)
+
+
+def test_parse_overrides_builds_a_nested_dict() -> None:
+    assert parse_overrides(["a.b.c=1", "a.b.d=x", "a.e=true", "f="]) == {
+        "a": {"b": {"c": 1, "d": "x"}, "e": True}, "f": None,
+    }
+
+
+def test_overrides_are_validated_like_the_file(text_config: Callable[..., Path]) -> None:
+    with pytest.raises(TunesmithError) as caught:
+        load_config(text_config(), ["train.epochz=3", "train.batch_size=big"])
+    assert "train.epochz: unknown key" in caught.value.message
+    assert "train.batch_size" in caught.value.message
+
+
+def test_an_override_without_equals_sign_is_refused(text_config: Callable[..., Path]) -> None:
+    with pytest.raises(TunesmithError, match=r"cannot read override 'train\.lr'"):
+        load_config(text_config(), ["train.lr"])
+
+
+def test_relative_paths_are_read_from_the_config_folder(
+    tmp_path: Path, tiny_bert: Path, text_csv: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    shutil.copy(text_csv, project / "data" / "t.csv")
+    shutil.copytree(tiny_bert, project / "models" / "bert")
+    (project / "config.yaml").write_text(yaml.safe_dump({
+        "name": "rel", "data": {"train": "data/t.csv"}, "model": {"backbone": "hf:models/bert"},
+    }))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    config = load_config("../project/config.yaml")
+    assert config.path(config.data.train) == project / "data" / "t.csv"
+    prepared = api.prepare(config)
+    assert len(prepared.data.train) + len(prepared.data.val) + len(prepared.data.test) == 300
+    assert prepared.config.data.train == project / "data" / "t.csv"
+    assert prepared.config.model.backbone == f"hf:{project / 'models' / 'bert'}"
+
+
+def test_relative_weights_path_is_read_from_the_config_folder(
+    tmp_path: Path, tiny_timm_weights: tuple[str, Path], image_folder: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    name, weights = tiny_timm_weights
+    shutil.copy(weights, tmp_path / "w.safetensors")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "rel", "data": {"train": str(image_folder)},
+        "model": {"backbone": f"timm:{name}?weights=w.safetensors"},
+    }))
+    monkeypatch.chdir(image_folder)
+    prepared = api.prepare(load_config(path))
+    assert prepared.config.model.backbone == f"timm:{name}?weights={tmp_path / 'w.safetensors'}"
+
+
+@pytest.mark.parametrize("modality", ["text", "image"])
+def test_resolved_config_has_no_auto_left(
+    modality: str, text_config: Callable[..., Path], image_config: Callable[..., Path]
+) -> None:
+    path = (text_config if modality == "text" else image_config)(train={"precision": "auto"})
+    raw = load_config(path).model_dump(mode="json")
+    assert len(autos(raw)) > 5  # the starting point really has plenty to resolve
+    resolved = api.prepare(load_config(path)).config
+    assert autos(resolved.model_dump(mode="json")) == []
+    assert "auto" not in resolved.to_yaml()
+
+
+@pytest.mark.parametrize("modality", ["text", "image"])
+def test_resolved_config_round_trips_through_load_config(
+    modality: str, text_config: Callable[..., Path], image_config: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    write_config = text_config if modality == "text" else image_config
+    resolved = api.prepare(load_config(write_config())).config
+    written = tmp_path / "elsewhere" / "config.yaml"
+    written.parent.mkdir()
+    written.write_text(resolved.to_yaml())
+    reread = load_config(written)
+    assert reread.model_dump() == resolved.model_dump()
+    # Paths were made absolute, so the copy reads the same files from another folder.
+    assert reread.path(reread.data.train) == resolved.path(resolved.data.train)
+
+
+def test_recipe_fills_autos_from_data_and_model_and_keeps_given_values(
+    text_config: Callable[..., Path], image_config: Callable[..., Path]
+) -> None:
+    given = load_config(text_config(train={"epochs": "auto", "head_lr": "auto"}))
+    text = api.prepare(given).config
+    assert text.train.lr == 2e-3 and text.train.batch_size == 16  # given: kept as written
+    assert isinstance(text.train.epochs, int) and text.train.epochs > 0
+    assert isinstance(text.train.head_lr, float) and text.train.head_lr > 0
+    assert text.data.max_length == 64  # from the model: the tiny BERT's max_position_embeddings
+    assert text.model.head.hidden <= 32 and text.model.strategy == "full"
+
+    image = api.prepare(load_config(image_config())).config
+    # 32 px images are upsampled 3x, staying below test_resnet's pretrained 160 px ...
+    assert image.data.image_size == 96
+    # ... unless the config says otherwise.
+    chosen = api.prepare(load_config(image_config(data={"image_size": 48}))).config
+    assert chosen.data.image_size == 48

@@ -1,0 +1,254 @@
+"""The train stage: precision, schedule, parameter groups, and one real trial on the tiny BERT."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tunesmith import api
+from tunesmith.config import load_config
+from tunesmith.evaluate import classification_metrics, collect_logits
+from tunesmith.models import Classifier, make_head
+from tunesmith.models.inputs import eval_batches, train_batches
+from tunesmith.search import train_settings
+from tunesmith.train import TrialResult, resolve_precision, train_trial
+from tunesmith.train.optim import adamw, parameter_groups, warmup_cosine
+from tunesmith.train.precision import cpu_bf16_is_fast
+
+# ----------------------------------------------------------------------------------------------
+# precision
+
+
+def test_explicit_precision_is_kept() -> None:
+    for device in (torch.device("cpu"), torch.device("cuda")):
+        assert resolve_precision("fp32", device) == "fp32"
+        assert resolve_precision("bf16", device) == "bf16"
+
+
+def test_auto_precision_on_cpu_follows_the_bf16_probe() -> None:
+    expected = "bf16" if cpu_bf16_is_fast() else "fp32"
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+
+
+@pytest.mark.parametrize(("supported", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_on_gpu_follows_capability(
+    monkeypatch: pytest.MonkeyPatch, supported: bool, expected: str
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: supported)
+    assert resolve_precision("auto", torch.device("cuda")) == expected
+
+
+# ----------------------------------------------------------------------------------------------
+# schedule and optimizer
+
+
+def lr_at_steps(total: int, warmup: int, steps: list[int]) -> list[float]:
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=2.0)
+    scheduler = warmup_cosine(optimizer, total_steps=total, warmup_steps=warmup)
+    seen: dict[int, float] = {}
+    for step in range(total + 1):
+        seen[step] = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+    return [seen[step] for step in steps]
+
+
+def test_warmup_cosine_values() -> None:
+    start, last_warm, peak, quarter, middle, end = lr_at_steps(110, 10, [0, 9, 10, 35, 60, 110])
+    assert start == pytest.approx(2.0 * 1 / 11)  # linear ramp from near 0 ...
+    assert last_warm == pytest.approx(2.0 * 10 / 11)
+    assert peak == pytest.approx(2.0)  # ... to the base lr at the end of warm-up
+    assert quarter == pytest.approx(2.0 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert middle == pytest.approx(1.0)  # half-way through the decay: half the base lr
+    assert end == pytest.approx(0.0, abs=1e-12)
+
+
+def test_warmup_cosine_without_warmup_starts_at_the_peak_and_decreases() -> None:
+    values = lr_at_steps(20, 0, list(range(21)))
+    assert values[0] == pytest.approx(2.0)
+    assert all(a > b for a, b in itertools.pairwise(values))
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tiny_bert: Path) -> Classifier:
+    from tunesmith.models import build_backbone
+
+    torch.manual_seed(0)
+    backbone = build_backbone(f"hf:{tiny_bert}", modality="text", resolve=Path)
+    head = make_head(32, 2, layers=1, hidden=16, activation="gelu", init="xavier_uniform",
+                     dropout=0.1)
+    return Classifier(backbone, head)
+
+
+def test_parameter_groups_split_decay_and_head_lr(tiny_classifier: Classifier) -> None:
+    groups = parameter_groups(tiny_classifier, lr=1e-4, head_lr=1e-2, weight_decay=0.05)
+    names = {id(p): n for n, p in tiny_classifier.named_parameters()}
+    placed = {names[id(p)]: (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    assert sum(len(g["params"]) for g in groups) == len(names) == len(placed)
+    for name, (lr, decay) in placed.items():
+        assert lr == (1e-2 if name.startswith("head.") else 1e-4), name
+        is_plain = name.endswith(".bias") or "LayerNorm" in name
+        assert decay == (0.0 if is_plain else 0.05), name
+    assert placed["head.0.weight"] == (1e-2, 0.05)
+    assert placed["head.3.bias"] == (1e-2, 0.0)
+    assert placed["backbone.encoder.embeddings.LayerNorm.weight"] == (1e-4, 0.0)
+    assert placed["backbone.encoder.encoder.layer.0.attention.self.query.weight"] == (1e-4, 0.05)
+
+
+def test_adamw_uses_the_groups(tiny_classifier: Classifier) -> None:
+    optimizer = adamw(tiny_classifier, lr=1e-4, head_lr=1e-2, weight_decay=0.05)
+    assert [(g["lr"], g["weight_decay"]) for g in optimizer.param_groups] == [
+        (1e-4, 0.05), (1e-4, 0.0), (1e-2, 0.05), (1e-2, 0.0)]
+
+
+def test_frozen_parameters_are_left_out(tiny_classifier: Classifier) -> None:
+    embeddings = tiny_classifier.backbone.encoder.embeddings  # type: ignore[union-attr]
+    frozen = {id(p) for p in embeddings.parameters()}
+    for parameter in embeddings.parameters():
+        parameter.requires_grad_(False)
+    try:
+        groups = parameter_groups(tiny_classifier, lr=1e-4, head_lr=1e-3, weight_decay=0.0)
+        grouped = {id(p) for g in groups for p in g["params"]}
+        assert grouped and not grouped & frozen
+    finally:
+        for parameter in embeddings.parameters():
+            parameter.requires_grad_(True)
+
+
+# ----------------------------------------------------------------------------------------------
+# one trial
+
+
+def prepared_trial(config_path: Path, epochs: int):  # type: ignore[no-untyped-def]
+    prepared = api.prepare(load_config(config_path, [f"train.epochs={epochs}"]))
+    head = prepared.config.model.head
+    torch.manual_seed(0)
+    model = Classifier(prepared.backbone, make_head(
+        prepared.backbone.num_features, len(prepared.data.classes), layers=int(head.layers),
+        hidden=int(head.hidden), activation=str(head.activation), init=str(head.init),
+        dropout=float(head.dropout)))
+    settings = train_settings(prepared.config)
+    data = prepared.data
+    loader = train_batches(prepared.backbone, data.train, data.targets(data.train),
+                           batch_size=settings.batch_size, seed=settings.seed)
+    val = eval_batches(prepared.backbone, data.val.inputs, data.targets(data.val), batch_size=64)
+    return model, loader, val, settings
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_bert: Path, text_csv: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from conftest import TEXT_EXTRA, TEXT_TRAIN, config_dict, write_yaml
+
+    folder = tmp_path_factory.mktemp("trial")
+    config = write_yaml(folder / "config.yaml", config_dict(
+        folder, data_path=text_csv, backbone=f"hf:{tiny_bert}", train_settings=TEXT_TRAIN,
+        **TEXT_EXTRA))
+    model, loader, val, settings = prepared_trial(config, epochs=10)
+    trial_dir = folder / "trials" / "0"
+    result = train_trial(model, loader, val, settings, trial_dir)
+    return model, val, settings, trial_dir, result
+
+
+def test_training_loss_falls(trained) -> None:  # type: ignore[no-untyped-def]
+    *_, result = trained
+    losses = [epoch["train_loss"] for epoch in result.history]
+    assert losses[0] > 0.6  # two balanced classes start near ln 2 = 0.69
+    assert losses[-1] < 0.5 * losses[0]
+    assert result.history[-1]["val_accuracy"] > 0.8
+
+
+def test_metrics_jsonl_has_one_line_per_epoch(trained) -> None:  # type: ignore[no-untyped-def]
+    _, _, settings, trial_dir, result = trained
+    lines = [json.loads(line) for line in (trial_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == settings.epochs == 10
+    assert lines == result.history
+    steps_per_epoch = math.ceil(192 / settings.batch_size)
+    assert [line["epoch"] for line in lines] == list(range(1, 11))
+    assert [line["step"] for line in lines] == [steps_per_epoch * e for e in range(1, 11)]
+    for line in lines:
+        assert set(line) >= {"train_loss", "lr", "val_loss", "val_accuracy", "val_macro_f1"}
+        assert 0.0 <= line["val_accuracy"] <= 1.0
+    assert lines[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine ends at zero
+
+
+def test_the_model_returned_holds_the_best_val_epoch(trained) -> None:  # type: ignore[no-untyped-def]
+    model, val, _, trial_dir, result = trained
+    accuracies = [epoch["val_accuracy"] for epoch in result.history]
+    best = int(np.argmax(accuracies))  # the first epoch reaching the maximum
+    assert result.best_epoch == best + 1
+    assert result.best_val["accuracy"] == max(accuracies)
+    assert result.best_val["loss"] == pytest.approx(result.history[best]["val_loss"])
+
+    saved = load_file(str(trial_dir / "best.safetensors"))
+    state = model.state_dict()
+    assert set(saved) <= set(state)
+    for key, tensor in saved.items():
+        assert torch.equal(state[key], tensor), key
+
+    # Scored afresh, the returned model reproduces the best epoch's validation numbers.
+    logits, targets = collect_logits(model, val)
+    assert classification_metrics(logits, targets)["accuracy"] == max(accuracies)
+    loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits),
+                                                   torch.from_numpy(targets)))
+    assert loss == pytest.approx(result.history[best]["val_loss"], abs=1e-5)
+    # With these seeds validation accuracy first peaks at epoch 5 of 10 and training goes on
+    # lowering the loss, so the last epoch's weights are measurably different from the best's.
+    assert result.best_epoch < len(accuracies)
+    assert loss > 10 * result.history[-1]["val_loss"]
+
+
+class Recorder:
+    def __init__(self, prune_after: int) -> None:
+        self.reports: list[tuple[float, int]] = []
+        self.prune_after = prune_after
+
+    def report(self, value: float, step: int) -> None:
+        self.reports.append((value, step))
+
+    def should_prune(self) -> bool:
+        return len(self.reports) >= self.prune_after
+
+
+def test_a_reporter_sees_each_epoch_and_can_stop_the_trial(
+    text_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    model, loader, val, settings = prepared_trial(text_config(), epochs=5)
+    recorder = Recorder(prune_after=2)
+    result = train_trial(model, loader, val, settings, tmp_path / "t", reporter=recorder)
+    assert [step for _, step in recorder.reports] == [1, 2]
+    assert [value for value, _ in recorder.reports] == [e["val_accuracy"] for e in result.history]
+    assert len((tmp_path / "t" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_trials_of_different_precision_in_one_process(
+    text_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A search (or a notebook calling tunesmith.fit twice) runs many trials in one process."""
+    results: list[TrialResult] = []
+    for precision in ("fp32", "bf16"):
+        model, loader, val, settings = prepared_trial(text_config(), epochs=1)
+        settings = replace(settings, precision=precision)
+        results.append(train_trial(model, loader, val, settings, tmp_path / precision))
+    assert [r.precision for r in results] == ["fp32", "bf16"]
+    assert all(len(r.history) == 1 for r in results)
+
+
+def test_train_settings_come_from_the_resolved_config(text_config: Callable[..., Path]) -> None:
+    resolved = api.prepare(load_config(text_config(), ["seed=11", "train.warmup=0.2"])).config
+    settings = train_settings(resolved)
+    assert (settings.lr, settings.head_lr, settings.epochs, settings.batch_size, settings.warmup,
+            settings.precision, settings.seed) == (2e-3, 5e-3, 12, 16, 0.2, "fp32", 11)
+    assert settings.weight_decay == resolved.train.weight_decay
+    assert settings.label_smoothing == resolved.train.label_smoothing
+    with pytest.raises(ValueError, match="resolved config"):
+        train_settings(load_config(text_config()))
