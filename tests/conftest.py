@@ -270,16 +270,9 @@ class FinishedRun:
     result: CliResult
 
 
-def finish_run(folder: Path, raw: dict[str, Any], *, seed_torch: bool = False) -> FinishedRun:
-    """`tunesmith run` on `raw` written to `folder`/config.yaml; it must succeed.
-
-    `seed_torch` seeds torch's global generator first: tunesmith draws the head's initial weights
-    before it applies the config's seed, so without it the result depends on what ran earlier in
-    the session (test_cli.py::test_same_seed_gives_identical_runs shows this).
-    """
+def finish_run(folder: Path, raw: dict[str, Any]) -> FinishedRun:
+    """`tunesmith run` on `raw` written to `folder`/config.yaml; it must succeed."""
     config = write_yaml(folder / "config.yaml", raw)
-    if seed_torch:
-        torch.manual_seed(0)
     result = invoke_cli(["run", config])
     assert result.code == 0, result.err[-3000:]
     return FinishedRun(config, folder / "runs" / raw["name"], result)
@@ -291,8 +284,7 @@ def text_run(
 ) -> FinishedRun:
     folder = tmp_path_factory.mktemp("text-run")
     return finish_run(folder, config_dict(folder, data_path=text_csv, backbone=f"hf:{tiny_bert}",
-                                          train_settings=TEXT_TRAIN, name="text", **TEXT_EXTRA),
-                      seed_torch=True)
+                                          train_settings=TEXT_TRAIN, name="text", **TEXT_EXTRA))
 
 
 @pytest.fixture(scope="session")
@@ -305,5 +297,4 @@ def image_run(
     name, weights = tiny_timm_weights
     return finish_run(folder, config_dict(folder, data_path=image_folder,
                                           backbone=f"timm:{name}?weights={weights}",
-                                          train_settings=IMAGE_TRAIN, name="image"),
-                      seed_torch=True)
+                                          train_settings=IMAGE_TRAIN, name="image"))

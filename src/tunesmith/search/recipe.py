@@ -29,10 +29,11 @@ class DataProfile:
 
 
 def image_size(profile: DataProfile, pretrained_size: int) -> int:
-    """Small images are upsampled (about 3x, at least 64 px) so the backbone's strides leave a
-    spatial map to pool; larger ones use the backbone's pretrained resolution."""
+    """Small images are upsampled (about 2x, at least 64 px) so the backbone's 32x downsampling
+    still leaves a spatial map to pool; larger ones use the backbone's pretrained resolution.
+    Cost grows with the square of the side, so no more than that."""
     side = profile.median_image_side or pretrained_size
-    return min(pretrained_size, max(64, 32 * round(3 * side / 32)))
+    return min(pretrained_size, max(64, 32 * round(2 * side / 32)))
 
 
 def _epochs(profile: DataProfile) -> int:
