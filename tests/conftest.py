@@ -23,6 +23,8 @@ import torch
 import yaml
 from PIL import Image
 
+from tunesmith.config import deep_merge
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # The tiny models gain nothing from intra-op threads, and with another process on the same two
@@ -155,16 +157,6 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 TEXT_TRAIN = {"epochs": 12, "batch_size": 16, "lr": 2e-3, "head_lr": 5e-3, "precision": "fp32"}
 TEXT_EXTRA: dict[str, Any] = {"data": {"split": {"val": 0.2}}}
 IMAGE_TRAIN = {"epochs": 8, "batch_size": 16, "lr": 2e-3, "precision": "fp32"}
-
-
-def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def config_dict(

@@ -151,11 +151,12 @@ def parse_overrides(overrides: list[str], *, source: str = "--set") -> dict[str,
     return nested
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `extra` laid over it, nested mappings merged key by key."""
     merged = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -217,5 +218,5 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
             file=path,
             fix="start from examples/sentiment/config.yaml",
         )
-    raw = _merge(raw, parse_overrides(overrides or [], source=str(path)))
+    raw = deep_merge(raw, parse_overrides(overrides or [], source=str(path)))
     return config_from_dict(raw, source=str(path), base_dir=path.parent.resolve())
