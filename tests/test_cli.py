@@ -478,6 +478,6 @@ def test_console_script_usage_error_and_help() -> None:
 def test_image_run_bundle_keeps_the_resolved_image_size(image_run: FinishedRun) -> None:
     manifest = read_json(image_run.run_dir / "best" / "tunesmith.json")
     config = yaml.safe_load((image_run.run_dir / "config.yaml").read_text())
-    # 32 px images, upsampled 3x by the recipe; predict must resize to the same size.
-    assert manifest["preprocessing"]["size"] == config["data"]["image_size"] == 96
+    # 32 px images, upsampled 2x by the recipe; predict must resize to the same size.
+    assert manifest["preprocessing"]["size"] == config["data"]["image_size"] == 64
     assert manifest["classes"] == ["horizontal", "vertical"]

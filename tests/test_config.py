@@ -13,6 +13,7 @@ import yaml
 from tunesmith import api
 from tunesmith.config import load_config, parse_overrides
 from tunesmith.errors import TunesmithError
+from tunesmith.search import DataProfile, image_size
 
 
 def autos(value: Any, where: str = "") -> list[str]:
@@ -160,8 +161,17 @@ def test_recipe_fills_autos_from_data_and_model_and_keeps_given_values(
     assert text.model.head.hidden <= 32 and text.model.strategy == "full"
 
     image = api.prepare(load_config(image_config())).config
-    # 32 px images are upsampled 3x, staying below test_resnet's pretrained 160 px ...
-    assert image.data.image_size == 96
+    # 32 px images are upsampled 2x, staying below test_resnet's pretrained 160 px ...
+    assert image.data.image_size == 64
     # ... unless the config says otherwise.
     chosen = api.prepare(load_config(image_config(data={"image_size": 48}))).config
     assert chosen.data.image_size == 48
+
+
+@pytest.mark.parametrize(
+    ("side", "expected"),
+    [(16, 64), (28, 64), (48, 96), (64, 128), (100, 192), (150, 224), (500, 224)],
+)
+def test_image_size_doubles_small_images_up_to_pretrained(side: int, expected: int) -> None:
+    profile = DataProfile(modality="image", train_rows=100, classes=2, median_image_side=side)
+    assert image_size(profile, pretrained_size=224) == expected
