@@ -31,7 +31,7 @@ from tunesmith.evaluate import (
 )
 from tunesmith.export import Predictor, load_predictor, save_bundle
 from tunesmith.io import write_json, write_text
-from tunesmith.models import Backbone, Classifier, build_backbone, make_head
+from tunesmith.models import Backbone, Classifier, absolute_spec, build_backbone, make_head
 from tunesmith.models.inputs import eval_batches, train_batches
 from tunesmith.models.timm_source import TimmBackbone
 from tunesmith.report import summary_table
@@ -95,7 +95,7 @@ def _prepare(config: Config) -> Prepared:
         profile,
         num_features=backbone.num_features,
         preprocessing=backbone.preprocessing(),
-        backbone=_absolute_spec(config),
+        backbone=absolute_spec(config.model.backbone, config.path),
     )
     return Prepared(resolved, data, backbone, profile)
 
@@ -105,29 +105,12 @@ def _given(value: int | str | None) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def _absolute_spec(config: Config) -> str:
-    """The backbone spec with its paths made absolute, so the resolved config works anywhere."""
-    from urllib.parse import urlencode
-
-    from tunesmith.models import parse_spec
-
-    spec = parse_spec(config.model.backbone)
-    target = spec.target
-    if spec.source == "hf":
-        target = str(config.path(target))
-    options = {k: str(config.path(v)) if k == "weights" else v for k, v in spec.options.items()}
-    query = f"?{urlencode(options, safe='/:')}" if options else ""
-    return f"{spec.source}:{target}{query}"
-
-
 def validate(config: Config | str | Path, overrides: list[str] | None = None) -> Prepared:
     """Check config, data and model without training: one forward pass on two training rows."""
     prepared = prepare(_as_config(config, overrides))
     model = _classifier(prepared)
     batches = eval_batches(prepared.backbone, prepared.data.train.inputs[:2], batch_size=2)
-    logits, _ = collect_logits(model, batches)
-    if logits.shape != (min(2, len(prepared.data.train)), len(prepared.data.classes)):
-        raise AssertionError(f"unexpected output shape {logits.shape}")
+    collect_logits(model, batches)
     return prepared
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from tunesmith.data.sources import Modality
 from tunesmith.errors import TunesmithError
@@ -59,6 +59,9 @@ SOURCES: dict[str, tuple[Modality, Callable[[BuildRequest], Backbone], set[str]]
     "hf": ("text", _build_hf, set()),
     "timm": ("image", _build_timm, {"weights"}),
 }
+# Which parts of a spec are file paths (read relative to the config's folder).
+PATH_TARGETS = {"hf"}
+PATH_OPTIONS = {"weights"}
 
 
 def parse_spec(spec: str) -> BackboneSpec:
@@ -85,6 +88,15 @@ def parse_spec(spec: str) -> BackboneSpec:
             + (f" and options {sorted(allowed)}" if allowed else ""),
         )
     return BackboneSpec(source, target, options)
+
+
+def absolute_spec(spec: str, resolve: Callable[[str], Path]) -> str:
+    """`spec` with its paths made absolute, so a resolved config works from any folder."""
+    parsed = parse_spec(spec)
+    target = str(resolve(parsed.target)) if parsed.source in PATH_TARGETS else parsed.target
+    options = {k: str(resolve(v)) if k in PATH_OPTIONS else v for k, v in parsed.options.items()}
+    query = f"?{urlencode(options, safe='/:')}" if options else ""
+    return f"{parsed.source}:{target}{query}"
 
 
 def build_backbone(
