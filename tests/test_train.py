@@ -252,3 +252,33 @@ def test_train_settings_come_from_the_resolved_config(text_config: Callable[...,
     assert settings.label_smoothing == resolved.train.label_smoothing
     with pytest.raises(ValueError, match="resolved config"):
         train_settings(load_config(text_config()))
+
+
+def test_weight_average_is_the_running_mean_then_an_exponential_average() -> None:
+    from torch import nn
+
+    from tunesmith.train.ema import WeightAverage
+
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    average = WeightAverage(model, decay=0.8)
+    seen = [0.0]
+    for value in (1.0, 3.0, 5.0):  # while fewer than 1 / (1 - 0.8) = 5 updates: the plain mean
+        with torch.no_grad():
+            model.weight.fill_(value)
+        average.update()
+        seen.append(value)
+        assert average.shadow[0].item() == pytest.approx(sum(seen) / len(seen))
+    for _ in range(10):  # then capped at the decay
+        before = average.shadow[0].item()
+        with torch.no_grad():
+            model.weight.fill_(10.0)
+        average.update()
+        assert average.shadow[0].item() == pytest.approx(0.8 * before + 0.2 * 10.0)
+
+    expected = average.shadow[0].item()
+    with average.applied():
+        assert model.weight.item() == pytest.approx(expected)
+    assert model.weight.item() == 10.0
+    assert average.shadow[0].item() == pytest.approx(expected)
