@@ -67,7 +67,7 @@ def _train_defaults(profile: DataProfile) -> dict[str, Any]:
 
 def ema_decay(train_rows: int, batch_size: int) -> float:
     """A weight average over about the last epoch of steps."""
-    steps_per_epoch = max(1, -(-train_rows // batch_size))
+    steps_per_epoch = -(-train_rows // batch_size)  # ceiling division
     return round(1.0 - 1.0 / max(10, steps_per_epoch), 5)
 
 

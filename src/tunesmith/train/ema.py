@@ -31,7 +31,8 @@ class WeightAverage:
         """
         self.updates += 1
         decay = min(self.decay, self.updates / (self.updates + 1))
-        torch._foreach_lerp_(self.shadow, [t.detach() for t in self.tensors], 1.0 - decay)
+        # `tensors` are the state dict's views of the live weights: already detached.
+        torch._foreach_lerp_(self.shadow, self.tensors, 1.0 - decay)
 
     @contextlib.contextmanager
     @torch.no_grad()
