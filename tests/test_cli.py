@@ -62,7 +62,9 @@ def test_run_records_splits_and_data_report(which: str, rows: int, test_rows: in
     assert len({part["ids_sha256"] for part in splits["parts"].values()}) == 3
     report = read_json(run.run_dir / "data_report.json")
     assert report["task"] == f"{which}-classification"
-    for name, part in report["parts"].items():
+    assert report["parts"]["train"]["rows"] == rows  # the source, before the split
+    assert report["findings"] == [] and report["cleaning"]["duplicates_dropped"]["train"] == 0
+    for name, part in report["trained_on"].items():
         assert part["rows"] == counts[name]
         assert sum(part["label_counts"].values()) == part["rows"]
         assert set(part["label_counts"]) == set(report["classes"])
@@ -88,9 +90,9 @@ def test_metrics_file_follows_the_schema(which: str, threshold: float,
 
     # The majority baseline, recomputed from the label counts of the data report.
     report = read_json(run.run_dir / "data_report.json")
-    train_counts = report["parts"]["train"]["label_counts"]
+    train_counts = report["trained_on"]["train"]["label_counts"]
     top = max(report["classes"], key=lambda c: (train_counts[c], -report["classes"].index(c)))
-    test_counts = report["parts"]["test"]["label_counts"]
+    test_counts = report["trained_on"]["test"]["label_counts"]
     majority = test_counts[top] / metrics["test_rows"]
     assert metrics["baselines"]["majority"]["accuracy"] == pytest.approx(majority)
 
@@ -330,8 +332,8 @@ def test_single_class(text_config: Callable[..., Path], text_table: pd.DataFrame
 def test_a_class_too_rare_to_stratify(text_config: Callable[..., Path], text_table: pd.DataFrame,
                                       run_cli: Cli, tmp_path: Path) -> None:
     path = bad_csv(tmp_path, text_table.assign(label=["rare"] + ["common"] * 149 + ["other"] * 150))
-    assert_user_error(run_cli(["run", text_config(data_path=path)]), path, "data.split",
-                      "cannot split 300 rows", "stratify: false")
+    assert_user_error(run_cli(["run", text_config(data_path=path)]), path, "data.label_column",
+                      "1 class(es) have a single example ('rare')")
 
 
 @pytest.mark.parametrize("empty", [None, np.nan, ""])
@@ -365,7 +367,7 @@ def test_corrupt_image(damage: str, image_config: Callable[..., Path], image_fol
     data = broken.read_bytes()
     broken.write_bytes(b"not an image at all" if damage == "garbage" else data[: len(data) // 2])
     assert_user_error(run_cli(["run", image_config(data_path=copy)]), broken, "data.train",
-                      "cannot read the image")
+                      "1 image(s) cannot be read", "drop_unreadable: true")
 
 
 def test_model_path_that_does_not_exist(text_config: Callable[..., Path], run_cli: Cli,

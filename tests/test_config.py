@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -157,7 +158,15 @@ def test_recipe_fills_autos_from_data_and_model_and_keeps_given_values(
     assert text.train.lr == 2e-3 and text.train.batch_size == 16  # given: kept as written
     assert isinstance(text.train.epochs, int) and text.train.epochs > 0
     assert isinstance(text.train.head_lr, float) and text.train.head_lr > 0
-    assert text.data.max_length == 64  # from the model: the tiny BERT's max_position_embeddings
+    # The 95th percentile of the texts' token lengths, rounded up to a multiple of 8, within the
+    # tiny BERT's 64 positions; a length given in the config is kept.
+    prepared = api.prepare(given)
+    tokenizer = prepared.backbone.tokenizer  # type: ignore[attr-defined]
+    lengths = [len(ids) for ids in tokenizer(prepared.data.train.inputs)["input_ids"]]
+    assert text.data.max_length == min(64, int(np.ceil(np.percentile(lengths, 95) / 8) * 8))
+    assert 8 <= text.data.max_length < 64
+    kept = api.prepare(load_config(text_config(data={"max_length": 40}))).config
+    assert kept.data.max_length == 40
     assert text.model.head.hidden <= 32 and text.model.strategy == "full"
 
     image = api.prepare(load_config(image_config())).config

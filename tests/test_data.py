@@ -11,7 +11,7 @@ from sklearn.model_selection import train_test_split
 
 from tunesmith.config import SplitConfig, load_config
 from tunesmith.data import load_task_data
-from tunesmith.data.split import ids_hash, make_splits
+from tunesmith.data.split import SplitInputs, Splits, ids_hash, make_splits
 from tunesmith.data.text import LengthGroupedSampler, pad_collate, sorted_batches
 
 # ----------------------------------------------------------------------------------------------
@@ -26,9 +26,14 @@ def imbalanced_targets(rows: int = 250, seed: int = 0) -> list[int]:
     return targets.tolist()
 
 
+def split_rows(y: list[int], split: SplitConfig, *, source: Path, test_given: bool) -> Splits:
+    return make_splits(SplitInputs(len(y), classes=np.asarray(y)), split, source=source,
+                       test_given=test_given)
+
+
 def test_test_part_is_sklearns_stratified_split() -> None:
     y = imbalanced_targets()
-    parts = make_splits(y, SplitConfig(val=0.1, test=0.2, seed=0), source=Path("t.csv"),
+    parts = split_rows(y, SplitConfig(val=0.1, test=0.2, seed=0), source=Path("t.csv"),
                         test_given=False)
     _, expected_test = train_test_split(np.arange(len(y)), test_size=0.2, random_state=0,
                                         stratify=y)
@@ -37,7 +42,7 @@ def test_test_part_is_sklearns_stratified_split() -> None:
 
 def test_val_is_cut_from_the_rest_and_parts_cover_every_row_once() -> None:
     y = imbalanced_targets()
-    parts = make_splits(y, SplitConfig(val=0.1, test=0.2, seed=0), source=Path("t.csv"),
+    parts = split_rows(y, SplitConfig(val=0.1, test=0.2, seed=0), source=Path("t.csv"),
                         test_given=False)
     rest, _ = train_test_split(np.arange(len(y)), test_size=0.2, random_state=0, stratify=y)
     expected_train, expected_val = train_test_split(
@@ -55,7 +60,7 @@ def test_same_seed_same_split_other_seed_other_split() -> None:
     y = imbalanced_targets()
 
     def split(seed: int) -> tuple[list[int], list[int], list[int]]:
-        parts = make_splits(y, SplitConfig(seed=seed), source=Path("t.csv"), test_given=False)
+        parts = split_rows(y, SplitConfig(seed=seed), source=Path("t.csv"), test_given=False)
         return parts.train, parts.val, parts.test
 
     assert split(3) == split(3)
@@ -65,7 +70,7 @@ def test_same_seed_same_split_other_seed_other_split() -> None:
 
 def test_given_test_file_leaves_every_row_to_train_and_val() -> None:
     y = imbalanced_targets(100)
-    parts = make_splits(y, SplitConfig(val=0.25), source=Path("t.csv"), test_given=True)
+    parts = split_rows(y, SplitConfig(val=0.25), source=Path("t.csv"), test_given=True)
     assert parts.test == []
     assert (len(parts.train), len(parts.val)) == (75, 25)
     assert sorted(parts.train + parts.val) == list(range(100))
@@ -87,7 +92,7 @@ def test_load_task_data_records_the_split(text_config: Callable[..., Path], text
     assert data.classes == ["negative", "positive"]
     parts = data.splits["parts"]
     assert [parts[p]["rows"] for p in ("train", "val", "test")] == [192, 48, 60]
-    assert parts["test"]["ids_sha256"] == ids_hash([str(i) for i in test_rows])
+    assert parts["test"]["ids_sha256"] == ids_hash([str(i + 1) for i in test_rows])  # data rows
     assert parts["train"]["ids_sha256"] != parts["val"]["ids_sha256"]
 
 
@@ -98,7 +103,11 @@ def test_a_given_test_file_is_used_as_is(
     text_table.iloc[:40].to_csv(test_csv, index=False)
     data = load_task_data(load_config(text_config(data={"test": str(test_csv)})))
     assert data.test.inputs == text_table["text"].iloc[:40].tolist()
-    assert len(data.train) + len(data.val) == 300
+    # The 40 test rows also sit in the training file: cleaning drops them from train and val.
+    dropped = data.report.cleaning["test_overlap_dropped"]
+    assert dropped["train"] + dropped["val"] == 40
+    assert len(data.train) + len(data.val) == 260
+    assert not set(data.test.inputs) & set(data.train.inputs + data.val.inputs)
     assert data.splits["test"] == "given file"
 
 

@@ -18,10 +18,9 @@ import torch
 from accelerate.utils import set_seed
 
 from tunesmith import __version__
-from tunesmith.config import Config, load_config
+from tunesmith.config import Config, inspect_options, load_config
 from tunesmith.console import console
-from tunesmith.data import TaskData, load_task_data
-from tunesmith.data.images import median_side
+from tunesmith.data import DataReport, TaskData, inspect_data, load_task_data
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import (
     PRIMARY_METRIC,
@@ -32,6 +31,7 @@ from tunesmith.evaluate import (
 from tunesmith.export import Predictor, load_predictor, save_bundle
 from tunesmith.io import write_json, write_text
 from tunesmith.models import Backbone, Classifier, absolute_spec, build_backbone, make_head
+from tunesmith.models.hf import HFTextBackbone
 from tunesmith.models.inputs import eval_batches, train_batches
 from tunesmith.models.timm_source import TimmBackbone
 from tunesmith.report import summary_table
@@ -75,11 +75,14 @@ def prepare(config: Config) -> Prepared:
 
 def _prepare(config: Config) -> Prepared:
     data = load_task_data(config)
+    _check_trainable(data, config)
     profile = DataProfile(
         modality=data.modality,
         train_rows=len(data.train),
         classes=len(data.classes),
-        median_image_side=median_side(data.train.inputs) if data.modality == "image" else None,
+        median_image_side=data.median_image_side,
+        source_format=data.report.parts["train"].source.format,
+        split_method=data.splits["method"],
     )
     backbone = build_backbone(
         config.model.backbone,
@@ -90,6 +93,8 @@ def _prepare(config: Config) -> Prepared:
     )
     if isinstance(backbone, TimmBackbone) and _given(config.data.image_size) is None:
         backbone.image_size = image_size(profile, backbone.pretrained_stats()["pretrained_size"])
+    if isinstance(backbone, HFTextBackbone) and _given(config.data.max_length) is None:
+        backbone.max_length = backbone.length_for(data.train.inputs)
     resolved = resolve(
         config,
         profile,
@@ -98,6 +103,31 @@ def _prepare(config: Config) -> Prepared:
         backbone=absolute_spec(config.model.backbone, config.path),
     )
     return Prepared(resolved, data, backbone, profile)
+
+
+def _check_trainable(data: TaskData, config: Config) -> None:
+    """The model and training stages fine-tune single-label text and image classifiers so far;
+    `tunesmith inspect` reads and checks every task."""
+    if data.spec.kind == "classification" and data.modality in ("text", "image"):
+        return
+    train = data.report.parts["train"]
+    if data.modality == "tabular" and config.task == "auto":
+        raise TunesmithError(
+            f"column {config.data.text_column!r} not found; the file has columns {train.columns}, "
+            "so it reads as a table of features, and tunesmith trains text and image "
+            "classifiers so far",
+            file=train.source.path,
+            field="data.text_column",
+            fix="set data.text_column to the column that holds the text",
+        )
+    raise TunesmithError(
+        f"the data is a {data.task} task; tunesmith trains text-classification and "
+        "image-classification so far (inspect, split and cleaning support it already)",
+        file=config.source,
+        field="task",
+        fix="run `tunesmith inspect` on this data, or set task: to a classification task if the "
+        "labels are classes",
+    )
 
 
 def _given(value: int | str | None) -> int | None:
@@ -146,10 +176,10 @@ def _fresh_run_dir(run_dir: Path) -> None:
 
 
 def _data_report(data: TaskData) -> dict[str, Any]:
+    """What inspection found in the sources, what cleaning did, and the parts trained on."""
     return {
-        "task": data.task,
-        "classes": data.classes,
-        "parts": {
+        **data.report.to_json(),
+        "trained_on": {
             name: {"rows": len(part), "label_counts": dict(Counter(part.labels).most_common())}
             for name, part in (("train", data.train), ("val", data.val), ("test", data.test))
         },
@@ -175,6 +205,8 @@ def fit(config: Config | str | Path, overrides: list[str] | None = None) -> RunS
         data.targets(data.train),
         batch_size=settings.batch_size,
         seed=settings.seed,
+        augment=resolved.data.augment,
+        classes=len(data.classes),
     )
     val = eval_batches(
         prepared.backbone, data.val.inputs, data.targets(data.val), batch_size=EVAL_BATCH_SIZE
@@ -252,6 +284,21 @@ def _metrics_record(
         "test_rows": len(data.test),
         "versions": {"tunesmith": __version__, "torch": torch.__version__},
     }
+
+
+def inspect(
+    data: str | Path,
+    *,
+    test: str | Path | None = None,
+    task: str = "auto",
+    **options: Any,
+) -> DataReport:
+    """Check a dataset as `tunesmith inspect` does. `options` are `data` config keys
+    (label_column, text_column, label_delimiter, format, delimiter, encoding, ...)."""
+    chosen, data_config = inspect_options(
+        {"task": task, "data": {"train": data, "test": test, **options}}
+    )
+    return inspect_data(data_config, task=chosen, resolve=lambda path: Path(path).absolute())
 
 
 def load(run_or_bundle: str | Path) -> Predictor:

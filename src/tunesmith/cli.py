@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import DataError, TunesmithError
 
 app = typer.Typer(
     name="tunesmith",
@@ -49,6 +49,53 @@ def validate(config: ConfigArg, set_: SetOption = None) -> None:
         f"backbone {prepared.config.model.backbone} ({prepared.backbone.num_features} features)"
     )
     typer.echo(prepared.config.to_yaml())
+
+
+@app.command()
+def inspect(
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="A CSV/TSV/JSONL/Parquet file, an image folder or manifest, or "
+            "a saved Hugging Face dataset."
+        ),
+    ],
+    test: Annotated[Path | None, typer.Option(help="A test file, checked for leakage too.")] = None,
+    task: Annotated[str, typer.Option(help="auto, or e.g. text-classification.")] = "auto",
+    label_column: Annotated[str, typer.Option(help="The label column.")] = "label",
+    text_column: Annotated[str, typer.Option(help="The text column (text tasks).")] = "text",
+    label_delimiter: Annotated[
+        str | None, typer.Option(help='Multilabel labels joined by this, e.g. "|".')
+    ] = None,
+    delimiter: Annotated[str | None, typer.Option(help="CSV delimiter.")] = None,
+    encoding: Annotated[str, typer.Option(help="Text encoding of the file.")] = "utf-8",
+    out: Annotated[Path, typer.Option(help="Where to write the JSON report.")] = Path(
+        "data_report.json"
+    ),
+) -> None:
+    """Check a dataset before training; exit status 1 when a problem makes training meaningless."""
+    from tunesmith import api
+    from tunesmith.console import console
+    from tunesmith.io import write_json
+    from tunesmith.report import data_tables
+
+    options = {
+        "label_column": label_column,
+        "text_column": text_column,
+        "encoding": encoding,
+        "label_delimiter": label_delimiter,
+        "delimiter": delimiter,
+    }
+    try:
+        report = api.inspect(data, test=test, task=task, **options).to_json()
+    except DataError as error:  # unusable data is inspect's finding (1), not a usage error (2)
+        typer.secho(f"error: {error.message}", fg=typer.colors.RED, err=True)
+        sys.exit(1)
+    console.print(data_tables(report))
+    write_json(out, report)
+    console.print(f"wrote {out}")
+    if any(finding["severity"] == "fatal" for finding in report["findings"]):
+        sys.exit(1)
 
 
 @app.command()

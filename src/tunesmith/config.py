@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
@@ -20,7 +20,29 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from tunesmith.errors import TunesmithError
 
 Auto = Literal["auto"]
-Task = Literal["auto", "text-classification", "image-classification"]
+M = TypeVar("M", bound=BaseModel)
+Modality = Literal["text", "image", "tabular"]
+# What the label column holds: one class per row (binary or multiclass), a set of classes per
+# row, or a number. A task is "<modality>-<kind>", e.g. text-classification or tabular-regression.
+LabelKind = Literal["classification", "multilabel", "regression"]
+Task = Literal[
+    "auto",
+    "text-classification",
+    "text-multilabel",
+    "text-regression",
+    "image-classification",
+    "image-multilabel",
+    "image-regression",
+    "tabular-classification",
+    "tabular-multilabel",
+    "tabular-regression",
+]
+DataFormat = Literal[
+    "auto", "csv", "tsv", "jsonl", "parquet", "image-folder", "image-manifest", "hf-dataset"
+]
+SplitMethod = Literal["auto", "stratified", "random", "group", "time", "column"]
+AugmentPreset = Literal["auto", "none", "light", "medium", "strong"]
+Impute = Literal["auto", "median", "mean", "most_frequent", "none"]
 Activation = Literal["relu", "gelu", "silu", "tanh", "sigmoid", "leaky_relu"]
 Init = Literal[
     "default",
@@ -39,25 +61,58 @@ class _Strict(BaseModel):
 
 
 class SplitConfig(_Strict):
-    """How train/val/test parts are made when no test file is given.
+    """How train/val/test parts are made.
 
-    `test` is a fraction of all rows; `val` a fraction of what remains after the test part.
+    `test` is a fraction of all rows (unused when `data.test` is given); `val` a fraction of what
+    remains (unused when `data.val` is given). `method: auto` picks `column` when `column` is set,
+    `group` when `group_column` is, `time` when `time_column` is, and `stratified` otherwise.
     """
 
+    method: SplitMethod = "auto"
     val: float = Field(0.1, gt=0.0, lt=1.0)
     test: float = Field(0.2, gt=0.0, lt=1.0)
-    stratify: bool = True
     seed: int = 0
+    group_column: str | None = None  # rows sharing a value stay in one part
+    time_column: str | None = None  # the latest rows become test, the ones before them val
+    column: str | None = None  # a column holding train / val / test for each row
+
+
+class CleanConfig(_Strict):
+    """What cleaning may drop or change; every drop is counted in data_report.json."""
+
+    drop_duplicates: bool = True  # exact duplicate inputs inside train (first one kept)
+    drop_test_overlap: Literal["exact", "near", "none"] = "near"  # train/val rows seen in test
+    drop_unreadable: bool = False  # false: an unreadable image is an error naming it
+    impute: Impute = "auto"  # tabular missing values; statistics from train only
+    image_mode: Literal["RGB", "L"] = "RGB"  # every image is converted to this mode
+
+
+class AugmentConfig(_Strict):
+    """Training-time augmentation of images; never applied to val or test."""
+
+    preset: AugmentPreset = "auto"
+    flip: bool = True  # false where orientation carries meaning (digits, text in images)
+    mixup: float = Field(0.0, ge=0.0)  # Beta(alpha, alpha) mixing; 0 turns it off
+    cutmix: float = Field(0.0, ge=0.0)
 
 
 class DataConfig(_Strict):
     train: Path
-    test: Path | None = None
+    test: Path | None = None  # a predefined test part; otherwise split off from train
+    val: Path | None = None  # a predefined validation part; otherwise split off from train
+    format: DataFormat = "auto"  # from the suffix, or the folder's contents
+    delimiter: str | None = None  # CSV only; null: "," for .csv and tab for .tsv
+    encoding: str = "utf-8"
     text_column: str = "text"
+    image_column: str = "image"  # image manifests: the column of image paths
     label_column: str = "label"
+    label_delimiter: str | None = None  # multilabel labels written as "a|b" in one column
+    feature_columns: list[str] | None = None  # tabular: all columns but label and split ones
     image_size: int | Auto | None = "auto"  # image tasks; null for text
-    max_length: int | Auto | None = "auto"  # text tasks; null for images
+    max_length: int | Auto | None = "auto"  # text tasks: auto is the 95th percentile of tokens
     split: SplitConfig = SplitConfig()
+    clean: CleanConfig = CleanConfig()
+    augment: AugmentConfig = AugmentConfig()
 
 
 class HeadConfig(_Strict):
@@ -175,8 +230,26 @@ def _describe(error: Any) -> str:
 
 def config_from_dict(raw: dict[str, Any], *, source: str, base_dir: Path) -> Config:
     """Validate a dict into a Config, listing every problem in one error."""
+    config = _validated(Config, raw, source=source)
+    config._base_dir = base_dir
+    config._source = source
+    return config
+
+
+def inspect_options(raw: dict[str, Any], *, source: str = "command line") -> tuple[str, DataConfig]:
+    """The task and data section `tunesmith inspect` was given, validated as a config's would be."""
+    options = _validated(InspectOptions, raw, source=source)
+    return options.task, options.data
+
+
+class InspectOptions(_Strict):
+    task: Task = "auto"
+    data: DataConfig
+
+
+def _validated(model: type[M], raw: dict[str, Any], *, source: str) -> M:
     try:
-        config = Config.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as error:
         # One error per field: a union like `int | "auto"` reports once for each branch.
         seen: dict[tuple[Any, ...], str] = {}
@@ -189,9 +262,6 @@ def config_from_dict(raw: dict[str, Any], *, source: str, base_dir: Path) -> Con
             file=source,
             fix="correct the fields listed above (see the config reference in the README)",
         ) from None
-    config._base_dir = base_dir
-    config._source = source
-    return config
 
 
 def _is_union_branch(part: Any) -> bool:

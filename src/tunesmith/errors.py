@@ -33,3 +33,10 @@ class TunesmithError(Exception):
         if self.fix:
             text += f"\n  fix: {self.fix}"
         return text
+
+
+class DataError(TunesmithError):
+    """The data itself is unusable (empty, unreadable, one class), as opposed to a wrong option.
+
+    `tunesmith inspect` exits with status 1 for these and 2 for other errors; a run stops with 2.
+    """

@@ -1,106 +1,403 @@
-"""The data stage: read, check and split what the user has on disk. It knows no model."""
+"""The data stage: read, check, clean and split what the user has on disk. It knows no model.
+
+inspect:  sources -> one scan per source (chunk by chunk) -> checks -> DataReport
+load:     sources read whole -> the same scans and checks (fatal ones stop the run) -> unreadable
+          rows dropped -> split -> duplicates and test overlap dropped -> Examples per part
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from tunesmith.config import Config
-from tunesmith.data.images import check_images
-from tunesmith.data.sources import Examples, Modality, infer_modality, label_names, read_examples
-from tunesmith.data.split import Splits, ids_hash, make_splits
-from tunesmith.errors import TunesmithError
+import numpy as np
+import pandas as pd
 
-TASK_MODALITY: dict[str, Modality] = {
-    "text-classification": "text",
-    "image-classification": "image",
-}
+from tunesmith.config import Config, DataConfig
+from tunesmith.data.clean import Part, clean_parts, readable_rows
+from tunesmith.data.inspect import DataReport, Finding, Options, inspect_parts
+from tunesmith.data.scan import Columns, PartScan, check_columns, scan_part
+from tunesmith.data.sources import (
+    ID_COLUMN,
+    IMAGE_COLUMN,
+    Examples,
+    Modality,
+    Source,
+    open_source,
+)
+from tunesmith.data.split import SplitInputs, ids_hash, make_splits
+from tunesmith.data.tabular import TabularEncoding, fit_tabular
+from tunesmith.data.task import TaskSpec, infer_kind, infer_modality
+from tunesmith.errors import DataError, TunesmithError
+
+FrameRows = Callable[[np.ndarray], pd.DataFrame]
 
 
 @dataclass(frozen=True)
 class TaskData:
-    """The three parts of a classification dataset and its class names (sorted)."""
+    """The three parts of a dataset, its class names (sorted) and what inspection found."""
 
-    task: str
+    spec: TaskSpec
     classes: list[str]
     train: Examples
     val: Examples
     test: Examples
     splits: dict[str, Any]
+    report: DataReport
+    tabular: TabularEncoding | None = None
+
+    @property
+    def task(self) -> str:
+        return self.spec.name
 
     @property
     def modality(self) -> Modality:
-        return self.train.modality
+        return self.spec.modality
 
-    def targets(self, part: Examples) -> list[int]:
+    @property
+    def median_image_side(self) -> int | None:
+        """The median of max(width, height) over the readable training images."""
+        scan = self.report.parts["train"].images
+        if scan is None:
+            return None
+        sides = np.maximum(scan.widths, scan.heights)[scan.readable]
+        return int(np.median(sides)) if len(sides) else None
+
+    def targets(self, part: Examples) -> list[Any]:
+        """Class indices (classification), 0/1 vectors (multilabel) or numbers (regression)."""
+        if self.spec.kind == "regression":
+            return list(part.labels)
         index = {name: i for i, name in enumerate(self.classes)}
+        if self.spec.kind == "multilabel":
+            vectors = np.zeros((len(part), len(self.classes)), dtype=np.float32)
+            for row, names in enumerate(part.labels):
+                vectors[row, [index[name] for name in names]] = 1.0
+            return list(vectors)
         return [index[label] for label in part.labels]
 
 
-def resolve_task(config: Config) -> str:
-    if config.task != "auto":
-        return config.task
-    modality = infer_modality(config.path(config.data.train))
-    return "image-classification" if modality == "image" else "text-classification"
+# ----------------------------------------------------------------------------------------------
+# sources and task
+
+
+def _open(data: DataConfig, path: Path, field: str) -> Source:
+    return open_source(
+        path,
+        field=field,
+        format=data.format,
+        delimiter=data.delimiter,
+        encoding=data.encoding,
+        image_column=data.image_column,
+        text_column=data.text_column,
+    )
+
+
+def _sources(data: DataConfig, resolve: Callable[[Path], Path]) -> dict[str, Source]:
+    sources = {"train": _open(data, resolve(data.train), "data.train")}
+    for name in ("val", "test"):
+        path = getattr(data, name)
+        if path is not None:
+            sources[name] = _open(data, resolve(path), f"data.{name}")
+    return sources
+
+
+def resolve_task(task: str, data: DataConfig, train: Source) -> TaskSpec:
+    """The task the config names, or the one the data shows: modality and label kind."""
+    modality = infer_modality(train, text_column=data.text_column)
+    if task != "auto":
+        spec = TaskSpec.parse(task)
+        if (spec.modality == "image") != train.is_image:
+            raise TunesmithError(
+                f"task {task} does not fit this data ({train.format})",
+                file=train.path,
+                field="task",
+                fix="set task: auto, or point data.train at "
+                + ("an image folder or manifest" if spec.modality == "image" else "a table"),
+            )
+        return spec
+    first = next(train.frames(chunk_rows=10_000))
+    check_columns(train, [c for c in first.columns if c != ID_COLUMN], _needed(data, modality))
+    kind = infer_kind(first[data.label_column], delimiter=data.label_delimiter)
+    return TaskSpec(modality, kind)
+
+
+def _needed(data: DataConfig, modality: Modality) -> dict[str, str]:
+    needed = {data.label_column: "data.label_column"}
+    if modality == "text":
+        needed[data.text_column] = "data.text_column"
+    split = data.split
+    for column, key in (
+        (split.group_column, "data.split.group_column"),
+        (split.time_column, "data.split.time_column"),
+        (split.column, "data.split.column"),
+    ):
+        if column is not None:
+            needed[column] = key
+    return needed
+
+
+def _columns(data: DataConfig, header: list[str], modality: Modality) -> Columns:
+    split = data.split
+    extra = tuple(c for c in (split.group_column, split.time_column, split.column) if c)
+    features: tuple[str, ...] = ()
+    if modality == "tabular":
+        reserved = {data.label_column, ID_COLUMN, *extra}
+        features = tuple(data.feature_columns or [c for c in header if c not in reserved])
+        if not features:
+            raise TunesmithError(
+                "the table has no feature columns besides the label",
+                field="data.feature_columns",
+                fix="add feature columns, or check data.label_column",
+            )
+    return Columns(
+        label=data.label_column,
+        text=data.text_column,
+        features=features,
+        label_delimiter=data.label_delimiter,
+        extra=extra,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# features for the label-error check
+
+
+def _label_error_features(modality: Modality, columns: Columns, rows_of: FrameRows) -> Any:
+    from tunesmith.data.label_noise import image_features, text_features
+
+    def features(rows: np.ndarray) -> Any:
+        frame = rows_of(rows)
+        if modality == "text":
+            return text_features(frame[columns.text].fillna("").astype(str).tolist())
+        if modality == "image":
+            return image_features(frame[IMAGE_COLUMN].tolist())
+        encoding = fit_tabular(frame, list(columns.features), impute="median")
+        return encoding.transform(frame)
+
+    return features
+
+
+def take_rows(source: Source, rows: np.ndarray) -> pd.DataFrame:
+    """The given rows (sorted indices) of a source, in one more pass over its chunks."""
+    taken, offset = [], 0
+    for frame in source.frames():
+        inside = rows[(rows >= offset) & (rows < offset + len(frame))] - offset
+        taken.append(frame.iloc[inside])
+        offset += len(frame)
+    return pd.concat(taken, ignore_index=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# inspect
+
+
+def inspect_data(
+    data: DataConfig,
+    *,
+    task: str = "auto",
+    resolve: Callable[[Path], Path] = lambda path: path,
+    seed: int = 0,
+) -> DataReport:
+    """Scan and check the data a config (or `tunesmith inspect`) names, a chunk at a time."""
+    sources = _sources(data, resolve)
+    spec = resolve_task(task, data, sources["train"])
+    columns = _columns(data, sources["train"].columns(), spec.modality)
+    scans = {
+        name: scan_part(
+            name, source, source.frames(), modality=spec.modality, kind=spec.kind, columns=columns
+        )
+        for name, source in sources.items()
+    }
+    train = sources["train"]
+    return inspect_parts(
+        spec,
+        scans,
+        options=Options(drop_unreadable=data.clean.drop_unreadable, seed=seed),
+        label_error_features=_label_error_features(
+            spec.modality, columns, lambda rows: take_rows(train, rows)
+        ),
+    )
+
+
+def fatal_error(report: DataReport) -> DataError:
+    """The first fatal finding as the error a run stops with."""
+    first: Finding = report.fatal[0]
+    more = len(report.fatal) - 1
+    problem = first.message + (
+        f" (and {more} more fatal problem(s): `tunesmith inspect` lists them)" if more else ""
+    )
+    return DataError(problem, file=first.file, field=first.field, fix=first.fix)
+
+
+# ----------------------------------------------------------------------------------------------
+# load for a run
 
 
 def load_task_data(config: Config) -> TaskData:
-    """Read, check and split the data the config names."""
-    task = resolve_task(config)
-    modality = TASK_MODALITY[task]
+    """Read, check, split and clean the data the config names."""
     data = config.data
-    read = {"text_column": data.text_column, "label_column": data.label_column}
-    train_path = config.path(data.train)
-    everything = read_examples(train_path, modality, **read, field="data.train")
-    given_test = (
-        read_examples(config.path(data.test), modality, **read, field="data.test")
-        if data.test is not None
-        else None
-    )
-    if modality == "image":
-        check_images(everything.inputs, field="data.train")
-        if given_test is not None:
-            check_images(given_test.inputs, field="data.test")
-
-    classes = label_names(everything.labels)
-    if len(classes) < 2:
-        raise TunesmithError(
-            f"the labels have a single class ({classes[0]!r}); classification needs two or more",
-            file=train_path,
-            field="data.label_column" if modality == "text" else "data.train",
-            fix="add examples of the other classes, or point data.label_column at the real label",
+    sources = _sources(data, config.path)
+    spec = resolve_task(config.task, data, sources["train"])
+    frames = {name: source.read() for name, source in sources.items()}
+    header = [c for c in frames["train"].columns if c != ID_COLUMN]
+    check_columns(sources["train"], header, _needed(data, spec.modality))
+    columns = _columns(data, header, spec.modality)
+    scans = {
+        name: scan_part(
+            name, source, [frames[name]], modality=spec.modality, kind=spec.kind, columns=columns
         )
-    if given_test is not None:
-        unseen = sorted(set(given_test.labels) - set(classes))
-        if unseen:
-            raise TunesmithError(
-                f"test labels {unseen[:5]} never occur in the training data",
-                file=config.path(data.test) if data.test else None,
-                field="data.label_column",
-                fix="make sure train and test use the same label values",
-            )
-
-    index = {name: i for i, name in enumerate(classes)}
-    parts: Splits = make_splits(
-        [index[label] for label in everything.labels],
-        data.split,
-        source=train_path,
-        test_given=given_test is not None,
-    )
-    train = everything.subset(parts.train)
-    val = everything.subset(parts.val)
-    test = given_test if given_test is not None else everything.subset(parts.test)
-    record = {
-        "method": "stratified" if data.split.stratify else "random",
-        "seed": data.split.seed,
-        "val_fraction_of_train": data.split.val,
-        "test": "given file" if given_test is not None else f"{data.split.test:.0%} of all rows",
-        "parts": {
-            name: {"rows": len(part), "source": str(part.source), "ids_sha256": ids_hash(part.ids)}
-            for name, part in (("train", train), ("val", val), ("test", test))
-        },
+        for name, source in sources.items()
     }
-    return TaskData(task, classes, train, val, test, record)
+    report = inspect_parts(
+        spec,
+        scans,
+        options=Options(drop_unreadable=data.clean.drop_unreadable, seed=config.seed),
+        label_error_features=_label_error_features(
+            spec.modality, columns, lambda rows: frames["train"].iloc[rows]
+        ),
+    )
+    if report.fatal:
+        raise fatal_error(report)
+    parts, record, dropped = _split(config, scans, frames["train"])
+    train, val, counts = clean_parts(*parts, data.clean)
+    report.cleaning = {"unreadable_dropped": dropped, **counts}
+    examples = {
+        name: _examples(part, frames[part.scan.name], spec.modality, columns)
+        for name, part in (("train", train), ("val", val), ("test", parts[2]))
+    }
+    record["parts"] = {
+        name: {
+            "rows": len(part),
+            "source": str(part.source),
+            "ids_sha256": ids_hash(part.ids),
+        }
+        for name, part in examples.items()
+    }
+    tabular = _fit_tabular(config, examples["train"], columns, report) if columns.features else None
+    _count_image_conversions(report, scans, data.clean.image_mode)
+    return TaskData(
+        spec,
+        report.classes,
+        examples["train"],
+        examples["val"],
+        examples["test"],
+        record,
+        report,
+        tabular,
+    )
 
 
-__all__ = ["Examples", "TaskData", "load_task_data", "resolve_task"]
+def _split(
+    config: Config, scans: dict[str, PartScan], frame: pd.DataFrame
+) -> tuple[tuple[Part, Part, Part], dict[str, Any], dict[str, int]]:
+    """Usable rows of train split into parts (or the given val/test files used as they are)."""
+    data = config.data
+    train_scan = scans["train"]
+    usable, dropped_train = readable_rows(train_scan, data.clean)
+    dropped = {"train": dropped_train}
+    labels = train_scan.labels
+    inputs = SplitInputs(
+        rows=len(usable),
+        classes=labels.codes[usable] if labels.kind == "classification" else None,
+        multilabel=labels.sets[usable] if labels.sets is not None else None,
+        targets=labels.targets[usable] if labels.targets is not None else None,
+        groups=_column(frame, data.split.group_column, usable),
+        times=_times(frame, data.split.time_column, usable),
+        assigned=_column(frame, data.split.column, usable),
+    )
+    splits = make_splits(
+        inputs,
+        data.split,
+        source=train_scan.source.path,
+        test_given="test" in scans,
+        val_given="val" in scans,
+    )
+    parts = []
+    for name in ("train", "val", "test"):
+        if name in scans and name != "train":
+            rows, dropped[name] = readable_rows(scans[name], data.clean)
+            parts.append(Part(scans[name], rows))
+        else:
+            parts.append(Part(train_scan, usable[np.asarray(getattr(splits, name), dtype=int)]))
+    record = {
+        "method": splits.method,
+        "seed": data.split.seed,
+        "val": "given file" if "val" in scans else f"{data.split.val:.0%} of the rest",
+        "test": "given file" if "test" in scans else f"{data.split.test:.0%} of all rows",
+        "group_column": data.split.group_column,
+        "time_column": data.split.time_column,
+        "split_column": data.split.column,
+    }
+    return (parts[0], parts[1], parts[2]), record, dropped
+
+
+def _column(frame: pd.DataFrame, column: str | None, rows: np.ndarray) -> np.ndarray | None:
+    if column is None:
+        return None
+    values: np.ndarray = np.asarray(frame[column].astype(str), dtype=object)
+    return values[rows]
+
+
+def _times(frame: pd.DataFrame, column: str | None, rows: np.ndarray) -> np.ndarray | None:
+    if column is None:
+        return None
+    values = frame[column].iloc[rows]
+    numbers = pd.to_numeric(values, errors="coerce")
+    if numbers.notna().sum() >= values.notna().sum():
+        return np.asarray(numbers, dtype=float)
+    return np.asarray(pd.to_datetime(values, errors="coerce", format="mixed"))
+
+
+def _examples(part: Part, frame: pd.DataFrame, modality: Modality, columns: Columns) -> Examples:
+    rows = part.rows
+    selected = frame.iloc[rows]
+    if modality == "text":
+        inputs = selected[columns.text].fillna("").astype(str).tolist()
+    elif modality == "image":
+        inputs = selected[IMAGE_COLUMN].astype(str).tolist()
+    else:
+        inputs = []
+    return Examples(
+        modality=modality,
+        inputs=inputs,
+        labels=part.scan.labels.values(rows),
+        ids=selected[ID_COLUMN].astype(str).tolist(),
+        source=part.scan.source.path,
+        features=selected[list(columns.features)].reset_index(drop=True)
+        if modality == "tabular"
+        else None,
+    )
+
+
+def _fit_tabular(
+    config: Config, train: Examples, columns: Columns, report: DataReport
+) -> TabularEncoding:
+    impute = "median" if config.data.clean.impute == "auto" else config.data.clean.impute
+    assert train.features is not None
+    encoding = fit_tabular(train.features, list(columns.features), impute=impute)
+    missing = {c: int(n) for c, n in train.features.isna().sum().items() if n}
+    report.cleaning["imputed"] = {"strategy": impute, "train_values_filled": missing}
+    return encoding
+
+
+def _count_image_conversions(report: DataReport, scans: dict[str, PartScan], mode: str) -> None:
+    converted = {
+        name: sum(1 for m in scan.images.modes if m is not None and m != mode)
+        for name, scan in scans.items()
+        if scan.images is not None
+    }
+    if converted:
+        report.cleaning["images_converted"] = {"to": mode, **converted}
+
+
+__all__ = [
+    "DataReport",
+    "Examples",
+    "TaskData",
+    "fatal_error",
+    "inspect_data",
+    "load_task_data",
+    "resolve_task",
+]

@@ -1,158 +1,405 @@
-"""Reading what a user has on disk into labelled examples.
+"""Reading what a user has on disk, in bounded memory.
 
-Text classification reads a table (CSV, TSV or JSONL) with a text and a label column; image
-classification reads a folder with one subfolder per class. Either way the result is `Examples`:
-inputs (texts, or image file paths) with their raw labels as strings, in file order.
+A `Source` is one dataset file or folder in one of the formats below. It yields its rows as pandas
+frames of at most `chunk_rows` rows, so a million-row CSV is inspected a chunk at a time; training
+reads the (much smaller, or already cleaned) parts whole with `read()`.
+
+| format | what it is |
+|---|---|
+| csv, tsv | a table with a header row (delimiter from `data.delimiter` or the suffix) |
+| jsonl | one JSON object per line; a list value is a multilabel label |
+| parquet | a Parquet file, read by row groups |
+| hf-dataset | a folder written by `datasets.Dataset.save_to_disk` (memory-mapped Arrow) |
+| image-folder | a folder with one subfolder per class |
+| image-manifest | a CSV with an image path column (paths relative to the CSV) and a label column |
+
+Image rows carry the image's absolute path in the column `image`. A path that leads outside the
+data folder (through `..` or a symlink) is refused: a dataset should not read the rest of the disk.
 """
 
 from __future__ import annotations
 
+import csv
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import DataError, TunesmithError
 
-Modality = Literal["text", "image"]
+Modality = Literal["text", "image", "tabular"]
+Format = Literal["csv", "tsv", "jsonl", "parquet", "hf-dataset", "image-folder", "image-manifest"]
 
-TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".json": None}
+TABLE_SUFFIXES: dict[str, Format] = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+IMAGE_COLUMN = "image"  # the column of absolute image paths in every image source's frames
+ID_COLUMN = "__id__"  # a stable name for each row: its number in the file, or its relative path
+CHUNK_ROWS = 100_000
+LIKELY_DELIMITERS = [";", "\t", "|", ","]
 
 
 @dataclass(frozen=True)
 class Examples:
-    """Labelled examples in file order. `ids` name each one stably (row number or relative path)."""
+    """Labelled examples in file order. `ids` name each one stably (row number or relative path).
+
+    `inputs` holds texts or image paths; tabular examples keep their raw columns in `features`.
+    `labels` are strings (classification), tuples of strings (multilabel) or floats (regression).
+    """
 
     modality: Modality
     inputs: list[str]
-    labels: list[str]
+    labels: list[Any]
     ids: list[str]
     source: Path
+    features: pd.DataFrame | None = None
 
     def __len__(self) -> int:
-        return len(self.inputs)
+        return len(self.ids)
 
     def subset(self, indices: list[int]) -> Examples:
         return Examples(
             modality=self.modality,
-            inputs=[self.inputs[i] for i in indices],
+            inputs=[self.inputs[i] for i in indices] if self.inputs else [],
             labels=[self.labels[i] for i in indices],
             ids=[self.ids[i] for i in indices],
             source=self.source,
+            features=None if self.features is None else self.features.iloc[indices],
         )
 
 
-def infer_modality(path: Path) -> Modality:
-    """An image folder for a directory, a text table for a table file."""
-    return "image" if path.is_dir() else "text"
+@dataclass(frozen=True)
+class Source:
+    """One dataset on disk. `field` is the config key that named it, for error messages."""
+
+    path: Path
+    format: Format
+    field: str
+    delimiter: str | None = None
+    encoding: str = "utf-8"
+    image_column: str = IMAGE_COLUMN
+
+    @property
+    def is_image(self) -> bool:
+        return self.format in ("image-folder", "image-manifest")
+
+    def error(self, problem: str, fix: str, *, field: str | None = None) -> DataError:
+        """A problem with the data in this source."""
+        return DataError(problem, file=self.path, field=field or self.field, fix=fix)
+
+    def columns(self) -> list[str]:
+        """The column names, read without reading the rows."""
+        if self.format in ("csv", "tsv", "image-manifest"):
+            return _csv_header(self)
+        if self.format == "image-folder":
+            return [IMAGE_COLUMN, "label"]
+        first = next(self.frames(chunk_rows=1000), None)
+        return [] if first is None else [c for c in first.columns if c != ID_COLUMN]
+
+    def frames(self, chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+        """The rows in file order, `chunk_rows` at a time, each with an `__id__` column."""
+        readers = {
+            "csv": _csv_frames,
+            "tsv": _csv_frames,
+            "image-manifest": _manifest_frames,
+            "jsonl": _jsonl_frames,
+            "parquet": _parquet_frames,
+            "hf-dataset": _hf_frames,
+            "image-folder": _folder_frames,
+        }
+        offset = 0
+        for frame in readers[self.format](self, chunk_rows):
+            if ID_COLUMN not in frame.columns:  # data row numbers, counted from 1 as editors do
+                ids = [str(i) for i in range(offset + 1, offset + len(frame) + 1)]
+                frame.insert(0, ID_COLUMN, ids)
+            offset += len(frame)
+            yield frame.reset_index(drop=True)
+        if offset == 0:
+            header = self.format in ("csv", "tsv", "image-manifest") and _csv_header(self)
+            raise self.error(
+                "the file has a header but no rows" if header else "the data has no rows",
+                "add rows to the file, or point the config at the right file",
+            )
+
+    def read(self) -> pd.DataFrame:
+        return pd.concat(list(self.frames()), ignore_index=True)
 
 
-def read_examples(
-    path: Path, modality: Modality, *, text_column: str, label_column: str, field: str
-) -> Examples:
-    """Read `path` as labelled examples; `field` names the config key it came from."""
+def open_source(
+    path: Path,
+    *,
+    field: str,
+    format: str = "auto",
+    delimiter: str | None = None,
+    encoding: str = "utf-8",
+    image_column: str = IMAGE_COLUMN,
+    text_column: str = "text",
+) -> Source:
+    """The `Source` at `path`; `format: auto` reads it from the suffix or the folder's contents."""
     if not path.exists():
         raise TunesmithError(
             "data file not found", file=path, field=field, fix=f"set {field} to an existing path"
         )
-    if modality == "image":
-        return read_image_folder(path, field=field)
-    return read_text_table(path, text_column=text_column, label_column=label_column, field=field)
-
-
-def read_table(path: Path, *, field: str) -> pd.DataFrame:
-    """A CSV, TSV or JSONL file as a DataFrame, with every value read as it is written."""
-    suffix = path.suffix.lower()
-    if path.is_dir() or suffix not in TABLE_SUFFIXES:
-        raise TunesmithError(
-            f"cannot read {suffix or 'a folder'} as a text table",
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError(
+            "the file is empty (0 bytes)",
             file=path,
             field=field,
-            fix="give a .csv, .tsv or .jsonl file, or an image folder (task: image-classification)",
+            fix="point the config at the real data file",
         )
+    fmt = _detect_format(path, field) if format == "auto" else format
+    source = Source(path, fmt, field, delimiter, encoding, image_column)  # type: ignore[arg-type]
+    if fmt == "csv" and format == "auto":
+        header = source.columns()
+        if image_column in header and text_column not in header:
+            return Source(path, "image-manifest", field, delimiter, encoding, image_column)
+    return source
+
+
+def _detect_format(path: Path, field: str) -> Format:
+    if path.is_dir():
+        if (path / "dataset_dict.json").exists():
+            splits = sorted(child.name for child in path.iterdir() if child.is_dir())
+            raise TunesmithError(
+                f"this folder holds a DatasetDict with splits {splits}, not one dataset",
+                file=path,
+                field=field,
+                fix=f"point {field} at one split's folder, e.g. {path / 'train'}",
+            )
+        if (path / "dataset_info.json").exists() or (path / "state.json").exists():
+            return "hf-dataset"
+        return "image-folder"
+    fmt = TABLE_SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
+        raise TunesmithError(
+            f"cannot tell the format of a {path.suffix or 'suffix-less'} file",
+            file=path,
+            field=field,
+            fix="give a .csv, .tsv, .jsonl, .parquet file, an image folder or a saved Hugging Face "
+            "dataset, or set data.format",
+        )
+    return fmt
+
+
+# ----------------------------------------------------------------------------------------------
+# delimited text
+
+
+def _csv_delimiter(source: Source) -> str:
+    if source.delimiter is not None:
+        return source.delimiter
+    return "\t" if source.format == "tsv" or source.path.suffix.lower() == ".tsv" else ","
+
+
+def _decode_error(source: Source, error: UnicodeDecodeError) -> TunesmithError:
+    return source.error(
+        f"the file is not {source.encoding} text (byte 0x{error.object[error.start]:02x} at "
+        f"byte offset {error.start} of the block being read)",
+        "re-save the file as UTF-8, or set data.encoding to its encoding (e.g. latin-1, cp1252)",
+        field="data.encoding",
+    )
+
+
+def _csv_header(source: Source) -> list[str]:
     try:
-        if TABLE_SUFFIXES[suffix] is None:
-            return pd.read_json(path, lines=True, dtype=False)
-        return pd.read_csv(
-            path, sep=TABLE_SUFFIXES[suffix], dtype=str, keep_default_na=False, na_values=[""]
+        with source.path.open(encoding=source.encoding, newline="") as handle:
+            return next(csv.reader(handle, delimiter=_csv_delimiter(source)), [])
+    except UnicodeDecodeError as error:
+        raise _decode_error(source, error) from None
+
+
+def _check_header(source: Source, header: list[str]) -> None:
+    duplicated = sorted({name for name in header if header.count(name) > 1})
+    if duplicated:
+        raise source.error(
+            f"the header names column(s) {duplicated} more than once",
+            "give every column a unique name in the header row",
         )
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise TunesmithError(
+
+
+def wrong_delimiter_hint(source: Source, header: list[str]) -> str | None:
+    """When the header is one column that contains another delimiter, the likely real one."""
+    if len(header) != 1:
+        return None
+    for candidate in LIKELY_DELIMITERS:
+        if candidate != _csv_delimiter(source) and candidate in header[0]:
+            return candidate
+    return None
+
+
+def _csv_frames(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    header = _csv_header(source)
+    _check_header(source, header)
+    try:
+        reader = pd.read_csv(
+            source.path,
+            sep=_csv_delimiter(source),
+            dtype=str,
+            keep_default_na=False,
+            na_values=[""],
+            encoding=source.encoding,
+            chunksize=chunk_rows,
+        )
+        with reader:
+            yield from reader
+    except UnicodeDecodeError as error:
+        raise _decode_error(source, error) from None
+    except pd.errors.EmptyDataError:
+        return
+    except (ValueError, pd.errors.ParserError) as error:
+        raise source.error(
             f"cannot parse the file: {error}",
-            file=path,
-            field=field,
-            fix="check that the file is well-formed UTF-8 " + suffix.lstrip(".").upper(),
+            f"check that every row has the header's {len(header)} fields, or set data.delimiter",
         ) from None
 
 
-def read_text_table(path: Path, *, text_column: str, label_column: str, field: str) -> Examples:
-    table = read_table(path, field=field)
-    for column, key in ((text_column, "data.text_column"), (label_column, "data.label_column")):
-        if column not in table.columns:
-            raise TunesmithError(
-                f"column {column!r} not found; the file has columns {list(table.columns)}",
-                file=path,
-                field=key,
-                fix=f"set {key} to one of those columns",
-            )
-    missing = table.index[table[label_column].isna()].tolist()
-    if missing:
-        rows = ", ".join(str(row + 1) for row in missing[:5])
-        raise TunesmithError(
-            f"{len(missing)} row(s) have no label (data rows {rows}"
-            f"{', ...' if len(missing) > 5 else ''})",
-            file=path,
-            field="data.label_column",
-            fix="fill in or remove the rows without a label",
+def _jsonl_frames(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    try:
+        reader = pd.read_json(
+            source.path, lines=True, dtype=False, chunksize=chunk_rows, encoding=source.encoding
         )
-    texts = table[text_column].fillna("").astype(str).tolist()
-    labels = [_label_text(value) for value in table[label_column].tolist()]
-    ids = [str(row) for row in range(len(table))]
-    return Examples("text", texts, labels, ids, path)
+        with reader:
+            yield from reader
+    except UnicodeDecodeError as error:
+        raise _decode_error(source, error) from None
+    except ValueError as error:
+        raise source.error(
+            f"cannot parse the file as JSON lines: {error}",
+            'write one JSON object per line, e.g. {"text": "...", "label": "pos"}',
+        ) from None
 
 
-def _label_text(value: object) -> str:
-    # JSON numbers arrive as int/float; 1.0 and 1 are the same class.
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+def _parquet_frames(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(source.path)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise source.error(f"cannot read the Parquet file: {error}", "re-write the file") from None
+    for batch in parquet.iter_batches(batch_size=chunk_rows):
+        yield batch.to_pandas()
 
 
-def read_image_folder(path: Path, *, field: str) -> Examples:
-    if not path.is_dir():
-        raise TunesmithError(
-            "an image dataset must be a folder with one subfolder per class",
-            file=path,
-            field=field,
-            fix="point it at a folder like data/train/<class>/<image>.png",
-        )
-    classes = sorted(child for child in path.iterdir() if child.is_dir())
+def _hf_frames(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    import datasets
+
+    try:
+        dataset = datasets.load_from_disk(str(source.path))
+    except (FileNotFoundError, ValueError, OSError) as error:
+        raise source.error(
+            f"cannot load the saved dataset: {error}",
+            "save it again with datasets.Dataset.save_to_disk",
+        ) from None
+    names = _class_label_names(dataset.features)
+    for table in dataset.with_format("arrow").iter(batch_size=chunk_rows):
+        frame = table.to_pandas()
+        for column, classes in names.items():  # ClassLabel ints -> their names
+            frame[column] = frame[column].map(lambda code, c=classes: None if code < 0 else c[code])
+        yield frame
+
+
+def _class_label_names(features: Any) -> dict[str, list[str]]:
+    import datasets
+
+    return {
+        name: list(feature.names)
+        for name, feature in features.items()
+        if isinstance(feature, datasets.ClassLabel)
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# images
+
+
+def inside(path: Path, root: Path) -> bool:
+    """Whether `path`, with symlinks and `..` resolved, stays under `root`."""
+    return path.resolve().is_relative_to(root.resolve())
+
+
+def _outside_error(source: Source, offender: str) -> TunesmithError:
+    root = source.path.parent if source.format == "image-manifest" else source.path
+    return source.error(
+        f"the image path {offender!r} leads outside the data folder {root}",
+        "copy the images into the data folder; paths with '..' or symlinks pointing elsewhere are "
+        "refused so a dataset cannot read other files",
+    )
+
+
+def _folder_frames(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    root = source.path
+    classes = sorted(child for child in root.iterdir() if child.is_dir())
     if not classes:
-        raise TunesmithError(
+        raise source.error(
             "the image folder has no class subfolders",
-            file=path,
-            field=field,
-            fix="put each class's images in a subfolder named after the class",
+            "put each class's images in a subfolder named after the class: "
+            "data/train/<class>/<image>.png",
         )
-    inputs: list[str] = []
-    labels: list[str] = []
-    ids: list[str] = []
+    rows: list[tuple[str, str, str]] = []
     for class_dir in classes:
         for image in sorted(class_dir.rglob("*")):
-            if image.suffix.lower() in IMAGE_SUFFIXES and image.is_file():
-                inputs.append(str(image))
-                labels.append(class_dir.name)
-                ids.append(str(image.relative_to(path)))
-    if not inputs:
-        raise TunesmithError(
+            if image.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if not inside(image, root):
+                raise _outside_error(source, str(image.relative_to(root)))
+            if image.is_file():
+                rows.append((str(image.relative_to(root)), str(image), class_dir.name))
+    if not rows:
+        raise source.error(
             "the class subfolders hold no images",
-            file=path,
-            field=field,
-            fix=f"add image files ({', '.join(sorted(IMAGE_SUFFIXES))}) to the class subfolders",
+            f"add image files ({', '.join(sorted(IMAGE_SUFFIXES))}) to the class subfolders",
         )
-    return Examples("image", inputs, labels, ids, path)
+    for start in range(0, len(rows), chunk_rows):
+        yield pd.DataFrame(
+            rows[start : start + chunk_rows], columns=[ID_COLUMN, IMAGE_COLUMN, "label"]
+        )
+
+
+def _manifest_frames(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    root = source.path.parent
+    for frame in _csv_frames(source, chunk_rows):
+        if source.image_column not in frame.columns:
+            raise TunesmithError(
+                f"column {source.image_column!r} not found; the file has columns "
+                f"{list(frame.columns)}",
+                file=source.path,
+                field="data.image_column",
+                fix="set data.image_column to the column of image paths",
+            )
+        relative = frame.pop(source.image_column)
+        absolute = []
+        for value in relative.fillna("").astype(str):
+            path = Path(value) if Path(value).is_absolute() else root / value
+            if not inside(path, root):
+                raise _outside_error(source, value)
+            absolute.append(str(path))
+        frame.insert(0, ID_COLUMN, relative.astype(str).tolist())
+        frame[IMAGE_COLUMN] = absolute
+        yield frame
+
+
+# ----------------------------------------------------------------------------------------------
+# a plain table, for prediction inputs
+
+
+def read_table(path: Path, *, field: str) -> pd.DataFrame:
+    """A CSV, TSV, JSONL or Parquet file as a DataFrame, every value read as it is written."""
+    source = open_source(path, field=field)
+    if source.format not in ("csv", "tsv", "jsonl", "parquet"):
+        raise source.error(
+            f"cannot read a {source.format} as a table",
+            "give a .csv, .tsv, .jsonl or .parquet file",
+        )
+    return source.read().drop(columns=[ID_COLUMN])
 
 
 def label_names(labels: list[str]) -> list[str]:

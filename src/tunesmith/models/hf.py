@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from tunesmith.errors import TunesmithError
@@ -43,6 +44,17 @@ class HFTextBackbone(Backbone):
             return_token_type_ids=False,
         )
         return [list(ids) for ids in encoded["input_ids"]]
+
+    def length_for(self, texts: list[str], *, quantile: float = 0.95, sample: int = 2_000) -> int:
+        """Token length covering `quantile` of the texts (an evenly spaced sample), rounded up to a
+        multiple of 8 and capped by the model: longer outliers are truncated rather than making
+        every length-grouped batch of long texts pay for them."""
+        step = max(1, len(texts) // sample)
+        lengths = [len(ids) for ids in self.tokenizer(texts[::step], truncation=False)["input_ids"]]
+        wanted = (
+            int(np.ceil(np.quantile(lengths, quantile) / 8) * 8) if lengths else self.max_length
+        )
+        return max(8, min(self.max_length, wanted))
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         mask = inputs["attention_mask"]

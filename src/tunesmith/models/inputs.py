@@ -6,9 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader
 
-from tunesmith.data.images import ImageFiles, image_collate, image_transform
+from tunesmith.config import AugmentConfig
+from tunesmith.data.augment import batch_mixer, collate_with, image_transform
+from tunesmith.data.images import ImageFiles, image_collate
 from tunesmith.data.sources import Examples
 from tunesmith.data.text import LengthGroupedSampler, TokenizedTexts, pad_collate, sorted_batches
 from tunesmith.models.backbone import Backbone
@@ -23,13 +26,24 @@ class EvalBatches:
     order: list[int]
 
 
+NO_AUGMENTATION = AugmentConfig(preset="none")
+
+
 def _dataset(
-    backbone: Backbone, inputs: Sequence[str], targets: Sequence[int], *, train: bool
+    backbone: Backbone,
+    inputs: Sequence[str],
+    targets: Sequence[int],
+    *,
+    train: bool,
+    augment: AugmentConfig = NO_AUGMENTATION,
 ) -> Any:
     if isinstance(backbone, HFTextBackbone):
         return TokenizedTexts(backbone.tokenize(list(inputs)), targets)
     spec = backbone.preprocessing()
-    transform = image_transform(spec["size"], spec["mean"], spec["std"], train=train)
+    preset = "none" if augment.preset == "auto" else augment.preset
+    transform = image_transform(
+        spec["size"], spec["mean"], spec["std"], train=train, preset=preset, flip=augment.flip
+    )
     return ImageFiles(inputs, targets, transform)
 
 
@@ -38,20 +52,29 @@ def _collate(backbone: Backbone) -> Any:
 
 
 def train_batches(
-    backbone: Backbone, part: Examples, targets: Sequence[int], *, batch_size: int, seed: int
+    backbone: Backbone,
+    part: Examples,
+    targets: Sequence[int],
+    *,
+    batch_size: int,
+    seed: int,
+    augment: AugmentConfig = NO_AUGMENTATION,
+    classes: int = 0,
 ) -> DataLoader[Any]:
-    """Shuffled training batches; texts are grouped by length so padding stays small."""
-    dataset = _dataset(backbone, part.inputs, targets, train=True)
+    """Shuffled training batches; texts are grouped by length so padding stays small, images are
+    augmented as `augment` says (MixUp/CutMix on whole batches, into soft labels)."""
+    dataset = _dataset(backbone, part.inputs, targets, train=True, augment=augment)
     if isinstance(dataset, TokenizedTexts):
         sampler = LengthGroupedSampler(dataset.lengths, batch_size, seed=seed)
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=_collate(backbone))
-    generator = __import__("torch").Generator().manual_seed(seed)
+    mixer = batch_mixer(classes, mixup=augment.mixup, cutmix=augment.cutmix)
+    generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=True,
         generator=generator,
-        collate_fn=_collate(backbone),
+        collate_fn=collate_with(_collate(backbone), mixer),
         drop_last=len(dataset) > batch_size,
     )
 

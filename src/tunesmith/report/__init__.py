@@ -1,5 +1,6 @@
-"""The report stage. For now: the summary table printed at the end of a run."""
+"""The report stage. For now: the tables printed after `inspect` and at the end of a run."""
 
+from tunesmith.report.data_table import data_tables
 from tunesmith.report.summary import summary_table
 
-__all__ = ["summary_table"]
+__all__ = ["data_tables", "summary_table"]

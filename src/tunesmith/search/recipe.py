@@ -26,6 +26,8 @@ class DataProfile:
     train_rows: int
     classes: int
     median_image_side: int | None = None
+    source_format: str = "csv"  # what the data turned out to be, for the resolved config
+    split_method: str = "stratified"
 
 
 def image_size(profile: DataProfile, pretrained_size: int) -> int:
@@ -83,6 +85,12 @@ def _head_defaults(profile: DataProfile, num_features: int) -> dict[str, Any]:
     }
 
 
+def augment_preset(profile: DataProfile) -> str:
+    """Random resized crops and flips for images (BiT-HyperRule trains every set with them);
+    nothing for text and tables, which have no such transform."""
+    return "light" if profile.modality == "image" else "none"
+
+
 def _fill(section: Any, defaults: dict[str, Any]) -> dict[str, Any]:
     values = section.model_dump()
     return {
@@ -105,10 +113,24 @@ def resolve(
     if train["ema"] == "auto":
         train["ema"] = ema_decay(profile.train_rows, int(train["batch_size"]))
     head = _fill(config.model.head, _head_defaults(profile, num_features))
-    data = config.data.model_copy(
+    given = config.data
+    data = given.model_copy(
         update={
-            "train": config.path(config.data.train),
-            "test": config.path(config.data.test) if config.data.test else None,
+            "train": config.path(given.train),
+            "test": config.path(given.test) if given.test else None,
+            "val": config.path(given.val) if given.val else None,
+            "format": profile.source_format,
+            "split": given.split.model_copy(update={"method": profile.split_method}),
+            "clean": given.clean.model_copy(
+                update={"impute": "median" if given.clean.impute == "auto" else given.clean.impute}
+            ),
+            "augment": given.augment.model_copy(
+                update={
+                    "preset": augment_preset(profile)
+                    if given.augment.preset == "auto"
+                    else given.augment.preset
+                }
+            ),
             # Each modality has its own input size; the other one does not apply.
             "max_length": preprocessing.get("max_length"),
             "image_size": preprocessing.get("size"),

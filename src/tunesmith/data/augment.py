@@ -1,0 +1,158 @@
+"""Image augmentation for fine-tuning: per-image presets and batch-level MixUp / CutMix.
+
+Per-image work runs on uint8 tensors (the fast path of `torchvision.transforms.v2`) and only then
+is scaled to float and normalized with the backbone's statistics. Every random draw comes from
+torch's global RNG, so `torch.manual_seed` makes a run reproducible (DataLoader workers are seeded
+from it as well).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode, v2
+
+Preset = Literal["none", "light", "medium", "strong"]
+PRESETS: tuple[Preset, ...] = ("none", "light", "medium", "strong")
+
+Transform = Callable[[Image.Image], torch.Tensor]
+Batch = dict[str, torch.Tensor]
+BatchMixer = Callable[[Batch], Batch]
+Collate = Callable[[list[Any]], Batch]
+
+# timm samples crops from 8% of the image upwards, which suits ImageNet-sized photos; on the small
+# images typical of fine-tuning sets (often upscaled from 32-64 px) such crops tend to miss the
+# object and upscale a few pixels into blur. A third of the area keeps the object in view.
+CROP_SCALE = (0.35, 1.0)
+ROTATION_DEGREES = 15.0
+JITTER = 0.3
+ERASING_P = 0.25
+
+
+def image_transform(
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    train: bool,
+    preset: Preset = "light",
+    flip: bool = True,
+) -> Transform:
+    """PIL image (RGB or L) -> float32 (len(mean), size, size) tensor normalized with mean/std.
+
+    Evaluation is always a deterministic resize, whatever the preset, so validation and test
+    metrics do not depend on the augmentation chosen for training. `flip` exists because mirroring
+    changes the meaning of some images (digits, text, medical laterality).
+    """
+    _check_stats(mean, std)
+    if preset not in PRESETS:
+        raise ValueError(f"unknown augmentation preset {preset!r}; expected one of {PRESETS}")
+    augment = train and preset != "none"
+    fill = _mean_fill(mean)
+    on_uint8 = _augmentations(size, preset, flip=flip, fill=fill) if augment else _resize(size)
+    on_normalized = _erasing() if augment and preset == "strong" else []
+    transform: Transform = v2.Compose(
+        [
+            v2.PILToTensor(),
+            _match_channels(len(mean)),
+            *on_uint8,
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(mean), list(std)),
+            *on_normalized,
+        ]
+    )
+    return transform
+
+
+def _check_stats(mean: Sequence[float], std: Sequence[float]) -> None:
+    if len(mean) != len(std) or len(mean) not in (1, 3):
+        raise ValueError(
+            f"mean and std must both have 1 or 3 channels, got {len(mean)} and {len(std)}"
+        )
+
+
+def _match_channels(channels: int) -> v2.Transform:
+    """Give the image as many channels as the backbone's statistics (grayscale <-> RGB)."""
+    return v2.RGB() if channels == 3 else v2.Grayscale(num_output_channels=1)
+
+
+def _mean_fill(mean: Sequence[float]) -> list[int]:
+    # Areas uncovered by rotations and shears are filled with the dataset mean, so after
+    # normalization they are zero, like the patches RandomErasing blanks out, instead of a
+    # black border the model could learn to look for.
+    return [round(channel * 255) for channel in mean]
+
+
+def _resize(size: int) -> list[v2.Transform]:
+    return [v2.Resize((size, size), antialias=True)]
+
+
+def _augmentations(size: int, preset: Preset, *, flip: bool, fill: list[int]) -> list[v2.Transform]:
+    """The random uint8 steps of a training preset (every preset but "none" starts with "light")."""
+    steps: list[v2.Transform] = [v2.RandomResizedCrop(size, scale=CROP_SCALE, antialias=True)]
+    if flip:
+        steps.append(v2.RandomHorizontalFlip())
+    if preset == "medium":
+        steps += [
+            v2.RandomRotation(
+                ROTATION_DEGREES, interpolation=InterpolationMode.BILINEAR, fill=fill
+            ),
+            v2.ColorJitter(brightness=JITTER, contrast=JITTER, saturation=JITTER),
+        ]
+    if preset == "strong":
+        steps.append(v2.TrivialAugmentWide(interpolation=InterpolationMode.BILINEAR, fill=fill))
+    return steps
+
+
+def _erasing() -> list[v2.Transform]:
+    # After normalization, so the erased patch (value 0) is the mean colour rather than black.
+    return [v2.RandomErasing(p=ERASING_P, value=0)]
+
+
+class PairMixer:
+    """Mixes a collated batch's pixels and turns its labels into (B, num_classes) probabilities.
+
+    Samples are paired with their neighbour in the batch, so the loader must shuffle.
+    """
+
+    def __init__(self, mix: v2.Transform) -> None:
+        self.mix = mix
+
+    def __call__(self, batch: Batch) -> Batch:
+        pixels, labels = self.mix(batch["pixel_values"], batch["labels"])
+        return {**batch, "pixel_values": pixels, "labels": labels}
+
+
+def batch_mixer(num_classes: int, *, mixup: float, cutmix: float) -> BatchMixer | None:
+    """MixUp and/or CutMix with the given Beta alphas (one picked at random per batch when both
+    are positive); None when both are 0."""
+    if mixup < 0 or cutmix < 0:
+        raise ValueError(f"mixup and cutmix alphas must be >= 0, got {mixup} and {cutmix}")
+    mixes: list[v2.Transform] = []
+    if mixup > 0:
+        mixes.append(v2.MixUp(alpha=mixup, num_classes=num_classes))
+    if cutmix > 0:
+        mixes.append(v2.CutMix(alpha=cutmix, num_classes=num_classes))
+    if not mixes:
+        return None
+    return PairMixer(mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes))
+
+
+class MixingCollate:
+    """`collate` followed by `mixer`: a module-level class, not a closure, so that DataLoader can
+    pickle it into worker processes."""
+
+    def __init__(self, collate: Collate, mixer: BatchMixer) -> None:
+        self.collate = collate
+        self.mixer = mixer
+
+    def __call__(self, items: list[Any]) -> Batch:
+        return self.mixer(self.collate(items))
+
+
+def collate_with(collate: Collate, mixer: BatchMixer | None) -> Collate:
+    """The training collate: `collate` itself when there is nothing to mix."""
+    return collate if mixer is None else MixingCollate(collate, mixer)

@@ -1,0 +1,99 @@
+"""Cleaning the parts after the split, as the config allows, every drop counted.
+
+The test part is never cleaned of duplicates: it is measured as given (or as split), and training
+is what must not have seen it. So duplicates are dropped from train and val, first occurrence kept
+(train before val, so val loses the rows train already has), and train and val rows whose inputs
+occur in test are dropped too, exactly or nearly (normalized text, perceptual image hash).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tunesmith.config import CleanConfig
+from tunesmith.data.image_scan import near_duplicates
+from tunesmith.data.inspect import NEAR_IMAGE_DISTANCE
+from tunesmith.data.scan import PartScan
+from tunesmith.errors import TunesmithError
+
+
+@dataclass(frozen=True)
+class Part:
+    """Rows `rows` of the source `scan` was made from."""
+
+    scan: PartScan
+    rows: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def keep(self, mask: np.ndarray) -> Part:
+        return Part(self.scan, self.rows[mask])
+
+    def hashes(self, *, near: bool) -> np.ndarray:
+        hashes: np.ndarray = (self.scan.near if near else self.scan.exact)[self.rows]
+        return hashes
+
+
+def readable_rows(scan: PartScan, clean: CleanConfig) -> tuple[np.ndarray, int]:
+    """The rows that can be used, and how many unreadable ones were dropped."""
+    readable = scan.readable
+    if not clean.drop_unreadable and not readable.all():
+        # The inspect finding already names the file; reaching here means the config was bypassed.
+        raise TunesmithError(
+            f"{int((~readable).sum())} image(s) cannot be read",
+            file=scan.source.path,
+            field=scan.source.field,
+            fix="set data.clean.drop_unreadable: true, or replace the files",
+        )
+    return np.flatnonzero(readable), int((~readable).sum())
+
+
+def _in(hashes: np.ndarray, reference: np.ndarray, *, image_near: bool) -> np.ndarray:
+    """A mask over `hashes`: which occur in `reference` (within the image near-distance)."""
+    if image_near:
+        # Rows here are all readable, so no hash is the placeholder 0 of an unreadable image.
+        pairs = near_duplicates(hashes, reference, max_distance=NEAR_IMAGE_DISTANCE)
+        mask = np.zeros(len(hashes), dtype=bool)
+        mask[pairs[:, 0]] = True
+        return mask
+    return np.isin(hashes, reference)
+
+
+def clean_parts(
+    train: Part, val: Part, test: Part, clean: CleanConfig
+) -> tuple[Part, Part, dict[str, Any]]:
+    """Train and val with duplicates and test overlap dropped as `clean` says, and the counts."""
+    counts: dict[str, Any] = {}
+    if clean.drop_duplicates:
+        pooled = np.concatenate([train.hashes(near=False), val.hashes(near=False)])
+        repeated = pd.Series(pooled).duplicated(keep="first").to_numpy()
+        in_train, in_val = repeated[: len(train)], repeated[len(train) :]
+        counts["duplicates_dropped"] = {"train": int(in_train.sum()), "val": int(in_val.sum())}
+        train, val = train.keep(~in_train), val.keep(~in_val)
+    if clean.drop_test_overlap != "none":
+        near = clean.drop_test_overlap == "near"
+        image_near = near and train.scan.images is not None
+        reference = test.hashes(near=near)
+        dropped = {}
+        kept = []
+        for name, part in (("train", train), ("val", val)):
+            seen = _in(part.hashes(near=near), reference, image_near=image_near)
+            dropped[name] = int(seen.sum())
+            kept.append(part.keep(~seen))
+        train, val = kept
+        counts["test_overlap_dropped"] = {**dropped, "match": clean.drop_test_overlap}
+    for name, part in (("train", train), ("val", val)):
+        if not len(part):
+            raise TunesmithError(
+                f"cleaning left the {name} part empty",
+                file=part.scan.source.path,
+                field="data.clean",
+                fix="check the data for repeated rows, or set data.clean.drop_duplicates: false "
+                "and data.clean.drop_test_overlap: none",
+            )
+    return train, val, counts

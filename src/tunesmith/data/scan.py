@@ -1,0 +1,263 @@
+"""One pass over a source, a chunk at a time, keeping only what the checks need per row.
+
+Per row that is a label code (or target, or label set), a 64-bit hash of the inputs for exact
+duplicates and one of the normalized inputs for near duplicates (lower-cased text with punctuation
+and spacing removed; a perceptual hash for images). Texts, paths and feature values are not kept, so
+memory stays bounded by the chunk size however long the file is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tunesmith.data.image_scan import ImageScan, scan_images
+from tunesmith.data.sources import ID_COLUMN, IMAGE_COLUMN, Modality, Source, label_names
+from tunesmith.data.task import LabelKind, class_text, is_missing, label_set
+from tunesmith.errors import TunesmithError
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The columns a dataset's roles are read from."""
+
+    label: str
+    text: str = "text"
+    features: tuple[str, ...] = ()
+    label_delimiter: str | None = None
+    extra: tuple[str, ...] = ()  # group, time or split columns the split reads
+
+    def inputs(self, modality: Modality) -> list[str]:
+        if modality == "text":
+            return [self.text]
+        if modality == "image":
+            return [IMAGE_COLUMN]
+        return list(self.features)
+
+
+@dataclass
+class Labels:
+    """The label column of a part: class codes, label sets or targets, one entry per row."""
+
+    kind: LabelKind
+    classes: list[str]
+    codes: np.ndarray  # int32 class index, -1 where missing (classification)
+    sets: np.ndarray | None = None  # (rows, classes) uint8 (multilabel)
+    targets: np.ndarray | None = None  # float64, NaN where missing (regression)
+
+    @property
+    def missing(self) -> np.ndarray:
+        if self.kind == "regression":
+            assert self.targets is not None
+            return np.asarray(np.isnan(self.targets))
+        if self.kind == "multilabel":
+            return self.codes < 0
+        return self.codes < 0
+
+    def recoded(self, classes: list[str]) -> Labels:
+        """The same labels with class indices into `classes` (a name not in it becomes -1)."""
+        if self.kind == "regression" or classes == self.classes:
+            return self
+        index = {name: i for i, name in enumerate(classes)}
+        lookup = np.array([index.get(name, -1) for name in self.classes] + [-1], dtype=np.int32)
+        if self.kind == "multilabel":
+            assert self.sets is not None
+            sets = np.zeros((len(self.codes), len(classes)), dtype=np.uint8)
+            for local, code in enumerate(lookup[:-1]):
+                if code >= 0:
+                    sets[:, code] = self.sets[:, local]
+            return Labels("multilabel", classes, self.codes, sets=sets)
+        return Labels("classification", classes, lookup[self.codes])
+
+    def values(self, rows: np.ndarray) -> list[Any]:
+        """The labels of `rows` as Examples hold them."""
+        if self.kind == "regression":
+            assert self.targets is not None
+            return [float(value) for value in self.targets[rows]]
+        if self.kind == "multilabel":
+            assert self.sets is not None
+            return [tuple(self.classes[k] for k in np.flatnonzero(self.sets[row])) for row in rows]
+        return [self.classes[code] for code in self.codes[rows]]
+
+
+@dataclass
+class _LabelReader:
+    kind: LabelKind
+    delimiter: str | None
+    vocabulary: dict[str, int] = field(default_factory=dict)
+    codes: list[np.ndarray] = field(default_factory=list)
+    pairs: list[tuple[int, int]] = field(default_factory=list)  # (row, class) for multilabel
+    targets: list[np.ndarray] = field(default_factory=list)
+    rows: int = 0
+
+    def add(self, values: pd.Series) -> None:
+        if self.kind == "regression":
+            self.targets.append(pd.to_numeric(values, errors="coerce").to_numpy(dtype=float))
+        elif self.kind == "multilabel":
+            for offset, value in enumerate(values.tolist()):
+                for name in label_set(value, self.delimiter):
+                    code = self.vocabulary.setdefault(name, len(self.vocabulary))
+                    self.pairs.append((self.rows + offset, code))
+            self.codes.append(np.where(values.map(is_missing), -1, 0).astype(np.int32))
+        else:
+            texts = values.map(lambda v: None if is_missing(v) else class_text(v))
+            local, uniques = pd.factorize(texts, use_na_sentinel=True)
+            lookup = np.array(
+                [self.vocabulary.setdefault(name, len(self.vocabulary)) for name in uniques] + [-1],
+                dtype=np.int32,
+            )
+            self.codes.append(lookup[local])  # the sentinel -1 picks the trailing -1
+        self.rows += len(values)
+
+    def finish(self) -> Labels:
+        classes = label_names(list(self.vocabulary))
+        order = np.array([self.vocabulary[name] for name in classes], dtype=np.int32)
+        remap = np.full(len(classes) + 1, -1, dtype=np.int32)
+        remap[order] = np.arange(len(classes), dtype=np.int32)
+        codes = np.concatenate(self.codes) if self.codes else np.zeros(0, np.int32)
+        if self.kind == "regression":
+            targets = np.concatenate(self.targets) if self.targets else np.zeros(0)
+            return Labels("regression", [], np.zeros(len(targets), np.int32), targets=targets)
+        if self.kind == "multilabel":
+            sets = np.zeros((self.rows, len(classes)), dtype=np.uint8)
+            if self.pairs:
+                rows, local = np.asarray(self.pairs).T
+                sets[rows, remap[local]] = 1
+            return Labels("multilabel", classes, codes, sets=sets)
+        return Labels("classification", classes, np.where(codes < 0, -1, remap[codes]))
+
+
+@dataclass
+class PartScan:
+    """What one pass over one source found."""
+
+    name: str  # train, val or test
+    source: Source
+    modality: Modality
+    rows: int
+    columns: list[str]
+    ids: np.ndarray  # str
+    missing: dict[str, int]  # missing values per column
+    labels: Labels
+    exact: np.ndarray  # uint64 hash of the inputs
+    near: np.ndarray  # uint64 hash of the normalized text, or perceptual hash of the image
+    empty: np.ndarray  # bool: empty text
+    text_chars: np.ndarray | None = None  # int32 characters per text
+    images: ImageScan | None = None
+
+    @property
+    def readable(self) -> np.ndarray:
+        if self.images is None:
+            return np.ones(self.rows, dtype=bool)
+        return self.images.readable
+
+
+def normalized_text(texts: pd.Series) -> pd.Series:
+    """Lower case, punctuation and runs of spacing removed: what near-duplicate texts share."""
+    return (
+        texts.fillna("").astype(str).str.lower().str.replace(r"[\W_]+", " ", regex=True).str.strip()
+    )
+
+
+def _hash(frame: pd.DataFrame | pd.Series) -> np.ndarray:
+    return np.asarray(pd.util.hash_pandas_object(frame, index=False), dtype=np.uint64)
+
+
+def check_columns(source: Source, header: list[str], needed: dict[str, str]) -> None:
+    """Each needed column (name -> config key) exists, or an error that says what to set."""
+    from tunesmith.data.sources import wrong_delimiter_hint
+
+    for column, key in needed.items():
+        if column in header:
+            continue
+        hint = wrong_delimiter_hint(source, header) if source.format in ("csv", "tsv") else None
+        if hint is not None:
+            raise TunesmithError(
+                f"the file reads as the single column {header[0]!r}: it looks separated by "
+                f"{hint!r}, not {source.delimiter or (',' if source.format == 'csv' else 'tab')!r}",
+                file=source.path,
+                field="data.delimiter",
+                fix=f"set data.delimiter: {hint!r}"
+                if hint != "\t"
+                else 'set data.delimiter: "\\t"',
+            )
+        raise TunesmithError(
+            f"column {column!r} not found; the file has columns {header}",
+            file=source.path,
+            field=key,
+            fix=f"set {key} to one of those columns",
+        )
+
+
+def scan_part(
+    name: str,
+    source: Source,
+    frames: Iterable[pd.DataFrame],
+    *,
+    modality: Modality,
+    kind: LabelKind,
+    columns: Columns,
+) -> PartScan:
+    """Read every chunk of `frames` once and keep the per-row facts the checks use."""
+    labels = _LabelReader(kind, columns.label_delimiter)
+    ids: list[np.ndarray] = []
+    exact: list[np.ndarray] = []
+    near: list[np.ndarray] = []
+    empty: list[np.ndarray] = []
+    chars: list[np.ndarray] = []
+    paths: list[str] = []
+    missing: dict[str, int] = {}
+    header: list[str] = []
+    inputs = columns.inputs(modality)
+    for frame in frames:
+        if not header:
+            header = [c for c in frame.columns if c != ID_COLUMN]
+            needed = {c: "data.feature_columns" for c in columns.features}
+            needed.update({columns.label: "data.label_column"})
+            if modality == "text":
+                needed[columns.text] = "data.text_column"
+            check_columns(source, header, needed)
+        ids.append(frame[ID_COLUMN].astype(str).to_numpy(dtype=str))
+        # Missing labels are the label check's business; here, missing inputs and features.
+        for column, count in frame.drop(columns=[ID_COLUMN, columns.label]).isna().sum().items():
+            missing[str(column)] = missing.get(str(column), 0) + int(count)
+        labels.add(frame[columns.label])
+        if modality == "image":
+            paths.extend(frame[IMAGE_COLUMN].tolist())
+            continue
+        if modality == "text":
+            texts = frame[columns.text].fillna("").astype(str)
+            normal = normalized_text(texts)
+            exact.append(_hash(texts))
+            near.append(_hash(normal))
+            empty.append((normal == "").to_numpy(dtype=bool))
+            chars.append(texts.str.len().to_numpy(dtype=np.int32))
+        else:
+            features = frame[inputs]
+            exact.append(_hash(features))
+            near.append(exact[-1])
+            empty.append(features.isna().all(axis=1).to_numpy(dtype=bool))
+    rows = sum(len(chunk) for chunk in ids)
+    images = scan_images(paths) if modality == "image" else None
+    if images is not None:
+        exact, near = [images.content_hash], [images.phash]
+        empty = [np.zeros(rows, dtype=bool)]
+    return PartScan(
+        name=name,
+        source=source,
+        modality=modality,
+        rows=rows,
+        columns=header,
+        ids=np.concatenate(ids) if ids else np.zeros(0, dtype=str),
+        missing={column: count for column, count in missing.items() if count},
+        labels=labels.finish(),
+        exact=np.concatenate(exact) if exact else np.zeros(0, np.uint64),
+        near=np.concatenate(near) if near else np.zeros(0, np.uint64),
+        empty=np.concatenate(empty) if empty else np.zeros(0, bool),
+        text_chars=np.concatenate(chars) if chars else None,
+        images=images,
+    )

@@ -1,0 +1,389 @@
+"""Standardize tabular features: fitted on the training part, saved as plain JSON.
+
+Numeric columns are imputed, then centred and scaled (ddof=0, as scikit-learn's StandardScaler),
+with a 0/1 missing-indicator column when the training part had gaps in that column. Categorical
+columns are one-hot encoded when they have at most `max_one_hot` values, and otherwise become one
+ordinal column (frequency rank scaled to [0, 1]). The fitted state is lists, floats and strings
+only, so a bundle never needs pickle and a prediction server applies exactly the same transform.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, cast, get_args
+
+import numpy as np
+import pandas as pd
+
+from tunesmith.errors import TunesmithError
+
+ColumnKind = Literal["numeric", "categorical"]
+Impute = Literal["median", "mean", "most_frequent", "none"]
+
+FORMAT = "tunesmith.tabular"
+VERSION = 1
+MISSING_CATEGORY = "<missing>"
+IMPUTE_FIELD = "data.clean.impute"
+IMPUTE_FIX = "set data.clean.impute to median, mean or most_frequent"
+COLUMNS_FIELD = "data.feature_columns"
+
+
+# ----------------------------------------------------------------------------------------------
+# column kinds
+
+
+def column_kinds(frame: pd.DataFrame, columns: Sequence[str]) -> dict[str, ColumnKind]:
+    """Numeric for numeric dtypes and for strings that all parse as numbers; else categorical.
+
+    Bools are categorical. Integers stay numeric however few distinct values they have: a
+    small-integer column is as often a count as a code, and a count loses its order if one-hot.
+    """
+    _check_columns(frame, columns)
+    return {name: _column_kind(frame[name]) for name in columns}
+
+
+def _column_kind(series: pd.Series) -> ColumnKind:
+    dtype = series.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        return "categorical"
+    if pd.api.types.is_numeric_dtype(dtype):
+        return "numeric"
+    if pd.api.types.is_datetime64_any_dtype(dtype) or pd.api.types.is_timedelta64_dtype(dtype):
+        return "categorical"
+    present = series.dropna().astype(object)
+    # to_numeric accepts True/False as numbers; an object column of bools is still a flag.
+    if present.empty or any(isinstance(value, bool | np.bool_) for value in present):
+        return "categorical"
+    parsed = pd.to_numeric(present, errors="coerce")
+    return "numeric" if bool(parsed.notna().all()) else "categorical"
+
+
+def _check_columns(frame: pd.DataFrame, columns: Sequence[str]) -> None:
+    absent = [name for name in columns if name not in frame.columns]
+    if absent:
+        raise TunesmithError(
+            f"feature column(s) {absent} not in the data (it has {list(frame.columns)})",
+            field=COLUMNS_FIELD,
+            fix="list only columns the data has",
+        )
+    repeated = sorted({name for name in columns if list(columns).count(name) > 1})
+    if repeated:
+        raise TunesmithError(
+            f"feature column(s) {repeated} listed more than once",
+            field=COLUMNS_FIELD,
+            fix="list each feature column once",
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# numeric columns
+
+
+@dataclass(frozen=True)
+class NumericColumn:
+    """One numeric column: missing values become `fill`, then (x - mean) / std."""
+
+    name: str
+    fill: float
+    mean: float
+    std: float
+    missing_indicator: bool
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [self.name, f"{self.name}__missing"] if self.missing_indicator else [self.name]
+
+    def encode(self, series: pd.Series, impute: Impute) -> np.ndarray:
+        values = _numeric_values(series, self.name)
+        missing = np.isnan(values)
+        _check_missing(self.name, int(missing.sum()), impute)
+        scaled = (np.where(missing, self.fill, values) - self.mean) / self.std
+        if not self.missing_indicator:
+            return scaled[:, None]
+        return np.column_stack([scaled, missing.astype(np.float64)])
+
+
+def _numeric_values(series: pd.Series, name: str) -> np.ndarray:
+    """The column as float64 with NaN for missing; an error for text or inf values."""
+    values: np.ndarray
+    if pd.api.types.is_bool_dtype(series.dtype) or pd.api.types.is_numeric_dtype(series.dtype):
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        as_objects = series.astype(object)
+        parsed = pd.to_numeric(as_objects, errors="coerce")
+        not_numbers = as_objects[parsed.isna() & as_objects.notna()]
+        if len(not_numbers):
+            raise TunesmithError(
+                f"column {name!r} is numeric but has {len(not_numbers)} value(s) that are not "
+                f"numbers, e.g. {not_numbers.iloc[0]!r}",
+                field=COLUMNS_FIELD,
+                fix="use numbers (or leave the cell empty) in this column",
+            )
+        values = parsed.to_numpy(dtype=np.float64, na_value=np.nan)
+    infinite = int(np.isinf(values).sum())
+    if infinite:
+        raise TunesmithError(
+            f"column {name!r} has {infinite} inf value(s)",
+            field=COLUMNS_FIELD,
+            fix="replace or remove inf values",
+        )
+    return values
+
+
+def _fit_numeric(series: pd.Series, name: str, impute: Impute) -> NumericColumn:
+    values = _numeric_values(series, name)
+    missing = np.isnan(values)
+    _check_missing(name, int(missing.sum()), impute)
+    fill = _numeric_fill(values[~missing], impute)
+    filled = np.where(missing, fill, values)
+    # A constant column would divide by 0 (or by rounding noise): leave it unscaled, as
+    # StandardScaler does.
+    constant = bool(filled.max() == filled.min())
+    return NumericColumn(
+        name=name,
+        fill=fill,
+        mean=float(filled.mean()),
+        std=1.0 if constant else float(filled.std()),
+        missing_indicator=bool(missing.any()),
+    )
+
+
+def _numeric_fill(present: np.ndarray, impute: Impute) -> float:
+    if impute == "mean":
+        return float(present.mean())
+    if impute == "most_frequent":
+        # The smallest of the most frequent values, as SimpleImputer picks.
+        values, counts = np.unique(present, return_counts=True)
+        return float(values[int(np.argmax(counts))])
+    # "median"; with "none" nothing is missing, so the fill is never used.
+    return float(np.median(present))
+
+
+def _check_missing(name: str, count: int, impute: Impute) -> None:
+    if impute == "none" and count:
+        raise TunesmithError(
+            f"column {name!r} has {count} missing value(s) and imputation is off",
+            field=IMPUTE_FIELD,
+            fix=IMPUTE_FIX,
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# categorical columns
+
+
+@dataclass(frozen=True)
+class CategoricalColumn:
+    """One categorical column: `categories` are the kept values, most frequent first.
+
+    One-hot gives one 0/1 column per kept category (an unseen value is all zeros). Otherwise a
+    single column holds rank / len(categories), and anything not kept gets the "other" code 1.0.
+    """
+
+    name: str
+    categories: list[str]
+    one_hot: bool
+    fill: str
+
+    @property
+    def feature_names(self) -> list[str]:
+        if self.one_hot:
+            return [f"{self.name}={category}" for category in self.categories]
+        return [f"{self.name}__ordinal"]
+
+    def encode(self, series: pd.Series, impute: Impute) -> np.ndarray:
+        keys = _category_keys(series, self.name, self.fill, impute)
+        # -1 for values the training part did not have (or did not keep).
+        codes = pd.Index(self.categories).get_indexer(keys)
+        if not self.one_hot:
+            other = len(self.categories)
+            return (np.where(codes < 0, other, codes) / other)[:, None]
+        encoded = np.zeros((len(keys), len(self.categories)), dtype=np.float64)
+        seen = codes >= 0
+        encoded[np.flatnonzero(seen), codes[seen]] = 1.0
+        return encoded
+
+
+def _category_key(value: object) -> str:
+    """One spelling per value, so 3, 3.0 and "3" (CSV at training, JSON at serving) agree."""
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value))
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _category_keys(series: pd.Series, name: str, fill: str, impute: Impute) -> list[str]:
+    values = series.astype(object)
+    missing = values.isna().to_numpy()
+    _check_missing(name, int(missing.sum()), impute)
+    return [
+        fill if is_missing else _category_key(value)
+        for value, is_missing in zip(values.to_numpy(), missing, strict=True)
+    ]
+
+
+def _fit_categorical(
+    series: pd.Series, name: str, impute: Impute, max_one_hot: int
+) -> CategoricalColumn:
+    missing = int(series.isna().sum())
+    _check_missing(name, missing, impute)
+    counts = Counter(_category_key(value) for value in series.dropna().astype(object))
+    # Ties broken by the value itself, so the layout does not depend on row order.
+    ranked = sorted(counts, key=lambda key: (-counts[key], key))
+    # most_frequent folds gaps into the top value; otherwise "missing" is a category of its own,
+    # since a gap in a categorical column often carries meaning.
+    fill = ranked[0] if impute == "most_frequent" else MISSING_CATEGORY
+    if missing:
+        counts[fill] += missing
+        ranked = sorted(counts, key=lambda key: (-counts[key], key))
+    return CategoricalColumn(
+        name=name,
+        categories=ranked[:max_one_hot],
+        one_hot=len(ranked) <= max_one_hot,
+        fill=fill,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# the encoding
+
+
+@dataclass(frozen=True)
+class TabularEncoding:
+    """The fitted transform: numeric features first, then categorical ones, in column order."""
+
+    numeric_columns: list[NumericColumn]
+    categorical_columns: list[CategoricalColumn]
+    impute: Impute
+
+    @property
+    def numeric(self) -> list[str]:
+        return [column.name for column in self.numeric_columns]
+
+    @property
+    def categorical(self) -> list[str]:
+        return [column.name for column in self.categorical_columns]
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [name for column in self._columns() for name in column.feature_names]
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        """float32 (rows, features), using only the fitted statistics, never the frame's own."""
+        _check_columns(frame, [*self.numeric, *self.categorical])
+        blocks = [column.encode(frame[column.name], self.impute) for column in self._columns()]
+        if not blocks:
+            return np.zeros((len(frame), 0), dtype=np.float32)
+        return np.concatenate(blocks, axis=1).astype(np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data (`json.dumps` works); `from_dict` gives back the same transform."""
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "impute": self.impute,
+            "numeric": [asdict(column) for column in self.numeric_columns],
+            "categorical": [asdict(column) for column in self.categorical_columns],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TabularEncoding:
+        if data.get("format") != FORMAT or data.get("version") != VERSION:
+            raise _bundle_error(
+                f"not a {FORMAT} version {VERSION} record "
+                f"(format {data.get('format')!r}, version {data.get('version')!r})"
+            )
+        try:
+            return cls(
+                numeric_columns=[_numeric_from_dict(item) for item in data["numeric"]],
+                categorical_columns=[_categorical_from_dict(item) for item in data["categorical"]],
+                impute=_impute(data["impute"]),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise _bundle_error(f"malformed tabular encoding: {error!r}") from None
+
+    def _columns(self) -> list[NumericColumn | CategoricalColumn]:
+        return [*self.numeric_columns, *self.categorical_columns]
+
+
+def _numeric_from_dict(item: Mapping[str, Any]) -> NumericColumn:
+    return NumericColumn(
+        name=str(item["name"]),
+        fill=float(item["fill"]),
+        mean=float(item["mean"]),
+        std=float(item["std"]),
+        missing_indicator=bool(item["missing_indicator"]),
+    )
+
+
+def _categorical_from_dict(item: Mapping[str, Any]) -> CategoricalColumn:
+    return CategoricalColumn(
+        name=str(item["name"]),
+        categories=[str(category) for category in item["categories"]],
+        one_hot=bool(item["one_hot"]),
+        fill=str(item["fill"]),
+    )
+
+
+def _impute(value: object) -> Impute:
+    if value not in get_args(Impute):
+        raise ValueError(f"impute must be one of {get_args(Impute)}, not {value!r}")
+    return cast(Impute, value)
+
+
+def _bundle_error(problem: str) -> TunesmithError:
+    return TunesmithError(
+        problem, field="tabular", fix="export the bundle again with this version of tunesmith"
+    )
+
+
+def fit_tabular(
+    frame: pd.DataFrame,
+    columns: Sequence[str],
+    *,
+    impute: str = "median",
+    max_one_hot: int = 16,
+    kinds: Mapping[str, ColumnKind] | None = None,
+) -> TabularEncoding:
+    """Fit on the training part only. `kinds` overrides `column_kinds` for the columns it names.
+
+    `impute` is "median", "mean", "most_frequent" or "none" (missing values are then an error);
+    the config's "auto" is resolved by the caller.
+    """
+    resolved_impute = _impute(impute)
+    if max_one_hot < 1:
+        raise ValueError(f"max_one_hot must be at least 1, not {max_one_hot}")
+    resolved_kinds = {**column_kinds(frame, columns), **(kinds or {})}
+    _check_has_values(frame, columns)
+    return TabularEncoding(
+        numeric_columns=[
+            _fit_numeric(frame[name], name, resolved_impute)
+            for name in columns
+            if resolved_kinds[name] == "numeric"
+        ],
+        categorical_columns=[
+            _fit_categorical(frame[name], name, resolved_impute, max_one_hot)
+            for name in columns
+            if resolved_kinds[name] == "categorical"
+        ],
+        impute=resolved_impute,
+    )
+
+
+def _check_has_values(frame: pd.DataFrame, columns: Sequence[str]) -> None:
+    if len(frame) == 0:
+        raise TunesmithError(
+            "the training part has no rows", field="data.split", fix="add rows to the data"
+        )
+    empty = [name for name in columns if frame[name].isna().all()]
+    if empty:
+        raise TunesmithError(
+            f"feature column(s) {empty} have no values in the training part",
+            field=COLUMNS_FIELD,
+            fix="remove these columns from data.feature_columns or fill them",
+        )

@@ -1,0 +1,93 @@
+"""What the task is: the modality from the source, the label kind from the label column.
+
+A label column holds one class per row (classification, binary or multiclass), a set of classes per
+row (multilabel: a JSON list, or strings joined by `data.label_delimiter`), or a number
+(regression). Numbers are read as classes when they are whole and few; a config's `task` always
+overrides the guess.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from tunesmith.data.sources import Modality, Source
+
+LabelKind = Literal["classification", "multilabel", "regression"]
+NAN_WORDS = ["nan", "na", "n/a", "null", "none"]
+MAX_NUMERIC_CLASSES = 30  # whole-number labels with more distinct values than this are a target
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    modality: Modality
+    kind: LabelKind
+
+    @property
+    def name(self) -> str:
+        return f"{self.modality}-{self.kind}"
+
+    @classmethod
+    def parse(cls, name: str) -> TaskSpec:
+        modality, kind = name.split("-", 1)
+        return cls(modality, kind)  # type: ignore[arg-type]
+
+
+def infer_modality(source: Source, *, text_column: str) -> Modality:
+    """Images for image sources; text when the table has the text column; tabular otherwise."""
+    if source.is_image:
+        return "image"
+    return "text" if text_column in source.columns() else "tabular"
+
+
+def is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def class_text(value: Any) -> str:
+    # JSON numbers arrive as int/float; 1.0 and 1 are the same class.
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, np.generic):
+        return class_text(value.item())
+    return str(value).strip()
+
+
+def label_set(value: Any, delimiter: str | None) -> tuple[str, ...]:
+    """A multilabel value as a sorted tuple of class names (empty for no labels)."""
+    if isinstance(value, list | tuple | np.ndarray):
+        items = [class_text(item) for item in value]
+    elif is_missing(value):
+        items = []
+    elif delimiter is not None:
+        items = [item.strip() for item in str(value).split(delimiter)]
+    else:
+        items = [class_text(value)]
+    return tuple(sorted({item for item in items if item}))
+
+
+def infer_kind(labels: pd.Series, *, delimiter: str | None) -> LabelKind:
+    """Multilabel for lists or a delimiter; regression for fractional or many distinct numbers."""
+    present = labels[~labels.map(is_missing)]
+    if delimiter is not None or any(
+        isinstance(v, list | tuple | np.ndarray) for v in present[:1000]
+    ):
+        return "multilabel"
+    numbers = pd.to_numeric(present, errors="coerce")
+    # "nan" written in a numeric column is a missing target, not a class named "nan".
+    words = present.astype(str).str.strip().str.lower()
+    if len(present) == 0 or (numbers.isna() & ~words.isin(NAN_WORDS)).any():
+        return "classification"
+    finite = numbers[np.isfinite(numbers.to_numpy(dtype=float))]
+    whole = bool((finite == finite.round()).all())
+    if whole and finite.nunique() <= MAX_NUMERIC_CLASSES:
+        return "classification"
+    return "regression"

@@ -1,0 +1,393 @@
+"""Bad data on the command line: each problem gives one message naming file, field and fix.
+
+Every case runs twice: `tunesmith validate CONFIG` (a run's checks without training) must stop with
+exit status 2, and `tunesmith inspect DATA` with exit status 1, the status for "this data is
+unusable" (2 is kept for wrong options, such as a column the options name that the file lacks).
+Then `inspect` on good data: its numbers are checked against data built here, in each format it
+reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import CliResult, make_texts, stripes
+from test_cli import assert_user_error, bad_csv
+
+Cli = Callable[[list[str | Path]], CliResult]
+
+
+@pytest.fixture(autouse=True)
+def wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rich folds table cells at 80 columns; a wide console keeps each message on one line, so the
+    assertions below see the words a user reads, not where Rich broke them."""
+    monkeypatch.setenv("COLUMNS", "2000")
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def inspect_cli(run_cli: Cli, data: Path, *options: str | Path) -> tuple[CliResult, Path]:
+    # A folder whose path does not contain the data's path: the "wrote ..." line must not be what
+    # makes the file name appear in the output.
+    out = data.parent / "inspect-reports" / "data_report.json"
+    return run_cli(["inspect", data, *options, "--out", out]), out
+
+
+def assert_inspect_error(result: CliResult, out: Path, *expected: str | Path, code: int = 1) -> None:
+    """`inspect` stopped with `code` and said what is wrong, where, and how to fix it.
+
+    Unusable data either stops the reading (one `error:` line, no report) or is a fatal finding
+    in the report; either way the terminal output must hold the file, the field and the problem.
+    """
+    assert result.code == code, (result.code, result.err[-3000:])
+    assert "Traceback" not in result.err
+    if out.exists():
+        report = json.loads(out.read_text())
+        fatal = [finding for finding in report["findings"] if finding["severity"] == "fatal"]
+        assert fatal, report["findings"]
+        first = fatal[0]
+        assert first["fix"], first
+        said = " ".join(str(first[key]) for key in ("file", "field", "message", "fix"))
+        for part in expected:
+            assert str(part) in said, (part, first)
+        assert first["fix"] in result.err, (first["fix"], result.err)
+    else:
+        assert result.err.startswith("error: ") and result.err.count("error: ") == 1, result.err
+        assert "fix: " in result.err
+    for part in expected:
+        assert str(part) in result.err, (part, result.err)
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def copy_images(image_folder: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(image_folder, tmp_path / "images"))
+
+
+def numeric_targets(rows: int, *, seed: int) -> pd.DataFrame:
+    """Texts with a fractional target: what reads as (and is) a regression task."""
+    table = make_texts(rows, seed=seed)
+    rng = np.random.default_rng(seed)
+    return table.assign(label=np.round(rng.uniform(0.0, 5.0, rows), 3))
+
+
+# ----------------------------------------------------------------------------------------------
+# tables
+
+
+def test_empty_file(text_config: Callable[..., Path], run_cli: Cli, tmp_path: Path) -> None:
+    path = write_bytes(tmp_path / "empty.csv", b"")
+    expected = (path, "data.train", "the file is empty (0 bytes)")
+    assert_user_error(run_cli(["validate", text_config(data_path=path)]), *expected)
+    assert_inspect_error(*inspect_cli(run_cli, path), *expected)
+
+
+def test_header_only_csv(text_config: Callable[..., Path], run_cli: Cli, tmp_path: Path) -> None:
+    path = write_bytes(tmp_path / "header.csv", b"text,label\n")
+    expected = (path, "data.train", "the file has a header but no rows")
+    assert_user_error(run_cli(["validate", text_config(data_path=path)]), *expected)
+    assert_inspect_error(*inspect_cli(run_cli, path), *expected)
+
+
+def test_missing_label_column(text_config: Callable[..., Path], text_table: pd.DataFrame,
+                              run_cli: Cli, tmp_path: Path) -> None:
+    path = bad_csv(tmp_path, text_table.rename(columns={"label": "sentiment"}))
+    expected = (path, "data.label_column", "'label' not found", "'sentiment'")
+    assert_user_error(run_cli(["validate", text_config(data_path=path)]), *expected)
+    # For inspect the column is an option (--label-column) naming what the file lacks: a usage
+    # error, status 2, like the wrong delimiter below.
+    assert_inspect_error(*inspect_cli(run_cli, path), *expected, code=2)
+
+
+@pytest.mark.parametrize("empty", ["", "   "], ids=["empty", "spaces"])
+def test_all_labels_missing(empty: str, text_config: Callable[..., Path],
+                            text_table: pd.DataFrame, run_cli: Cli, tmp_path: Path) -> None:
+    path = bad_csv(tmp_path, text_table.assign(label=empty))
+    expected = (path, "data.label_column", f"all {len(text_table)} rows have no label")
+    assert_user_error(run_cli(["validate", text_config(data_path=path)]), *expected)
+    assert_inspect_error(*inspect_cli(run_cli, path), *expected)
+
+
+def test_one_class_only(text_config: Callable[..., Path], text_table: pd.DataFrame,
+                        run_cli: Cli, tmp_path: Path) -> None:
+    path = bad_csv(tmp_path, text_table.assign(label="positive"))
+    expected = (path, "data.label_column", "single class ('positive')")
+    assert_user_error(run_cli(["validate", text_config(data_path=path)]), *expected)
+    assert_inspect_error(*inspect_cli(run_cli, path), *expected)
+
+
+def test_wrong_delimiter(text_config: Callable[..., Path], text_table: pd.DataFrame,
+                         run_cli: Cli, tmp_path: Path) -> None:
+    path = tmp_path / "semicolons.csv"
+    text_table.to_csv(path, sep=";", index=False)
+    expected = (path, "data.delimiter", "looks separated by ';'", "set data.delimiter: ';'")
+    assert_user_error(run_cli(["validate", text_config(data_path=path)]), *expected)
+    # check_columns raises a plain TunesmithError: a usage error, which inspect answers with 2.
+    assert_inspect_error(*inspect_cli(run_cli, path), *expected, code=2)
+    # Told the delimiter, both read the file.
+    fixed = text_config("fixed", data_path=path, data={"delimiter": ";"})
+    assert run_cli(["validate", fixed]).code == 0
+    result, out = inspect_cli(run_cli, path, "--delimiter", ";")
+    assert result.code == 0, result.err[-3000:]
+    assert json.loads(out.read_text())["parts"]["train"]["rows"] == len(text_table)
+
+
+@pytest.mark.parametrize("row", [0, -1], ids=["in-the-first-block", "after-8k"])
+def test_text_that_is_not_utf8(row: int, text_config: Callable[..., Path],
+                               text_table: pd.DataFrame, run_cli: Cli, tmp_path: Path) -> None:
+    table = text_table.copy()
+    table.iloc[row, table.columns.get_loc("text")] = "un caf\xe9 superb"
+    path = tmp_path / "latin1.csv"
+    table.to_csv(path, index=False, encoding="latin-1")
+    assert path.stat().st_size > 8192  # the last row lies beyond the first block a reader decodes
+    expected = (path, "data.encoding", "the file is not utf-8 text", "byte 0xe9")
+    assert_user_error(run_cli(["validate", text_config(data_path=path)]), *expected)
+    assert_inspect_error(*inspect_cli(run_cli, path), *expected)
+    result, _ = inspect_cli(run_cli, path, "--encoding", "latin-1")
+    assert result.code == 0, result.err[-3000:]
+
+
+def test_test_labels_absent_from_train(text_config: Callable[..., Path], text_csv: Path,
+                                       run_cli: Cli, tmp_path: Path) -> None:
+    test_table = make_texts(40, seed=5)
+    test_table.loc[[2, 7], "label"] = "neutral"
+    test_path = bad_csv(tmp_path, test_table)
+    expected = (test_path, "data.label_column",
+                "test labels ['neutral'] never occur in the training data")
+    config = text_config(data={"test": str(test_path)})
+    assert_user_error(run_cli(["validate", config]), *expected)
+    assert_inspect_error(*inspect_cli(run_cli, text_csv, "--test", test_path), *expected)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("inf", "1 regression target(s) are infinite or not a number (data rows 6)"),
+        ("-inf", "1 regression target(s) are infinite or not a number (data rows 6)"),
+        # NaN is pandas' missing value, and task.py reads "nan" in a numeric column as a missing
+        # target: the rows-without-label message.
+        ("nan", "1 row(s) have no label (data rows 6)"),
+    ],
+    ids=["inf", "-inf", "nan"],
+)
+def test_regression_target_not_finite(value: str, problem: str, text_config: Callable[..., Path],
+                                      run_cli: Cli, tmp_path: Path) -> None:
+    table = numeric_targets(120, seed=3).astype({"label": object})
+    table.loc[5, "label"] = value
+    path = bad_csv(tmp_path, table)
+    expected = (path, "data.label_column", problem)
+    # The api trains only classification; the data problem must be reported before that refusal.
+    result = run_cli(["validate", text_config(data_path=path, task="text-regression")])
+    assert_user_error(result, *expected)
+    assert "tunesmith trains text-classification" not in result.err
+    assert_inspect_error(*inspect_cli(run_cli, path, "--task", "text-regression"), *expected)
+
+
+def test_duplicate_column_names(text_config: Callable[..., Path], text_table: pd.DataFrame,
+                                run_cli: Cli, tmp_path: Path) -> None:
+    path = tmp_path / "twice.csv"
+    table = text_table.assign(other=text_table["text"])
+    table.to_csv(path, index=False, header=["text", "label", "text"])
+    expected = (path, "data.train", "the header names column(s) ['text'] more than once")
+    assert_user_error(run_cli(["validate", text_config(data_path=path)]), *expected)
+    assert_inspect_error(*inspect_cli(run_cli, path), *expected)
+
+
+# ----------------------------------------------------------------------------------------------
+# images
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [("random-bytes", "cannot identify image file"), ("zero-bytes", "empty file (0 bytes)")],
+    ids=["random-bytes", "zero-bytes"],
+)
+def test_unreadable_image(damage: str, problem: str, image_config: Callable[..., Path],
+                          image_folder: Path, run_cli: Cli, tmp_path: Path) -> None:
+    images = copy_images(image_folder, tmp_path)
+    broken = images / "vertical" / "v007.png"
+    broken.write_bytes(np.random.default_rng(0).bytes(700) if damage == "random-bytes" else b"")
+    expected = (broken, "data.train", "1 image(s) cannot be read", problem)
+    assert_user_error(run_cli(["validate", image_config(data_path=images)]), *expected)
+    assert_inspect_error(*inspect_cli(run_cli, images), *expected)
+
+
+def test_image_folder_without_class_folders(image_config: Callable[..., Path],
+                                            image_folder: Path, run_cli: Cli,
+                                            tmp_path: Path) -> None:
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for path in sorted(image_folder.rglob("*.png"))[:6]:
+        shutil.copy(path, flat / path.name)
+    expected = (flat, "data.train", "the image folder has no class subfolders")
+    assert_user_error(run_cli(["validate", image_config(data_path=flat)]), *expected)
+    assert_inspect_error(*inspect_cli(run_cli, flat), *expected)
+
+
+def test_class_folder_with_one_image(image_config: Callable[..., Path], image_folder: Path,
+                                     run_cli: Cli, tmp_path: Path) -> None:
+    images = copy_images(image_folder, tmp_path)
+    (images / "diagonal").mkdir()
+    stripes("horizontal", np.random.default_rng(9)).rotate(45).save(images / "diagonal" / "d.png")
+    expected = (images, "data.train", "1 class(es) have a single example ('diagonal')")
+    assert_user_error(run_cli(["validate", image_config(data_path=images)]), *expected)
+    assert_inspect_error(*inspect_cli(run_cli, images), *expected)
+
+
+def test_symlink_out_of_the_image_folder(image_config: Callable[..., Path], image_folder: Path,
+                                         run_cli: Cli, tmp_path: Path) -> None:
+    images = copy_images(image_folder, tmp_path)
+    outside = tmp_path / "outside.png"
+    shutil.copy(image_folder / "horizontal" / "h000.png", outside)
+    os.symlink(outside, images / "horizontal" / "link.png")
+    expected = (images, "data.train", "the image path 'horizontal/link.png' leads outside the "
+                f"data folder {images}")
+    assert_user_error(run_cli(["validate", image_config(data_path=images)]), *expected)
+    assert_inspect_error(*inspect_cli(run_cli, images), *expected)
+
+
+def test_dotdot_path_out_of_an_image_manifest(image_config: Callable[..., Path],
+                                              image_folder: Path, run_cli: Cli,
+                                              tmp_path: Path) -> None:
+    folder = copy_images(image_folder, tmp_path / "dataset")
+    shutil.copy(image_folder / "horizontal" / "h000.png", tmp_path / "dataset" / "outside.png")
+    rows = [(str(p.relative_to(folder)), p.parent.name) for p in sorted(folder.rglob("*.png"))]
+    rows.insert(3, ("../outside.png", "horizontal"))
+    manifest = folder / "manifest.csv"
+    pd.DataFrame(rows, columns=["image", "label"]).to_csv(manifest, index=False)
+    expected = (manifest, "data.train",
+                f"the image path '../outside.png' leads outside the data folder {folder}")
+    assert_user_error(run_cli(["validate", image_config(data_path=manifest)]), *expected)
+    assert_inspect_error(*inspect_cli(run_cli, manifest), *expected)
+
+
+# ----------------------------------------------------------------------------------------------
+# inspect on good data
+
+
+def part(report: dict[str, Any], name: str = "train") -> dict[str, Any]:
+    return report["parts"][name]
+
+
+def findings(report: dict[str, Any], check: str) -> list[dict[str, Any]]:
+    return [finding for finding in report["findings"] if finding["check"] == check]
+
+
+def inspect_ok(run_cli: Cli, data: Path, *options: str | Path) -> dict[str, Any]:
+    result, out = inspect_cli(run_cli, data, *options)
+    assert result.code == 0, result.err[-3000:]
+    assert "Traceback" not in result.err and f"wrote {out}" in result.err
+    return json.loads(out.read_text())  # type: ignore[no-any-return]
+
+
+def test_inspect_counts_rows_labels_duplicates_leakage_and_empty_texts(
+    run_cli: Cli, tmp_path: Path
+) -> None:
+    base = make_texts(140, seed=1).drop_duplicates("text").iloc[:100].reset_index(drop=True)
+    assert len(base) == 100
+    repeats = base.iloc[[10, 20, 30]]  # three rows written twice
+    blanks = pd.DataFrame({"text": ["", "?! ..."], "label": ["positive", "negative"]})
+    train = pd.concat([base, repeats, blanks], ignore_index=True)
+    train_path = tmp_path / "train.csv"
+    train.to_csv(train_path, index=False)
+
+    fresh = make_texts(40, seed=2)
+    fresh = fresh[~fresh["text"].isin(base["text"])].drop_duplicates("text").iloc[:20]
+    copied = base.iloc[[50, 60, 70, 80]]  # four training rows that also land in test
+    test_path = tmp_path / "test.csv"
+    pd.concat([fresh, copied], ignore_index=True).to_csv(test_path, index=False)
+
+    report = inspect_ok(run_cli, train_path, "--test", test_path)
+    assert report["task"] == "text-classification"
+    assert report["classes"] == ["negative", "positive"]
+    assert part(report)["rows"] == 105
+    assert part(report, "test")["rows"] == 24
+    positives = int((base["label"] == "positive").sum()) + int(
+        (repeats["label"] == "positive").sum()) + 1
+    assert part(report)["label_counts"] == {"negative": 105 - positives, "positive": positives}
+    assert part(report)["duplicates"]["exact"] == 3
+    assert part(report)["duplicates"]["exact_with_other_label"] == 0
+    assert part(report, "test")["duplicates"]["exact"] == 0
+    assert report["leakage_train_test"]["exact"] == 4
+    assert sorted(report["leakage_train_test"]["examples"]) == ["51", "61", "71", "81"]
+    empty = findings(report, "empty-text")
+    assert [(f["severity"], f["count"], f["file"]) for f in empty] == [
+        ("warning", 2, str(train_path))]
+    assert empty[0]["examples"] == ["104", "105"]
+    assert part(report)["missing_values"] == {"text": 1}  # "" is a missing value; "?! ..." is not
+    assert [f["count"] for f in findings(report, "duplicates")] == [3]
+
+
+def test_inspect_reads_parquet(text_table: pd.DataFrame, run_cli: Cli, tmp_path: Path) -> None:
+    path = tmp_path / "reviews.parquet"
+    text_table.to_parquet(path, index=False)
+    report = inspect_ok(run_cli, path)
+    assert report["task"] == "text-classification"
+    assert part(report)["format"] == "parquet"
+    assert part(report)["rows"] == 300
+    assert part(report)["label_counts"] == {"negative": 150, "positive": 150}
+
+
+def test_inspect_reads_a_saved_hugging_face_dataset(text_table: pd.DataFrame, run_cli: Cli,
+                                                    tmp_path: Path) -> None:
+    import datasets
+
+    names = ["awful", "fine", "great"]  # three classes, so the counts tell the codes apart
+    codes = np.arange(len(text_table)) % 3
+    frame = text_table.assign(label=codes)
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)}
+    )
+    path = tmp_path / "hf-dataset"
+    datasets.Dataset.from_pandas(frame, features=features, preserve_index=False).save_to_disk(
+        str(path))
+    report = inspect_ok(run_cli, path)
+    assert part(report)["format"] == "hf-dataset"
+    assert report["task"] == "text-classification"
+    assert report["classes"] == names
+    assert part(report)["rows"] == 300
+    assert part(report)["label_counts"] == {"awful": 100, "fine": 100, "great": 100}
+
+
+def test_inspect_infers_multilabel_from_jsonl_lists(text_table: pd.DataFrame, run_cli: Cli,
+                                                    tmp_path: Path) -> None:
+    tags = [["action"], ["action", "comedy"], ["comedy"], ["drama", "action"]]
+    path = tmp_path / "tags.jsonl"
+    with path.open("w") as handle:
+        for row, text in enumerate(text_table["text"].iloc[:120]):
+            handle.write(json.dumps({"text": text, "label": tags[row % 4]}) + "\n")
+    report = inspect_ok(run_cli, path)
+    assert report["task"] == "text-multilabel"
+    assert report["label_kind"] == "multilabel"
+    assert report["classes"] == ["action", "comedy", "drama"]
+    assert part(report)["rows"] == 120
+    assert part(report)["label_counts"] == {"action": 90, "comedy": 60, "drama": 30}
+
+
+def test_inspect_infers_regression_from_float_labels(run_cli: Cli, tmp_path: Path) -> None:
+    table = numeric_targets(150, seed=4)
+    path = bad_csv(tmp_path, table)
+    report = inspect_ok(run_cli, path)
+    assert report["task"] == "text-regression"
+    assert report["label_kind"] == "regression"
+    assert report["classes"] == []
+    target = part(report)["target"]
+    assert target["min"] == pytest.approx(table["label"].min())
+    assert target["max"] == pytest.approx(table["label"].max())
+    assert target["median"] == pytest.approx(table["label"].median())
+    assert "label_counts" not in part(report)
