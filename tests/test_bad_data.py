@@ -44,7 +44,9 @@ def inspect_cli(run_cli: Cli, data: Path, *options: str | Path) -> tuple[CliResu
     return run_cli(["inspect", data, *options, "--out", out]), out
 
 
-def assert_inspect_error(result: CliResult, out: Path, *expected: str | Path, code: int = 1) -> None:
+def assert_inspect_error(
+    result: CliResult, out: Path, *expected: str | Path, code: int = 1
+) -> None:
     """`inspect` stopped with `code` and said what is wrong, where, and how to fix it.
 
     Unusable data either stops the reading (one `error:` line, no report) or is a fatal finding
@@ -180,8 +182,8 @@ def test_test_labels_absent_from_train(text_config: Callable[..., Path], text_cs
         ("inf", "1 regression target(s) are infinite or not a number (data rows 6)"),
         ("-inf", "1 regression target(s) are infinite or not a number (data rows 6)"),
         # NaN is pandas' missing value, and task.py reads "nan" in a numeric column as a missing
-        # target: the rows-without-label message.
-        ("nan", "1 row(s) have no label (data rows 6)"),
+        # target: the rows-without-target message.
+        ("nan", "1 row(s) have no target (empty or NaN) (data rows 6)"),
     ],
     ids=["inf", "-inf", "nan"],
 )
@@ -281,7 +283,8 @@ def test_dotdot_path_out_of_an_image_manifest(image_config: Callable[..., Path],
 
 
 def part(report: dict[str, Any], name: str = "train") -> dict[str, Any]:
-    return report["parts"][name]
+    details: dict[str, Any] = report["parts"][name]
+    return details
 
 
 def findings(report: dict[str, Any], check: str) -> list[dict[str, Any]]:
@@ -292,7 +295,8 @@ def inspect_ok(run_cli: Cli, data: Path, *options: str | Path) -> dict[str, Any]
     result, out = inspect_cli(run_cli, data, *options)
     assert result.code == 0, result.err[-3000:]
     assert "Traceback" not in result.err and f"wrote {out}" in result.err
-    return json.loads(out.read_text())  # type: ignore[no-any-return]
+    report: dict[str, Any] = json.loads(out.read_text())
+    return report
 
 
 def test_inspect_counts_rows_labels_duplicates_leakage_and_empty_texts(

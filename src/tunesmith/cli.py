@@ -76,6 +76,7 @@ def inspect(
     """Check a dataset before training; exit status 1 when a problem makes training meaningless."""
     from tunesmith import api
     from tunesmith.console import console
+    from tunesmith.data import fatal_error
     from tunesmith.io import write_json
     from tunesmith.report import data_tables
 
@@ -87,14 +88,14 @@ def inspect(
         "delimiter": delimiter,
     }
     try:
-        report = api.inspect(data, test=test, task=task, **options).to_json()
+        report = api.inspect(data, test=test, task=task, **options)
+        console.print(data_tables(report.to_json()))
+        write_json(out, report.to_json())
+        console.print(f"wrote {out}")
+        if report.fatal:
+            raise fatal_error(report)
     except DataError as error:  # unusable data is inspect's finding (1), not a usage error (2)
         typer.secho(f"error: {error.message}", fg=typer.colors.RED, err=True)
-        sys.exit(1)
-    console.print(data_tables(report))
-    write_json(out, report)
-    console.print(f"wrote {out}")
-    if any(finding["severity"] == "fatal" for finding in report["findings"]):
         sys.exit(1)
 
 

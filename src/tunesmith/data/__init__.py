@@ -336,8 +336,7 @@ def _split(
 def _column(frame: pd.DataFrame, column: str | None, rows: np.ndarray) -> np.ndarray | None:
     if column is None:
         return None
-    values: np.ndarray = np.asarray(frame[column].astype(str), dtype=object)
-    return values[rows]
+    return np.asarray(frame[column].astype(str), dtype=object)[rows]  # type: ignore[no-any-return]
 
 
 def _times(frame: pd.DataFrame, column: str | None, rows: np.ndarray) -> np.ndarray | None:

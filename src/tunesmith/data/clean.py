@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from tunesmith.config import CleanConfig
-from tunesmith.data.image_scan import near_duplicates
+from tunesmith.data.image_scan import confirm_near_pairs, near_duplicates
 from tunesmith.data.inspect import NEAR_IMAGE_DISTANCE
 from tunesmith.data.scan import PartScan
 from tunesmith.errors import TunesmithError
@@ -53,15 +53,19 @@ def readable_rows(scan: PartScan, clean: CleanConfig) -> tuple[np.ndarray, int]:
     return np.flatnonzero(readable), int((~readable).sum())
 
 
-def _in(hashes: np.ndarray, reference: np.ndarray, *, image_near: bool) -> np.ndarray:
-    """A mask over `hashes`: which occur in `reference` (within the image near-distance)."""
-    if image_near:
-        # Rows here are all readable, so no hash is the placeholder 0 of an unreadable image.
-        pairs = near_duplicates(hashes, reference, max_distance=NEAR_IMAGE_DISTANCE)
-        mask = np.zeros(len(hashes), dtype=bool)
-        mask[pairs[:, 0]] = True
-        return mask
-    return np.isin(hashes, reference)
+def _seen_in(part: Part, test: Part, *, near: bool) -> np.ndarray:
+    """A mask over `part`'s rows: which occur in `test`, exactly or nearly."""
+    hashes, reference = part.hashes(near=near), test.hashes(near=near)
+    if not (near and part.scan.images is not None and test.scan.images is not None):
+        return np.isin(hashes, reference)
+    # Rows here are all readable, so no hash is the placeholder 0 of an unreadable image.
+    pairs = near_duplicates(hashes, reference, max_distance=NEAR_IMAGE_DISTANCE)
+    paths = [part.scan.images.paths[row] for row in part.rows]
+    test_paths = [test.scan.images.paths[row] for row in test.rows]
+    pairs = confirm_near_pairs(paths, test_paths, pairs)
+    mask = np.zeros(len(hashes), dtype=bool)
+    mask[pairs[:, 0]] = True
+    return mask
 
 
 def clean_parts(
@@ -77,12 +81,10 @@ def clean_parts(
         train, val = train.keep(~in_train), val.keep(~in_val)
     if clean.drop_test_overlap != "none":
         near = clean.drop_test_overlap == "near"
-        image_near = near and train.scan.images is not None
-        reference = test.hashes(near=near)
         dropped = {}
         kept = []
         for name, part in (("train", train), ("val", val)):
-            seen = _in(part.hashes(near=near), reference, image_near=image_near)
+            seen = _seen_in(part, test, near=near)
             dropped[name] = int(seen.sum())
             kept.append(part.keep(~seen))
         train, val = kept

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from tunesmith.data.image_scan import exact_duplicates, near_duplicates
+from tunesmith.data.image_scan import confirm_near_pairs, exact_duplicates, near_duplicates
 from tunesmith.data.scan import PartScan
 from tunesmith.data.task import TaskSpec
 
@@ -180,6 +180,10 @@ def _ids(part: PartScan, rows: Sequence[int] | np.ndarray) -> list[str]:
     return [str(part.ids[row]) for row in list(rows)[:EXAMPLES]]
 
 
+def _what(task: TaskSpec) -> str:
+    return "target (empty or NaN)" if task.kind == "regression" else "label"
+
+
 def _rows(part: PartScan) -> str:
     """What a part's ids are: data row numbers (from 1) of a table, or image paths."""
     return "data rows" if part.source.format not in ("image-folder",) else "files"
@@ -216,7 +220,7 @@ def _label_findings(task: TaskSpec, part: PartScan, *, is_train: bool) -> list[F
                 part,
                 "labels-missing",
                 "fatal",
-                f"{len(missing)} row(s) have no label ({_rows(part)} "
+                f"{len(missing)} row(s) have no {_what(task)} ({_rows(part)} "
                 f"{', '.join(_ids(part, missing))}{', ...' if len(missing) > EXAMPLES else ''})",
                 field=field_name,
                 count=len(missing),
@@ -429,6 +433,7 @@ def duplicate_rows(part: PartScan, *, near: bool) -> np.ndarray:
     usable = part.readable & ~part.empty
     if near and part.images is not None:
         pairs = near_duplicates(part.near, max_distance=NEAR_IMAGE_DISTANCE, valid=usable)
+        pairs = confirm_near_pairs(part.images.paths, None, pairs)
         return np.unique(pairs[:, 1])
     hashes = part.near if near else part.exact
     repeated = pd.Series(hashes).duplicated(keep="first").to_numpy()
@@ -446,6 +451,8 @@ def overlapping_rows(part: PartScan, other: PartScan, *, near: bool) -> np.ndarr
             valid=usable,
             other_valid=other_usable,
         )
+        assert other.images is not None
+        pairs = confirm_near_pairs(part.images.paths, other.images.paths, pairs)
     elif part.images is not None:
         pairs = exact_duplicates(part.exact, other.exact)
     else:

@@ -124,6 +124,8 @@ def find_label_issues(
     sample = _stratified_sample(labels, max_rows, keep=folds, seed=seed)
     inputs = features[sample] if scipy.sparse.issparse(features) else np.asarray(features)[sample]
     present, y = np.unique(labels[sample], return_inverse=True)
+    if len(present) < 2:
+        return None
     usable_folds = min(folds, int(np.bincount(y).min()))
     if len(present) < 2 or usable_folds < 2 or inputs.shape[1] == 0:
         return None

@@ -20,6 +20,8 @@ from tunesmith.data.sources import ID_COLUMN, IMAGE_COLUMN, Modality, Source, la
 from tunesmith.data.task import LabelKind, class_text, is_missing, label_set
 from tunesmith.errors import TunesmithError
 
+MISSING, UNSEEN = -1, -2  # class codes of a row without a label / with a label train never has
+
 
 @dataclass(frozen=True)
 class Columns:
@@ -54,16 +56,16 @@ class Labels:
         if self.kind == "regression":
             assert self.targets is not None
             return np.asarray(np.isnan(self.targets))
-        if self.kind == "multilabel":
-            return self.codes < 0
-        return self.codes < 0
+        return np.asarray(self.codes == MISSING)
 
     def recoded(self, classes: list[str]) -> Labels:
-        """The same labels with class indices into `classes` (a name not in it becomes -1)."""
+        """The same labels with class indices into `classes`; a name not in it becomes UNSEEN."""
         if self.kind == "regression" or classes == self.classes:
             return self
         index = {name: i for i, name in enumerate(classes)}
-        lookup = np.array([index.get(name, -1) for name in self.classes] + [-1], dtype=np.int32)
+        lookup = np.array(
+            [index.get(name, UNSEEN) for name in self.classes] + [MISSING], dtype=np.int32
+        )
         if self.kind == "multilabel":
             assert self.sets is not None
             sets = np.zeros((len(self.codes), len(classes)), dtype=np.uint8)
