@@ -155,9 +155,6 @@ def test_inspect_reports_the_same_whether_read_in_small_chunks_or_whole(
             frame.to_json(path, orient="records", lines=True)
         else:
             frame.to_parquet(path, index=False, row_group_size=50)
-    # The global seed neutralizes the label-error check's unseeded solver (see the test below),
-    # so this test compares chunking alone.
-    np.random.seed(0)
     whole = api.inspect(train, test=test).to_json()
 
     sizes: list[int] = []
@@ -169,7 +166,6 @@ def test_inspect_reports_the_same_whether_read_in_small_chunks_or_whole(
             yield frame
 
     monkeypatch.setattr(Source, "frames", small_frames)
-    np.random.seed(0)
     chunked = api.inspect(train, test=test).to_json()
     assert sizes and max(sizes) <= 64
     assert chunked == whole

@@ -13,6 +13,7 @@ from PIL import Image, PngImagePlugin
 
 from tunesmith.data import image_scan
 from tunesmith.data.image_scan import (
+    confirm_near_pairs,
     exact_duplicates,
     near_duplicates,
     open_image,
@@ -389,3 +390,20 @@ def test_planted_near_duplicates_are_found_and_nothing_else(tmp_path: Path) -> N
     assert len(found) == len(pairs)
     assert near_duplicates(train_scan.phash, valid=train_scan.readable).shape == (0, 2)
     assert exact_duplicates(train_scan.content_hash, test_scan.content_hash).shape == (0, 2)
+
+
+def test_confirmation_keeps_copies_and_drops_look_alikes(tmp_path: Path) -> None:
+    """Candidates from the hash are re-checked on pixels: a copy survives, a different picture
+    with the same coarse layout (the same grid, other grain and a shifted colour) does not."""
+    rng = np.random.default_rng(5)
+    source = picture(rng, 96)
+    paths = [save(source, tmp_path / "source.png")]
+    paths += [perturbed(source, how, tmp_path / how) for how in ("resized", "brighter", "jpeg")]
+    # A look-alike: the same picture mirrored left to right keeps the colours but not the pixels.
+    paths.append(save(source.transpose(Image.Transpose.FLIP_LEFT_RIGHT), tmp_path / "mirror.png"))
+    candidates = np.array([[0, 1], [0, 2], [0, 3], [0, 4]])
+    kept = confirm_near_pairs(paths, None, candidates).tolist()
+    assert kept == [[0, 1], [0, 2], [0, 3]]
+    # Across two sets the second index reads the other list.
+    assert confirm_near_pairs(paths[:1], paths[1:], np.array([[0, 0], [0, 3]])).tolist() == [[0, 0]]
+    assert confirm_near_pairs(paths, None, np.empty((0, 2), np.int64)).shape == (0, 2)

@@ -104,8 +104,10 @@ class Source:
         first = next(self.frames(chunk_rows=1000), None)
         return [] if first is None else [c for c in first.columns if c != ID_COLUMN]
 
-    def frames(self, chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
-        """The rows in file order, `chunk_rows` at a time, each with an `__id__` column."""
+    def frames(self, chunk_rows: int | None = None) -> Iterator[pd.DataFrame]:
+        """The rows in file order, `chunk_rows` (default CHUNK_ROWS) at a time, each with an
+        `__id__` column."""
+        chunk_rows = chunk_rows or CHUNK_ROWS
         readers = {
             "csv": _csv_frames,
             "tsv": _csv_frames,
