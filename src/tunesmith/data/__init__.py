@@ -7,7 +7,7 @@ load:     sources read whole -> the same scans and checks (fatal ones stop the r
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -204,20 +204,41 @@ def inspect_data(
     sources = _sources(data, resolve)
     spec = resolve_task(task, data, sources["train"])
     columns = _columns(data, sources["train"].columns(), spec.modality)
+    train = sources["train"]
+    return _checked(
+        spec,
+        columns,
+        data,
+        {name: source.frames() for name, source in sources.items()},
+        sources,
+        rows_of=lambda rows: take_rows(train, rows),
+        seed=seed,
+    )
+
+
+def _checked(
+    spec: TaskSpec,
+    columns: Columns,
+    data: DataConfig,
+    frames: dict[str, Iterable[pd.DataFrame]],
+    sources: dict[str, Source],
+    *,
+    rows_of: FrameRows,
+    seed: int,
+) -> DataReport:
+    """One scan per source over `frames`, then every check; `rows_of` reads training rows back
+    for the label-error check."""
     scans = {
         name: scan_part(
-            name, source, source.frames(), modality=spec.modality, kind=spec.kind, columns=columns
+            name, source, frames[name], modality=spec.modality, kind=spec.kind, columns=columns
         )
         for name, source in sources.items()
     }
-    train = sources["train"]
     return inspect_parts(
         spec,
         scans,
         options=Options(drop_unreadable=data.clean.drop_unreadable, seed=seed),
-        label_error_features=_label_error_features(
-            spec.modality, columns, lambda rows: take_rows(train, rows)
-        ),
+        label_error_features=_label_error_features(spec.modality, columns, rows_of),
     )
 
 
@@ -244,23 +265,20 @@ def load_task_data(config: Config) -> TaskData:
     header = [c for c in frames["train"].columns if c != ID_COLUMN]
     check_columns(sources["train"], header, _needed(data, spec.modality))
     columns = _columns(data, header, spec.modality)
-    scans = {
-        name: scan_part(
-            name, source, [frames[name]], modality=spec.modality, kind=spec.kind, columns=columns
-        )
-        for name, source in sources.items()
-    }
-    report = inspect_parts(
+    train_frame = frames["train"]
+    report = _checked(
         spec,
-        scans,
-        options=Options(drop_unreadable=data.clean.drop_unreadable, seed=config.seed),
-        label_error_features=_label_error_features(
-            spec.modality, columns, lambda rows: frames["train"].iloc[rows]
-        ),
+        columns,
+        data,
+        {name: [frame] for name, frame in frames.items()},
+        sources,
+        rows_of=lambda rows: train_frame.iloc[rows],
+        seed=config.seed,
     )
+    scans = report.parts
     if report.fatal:
         raise fatal_error(report)
-    parts, record, dropped = _split(config, scans, frames["train"])
+    parts, record, dropped = _split(config, scans, train_frame)
     train, val, counts = clean_parts(*parts, data.clean)
     report.cleaning = {"unreadable_dropped": dropped, **counts}
     examples = {
