@@ -49,6 +49,16 @@ TIMM_NAME = "test_resnet"  # 0.5M parameters; exists in timm >= 0.9 for exactly 
 IMAGE_CLASSES = ("horizontal", "vertical")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Derived files (decoded dataset images) go to a folder of the test session, not ~/.cache."""
+    import os
+
+    folder = tmp_path_factory.mktemp("tunesmith-cache")
+    os.environ["TUNESMITH_CACHE"] = str(folder)
+    return folder
+
+
 # ----------------------------------------------------------------------------------------------
 # tiny models
 

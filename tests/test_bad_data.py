@@ -113,7 +113,9 @@ def test_missing_label_column(text_config: Callable[..., Path], text_table: pd.D
     assert_user_error(run_cli(["validate", text_config(data_path=path)]), *expected)
     # For inspect the column is an option (--label-column) naming what the file lacks: a usage
     # error, status 2, like the wrong delimiter below.
-    assert_inspect_error(*inspect_cli(run_cli, path), *expected, code=2)
+    result, out = inspect_cli(run_cli, path)
+    assert_inspect_error(result, out, *expected, code=2)
+    assert "(on the command line: --label-column)" in result.err
 
 
 @pytest.mark.parametrize("empty", ["", "   "], ids=["empty", "spaces"])
@@ -140,7 +142,9 @@ def test_wrong_delimiter(text_config: Callable[..., Path], text_table: pd.DataFr
     expected = (path, "data.delimiter", "looks separated by ';'", "set data.delimiter: ';'")
     assert_user_error(run_cli(["validate", text_config(data_path=path)]), *expected)
     # check_columns raises a plain TunesmithError: a usage error, which inspect answers with 2.
-    assert_inspect_error(*inspect_cli(run_cli, path), *expected, code=2)
+    result, out = inspect_cli(run_cli, path)
+    assert_inspect_error(result, out, *expected, code=2)
+    assert "(on the command line: --delimiter)" in result.err
     # Told the delimiter, both read the file.
     fixed = text_config("fixed", data_path=path, data={"delimiter": ";"})
     assert run_cli(["validate", fixed]).code == 0
@@ -276,6 +280,62 @@ def test_dotdot_path_out_of_an_image_manifest(image_config: Callable[..., Path],
                 f"the image path '../outside.png' leads outside the data folder {folder}")
     assert_user_error(run_cli(["validate", image_config(data_path=manifest)]), *expected)
     assert_inspect_error(*inspect_cli(run_cli, manifest), *expected)
+
+
+def saved_images(path: Path, cells: list[dict[str, Any]], labels: list[str],
+                 **more_images: list[dict[str, Any]]) -> Path:
+    import datasets
+
+    features = {"image": datasets.Image(), "label": datasets.Value("string")}
+    features.update({name: datasets.Image() for name in more_images})
+    columns = {"image": cells, "label": labels, **more_images}
+    datasets.Dataset.from_dict(columns, features=datasets.Features(features)).save_to_disk(
+        str(path))
+    return path
+
+
+def image_cells(image_folder: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    files = sorted(image_folder.rglob("*.png"))
+    cells = [{"bytes": f.read_bytes(), "path": f.name} for f in files]
+    return cells, [f.parent.name for f in files]
+
+
+def test_saved_image_dataset_naming_a_file_outside_its_folder(
+        image_config: Callable[..., Path], image_folder: Path, run_cli: Cli,
+        tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    cells, labels = image_cells(image_folder)
+    shutil.copy(image_folder / "horizontal" / "h000.png", tmp_path / "outside.png")
+    saved = saved_images(tmp_path / "saved", cells, labels)
+    # save_to_disk embeds every image's bytes; an Arrow file written by other tools may instead
+    # hold only a path. Rewrite one cell so: no bytes, a path leading out of the folder.
+    (arrow,) = saved.glob("*.arrow")
+    table = pa.ipc.open_stream(arrow.read_bytes()).read_all()  # in memory, not mapped
+    images = table.column("image").to_pylist()
+    images[5] = {"bytes": None, "path": "../outside.png"}
+    table = table.set_column(0, "image", pa.array(images, type=table.schema.field("image").type))
+    with pa.OSFile(str(arrow), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    expected = (saved, "data.train",
+                f"the image path '../outside.png' leads outside the data folder {saved}")
+    assert_user_error(run_cli(["validate", image_config(data_path=saved)]), *expected)
+    assert_inspect_error(*inspect_cli(run_cli, saved), *expected)
+
+
+def test_saved_dataset_with_several_image_columns(image_config: Callable[..., Path],
+                                                  image_folder: Path, run_cli: Cli,
+                                                  tmp_path: Path) -> None:
+    cells, labels = image_cells(image_folder)
+    saved = saved_images(tmp_path / "two", cells, labels, mask=cells)
+    config = image_config(data_path=saved, data={"image_column": "photo"})
+    expected = (saved, "data.image_column", "several image columns ['image', 'mask']",
+                "set data.image_column")
+    assert_user_error(run_cli(["validate", config]), *expected)
+    fixed = image_config(name="fixed", data_path=saved, data={"image_column": "mask"})
+    result = run_cli(["validate", fixed])
+    assert result.code == 0, result.err[-2000:]
+    assert "image-classification, 2 classes" in result.err
 
 
 # ----------------------------------------------------------------------------------------------

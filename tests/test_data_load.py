@@ -488,6 +488,83 @@ def test_image_leakage_is_counted_and_dropped(tmp_path: Path, leaky_images: Any)
     assert overlap["train"] + overlap["val"] == EXACT_COPIES
 
 
+def image_dataset(folders: list[Path], path: Path, **extra_columns: list[Any]) -> Path:
+    """The images of class folders as a saved Hugging Face dataset with an `Image` column, the
+    bytes embedded as `save_to_disk` does, the labels as a ClassLabel."""
+    import datasets
+
+    files = [file for folder in folders for file in sorted(folder.glob("*/*"))]
+    classes = sorted({file.parent.name for file in files})
+    columns = {
+        "image": [{"bytes": file.read_bytes(), "path": file.name} for file in files],
+        "label": [classes.index(file.parent.name) for file in files],
+        **extra_columns,
+    }
+    features = {"image": datasets.Image(), "label": datasets.ClassLabel(names=classes)}
+    features.update({name: datasets.Image() for name in extra_columns})
+    dataset = datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+    dataset.save_to_disk(str(path))
+    return path
+
+
+def test_a_saved_dataset_of_images_reads_as_its_image_folder(
+    tmp_path: Path, leaky_images: Any
+) -> None:
+    train, test, _ = leaky_images
+    saved = image_dataset([train], tmp_path / "train-hf")
+    saved_test = image_dataset([test], tmp_path / "test-hf")
+    folder_report = api.inspect(train, test=test).to_json()
+    report = api.inspect(saved, test=saved_test).to_json()
+    assert report["task"] == "image-classification"
+    assert report["parts"]["train"]["format"] == "hf-dataset"
+    for name in ("train", "test"):
+        ours, theirs = report["parts"][name], folder_report["parts"][name]
+        for key in ("rows", "label_counts", "images", "duplicates"):
+            assert ours[key] == theirs[key], (name, key)
+    for key in ("exact", "near"):
+        assert report["leakage_train_test"][key] == folder_report["leakage_train_test"][key]
+    assert report["leakage_train_test"]["exact"] == EXACT_COPIES
+    # Rows of a saved dataset are named by their row number (counted from 1), as table rows are.
+    assert report["leakage_train_test"]["examples"] == ["1", "21"]
+
+    # The decoded files are the embedded bytes, unchanged, and a second read reuses them.
+    data = load(tmp_path, saved, test=str(saved_test))
+    first = Path(data.train.inputs[0])
+    row = int(data.train.ids[0])
+    originals = sorted(train.glob("*/*"))
+    assert first.read_bytes() == originals[row - 1].read_bytes()
+    written = first.stat().st_mtime_ns
+    again = load(tmp_path, saved, name="again", test=str(saved_test))
+    assert again.train.inputs == data.train.inputs
+    assert first.stat().st_mtime_ns == written
+    overlap = data.report.cleaning["test_overlap_dropped"]
+    assert overlap["train"] + overlap["val"] == EXACT_COPIES + BRIGHTENED + RESAVED
+
+
+def test_corrupt_bytes_in_a_saved_image_dataset_are_unreadable_rows(
+    tmp_path: Path, leaky_images: Any
+) -> None:
+    import datasets
+
+    train, _, _ = leaky_images
+    files = sorted(train.glob("*/*"))
+    cells = [{"bytes": file.read_bytes(), "path": None} for file in files]
+    cells[3] = {"bytes": cells[3]["bytes"][:60], "path": None}  # a truncated PNG
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")})
+    labels = [file.parent.name for file in files]
+    path = tmp_path / "broken-hf"
+    datasets.Dataset.from_dict({"image": cells, "label": labels}, features=features).save_to_disk(
+        str(path)
+    )
+    report = api.inspect(path).to_json()
+    assert report["parts"]["train"]["images"]["unreadable"] == 1
+    unreadable = [f for f in report["findings"] if f["check"] == "unreadable-image"]
+    assert unreadable and unreadable[0]["examples"] == ["4"], report["findings"]
+    data = load(tmp_path, path, clean={"drop_unreadable": True})
+    assert data.report.cleaning["unreadable_dropped"]["train"] == 1
+    assert len(data.train) + len(data.val) + len(data.test) == len(files) - 1
+
+
 # ----------------------------------------------------------------------------------------------
 # 6. split methods through the config
 

@@ -67,8 +67,14 @@ def inspect(
     label_delimiter: Annotated[
         str | None, typer.Option(help='Multilabel labels joined by this, e.g. "|".')
     ] = None,
+    image_column: Annotated[
+        str, typer.Option(help="Image manifests and saved datasets: the image column.")
+    ] = "image",
     delimiter: Annotated[str | None, typer.Option(help="CSV delimiter.")] = None,
     encoding: Annotated[str, typer.Option(help="Text encoding of the file.")] = "utf-8",
+    format: Annotated[
+        str, typer.Option(help="auto, csv, tsv, jsonl, parquet, hf-dataset, image-folder, ...")
+    ] = "auto",
     out: Annotated[Path, typer.Option(help="Where to write the JSON report.")] = Path(
         "data_report.json"
     ),
@@ -83,9 +89,11 @@ def inspect(
     options = {
         "label_column": label_column,
         "text_column": text_column,
+        "image_column": image_column,
         "encoding": encoding,
         "label_delimiter": label_delimiter,
         "delimiter": delimiter,
+        "format": format,
     }
     try:
         report = api.inspect(data, test=test, task=task, **options)
@@ -95,8 +103,33 @@ def inspect(
         if report.fatal:
             raise fatal_error(report)
     except DataError as error:  # unusable data is inspect's finding (1), not a usage error (2)
-        typer.secho(f"error: {error.message}", fg=typer.colors.RED, err=True)
+        typer.secho(f"error: {_with_flag(error).message}", fg=typer.colors.RED, err=True)
         sys.exit(1)
+    except TunesmithError as error:
+        raise _with_flag(error) from None
+
+
+# The config keys `inspect` takes as options: its messages name both.
+INSPECT_FLAGS = {
+    "task": "--task",
+    "data.test": "--test",
+    "data.label_column": "--label-column",
+    "data.text_column": "--text-column",
+    "data.image_column": "--image-column",
+    "data.label_delimiter": "--label-delimiter",
+    "data.delimiter": "--delimiter",
+    "data.encoding": "--encoding",
+    "data.format": "--format",
+}
+
+
+def _with_flag(error: TunesmithError) -> TunesmithError:
+    """The error with the `inspect` option that sets its field named in the fix."""
+    flag = INSPECT_FLAGS.get(error.field or "")
+    if flag is None or error.fix is None:
+        return error
+    fix = f"{error.fix} (on the command line: {flag})"
+    return type(error)(error.problem, file=error.file, field=error.field, fix=fix)
 
 
 @app.command()

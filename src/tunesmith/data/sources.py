@@ -13,13 +13,18 @@ reads the (much smaller, or already cleaned) parts whole with `read()`.
 | image-folder | a folder with one subfolder per class |
 | image-manifest | a CSV with an image path column (paths relative to the CSV) and a label column |
 
-Image rows carry the image's absolute path in the column `image`. A path that leads outside the
-data folder (through `..` or a symlink) is refused: a dataset should not read the rest of the disk.
+Image rows carry the image's absolute path in the column `image`. The images of a saved dataset's
+`datasets.Image` column are written once, byte for byte, to files in `cache_root()`. A path that
+leads outside the data folder (through `..` or a symlink) is refused: a dataset should not read the
+rest of the disk.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +49,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 IMAGE_COLUMN = "image"  # the column of absolute image paths in every image source's frames
 ID_COLUMN = "__id__"  # a stable name for each row: its number in the file, or its relative path
 CHUNK_ROWS = 100_000
+IMAGE_BATCH_ROWS = 1_000  # rows of encoded images read from Arrow at a time
 LIKELY_DELIMITERS = [";", "\t", "|", ","]
 
 
@@ -86,10 +92,11 @@ class Source:
     delimiter: str | None = None
     encoding: str = "utf-8"
     image_column: str = IMAGE_COLUMN
+    image_feature: str | None = None  # hf-dataset: the `datasets.Image` column, if any
 
     @property
     def is_image(self) -> bool:
-        return self.format in ("image-folder", "image-manifest")
+        return self.format in ("image-folder", "image-manifest") or self.image_feature is not None
 
     def error(self, problem: str, fix: str, *, field: str | None = None) -> DataError:
         """A problem with the data in this source."""
@@ -101,6 +108,8 @@ class Source:
             return _csv_header(self)
         if self.format == "image-folder":
             return [IMAGE_COLUMN, "label"]
+        if self.format == "hf-dataset":
+            return _hf_columns(self)
         first = next(self.frames(chunk_rows=1000), None)
         return [] if first is None else [c for c in first.columns if c != ID_COLUMN]
 
@@ -159,6 +168,8 @@ def open_source(
         )
     fmt = _detect_format(path, field) if format == "auto" else format
     source = Source(path, fmt, field, delimiter, encoding, image_column)  # type: ignore[arg-type]
+    if fmt == "hf-dataset":  # an `Image` column makes it an image source
+        return dataclasses.replace(source, image_feature=_hf_image_feature(source))
     if fmt == "csv" and format == "auto":
         header = source.columns()
         if image_column in header and text_column not in header:
@@ -291,22 +302,149 @@ def _parquet_frames(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
         yield batch.to_pandas()
 
 
-def _hf_frames(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
+def _hf_dataset(source: Source) -> Any:
     import datasets
 
     try:
-        dataset = datasets.load_from_disk(str(source.path))
+        return datasets.load_from_disk(str(source.path))
     except (FileNotFoundError, ValueError, OSError) as error:
         raise source.error(
             f"cannot load the saved dataset: {error}",
             "save it again with datasets.Dataset.save_to_disk",
         ) from None
+
+
+def _hf_image_feature(source: Source) -> str | None:
+    """The `datasets.Image` column images are read from: `data.image_column`, or the only one."""
+    import datasets
+
+    features = _hf_dataset(source).features
+    images = [name for name, kind in features.items() if isinstance(kind, datasets.Image)]
+    if not images:
+        return None
+    if source.image_column in images:
+        return source.image_column
+    if len(images) == 1:
+        if IMAGE_COLUMN in features:  # the paths column would overwrite a column of that name
+            raise source.error(
+                f"the image column is {images[0]!r} but another column is named {IMAGE_COLUMN!r}",
+                f"rename the column {IMAGE_COLUMN!r} (dataset.rename_column) and save it again",
+                field="data.image_column",
+            )
+        return str(images[0])
+    raise source.error(
+        f"the dataset has several image columns {images}",
+        "set data.image_column to the one to train on",
+        field="data.image_column",
+    )
+
+
+def _hf_columns(source: Source) -> list[str]:
+    names = list(_hf_dataset(source).features)
+    return [IMAGE_COLUMN if name == source.image_feature else name for name in names]
+
+
+def _hf_frames(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    dataset = _hf_dataset(source)
     names = _class_label_names(dataset.features)
-    for table in dataset.with_format("arrow").iter(batch_size=chunk_rows):
+    images = _ImageCache(source) if source.image_feature else None
+    # Encoded images are large; batches of them stay small whatever chunk_rows asks for.
+    batch_rows = min(chunk_rows, IMAGE_BATCH_ROWS) if images else chunk_rows
+    pending: list[pd.DataFrame] = []
+    for table in dataset.with_format("arrow").iter(batch_size=batch_rows):
+        if images is not None:
+            paths = images.files(table.column(source.image_feature).to_pylist())
+            table = table.drop_columns([source.image_feature])
         frame = table.to_pandas()
         for column, classes in names.items():  # ClassLabel ints -> their names
             frame[column] = frame[column].map(lambda code, c=classes: None if code < 0 else c[code])
-        yield frame
+        if images is None:
+            yield frame
+            continue
+        frame[IMAGE_COLUMN] = paths
+        pending.append(frame)
+        if sum(map(len, pending)) >= chunk_rows:
+            yield pd.concat(pending, ignore_index=True)
+            pending = []
+    if pending:
+        yield pd.concat(pending, ignore_index=True)
+
+
+class _ImageCache:
+    """The encoded images of a saved dataset's `Image` column, written once as files.
+
+    The image pipeline (scan, augmentation, prediction) reads files; Arrow holds the encoded bytes.
+    Writing each row's bytes as they are (no re-encoding) to `cache_root()/hf-images/KEY/` keeps
+    the pixels identical, and the key (a hash of the dataset's state and data files) makes the
+    cache follow the dataset: a dataset saved again gets new files, the same one reuses them. Each
+    file is written to a temporary name and renamed, so a killed run leaves no half image.
+    """
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.root = source.path
+        self.folder = cache_root() / "hf-images" / _dataset_key(source.path)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.row = 0
+
+    def files(self, cells: list[dict[str, Any] | None]) -> list[str]:
+        """One image path per cell; a cell without bytes names its file (inside the dataset)."""
+        paths = []
+        for cell in cells:
+            self.row += 1
+            paths.append(self._file(cell or {}, self.row))
+        return paths
+
+    def _file(self, cell: dict[str, Any], row: int) -> str:
+        data, named = cell.get("bytes"), cell.get("path")
+        if data is None:
+            if not named:
+                return str(self.folder / f"{row:09d}.missing")  # reported unreadable by the scan
+            path = Path(named) if Path(named).is_absolute() else self.root / named
+            if not inside(path, self.root):
+                raise _outside_error(self.source, named)
+            return str(path)
+        target = self.folder / f"{row:09d}{_image_suffix(data)}"
+        if not target.exists() or target.stat().st_size != len(data):
+            temporary = target.with_name(f".{target.name}.tmp")
+            temporary.write_bytes(data)
+            os.replace(temporary, target)
+        return str(target)
+
+
+def cache_root() -> Path:
+    """Where tunesmith keeps derived files: $TUNESMITH_CACHE, else the XDG cache folder."""
+    if os.environ.get("TUNESMITH_CACHE"):
+        return Path(os.environ["TUNESMITH_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tunesmith"
+
+
+def _dataset_key(folder: Path) -> str:
+    """A hash of a saved dataset's state and of each data file's name, size and mtime."""
+    digest = hashlib.sha256(str(folder.resolve()).encode())
+    for path in sorted(folder.iterdir()):
+        if path.is_file():
+            stat = path.stat()
+            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
+
+
+_MAGIC = [
+    (b"\x89PNG", ".png"),
+    (b"\xff\xd8", ".jpg"),
+    (b"GIF8", ".gif"),
+    (b"BM", ".bmp"),
+    (b"II*\x00", ".tif"),
+    (b"MM\x00*", ".tif"),
+]
+
+
+def _image_suffix(data: bytes) -> str:
+    """The file suffix of encoded image bytes, from their first bytes (Pillow reads any)."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    return next((suffix for magic, suffix in _MAGIC if data.startswith(magic)), ".img")
 
 
 def _class_label_names(features: Any) -> dict[str, list[str]]:
