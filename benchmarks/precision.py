@@ -18,9 +18,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from tunesmith.api import _classifier, prepare
+from tunesmith.api import batches_for, prepare, task_model
 from tunesmith.config import config_from_dict
-from tunesmith.models.inputs import eval_batches, train_batches
 from tunesmith.search import train_settings
 from tunesmith.train import train_trial
 from tunesmith.train.precision import cpu_bf16_is_fast
@@ -42,17 +41,10 @@ def arm(precision: str, csv: Path, workdir: Path) -> float:
         base_dir=workdir,
     )
     prepared = prepare(config)
-    settings = train_settings(prepared.config)
-    data = prepared.data
-    loader = train_batches(
-        prepared.backbone,
-        data.train,
-        data.targets(data.train),
-        batch_size=settings.batch_size,
-        seed=0,
-    )
-    val = eval_batches(prepared.backbone, data.val.inputs, data.targets(data.val), batch_size=64)
-    result = train_trial(_classifier(prepared), loader, val, settings, workdir / precision)
+    settings = train_settings(prepared.config, kind=prepared.kind)
+    batches = batches_for(prepared, settings.batch_size, seed=0)
+    model = task_model(prepared)
+    result = train_trial(model, batches.train, batches.val, settings, workdir / precision)
     return result.train_samples_per_s
 
 

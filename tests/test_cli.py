@@ -412,7 +412,7 @@ def test_weights_that_do_not_match_the_architecture(
     _, weights = tiny_timm_weights
     config = image_config(model={"backbone": f"timm:test_efficientnet?weights={weights}"})
     assert_user_error(run_cli(["run", config]), weights, "model.backbone",
-                      "the weights do not match the architecture", "missing keys")
+                      "the weights do not match timm's test_efficientnet", "missing keys")
 
 
 def test_unknown_backbone_source_names_the_config(text_config: Callable[..., Path],
@@ -427,7 +427,7 @@ def test_backbone_of_the_wrong_modality_names_the_config(
 ) -> None:
     config = image_config(model={"backbone": f"hf:{tiny_bert}"})
     assert_user_error(run_cli(["run", config]), config, "model.backbone",
-                      "backbones take text inputs, but the task is image")
+                      "reads text inputs, but the task is image", "scratch:cnn")
 
 
 def test_csv_given_to_an_image_model(image_run: FinishedRun, text_csv: Path, run_cli: Cli) -> None:

@@ -711,12 +711,12 @@ def test_augmentation_reaches_training_batches_only(image_config: Callable[..., 
     def train_loader(preset: Literal["light", "none"]) -> Any:
         return train_batches(
             backbone,
-            one,
+            one.inputs,
             targets,
             batch_size=1,
             seed=0,
             augment=AugmentConfig(preset=preset),
-            classes=len(data.classes),
+            mix_classes=len(data.classes),
         )
 
     light = train_loader("light")

@@ -13,36 +13,41 @@ from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import collect_logits
 from tunesmith.export import load_bundle, load_predictor, save_bundle
 from tunesmith.export.bundle import MANIFEST, WEIGHTS
-from tunesmith.models import Classifier, build_backbone, make_head
+from tunesmith.models import TaskModel, build_backbone, make_head
 from tunesmith.models.inputs import eval_batches
 
 HEAD = {"layers": 1, "hidden": 8, "activation": "tanh", "init": "xavier_normal", "dropout": 0.2}
 TEXTS = ["the movie was great", "awful", "a boring plot and a clumsy script", "superb cast"]
 
 
-def classifier(spec: str, modality: str, classes: int) -> Classifier:
+def classifier(spec: str, modality: str, classes: int) -> TaskModel:
     torch.manual_seed(0)
     backbone = build_backbone(spec, modality=modality, resolve=Path)  # type: ignore[arg-type]
-    return Classifier(backbone, make_head(backbone.num_features, classes, **HEAD)).eval()
+    return TaskModel(backbone, make_head(backbone.num_features, classes, **HEAD)).eval()
+
+
+def head_of(classes: int) -> dict[str, object]:
+    """The head as a bundle records it: its shape and how many outputs it has."""
+    return {**HEAD, "num_outputs": classes}
 
 
 @pytest.fixture(scope="module")
 def text_bundle(
     tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Classifier, Path]:
+) -> tuple[TaskModel, Path]:
     model = classifier(f"hf:{tiny_bert}", "text", 3)
     folder = tmp_path_factory.mktemp("bundle") / "best"
-    save_bundle(model, folder, task="text-classification", classes=["a", "b", "c"], head=HEAD,
-                inputs={"text_column": "text"})
+    save_bundle(model, folder, task="text-classification", classes=["a", "b", "c"],
+                head=head_of(3), inputs={"text_column": "text"})
     return model, folder
 
 
-def logits_of(model: Classifier, inputs: list[str]) -> np.ndarray:
+def logits_of(model: TaskModel, inputs: list[str]) -> np.ndarray:
     logits, _ = collect_logits(model, eval_batches(model.backbone, inputs, batch_size=3))
     return logits
 
 
-def test_text_bundle_gives_identical_logits(text_bundle: tuple[Classifier, Path]) -> None:
+def test_text_bundle_gives_identical_logits(text_bundle: tuple[TaskModel, Path]) -> None:
     model, folder = text_bundle
     loaded, manifest = load_bundle(folder)
     before, after = logits_of(model, TEXTS), logits_of(loaded, TEXTS)
@@ -50,7 +55,7 @@ def test_text_bundle_gives_identical_logits(text_bundle: tuple[Classifier, Path]
     assert np.ptp(before, axis=0).min() > 1e-4  # the inputs really get different outputs
     np.testing.assert_array_equal(before, after)
     assert manifest["classes"] == ["a", "b", "c"]
-    assert manifest["head"] == HEAD
+    assert manifest["head"] == head_of(3)
     assert manifest["preprocessing"]["max_length"] == 64
     # The bundle holds no second copy of the weights: the backbone folder is config + tokenizer.
     assert not list((folder / "backbone").glob("*.safetensors"))
@@ -63,20 +68,20 @@ def test_image_bundle_gives_identical_logits(
     model = classifier(f"timm:{name}?weights={weights}", "image", 2)
     model.backbone.image_size = 48  # type: ignore[assignment]
     save_bundle(model, tmp_path / "best", task="image-classification",
-                classes=["horizontal", "vertical"], head=HEAD, inputs={})
+                classes=["horizontal", "vertical"], head=head_of(2), inputs={})
     loaded, manifest = load_bundle(tmp_path / "best")
     images = sorted(str(p) for p in image_folder.rglob("*.png"))[::20]
     np.testing.assert_array_equal(logits_of(model, images), logits_of(loaded, images))
     assert manifest["backbone"] == {"source": "timm", "name": name, "image_size": 48}
 
 
-def test_saving_again_replaces_the_bundle(text_bundle: tuple[Classifier, Path],
+def test_saving_again_replaces_the_bundle(text_bundle: tuple[TaskModel, Path],
                                           tmp_path: Path) -> None:
     model, _ = text_bundle
     folder = tmp_path / "best"
     for classes in (["x", "y", "z"], ["p", "q", "r"]):
-        save_bundle(model, folder, task="text-classification", classes=classes, head=HEAD,
-                    inputs={"text_column": "text"})
+        save_bundle(model, folder, task="text-classification", classes=classes,
+                    head=head_of(3), inputs={"text_column": "text"})
     assert json.loads((folder / MANIFEST).read_text())["classes"] == ["p", "q", "r"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]  # no staging folders left
 
@@ -87,7 +92,7 @@ def copy_bundle(folder: Path, into: Path) -> Path:
     return Path(shutil.copytree(folder, into / "best"))
 
 
-def test_altered_weights_are_refused(text_bundle: tuple[Classifier, Path], tmp_path: Path) -> None:
+def test_altered_weights_are_refused(text_bundle: tuple[TaskModel, Path], tmp_path: Path) -> None:
     folder = copy_bundle(text_bundle[1], tmp_path)
     weights = folder / WEIGHTS
     data = bytearray(weights.read_bytes())
@@ -99,7 +104,7 @@ def test_altered_weights_are_refused(text_bundle: tuple[Classifier, Path], tmp_p
     assert caught.value.file == str(weights) and caught.value.field == "weights_sha256"
 
 
-def test_a_newer_format_is_refused(text_bundle: tuple[Classifier, Path], tmp_path: Path) -> None:
+def test_a_newer_format_is_refused(text_bundle: tuple[TaskModel, Path], tmp_path: Path) -> None:
     folder = copy_bundle(text_bundle[1], tmp_path)
     manifest = json.loads((folder / MANIFEST).read_text())
     manifest["format_version"] += 1
@@ -115,7 +120,7 @@ def test_a_folder_without_a_bundle_is_refused(tmp_path: Path) -> None:
         load_bundle(tmp_path)
 
 
-def test_a_bundle_without_weights_is_refused(text_bundle: tuple[Classifier, Path],
+def test_a_bundle_without_weights_is_refused(text_bundle: tuple[TaskModel, Path],
                                              tmp_path: Path) -> None:
     folder = copy_bundle(text_bundle[1], tmp_path)
     (folder / WEIGHTS).unlink()
@@ -123,7 +128,7 @@ def test_a_bundle_without_weights_is_refused(text_bundle: tuple[Classifier, Path
         load_bundle(folder)
 
 
-def test_predictor_probabilities_and_labels(text_bundle: tuple[Classifier, Path]) -> None:
+def test_predictor_probabilities_and_labels(text_bundle: tuple[TaskModel, Path]) -> None:
     model, folder = text_bundle
     predictor = load_predictor(folder.parent)  # a run folder holding best/ works too
     probabilities = predictor.predict_proba(TEXTS)

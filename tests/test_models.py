@@ -10,9 +10,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tunesmith.errors import TunesmithError
-from tunesmith.models import Classifier, build_backbone, make_head, parse_spec
+from tunesmith.models import TaskModel, build_backbone, make_head, parse_spec
 from tunesmith.models.hf import HFTextBackbone
-from tunesmith.models.timm_source import TimmBackbone, read_state_dict
+from tunesmith.models.timm_source import TimmBackbone
+from tunesmith.models.weights import read_state_dict
 
 
 def build(spec: str, modality: str = "text"):  # type: ignore[no-untyped-def]
@@ -62,11 +63,11 @@ def test_hf_mean_pooling_ignores_padding(bert_backbone: HFTextBackbone) -> None:
     assert torch.allclose(alone[0], padded[0], atol=1e-5)
     # The mean runs over the real tokens only: recompute it from the encoder's hidden states.
     with torch.no_grad():
-        hidden = bert_backbone.encoder(input_ids=torch.tensor([short])).last_hidden_state[0]
+        hidden = bert_backbone.network(input_ids=torch.tensor([short])).last_hidden_state[0]
     assert torch.allclose(alone[0], hidden.mean(0), atol=1e-5)
     # ... which differs from the mean over the padded positions too.
     with torch.no_grad():
-        full = bert_backbone.encoder(**{k: batch[k] for k in ("input_ids", "attention_mask")})
+        full = bert_backbone.network(**{k: batch[k] for k in ("input_ids", "attention_mask")})
     assert not torch.allclose(full.last_hidden_state[0].mean(0), padded[0], atol=1e-3)
 
 
@@ -98,7 +99,7 @@ def test_timm_backbone_loads_matching_weights(tiny_timm_weights: tuple[str, Path
     backbone = build(f"timm:{name}?weights={weights}", "image")
     assert isinstance(backbone, TimmBackbone)
     saved = load_file(str(weights))
-    state = backbone.model.state_dict()
+    state = backbone.network.state_dict()
     assert set(saved) - set(state) == {"fc.weight", "fc.bias"}  # the replaced classifier only
     for key, tensor in state.items():
         assert torch.equal(tensor, saved[key]), key
@@ -106,7 +107,7 @@ def test_timm_backbone_loads_matching_weights(tiny_timm_weights: tuple[str, Path
     # Preprocessing comes from the model's own pretrained data config, not from flags.
     import timm.data
 
-    pretrained = timm.data.resolve_model_data_config(backbone.model)
+    pretrained = timm.data.resolve_model_data_config(backbone.network)
     preprocessing = backbone.preprocessing()
     assert preprocessing["size"] == pretrained["input_size"][-1] == 160
     assert preprocessing["mean"] == list(pretrained["mean"])
@@ -120,7 +121,7 @@ def test_timm_backbone_is_not_its_random_init(tiny_timm_weights: tuple[str, Path
     # Guards the test above: without ?weights= the network starts from another random draw.
     name, weights = tiny_timm_weights
     torch.manual_seed(123)
-    fresh = build(f"timm:{name}", "image").model.state_dict()
+    fresh = build(f"timm:{name}", "image").network.state_dict()
     saved = load_file(str(weights))
     assert not torch.equal(fresh["conv1.0.weight"], saved["conv1.0.weight"])
 
@@ -163,7 +164,7 @@ def test_a_plain_pth_state_dict_is_read(
     path = tmp_path / "w.pth"
     torch.save({"state_dict": saved}, path)  # the common Lightning-style wrapper
     backbone = build(f"timm:{name}?weights={path}", "image")
-    assert torch.equal(backbone.model.state_dict()["conv1.0.weight"], saved["conv1.0.weight"])
+    assert torch.equal(backbone.network.state_dict()["conv1.0.weight"], saved["conv1.0.weight"])
 
 
 @pytest.mark.parametrize("payload", ["module", "custom-object"])
@@ -207,7 +208,8 @@ def test_an_unknown_source_names_the_known_ones() -> None:
     with pytest.raises(TunesmithError) as caught:
         parse_spec("foo:bar")
     assert "unknown backbone source 'foo'" in caught.value.message
-    assert "hf:..." in caught.value.message and "timm:..." in caught.value.message
+    for source in ("hf:", "timm:", "torchvision:", "python:", "scratch:"):
+        assert source in caught.value.message, source
     assert caught.value.field == "model.backbone"
 
 
@@ -229,8 +231,8 @@ def test_spec_options_are_parsed_and_checked() -> None:
 def test_a_backbone_for_the_other_modality_is_refused(tiny_bert: Path) -> None:
     with pytest.raises(TunesmithError) as caught:
         build(f"hf:{tiny_bert}", "image")
-    assert "hf: backbones take text inputs, but the task is image" in caught.value.message
-    assert "timm:..." in caught.value.message
+    assert "reads text inputs, but the task is image" in caught.value.message
+    assert "timm:resnet18" in caught.value.message
 
 
 # ----------------------------------------------------------------------------------------------
@@ -290,7 +292,7 @@ def test_classifier_is_backbone_then_head(bert_backbone: HFTextBackbone) -> None
     torch.manual_seed(0)
     head = make_head(32, 2, layers=0, hidden=32, activation="gelu", init="xavier_uniform",
                      dropout=0.0)
-    model = Classifier(bert_backbone, head).eval()
+    model = TaskModel(bert_backbone, head).eval()
     batch = pad_collate(bert_backbone.pad_id)([(ids, 0) for ids in
                                                bert_backbone.tokenize(["great", "awful film"])])
     with torch.no_grad():

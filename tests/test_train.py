@@ -16,12 +16,11 @@ from safetensors.torch import load_file
 
 from tunesmith import api
 from tunesmith.config import load_config
-from tunesmith.evaluate import classification_metrics, collect_logits
-from tunesmith.models import Classifier, make_head
-from tunesmith.models.inputs import eval_batches, train_batches
+from tunesmith.evaluate import collect_logits, task_metrics
+from tunesmith.models import TaskModel, make_head
 from tunesmith.search import train_settings
 from tunesmith.train import TrialResult, resolve_precision, train_trial
-from tunesmith.train.optim import adamw, parameter_groups, warmup_cosine
+from tunesmith.train.optim import Plan, make_optimizer, parameter_groups, warmup_cosine
 from tunesmith.train.precision import cpu_bf16_is_fast
 
 # ----------------------------------------------------------------------------------------------
@@ -54,7 +53,9 @@ def test_auto_precision_on_gpu_follows_capability(
 def lr_at_steps(total: int, warmup: int, steps: list[int]) -> list[float]:
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([parameter], lr=2.0)
-    scheduler = warmup_cosine(optimizer, total_steps=total, warmup_steps=warmup)
+    plan = Plan(total, warmup / total)
+    assert plan.warmup_steps == warmup
+    scheduler = warmup_cosine(optimizer, plan)
     seen: dict[int, float] = {}
     for step in range(total + 1):
         seen[step] = scheduler.get_last_lr()[0]
@@ -80,49 +81,69 @@ def test_warmup_cosine_without_warmup_starts_at_the_peak_and_decreases() -> None
 
 
 @pytest.fixture(scope="module")
-def tiny_classifier(tiny_bert: Path) -> Classifier:
+def tiny_classifier(tiny_bert: Path) -> TaskModel:
     from tunesmith.models import build_backbone
 
     torch.manual_seed(0)
     backbone = build_backbone(f"hf:{tiny_bert}", modality="text", resolve=Path)
     head = make_head(32, 2, layers=1, hidden=16, activation="gelu", init="xavier_uniform",
                      dropout=0.1)
-    return Classifier(backbone, head)
+    return TaskModel(backbone, head)
 
 
-def test_parameter_groups_split_decay_and_head_lr(tiny_classifier: Classifier) -> None:
+def placement(model: TaskModel, groups: list[dict[str, object]]) -> dict[str, tuple[float, float]]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)]: (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}  # type: ignore[attr-defined]
+
+
+def test_parameter_groups_split_decay_and_head_lr(tiny_classifier: TaskModel) -> None:
     groups = parameter_groups(tiny_classifier, lr=1e-4, head_lr=1e-2, weight_decay=0.05)
-    names = {id(p): n for n, p in tiny_classifier.named_parameters()}
-    placed = {names[id(p)]: (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
-    assert sum(len(g["params"]) for g in groups) == len(names) == len(placed)
+    placed = placement(tiny_classifier, groups)
+    assert sum(len(g["params"]) for g in groups) == len(placed)  # type: ignore[arg-type]
+    assert len(placed) == len(list(tiny_classifier.parameters()))
     for name, (lr, decay) in placed.items():
         assert lr == (1e-2 if name.startswith("head.") else 1e-4), name
         is_plain = name.endswith(".bias") or "LayerNorm" in name
         assert decay == (0.0 if is_plain else 0.05), name
     assert placed["head.0.weight"] == (1e-2, 0.05)
     assert placed["head.3.bias"] == (1e-2, 0.0)
-    assert placed["backbone.encoder.embeddings.LayerNorm.weight"] == (1e-4, 0.0)
-    assert placed["backbone.encoder.encoder.layer.0.attention.self.query.weight"] == (1e-4, 0.05)
+    assert placed["backbone.network.embeddings.LayerNorm.weight"] == (1e-4, 0.0)
+    assert placed["backbone.network.encoder.layer.0.attention.self.query.weight"] == (1e-4, 0.05)
 
 
-def test_adamw_uses_the_groups(tiny_classifier: Classifier) -> None:
-    optimizer = adamw(tiny_classifier, lr=1e-4, head_lr=1e-2, weight_decay=0.05)
-    assert [(g["lr"], g["weight_decay"]) for g in optimizer.param_groups] == [
-        (1e-4, 0.05), (1e-4, 0.0), (1e-2, 0.05), (1e-2, 0.0)]
+def test_layer_decay_lowers_the_rate_block_by_block_towards_the_input(
+    tiny_classifier: TaskModel,
+) -> None:
+    groups = parameter_groups(
+        tiny_classifier, lr=1e-4, head_lr=1e-2, weight_decay=0.0, layer_decay=0.5
+    )
+    placed = placement(tiny_classifier, groups)
+    # Blocks of the 2-layer BERT: embeddings, layer 0, layer 1; then the head.
+    assert [b.name for b in tiny_classifier.depth_groups()] == [
+        "embeddings", "encoder.layer.0", "encoder.layer.1", "head"]
+    prefix = "backbone.network."
+    expected = {"embeddings.": 0.25e-4, "encoder.layer.0.": 0.5e-4, "encoder.layer.1.": 1e-4}
+    for name, (lr, _) in placed.items():
+        if name.startswith("head."):
+            assert lr == 1e-2
+            continue
+        (rate,) = [v for k, v in expected.items() if name.startswith(prefix + k)]
+        assert lr == pytest.approx(rate), name
 
 
-def test_frozen_parameters_are_left_out(tiny_classifier: Classifier) -> None:
-    embeddings = tiny_classifier.backbone.encoder.embeddings  # type: ignore[union-attr]
-    frozen = {id(p) for p in embeddings.parameters()}
-    for parameter in embeddings.parameters():
-        parameter.requires_grad_(False)
-    try:
-        groups = parameter_groups(tiny_classifier, lr=1e-4, head_lr=1e-3, weight_decay=0.0)
-        grouped = {id(p) for g in groups for p in g["params"]}
-        assert grouped and not grouped & frozen
-    finally:
-        for parameter in embeddings.parameters():
-            parameter.requires_grad_(True)
+def test_optimizers_take_the_groups(tiny_classifier: TaskModel) -> None:
+    groups = parameter_groups(tiny_classifier, lr=1e-4, head_lr=1e-2, weight_decay=0.05)
+    optimizer = make_optimizer("adamw", groups)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert [(g["lr"], g["weight_decay"], g["block"]) for g in optimizer.param_groups] == [
+        (g["lr"], g["weight_decay"], g["block"]) for g in groups]
+    assert {g["block"] for g in optimizer.param_groups} == {
+        "embeddings", "encoder.layer.0", "encoder.layer.1", "head"}
+    sgd = make_optimizer("sgd", parameter_groups(tiny_classifier, lr=0.1, head_lr=0.1,
+                                                weight_decay=0.0), momentum=0.8)
+    assert isinstance(sgd, torch.optim.SGD)
+    assert sgd.defaults["momentum"] == 0.8 and sgd.defaults["nesterov"]
+    assert isinstance(make_optimizer("adam", groups), torch.optim.Adam)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -131,18 +152,10 @@ def test_frozen_parameters_are_left_out(tiny_classifier: Classifier) -> None:
 
 def prepared_trial(config_path: Path, epochs: int):  # type: ignore[no-untyped-def]
     prepared = api.prepare(load_config(config_path, [f"train.epochs={epochs}"]))
-    head = prepared.config.model.head
-    torch.manual_seed(0)
-    model = Classifier(prepared.backbone, make_head(
-        prepared.backbone.num_features, len(prepared.data.classes), layers=int(head.layers),
-        hidden=int(head.hidden), activation=str(head.activation), init=str(head.init),
-        dropout=float(head.dropout)))
-    settings = train_settings(prepared.config)
-    data = prepared.data
-    loader = train_batches(prepared.backbone, data.train, data.targets(data.train),
-                           batch_size=settings.batch_size, seed=settings.seed)
-    val = eval_batches(prepared.backbone, data.val.inputs, data.targets(data.val), batch_size=64)
-    return model, loader, val, settings
+    model = api.task_model(prepared)
+    settings = train_settings(prepared.config, kind=prepared.kind)
+    batches = api.batches_for(prepared, settings.batch_size, settings.seed)
+    return model, batches.train, batches.val, settings
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +210,7 @@ def test_the_model_returned_holds_the_best_val_epoch(trained) -> None:  # type: 
 
     # Scored afresh, the returned model reproduces the best epoch's validation numbers.
     logits, targets = collect_logits(model, val)
-    assert classification_metrics(logits, targets)["accuracy"] == max(accuracies)
+    assert task_metrics("classification", logits, targets)["accuracy"] == max(accuracies)
     loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits),
                                                    torch.from_numpy(targets)))
     assert loss == pytest.approx(result.history[best]["val_loss"], abs=1e-5)
@@ -225,7 +238,8 @@ def test_a_reporter_sees_each_epoch_and_can_stop_the_trial(
     model, loader, val, settings = prepared_trial(text_config(), epochs=5)
     recorder = Recorder(prune_after=2)
     result = train_trial(model, loader, val, settings, tmp_path / "t", reporter=recorder)
-    assert [step for _, step in recorder.reports] == [1, 2]
+    steps_per_epoch = math.ceil(192 / settings.batch_size)  # reports count optimizer steps
+    assert [step for _, step in recorder.reports] == [steps_per_epoch, 2 * steps_per_epoch]
     assert [value for value, _ in recorder.reports] == [e["val_accuracy"] for e in result.history]
     assert len((tmp_path / "t" / "metrics.jsonl").read_text().splitlines()) == 2
 
@@ -245,13 +259,14 @@ def test_trials_of_different_precision_in_one_process(
 
 def test_train_settings_come_from_the_resolved_config(text_config: Callable[..., Path]) -> None:
     resolved = api.prepare(load_config(text_config(), ["seed=11", "train.warmup=0.2"])).config
-    settings = train_settings(resolved)
+    settings = train_settings(resolved, kind="classification")
     assert (settings.lr, settings.head_lr, settings.epochs, settings.batch_size, settings.warmup,
             settings.precision, settings.seed) == (2e-3, 5e-3, 12, 16, 0.2, "fp32", 11)
     assert settings.weight_decay == resolved.train.weight_decay
-    assert settings.label_smoothing == resolved.train.label_smoothing
+    assert settings.loss.label_smoothing == resolved.train.label_smoothing
+    assert settings.loss.name == "cross_entropy" and settings.layer_decay == 1.0
     with pytest.raises(ValueError, match="resolved config"):
-        train_settings(load_config(text_config()))
+        train_settings(load_config(text_config()), kind="classification")
 
 
 def test_weight_average_is_the_running_mean_then_an_exponential_average() -> None:

@@ -1,7 +1,8 @@
 """The Python API: the stages run in pipeline order.
 
 prepare:  config -> data (read, checked, split) -> backbone -> resolved config
-fit:      prepare -> train (trial 0, the recipe) -> evaluate on test once -> bundle -> metrics
+fit:      prepare -> train (trial 0, the recipe, as its strategy's stages) -> evaluate on test
+          once -> bundle -> metrics
 load:     a run folder or bundle -> Predictor
 """
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate.utils import set_seed
 
@@ -21,22 +23,30 @@ from tunesmith import __version__
 from tunesmith.config import Config, inspect_options, load_config
 from tunesmith.console import console
 from tunesmith.data import DataReport, TaskData, inspect_data, load_task_data
+from tunesmith.data.sources import Examples
 from tunesmith.errors import TunesmithError
-from tunesmith.evaluate import (
-    PRIMARY_METRIC,
-    classification_metrics,
-    collect_logits,
-    majority_baseline,
-)
+from tunesmith.evaluate import collect_logits, majority_baseline, objective_for
 from tunesmith.export import Predictor, load_predictor, save_bundle
 from tunesmith.io import write_json, write_text
-from tunesmith.models import Backbone, Classifier, absolute_spec, build_backbone, make_head
+from tunesmith.models import Backbone, TaskModel, absolute_spec, build_backbone, make_head
 from tunesmith.models.hf import HFTextBackbone
-from tunesmith.models.inputs import eval_batches, train_batches
-from tunesmith.models.timm_source import TimmBackbone
+from tunesmith.models.inputs import Inputs, eval_batches, train_batches
+from tunesmith.models.losses import balanced_weights
+from tunesmith.models.registry import parse_spec, source_modalities
+from tunesmith.models.scratch import ScratchShape
 from tunesmith.report import summary_table
-from tunesmith.search import DataProfile, image_size, resolve, train_settings
-from tunesmith.train import TrialResult, train_trial
+from tunesmith.search import (
+    DataProfile,
+    check_fits,
+    image_size,
+    is_scratch,
+    resolve,
+    scratch_image_size,
+    scratch_shape,
+    strategy_plan,
+    train_settings,
+)
+from tunesmith.train import Batches, TrialResult, fine_tune
 
 EVAL_BATCH_SIZE = 64
 
@@ -47,6 +57,24 @@ class Prepared:
     data: TaskData
     backbone: Backbone
     profile: DataProfile
+
+    @property
+    def kind(self) -> str:
+        return self.data.spec.kind
+
+    def inputs(self, part: Examples) -> Inputs:
+        """What the backbone reads for `part`: texts, image paths or encoded feature rows."""
+        if self.data.tabular is not None and part.features is not None:
+            return self.data.tabular.transform(part.features)
+        return part.inputs
+
+    def target_scale(self) -> tuple[float, float] | None:
+        """Regression: the training targets' mean and std, which the head's output is scaled by."""
+        if self.kind != "regression":
+            return None
+        targets = np.asarray(self.data.targets(self.data.train), dtype=np.float64)
+        std = float(targets.std())
+        return float(targets.mean()), std if std > 0 else 1.0
 
 
 @dataclass(frozen=True)
@@ -75,24 +103,20 @@ def prepare(config: Config) -> Prepared:
 
 def _prepare(config: Config) -> Prepared:
     data = load_task_data(config)
-    _check_trainable(data, config)
+    _check_modality(data, config)
     profile = DataProfile(
         modality=data.modality,
         train_rows=len(data.train),
         classes=len(data.classes),
+        kind=data.spec.kind,
         median_image_side=data.median_image_side,
+        in_features=len(data.tabular.feature_names) if data.tabular else None,
         source_format=data.report.parts["train"].source.format,
         split_method=data.splits["method"],
     )
-    backbone = build_backbone(
-        config.model.backbone,
-        modality=data.modality,
-        resolve=config.path,
-        max_length=_given(config.data.max_length),
-        image_size=_given(config.data.image_size),
-    )
-    if isinstance(backbone, TimmBackbone) and _given(config.data.image_size) is None:
-        backbone.image_size = image_size(profile, backbone.pretrained_stats()["pretrained_size"])
+    check_fits(config, profile)
+    shape = scratch_shape(config, profile) if is_scratch(config) else None
+    backbone = _backbone(config, profile, shape)
     if isinstance(backbone, HFTextBackbone) and _given(config.data.max_length) is None:
         backbone.max_length = backbone.length_for(data.train.inputs)
     resolved = resolve(
@@ -101,33 +125,50 @@ def _prepare(config: Config) -> Prepared:
         num_features=backbone.num_features,
         preprocessing=backbone.preprocessing(),
         backbone=absolute_spec(config.model.backbone, config.path),
+        shape=shape,
     )
     return Prepared(resolved, data, backbone, profile)
 
 
-def _check_trainable(data: TaskData, config: Config) -> None:
-    """The model and training stages fine-tune single-label text and image classifiers so far;
-    `tunesmith inspect` reads and checks every task."""
-    if data.spec.kind == "classification" and data.modality in ("text", "image"):
+def _backbone(config: Config, profile: DataProfile, shape: ScratchShape | None) -> Backbone:
+    given_size = _given(config.data.image_size)
+    if given_size is None and shape is not None and profile.modality == "image":
+        given_size = scratch_image_size(profile)
+    backbone = build_backbone(
+        config.model.backbone,
+        modality=profile.modality,
+        resolve=config.path,
+        max_length=_given(config.data.max_length),
+        image_size=given_size,
+        in_features=profile.in_features,
+        shape=shape,
+        trust_remote_code=config.model.trust_remote_code,
+        search=config.base_dir,
+    )
+    # Convolutional backbones take any size: small images are upsampled about 2x rather than
+    # to the pretrained size. Transformers with position embeddings need the size they know.
+    if given_size is None and getattr(backbone, "resizable", False):
+        stats = backbone.pretrained_stats()  # type: ignore[operator]
+        backbone.image_size = image_size(profile, stats["pretrained_size"])  # type: ignore[assignment]
+    return backbone
+
+
+def _check_modality(data: TaskData, config: Config) -> None:
+    """A table without the text column, given a text backbone: say which column is missing."""
+    spec = parse_spec(config.model.backbone)
+    reads = source_modalities(spec, config.path)
+    if data.modality != "tabular" or config.task != "auto" or "tabular" in reads:
         return
     train = data.report.parts["train"]
-    if data.modality == "tabular" and config.task == "auto":
+    if "text" in reads:
         raise TunesmithError(
             f"column {config.data.text_column!r} not found; the file has columns {train.columns}, "
-            "so it reads as a table of features, and tunesmith trains text and image "
-            "classifiers so far",
+            "so it reads as a table of features, but the backbone reads text",
             file=train.source.path,
             field="data.text_column",
-            fix="set data.text_column to the column that holds the text",
+            fix="set data.text_column to the column that holds the text, or use scratch:mlp for "
+            "a table",
         )
-    raise TunesmithError(
-        f"the data is a {data.task} task; tunesmith trains text-classification and "
-        "image-classification so far (inspect, split and cleaning support it already)",
-        file=config.source,
-        field="task",
-        fix="run `tunesmith inspect` on this data, or set task: to a classification task if the "
-        "labels are classes",
-    )
 
 
 def _given(value: int | str | None) -> int | None:
@@ -138,27 +179,31 @@ def _given(value: int | str | None) -> int | None:
 def validate(config: Config | str | Path, overrides: list[str] | None = None) -> Prepared:
     """Check config, data and model without training: one forward pass on two training rows."""
     prepared = prepare(_as_config(config, overrides))
-    model = _classifier(prepared)
-    batches = eval_batches(prepared.backbone, prepared.data.train.inputs[:2], batch_size=2)
+    model = task_model(prepared)
+    rows = prepared.data.train.subset([0, 1][: len(prepared.data.train)])
+    batches = eval_batches(prepared.backbone, prepared.inputs(rows), batch_size=2)
     collect_logits(model, batches)
     return prepared
 
 
-def _classifier(prepared: Prepared) -> Classifier:
+def task_model(prepared: Prepared) -> TaskModel:
+    """The backbone with a new head, initialized from the config's seed."""
     set_seed(prepared.config.seed)  # the head's initialization is part of what the seed fixes
+    return TaskModel(prepared.backbone, make_head(**_head_spec(prepared)))
+
+
+def _head_spec(prepared: Prepared) -> dict[str, Any]:
     head = prepared.config.model.head
-    return Classifier(
-        prepared.backbone,
-        make_head(
-            prepared.backbone.num_features,
-            len(prepared.data.classes),
-            layers=int(head.layers),
-            hidden=int(head.hidden),
-            activation=str(head.activation),
-            init=str(head.init),
-            dropout=float(head.dropout),
-        ),
-    )
+    return {
+        "in_features": prepared.backbone.num_features,
+        "num_outputs": prepared.profile.outputs,
+        "layers": int(head.layers),
+        "hidden": int(head.hidden),
+        "activation": str(head.activation),
+        "init": str(head.init),
+        "dropout": float(head.dropout),
+        "target_scale": prepared.target_scale(),
+    }
 
 
 def _fresh_run_dir(run_dir: Path) -> None:
@@ -175,15 +220,57 @@ def _fresh_run_dir(run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
+def _label_counts(part: Examples, kind: str) -> dict[str, int]:
+    if kind == "regression":
+        return {}
+    labels = [name for names in part.labels for name in names] if kind == "multilabel" else (
+        part.labels
+    )
+    return dict(Counter(labels).most_common())
+
+
 def _data_report(data: TaskData) -> dict[str, Any]:
     """What inspection found in the sources, what cleaning did, and the parts trained on."""
     return {
         **data.report.to_json(),
         "trained_on": {
-            name: {"rows": len(part), "label_counts": dict(Counter(part.labels).most_common())}
+            name: {"rows": len(part), "label_counts": _label_counts(part, data.spec.kind)}
             for name, part in (("train", data.train), ("val", data.val), ("test", data.test))
         },
     }
+
+
+def batches_for(prepared: Prepared, batch_size: int, seed: int) -> Batches:
+    """Training, validation and (lazily) un-augmented training batches of the prepared data."""
+    data, backbone = prepared.data, prepared.backbone
+    train_inputs = prepared.inputs(data.train)
+    train_targets = data.targets(data.train)
+    train = train_batches(
+        backbone,
+        train_inputs,
+        train_targets,
+        batch_size=batch_size,
+        seed=seed,
+        augment=prepared.config.data.augment,
+        mix_classes=len(data.classes) if prepared.kind == "classification" else 0,
+    )
+    val = eval_batches(
+        backbone, prepared.inputs(data.val), data.targets(data.val), batch_size=EVAL_BATCH_SIZE
+    )
+    return Batches(
+        train=train,
+        val=val,
+        plain_train=lambda: eval_batches(
+            backbone, train_inputs, train_targets, batch_size=EVAL_BATCH_SIZE
+        ),
+    )
+
+
+def _loss_weights(prepared: Prepared) -> tuple[float, ...] | None:
+    if prepared.kind == "regression":
+        return None
+    targets = np.asarray(prepared.data.targets(prepared.data.train))
+    return balanced_weights(prepared.kind, targets, len(prepared.data.classes))
 
 
 def fit(config: Config | str | Path, overrides: list[str] | None = None) -> RunSummary:
@@ -197,36 +284,32 @@ def fit(config: Config | str | Path, overrides: list[str] | None = None) -> RunS
     write_json(run_dir / "splits.json", data.splits)
     write_json(run_dir / "data_report.json", _data_report(data))
 
-    settings = train_settings(resolved)
-    model = _classifier(prepared)
-    train_loader = train_batches(
-        prepared.backbone,
-        data.train,
-        data.targets(data.train),
-        batch_size=settings.batch_size,
-        seed=settings.seed,
-        augment=resolved.data.augment,
-        classes=len(data.classes),
+    scale = prepared.target_scale()
+    settings = train_settings(
+        resolved,
+        kind=prepared.kind,
+        loss_weights=_loss_weights(prepared),
+        target_std=scale[1] if scale else 1.0,
     )
-    val = eval_batches(
-        prepared.backbone, data.val.inputs, data.targets(data.val), batch_size=EVAL_BATCH_SIZE
-    )
+    plan = strategy_plan(resolved, settings)
+    model = task_model(prepared)
+    batches = batches_for(prepared, settings.batch_size, settings.seed)
     trial_dir = run_dir / "trials" / "0"
     write_text(trial_dir / "config.yaml", resolved.to_yaml())
     console.print(
-        f"[bold]training[/] {resolved.model.backbone} on {len(data.train)} rows "
-        f"({len(data.val)} val, {len(data.test)} test held out)"
+        f"[bold]training[/] {resolved.model.backbone} ({plan.strategy}) on {len(data.train)} "
+        f"rows ({len(data.val)} val, {len(data.test)} test held out)"
     )
-    result = train_trial(model, train_loader, val, settings, trial_dir)
+    result = fine_tune(model, batches, settings, plan, trial_dir)
 
-    test_metrics = _evaluate_test(model, prepared, result)
+    test_metrics = evaluate_test(model, prepared, result)
     save_bundle(
         model,
         run_dir / "best",
         task=data.task,
         classes=data.classes,
-        head=resolved.model.head.model_dump(),
-        inputs={"text_column": resolved.data.text_column} if data.modality == "text" else {},
+        head={k: v for k, v in _head_spec(prepared).items() if k != "in_features"},
+        inputs=_bundle_inputs(prepared),
     )
     metrics = _metrics_record(prepared, result, test_metrics, time.perf_counter() - started)
     write_json(run_dir / "metrics.json", metrics)
@@ -234,11 +317,22 @@ def fit(config: Config | str | Path, overrides: list[str] | None = None) -> RunS
     return RunSummary(run_dir, metrics)
 
 
-def _evaluate_test(model: Classifier, prepared: Prepared, result: TrialResult) -> dict[str, float]:
+def _bundle_inputs(prepared: Prepared) -> dict[str, Any]:
+    if prepared.data.modality == "text":
+        return {"text_column": prepared.config.data.text_column}
+    if prepared.data.tabular is not None:
+        return {"tabular": prepared.data.tabular.to_dict()}
+    return {}
+
+
+def evaluate_test(model: TaskModel, prepared: Prepared, result: TrialResult) -> dict[str, float]:
     """The one evaluation on the test part, after the model was chosen on validation alone."""
     data = prepared.data
     batches = eval_batches(
-        prepared.backbone, data.test.inputs, data.targets(data.test), batch_size=EVAL_BATCH_SIZE
+        prepared.backbone,
+        prepared.inputs(data.test),
+        data.targets(data.test),
+        batch_size=EVAL_BATCH_SIZE,
     )
     device = next(model.parameters()).device
     autocast = (
@@ -246,39 +340,46 @@ def _evaluate_test(model: Classifier, prepared: Prepared, result: TrialResult) -
         if result.precision == "bf16"
         else contextlib.nullcontext
     )
-    logits, targets = collect_logits(model, batches, device=device, autocast=autocast)
-    return classification_metrics(logits, targets)
+    outputs, targets = collect_logits(model, batches, device=device, autocast=autocast)
+    return objective_for(prepared.kind).score(outputs, targets)
 
 
 def _metrics_record(
     prepared: Prepared, result: TrialResult, test: dict[str, float], wall_s: float
 ) -> dict[str, Any]:
-    import numpy as np
-
     data = prepared.data
     train = prepared.config.train
     return {
         "task": data.task,
-        "primary_metric": PRIMARY_METRIC,
+        "primary_metric": objective_for(prepared.kind).metric,
         "test": {name: {"value": value} for name, value in test.items()},
         "val": {
             name: {"value": value} for name, value in result.best_val.items() if name != "loss"
         },
         "baselines": {
             "majority": majority_baseline(
-                np.asarray(data.targets(data.train)), np.asarray(data.targets(data.test))
+                prepared.kind,
+                np.asarray(data.targets(data.train)),
+                np.asarray(data.targets(data.test)),
             )
         },
         "search": {
             "trials_completed": 1,
             "trials_pruned": 0,
             "best_trial": 0,
-            "best_params": train.model_dump(mode="json"),
+            "best_params": {
+                "strategy": prepared.config.model.strategy,
+                **train.model_dump(mode="json"),
+            },
         },
         "train": {
+            "strategy": prepared.config.model.strategy,
             "best_epoch": result.best_epoch,
+            "steps": result.steps,
+            "stopped": result.stopped,
             "precision": result.precision,
             "samples_per_s": result.train_samples_per_s,
+            "wall_s": round(result.wall_s, 1),
         },
         "wall_s": round(wall_s, 1),
         "test_rows": len(data.test),

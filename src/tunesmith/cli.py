@@ -153,7 +153,7 @@ def predict(
 
     predictor = load_predictor(run_dir)
     batch = gather_inputs(predictor, inputs)
-    table = predictions_table(predictor, batch, predictor.predict_proba(batch.inputs))
+    table = predictions_table(predictor, batch)
     if out is None:
         typer.echo(table.to_csv(index=False), nl=False)
     else:

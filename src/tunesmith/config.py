@@ -12,10 +12,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+)
 
 from tunesmith.errors import TunesmithError
 
@@ -54,6 +62,27 @@ Init = Literal[
     "zeros",
 ]
 Precision = Literal["auto", "bf16", "fp32"]
+Optimizer = Literal["auto", "adamw", "adam", "sgd"]
+Loss = Literal["auto", "cross_entropy", "focal", "bce", "mse", "huber"]
+Norm = Literal["batch", "layer", "none"]
+PeftMethod = Literal["lora", "dora", "loha"]
+# How much of the network is trained, and how. `freeze:K` freezes the bottom K blocks.
+STRATEGIES = (
+    "full", "linear-probe", "lp-ft", "gradual-unfreeze", "freeze:K", *get_args(PeftMethod)
+)
+
+
+def seconds(value: Any) -> Any:
+    """`90`, `"90s"`, `"10m"` or `"1.5h"` as seconds; other values are left to validation."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+        number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+        try:
+            return float(number) * units[unit]
+        except ValueError:
+            return value
+    return value
 
 
 class _Strict(BaseModel):
@@ -116,29 +145,79 @@ class DataConfig(_Strict):
 
 
 class HeadConfig(_Strict):
-    layers: int | Auto = Field("auto")
-    hidden: int | Auto = "auto"
+    layers: Annotated[int, Field(ge=0)] | Auto = "auto"
+    hidden: Annotated[int, Field(gt=0)] | Auto = "auto"
     activation: Activation | Auto = "auto"
     init: Init | Auto = "auto"
-    dropout: float | Auto = "auto"
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] | Auto = "auto"
+
+
+class ScratchConfig(_Strict):
+    """The structure of a `scratch:mlp` or `scratch:cnn` backbone (see tunesmith.models.scratch)."""
+
+    depth: Annotated[int, Field(ge=0)] | Auto = "auto"  # MLP layers / CNN stages
+    width: Annotated[int, Field(gt=0)] | Auto = "auto"  # MLP units per layer
+    channels: Annotated[int, Field(gt=0)] | Auto = "auto"  # CNN channels after the stem
+    kernel_size: Annotated[int, Field(gt=0)] | Auto = "auto"
+    groups: Annotated[int, Field(gt=0)] | Auto = "auto"  # grouped convolutions; 1 is plain
+    activation: Activation | Auto = "auto"
+    norm: Norm | Auto = "auto"
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] | Auto = "auto"
+    init: Init | Auto = "auto"
+
+
+class PeftConfig(_Strict):
+    """The adapter of the `lora`, `dora` and `loha` strategies."""
+
+    r: Annotated[int, Field(gt=0)] | Auto = "auto"
+    alpha: Annotated[int, Field(gt=0)] | Auto = "auto"
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] | Auto = "auto"
+    targets: list[str] | Auto = "auto"  # module names; auto: every adaptable layer in the blocks
+    merge: bool = True  # fold the adapter into the weights of the saved model
+
+
+def check_strategy(value: str) -> str:
+    name, _, count = value.partition(":")
+    if value in ("auto", *STRATEGIES) or (name == "freeze" and count.isdigit()):
+        return value
+    raise ValueError(f"unknown strategy; use auto or one of {', '.join(STRATEGIES)}")
 
 
 class ModelConfig(_Strict):
     backbone: str
     head: HeadConfig = HeadConfig()
-    strategy: Literal["auto", "full"] = "auto"
+    strategy: Annotated[str, AfterValidator(check_strategy)] = "auto"
+    # Resolved to null where they do not apply (a pretrained backbone; no adapter).
+    scratch: ScratchConfig | None = ScratchConfig()
+    peft: PeftConfig | None = PeftConfig()
+    # hf: models whose config maps to code in their folder run that code when loaded.
+    trust_remote_code: bool = False
+
+
+PositiveFloat = Annotated[float, Field(gt=0.0)]
 
 
 class TrainConfig(_Strict):
-    optimizer: Literal["auto", "adamw"] = "auto"
-    lr: float | Auto = "auto"
-    head_lr: float | Auto = "auto"
-    weight_decay: float | Auto = "auto"
-    epochs: int | Auto = "auto"
-    batch_size: int | Auto = "auto"
-    warmup: float | Auto = "auto"
-    grad_clip: float | None = 1.0
-    label_smoothing: float | Auto = "auto"
+    optimizer: Optimizer = "auto"
+    lr: PositiveFloat | Auto = "auto"
+    head_lr: PositiveFloat | Auto = "auto"
+    weight_decay: Annotated[float, Field(ge=0.0)] | Auto = "auto"
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9  # sgd (with Nesterov)
+    # Learning rate of block i of N (0 at the input) is lr * layer_decay ** (N - 1 - i).
+    layer_decay: Annotated[float, Field(gt=0.0, le=1.0)] | Auto = "auto"
+    epochs: Annotated[int, Field(gt=0)] | Auto = "auto"
+    batch_size: Annotated[int, Field(gt=0)] | Auto = "auto"
+    warmup: Annotated[float, Field(ge=0.0, lt=1.0)] | Auto = "auto"
+    grad_clip: PositiveFloat | None = 1.0
+    loss: Loss = "auto"
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] | Auto = "auto"
+    class_weights: Literal["auto", "none", "balanced"] = "auto"
+    focal_gamma: Annotated[float, Field(ge=0.0)] = 2.0
+    # linear-probe and the first stage of lp-ft: the head alone, on cached backbone features.
+    probe_epochs: Annotated[int, Field(gt=0)] | Auto = "auto"
+    probe_lr: PositiveFloat | Auto = "auto"
+    # Wall-time limit of one run (e.g. 300, "5m", "1h"); the schedule is fitted inside it.
+    time_budget: Annotated[float, Field(gt=0.0), BeforeValidator(seconds)] | None = None
     # Decay of the weight average that is evaluated and kept; null turns averaging off.
     ema: Annotated[float, Field(gt=0.0, lt=1.0)] | Auto | None = "auto"
     precision: Precision = "auto"
@@ -265,8 +344,12 @@ def _validated(model: type[M], raw: dict[str, Any], *, source: str) -> M:
 
 
 def _is_union_branch(part: Any) -> bool:
-    # pydantic names the branch of a union it tried, e.g. 'int' or "literal['auto']".
-    return isinstance(part, str) and (part in {"int", "float", "str", "bool"} or "[" in part)
+    # pydantic names the branch of a union it tried: 'int', 'constrained-int' (a bounded one)
+    # or "literal['auto']".
+    scalars = {"int", "float", "str", "bool"}
+    return isinstance(part, str) and (
+        part in scalars or part.removeprefix("constrained-") in scalars or "[" in part
+    )
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:

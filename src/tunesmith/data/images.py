@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
 from tunesmith.data.augment import Transform
+from tunesmith.data.features import stack_targets
 from tunesmith.data.image_scan import open_image, scan_images
 from tunesmith.errors import DataError
 
@@ -25,9 +27,9 @@ def check_images(paths: Sequence[str], *, field: str) -> None:
         )
 
 
-class ImageFiles(Dataset[tuple[torch.Tensor, int]]):
+class ImageFiles(Dataset[tuple[torch.Tensor, Any]]):
     def __init__(
-        self, paths: Sequence[str], targets: Sequence[int], transform: Transform, mode: str = "RGB"
+        self, paths: Sequence[str], targets: Sequence[Any], transform: Transform, mode: str = "RGB"
     ) -> None:
         self.paths = list(paths)
         self.targets = list(targets)
@@ -37,12 +39,12 @@ class ImageFiles(Dataset[tuple[torch.Tensor, int]]):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
         return self.transform(open_image(self.paths[index], self.mode)), self.targets[index]
 
 
-def image_collate(items: list[tuple[torch.Tensor, int]]) -> dict[str, torch.Tensor]:
+def image_collate(items: list[tuple[torch.Tensor, Any]]) -> dict[str, torch.Tensor]:
     return {
         "pixel_values": torch.stack([pixels for pixels, _ in items]),
-        "labels": torch.tensor([target for _, target in items], dtype=torch.long),
+        "labels": stack_targets([target for _, target in items]),
     }

@@ -7,24 +7,27 @@ the speed of fine-tuning on short texts: attention cost grows with the padded le
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from tunesmith.data.features import stack_targets
+
 Tokenize = Callable[[list[str]], list[list[int]]]
 
 
-class TokenizedTexts(Dataset[tuple[list[int], int]]):
-    """Token ids of each text (already truncated) with its class index."""
+class TokenizedTexts(Dataset[tuple[list[int], Any]]):
+    """Token ids of each text (already truncated) with its target."""
 
-    def __init__(self, token_ids: list[list[int]], targets: Sequence[int]) -> None:
+    def __init__(self, token_ids: list[list[int]], targets: Sequence[Any]) -> None:
         self.token_ids = token_ids
         self.targets = list(targets)
 
     def __len__(self) -> int:
         return len(self.token_ids)
 
-    def __getitem__(self, index: int) -> tuple[list[int], int]:
+    def __getitem__(self, index: int) -> tuple[list[int], Any]:
         return self.token_ids[index], self.targets[index]
 
     @property
@@ -32,17 +35,17 @@ class TokenizedTexts(Dataset[tuple[list[int], int]]):
         return [len(ids) for ids in self.token_ids]
 
 
-def pad_collate(pad_id: int) -> Callable[[list[tuple[list[int], int]]], dict[str, torch.Tensor]]:
+def pad_collate(pad_id: int) -> Callable[[list[tuple[list[int], Any]]], dict[str, torch.Tensor]]:
     """Collate (ids, target) pairs into a batch padded to its own longest sequence."""
 
-    def collate(items: list[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
+    def collate(items: list[tuple[list[int], Any]]) -> dict[str, torch.Tensor]:
         longest = max(len(ids) for ids, _ in items)
         input_ids = torch.full((len(items), longest), pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(items), longest), dtype=torch.long)
         for row, (ids, _) in enumerate(items):
             input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
             attention_mask[row, : len(ids)] = 1
-        targets = torch.tensor([target for _, target in items], dtype=torch.long)
+        targets = stack_targets([target for _, target in items])
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": targets}
 
     return collate

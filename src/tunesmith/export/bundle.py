@@ -2,8 +2,9 @@
 
     best/
       model.safetensors   all weights (backbone and head)
-      tunesmith.json      task, classes, backbone architecture, head shape, preprocessing, checksum
-      backbone/           for hf: backbones, the config and tokenizer files (no weights)
+      tunesmith.json      task, classes, backbone architecture, head shape, preprocessing,
+                          inputs (text column, or the fitted tabular encoding), checksum
+      backbone/           for hf: backbones, the config and tokenizer or image processor files
 
 The bundle is written into a temporary folder and renamed into place, so a crash never leaves a
 half-written `best/`.
@@ -23,9 +24,9 @@ from safetensors.torch import load_model, save_model
 
 from tunesmith import __version__
 from tunesmith.errors import TunesmithError
-from tunesmith.models import Classifier, make_head, rebuild_backbone
+from tunesmith.models import TaskModel, make_head, rebuild_backbone
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: any task kind; the head names its outputs; backbones hold `network`
 MANIFEST = "tunesmith.json"
 WEIGHTS = "model.safetensors"
 
@@ -39,7 +40,7 @@ def sha256(path: Path) -> str:
 
 
 def save_bundle(
-    model: Classifier,
+    model: TaskModel,
     folder: Path,
     *,
     task: str,
@@ -88,6 +89,14 @@ def read_manifest(folder: Path) -> dict[str, Any]:
             fix="pass a run folder (runs/NAME) or its best/ folder",
         )
     manifest: dict[str, Any] = json.loads(path.read_text())
+    if int(manifest.get("format_version", 0)) < FORMAT_VERSION:
+        raise TunesmithError(
+            f"bundle format {manifest.get('format_version')} was written by an older tunesmith "
+            f"(this one reads {FORMAT_VERSION})",
+            file=path,
+            field="format_version",
+            fix="run the config again with this version to write a new bundle",
+        )
     if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
         raise TunesmithError(
             f"bundle format {manifest['format_version']} is newer than this tunesmith reads "
@@ -99,8 +108,8 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def load_bundle(folder: Path) -> tuple[Classifier, dict[str, Any]]:
-    """Rebuild the classifier a bundle describes and load its checked weights."""
+def load_bundle(folder: Path) -> tuple[TaskModel, dict[str, Any]]:
+    """Rebuild the model a bundle describes and load its checked weights."""
     manifest = read_manifest(folder)
     weights = folder / WEIGHTS
     if not weights.is_file():
@@ -117,8 +126,10 @@ def load_bundle(folder: Path) -> tuple[Classifier, dict[str, Any]]:
             fix="restore the bundle from the run folder",
         )
     backbone = rebuild_backbone(folder, manifest["backbone"])
-    head = make_head(backbone.num_features, len(manifest["classes"]), **manifest["head"])
-    model = Classifier(backbone, head)
+    head_spec = dict(manifest["head"])
+    if head_spec.get("target_scale") is not None:
+        head_spec["target_scale"] = tuple(head_spec["target_scale"])
+    model = TaskModel(backbone, make_head(backbone.num_features, **head_spec))
     load_model(model, str(weights))
     model.eval()
     return model, manifest

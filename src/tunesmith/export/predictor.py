@@ -1,4 +1,9 @@
-"""Predicting with a bundle: texts from CSV/JSONL files, or image files and folders."""
+"""Predicting with a bundle: texts and table rows from CSV/JSONL files, or image files and folders.
+
+What a prediction is follows the task: a class and its probabilities (classification), the set of
+labels whose probability passes 0.5 and every label's probability (multilabel), or a number
+(regression).
+"""
 
 from __future__ import annotations
 
@@ -15,40 +20,82 @@ import torch
 from tunesmith.console import progress
 from tunesmith.data.images import check_images
 from tunesmith.data.sources import IMAGE_SUFFIXES, read_table
+from tunesmith.data.tabular import TabularEncoding
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import collect_logits
 from tunesmith.export.bundle import MANIFEST, load_bundle
-from tunesmith.models import Classifier
-from tunesmith.models.inputs import eval_batches
+from tunesmith.models import TaskModel
+from tunesmith.models.inputs import Inputs, eval_batches
+
+MULTILABEL_THRESHOLD = 0.5
 
 
 class Predictor:
-    """A loaded bundle: `predict` gives labels, `predict_proba` class probabilities."""
+    """A loaded bundle: `predict` gives labels (or numbers), `predict_proba` probabilities."""
 
-    def __init__(self, model: Classifier, manifest: dict[str, Any]) -> None:
+    def __init__(self, model: TaskModel, manifest: dict[str, Any]) -> None:
         self.model = model
         self.manifest = manifest
         self.classes: list[str] = list(manifest["classes"])
         self.task: str = manifest["task"]
+        tabular = manifest["inputs"].get("tabular")
+        self.tabular = TabularEncoding.from_dict(tabular) if tabular else None
 
     @property
     def modality(self) -> str:
         return str(self.model.backbone.modality)
 
-    def predict_proba(self, inputs: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
-        """Probabilities, one row per input (texts, or image file paths), columns in `classes`."""
-        if not inputs:
-            return np.zeros((0, len(self.classes)), dtype=np.float32)
-        batches = eval_batches(self.model.backbone, list(inputs), batch_size=batch_size)
+    @property
+    def kind(self) -> str:
+        return self.task.split("-", 1)[1]
+
+    def encode(self, inputs: Sequence[Any] | pd.DataFrame) -> Inputs:
+        """Texts and image paths as they are; table rows (a DataFrame, or dicts) encoded."""
+        if self.tabular is None:
+            return [str(item) for item in inputs]
+        frame = inputs if isinstance(inputs, pd.DataFrame) else pd.DataFrame(list(inputs))
+        return self.tabular.transform(frame)
+
+    def outputs(self, inputs: Sequence[Any] | pd.DataFrame, *, batch_size: int = 64) -> np.ndarray:
+        """The model's raw outputs: logits, or numbers in the target's units."""
+        if len(inputs) == 0:
+            width = 1 if self.kind == "regression" else len(self.classes)
+            return np.zeros((0, width), dtype=np.float32)
+        batches = eval_batches(self.model.backbone, self.encode(inputs), batch_size=batch_size)
         with progress() as bar:
             task = bar.add_task("predict", total=len(inputs), status="")
-            logits, _ = collect_logits(
+            outputs, _ = collect_logits(
                 self.model, batches, on_batch=lambda n: bar.update(task, advance=n)
             )
-        return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+        return outputs
 
-    def predict(self, inputs: Sequence[str]) -> list[str]:
-        return [self.classes[i] for i in self.predict_proba(inputs).argmax(axis=1)]
+    def predict_proba(
+        self, inputs: Sequence[Any] | pd.DataFrame, *, batch_size: int = 64
+    ) -> np.ndarray:
+        """Probabilities, one row per input, columns in `classes` (softmax, or one sigmoid per
+        label for multilabel)."""
+        if self.kind == "regression":
+            raise TunesmithError(
+                "a regression model predicts numbers, not probabilities",
+                field="predict_proba",
+                fix="call predict() for the predicted values",
+            )
+        logits = torch.from_numpy(self.outputs(inputs, batch_size=batch_size))
+        if self.kind == "multilabel":
+            return torch.sigmoid(logits).numpy()
+        return torch.softmax(logits, dim=1).numpy()
+
+    def predict(self, inputs: Sequence[Any] | pd.DataFrame) -> list[Any]:
+        """A class per input, a tuple of labels (multilabel), or a number (regression)."""
+        if self.kind == "regression":
+            return [float(value) for value in self.outputs(inputs).reshape(-1)]
+        probabilities = self.predict_proba(inputs)
+        if self.kind == "multilabel":
+            return [
+                tuple(self.classes[k] for k in np.flatnonzero(row >= MULTILABEL_THRESHOLD))
+                for row in probabilities
+            ]
+        return [self.classes[i] for i in probabilities.argmax(axis=1)]
 
 
 def bundle_folder(path: Path) -> Path:
@@ -72,26 +119,34 @@ def load_predictor(path: str | Path) -> Predictor:
 @dataclass(frozen=True)
 class PredictionInputs:
     sources: list[str]  # where each input came from: "file.csv:row" or an image path
-    inputs: list[str]
+    inputs: list[Any] | pd.DataFrame  # texts, image paths, or the table rows
 
 
 def gather_inputs(predictor: Predictor, paths: Sequence[Path]) -> PredictionInputs:
     """Read every input the user named, checking it suits the bundle's modality."""
     sources: list[str] = []
-    inputs: list[str] = []
+    texts_or_images: list[str] = []
+    tables: list[pd.DataFrame] = []
     for path in paths:
         if not path.exists():
             raise TunesmithError("input not found", file=path, fix="pass existing files or folders")
         if predictor.modality == "text":
             texts = _read_texts(path, predictor.manifest["inputs"]["text_column"])
             sources += [f"{path}:{row}" for row in range(len(texts))]
-            inputs += texts
+            texts_or_images += texts
+        elif predictor.modality == "tabular":
+            table = _read_rows(path, predictor)
+            sources += [f"{path}:{row}" for row in range(len(table))]
+            tables.append(table)
         else:
             images = _image_files(path)
             check_images(images, field="INPUT")
             sources += images
-            inputs += images
-    if not inputs:
+            texts_or_images += images
+    inputs: list[Any] | pd.DataFrame = (
+        pd.concat(tables, ignore_index=True) if tables else texts_or_images
+    )
+    if len(inputs) == 0:
         raise TunesmithError(
             "the inputs hold nothing to predict",
             file=", ".join(map(str, paths)),
@@ -100,14 +155,18 @@ def gather_inputs(predictor: Predictor, paths: Sequence[Path]) -> PredictionInpu
     return PredictionInputs(sources, inputs)
 
 
-def _read_texts(path: Path, column: str) -> list[str]:
+def _table(path: Path, modality: str) -> pd.DataFrame:
     if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
         raise TunesmithError(
-            "this model reads text, not images",
+            f"this model reads {modality}, not images",
             file=path,
-            fix="pass a CSV, TSV or JSONL file with a text column",
+            fix="pass a CSV, TSV, JSONL or Parquet file",
         )
-    table = read_table(path, field="INPUT")
+    return read_table(path, field="INPUT")
+
+
+def _read_texts(path: Path, column: str) -> list[str]:
+    table = _table(path, "text")
     if column not in table.columns:
         raise TunesmithError(
             f"column {column!r} (the text column the model was trained on) not found; "
@@ -117,6 +176,22 @@ def _read_texts(path: Path, column: str) -> list[str]:
             fix=f"name the text column {column!r}",
         )
     return [str(text) for text in table[column].fillna("").tolist()]
+
+
+def _read_rows(path: Path, predictor: Predictor) -> pd.DataFrame:
+    table = _table(path, "table rows")
+    assert predictor.tabular is not None
+    needed = [*predictor.tabular.numeric, *predictor.tabular.categorical]
+    absent = [column for column in needed if column not in table.columns]
+    if absent:
+        raise TunesmithError(
+            f"feature column(s) {absent} the model was trained on are not in the file "
+            f"(it has {list(table.columns)})",
+            file=path,
+            field=absent[0],
+            fix="give every feature column the model was trained on",
+        )
+    return table
 
 
 def _image_files(path: Path) -> list[str]:
@@ -131,15 +206,20 @@ def _image_files(path: Path) -> list[str]:
     return [str(path)]
 
 
-def predictions_table(
-    predictor: Predictor, batch: PredictionInputs, probabilities: np.ndarray
-) -> pd.DataFrame:
-    table = pd.DataFrame(
-        {
-            "input": batch.sources,
-            "label": [predictor.classes[i] for i in probabilities.argmax(axis=1)],
-        }
-    )
+def predictions_table(predictor: Predictor, batch: PredictionInputs) -> pd.DataFrame:
+    """One row per input: where it came from, the prediction and (classes) each probability."""
+    table = pd.DataFrame({"input": batch.sources})
+    if predictor.kind == "regression":
+        table["prediction"] = predictor.predict(batch.inputs)
+        return table
+    probabilities = predictor.predict_proba(batch.inputs)
+    if predictor.kind == "multilabel":
+        table["labels"] = [
+            "|".join(predictor.classes[k] for k in np.flatnonzero(row >= MULTILABEL_THRESHOLD))
+            for row in probabilities
+        ]
+    else:
+        table["label"] = [predictor.classes[i] for i in probabilities.argmax(axis=1)]
     for column, name in enumerate(predictor.classes):
         table[f"p_{name}"] = probabilities[:, column].round(6)
     return table

@@ -1,7 +1,6 @@
-"""The model stage: backbones from a closed registry, heads, and the classifier they form."""
+"""The model stage: backbones from a closed registry, heads, strategies and losses."""
 
 from tunesmith.models.backbone import Backbone
-from tunesmith.models.classifier import Classifier
 from tunesmith.models.heads import make_head
 from tunesmith.models.registry import (
     absolute_spec,
@@ -9,10 +8,12 @@ from tunesmith.models.registry import (
     parse_spec,
     rebuild_backbone,
 )
+from tunesmith.models.task_model import ProbeModel, TaskModel
 
 __all__ = [
     "Backbone",
-    "Classifier",
+    "ProbeModel",
+    "TaskModel",
     "absolute_spec",
     "build_backbone",
     "make_head",

@@ -1,4 +1,12 @@
-"""The surface every backbone source offers, whatever library it comes from."""
+"""The surface every backbone source offers, whatever library it comes from.
+
+A backbone wraps one library network (`self.network`: a transformers model, a timm or torchvision
+model, a user's module, a from-scratch MLP or CNN) and maps a batch of inputs to one pooled
+embedding per example. The fine-tuning strategies see a backbone only through this surface:
+`blocks()` orders its parameters from input to output (layer-wise learning rates, freezing the
+bottom K blocks, gradual unfreezing), `adapter_targets()` names the layers a PEFT adapter wraps,
+and `save_architecture` with its source's `rebuild` round-trips it through a bundle.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +17,21 @@ import torch
 from torch import nn
 
 from tunesmith.data.sources import Modality
+from tunesmith.models.blocks import Block, ordered_blocks
+
+# Layers a low-rank adapter can wrap: every linear layer, and convolutions that mix channels
+# (a depthwise convolution has one input channel per filter: no rank to reduce).
+ADAPTABLE = (nn.Linear, nn.Conv2d)
 
 
 class Backbone(nn.Module):
-    """A pretrained network that maps a batch of inputs to one pooled embedding per example.
-
-    Subclasses set `num_features` and `modality`, and implement `forward`, `preprocessing` (how raw
-    inputs become tensors, derived from the model, never from flags) and `save_architecture`
-    (what a bundle needs to rebuild the network without the original weights files).
-    """
+    """Subclasses set `num_features`, `modality` and `network`, and implement `forward`,
+    `preprocessing` (how raw inputs become tensors, derived from the model, never from flags) and
+    `save_architecture` (what rebuilding needs without the original weights files)."""
 
     num_features: int
     modality: Modality
+    network: nn.Module
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
@@ -31,3 +42,32 @@ class Backbone(nn.Module):
     def save_architecture(self, folder: Path) -> dict[str, Any]:
         """Write what rebuilding needs into `folder`; return the JSON-able description."""
         raise NotImplementedError
+
+    def blocks(self) -> list[Block]:
+        """The network's parameters cut into blocks, from the input to the output."""
+        return ordered_blocks(self.network)
+
+    def adapter_targets(self) -> list[str]:
+        """Names (inside `network`) of the layers a low-rank adapter wraps: the linear layers and
+        channel-mixing convolutions of every block but the first (the embeddings or stem, whose
+        input is the raw tokens or pixels)."""
+        inside = {id(module) for block in self.blocks()[1:] for module in block.modules}
+        targets = []
+        for name, module in self.network.named_modules():
+            if not isinstance(module, ADAPTABLE) or not _within(module, name, inside, self.network):
+                continue
+            if isinstance(module, nn.Conv2d) and module.groups != 1:
+                continue
+            targets.append(name)
+        return targets
+
+
+def _within(module: nn.Module, name: str, blocks: set[int], network: nn.Module) -> bool:
+    """Whether `module` (called `name` in `network`) lies inside one of the block modules."""
+    parts = name.split(".")
+    current = network
+    for part in parts:
+        current = getattr(current, part)
+        if id(current) in blocks:
+            return True
+    return id(module) in blocks

@@ -1,4 +1,10 @@
-"""Classification heads: depth, width, activation, initialization and dropout are plain values."""
+"""Heads: depth, width, activation, initialization and dropout are plain values.
+
+A head maps the backbone's pooled features to the task's outputs: one logit per class, or one
+number for regression. A regression head ends in a fixed affine map to the target's units (the
+training targets' mean and std), so the layers before it work at unit scale, and a
+zero-initialized head starts by predicting the training mean.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +41,21 @@ def initialize(linear: nn.Linear, init: str) -> None:
         nn.init.zeros_(linear.bias)
 
 
+class TargetScale(nn.Module):
+    """y = x * std + mean, with mean and std fixed (buffers, saved with the weights)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, mean: float, std: float) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.std + self.mean
+
+
 def make_head(
     in_features: int,
     num_outputs: int,
@@ -44,6 +65,7 @@ def make_head(
     activation: str,
     init: str,
     dropout: float,
+    target_scale: tuple[float, float] | None = None,
 ) -> nn.Sequential:
     """`layers` hidden blocks (linear, activation, dropout) then the output layer.
 
@@ -63,4 +85,6 @@ def make_head(
     output = nn.Linear(width, num_outputs)
     initialize(output, init)
     blocks.append(output)
+    if target_scale is not None:
+        blocks.append(TargetScale(*target_scale))
     return nn.Sequential(*blocks)

@@ -1,14 +1,21 @@
-"""`hf:PATH`: a Hugging Face text encoder from a local folder, mean-pooled.
+"""`hf:PATH`: a Hugging Face text or vision model from a local folder.
 
-Mean pooling over real tokens (not the [CLS] vector) is what sentence-embedding models such as
-MiniLM were trained for, and it is a sound default for BERT-style encoders too: it needs no
-pretrained pooler, which many checkpoints lack.
+The folder is what `save_pretrained` writes: config.json and the weights, plus a tokenizer (text)
+or a preprocessor_config.json (vision). Which one it is decides the modality.
+
+Text encoders are mean-pooled over real tokens (not the [CLS] vector): that is what
+sentence-embedding models such as MiniLM were trained for, and a sound default for BERT-style
+encoders, needing no pretrained pooler, which many checkpoints lack. Vision models use their own
+pooled output where it has no weights of its own (the global average pool of ConvNeXt or ResNet)
+and the mean of the final tokens otherwise (ViT, DeiT, DINOv2). An unused pooler layer is left
+out at load time, so every parameter the backbone holds is trained.
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -18,17 +25,27 @@ from tunesmith.models.backbone import Backbone
 
 # Longer inputs are truncated; with per-batch padding the cost follows the real lengths anyway.
 DEFAULT_MAX_LENGTH = 256
+PROCESSOR_FILE = "preprocessor_config.json"
+IMAGENET_DEFAULT = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}  # ViT's own default
 
 
-class HFTextBackbone(Backbone):
+class HFBackbone(Backbone):
+    """What text and vision models share: the transformers network and how it is saved."""
+
+    def save_config(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        cast(Any, self.network).config.save_pretrained(folder)
+
+
+class HFTextBackbone(HFBackbone):
     modality = "text"
 
-    def __init__(self, encoder: Any, tokenizer: Any, *, max_length: int) -> None:
+    def __init__(self, network: Any, tokenizer: Any, *, max_length: int) -> None:
         super().__init__()
-        self.encoder = encoder
+        self.network = network
         self.tokenizer = tokenizer
         self.max_length = max_length
-        self.num_features = int(encoder.config.hidden_size)
+        self.num_features = int(network.config.hidden_size)
 
     @property
     def pad_id(self) -> int:
@@ -58,7 +75,7 @@ class HFTextBackbone(Backbone):
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         mask = inputs["attention_mask"]
-        hidden = self.encoder(input_ids=inputs["input_ids"], attention_mask=mask).last_hidden_state
+        hidden = self.network(input_ids=inputs["input_ids"], attention_mask=mask).last_hidden_state
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         pooled: torch.Tensor = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
         return pooled
@@ -67,10 +84,71 @@ class HFTextBackbone(Backbone):
         return {"kind": "tokenizer", "max_length": self.max_length, "pooling": "mean"}
 
     def save_architecture(self, folder: Path) -> dict[str, Any]:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.encoder.config.save_pretrained(folder)
+        self.save_config(folder)
         self.tokenizer.save_pretrained(folder)
         return {"source": "hf", "folder": folder.name, "max_length": self.max_length}
+
+
+class HFVisionBackbone(HFBackbone):
+    modality = "image"
+
+    def __init__(self, network: Any, processor: dict[str, Any], *, image_size: int) -> None:
+        super().__init__()
+        self.network = network
+        self.processor = processor  # the preprocessor_config.json values
+        self.image_size = image_size
+        self.num_features = _vision_features(network.config)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        output = self.network(pixel_values=inputs["pixel_values"])
+        pooled = getattr(output, "pooler_output", None)
+        if pooled is None:
+            hidden = output.last_hidden_state
+            pooled = hidden.mean(dim=1) if hidden.ndim == 3 else hidden.mean(dim=(2, 3))
+        return pooled.flatten(1)  # type: ignore[no-any-return]
+
+    @property
+    def resizable(self) -> bool:
+        """Patch-based transformers (ViT, DeiT) embed positions for one size; convnets do not."""
+        return not hasattr(self.network.config, "patch_size")
+
+    def pretrained_stats(self) -> dict[str, Any]:
+        return {**_stats(self.processor), "pretrained_size": _processor_size(self.processor)}
+
+    def preprocessing(self) -> dict[str, Any]:
+        stats = _stats(self.processor)
+        return {"kind": "image", "size": self.image_size, **stats}
+
+    def save_architecture(self, folder: Path) -> dict[str, Any]:
+        import json
+
+        self.save_config(folder)
+        (folder / PROCESSOR_FILE).write_text(json.dumps(self.processor, indent=2) + "\n")
+        return {"source": "hf", "folder": folder.name, "image_size": self.image_size}
+
+
+def _vision_features(config: Any) -> int:
+    sizes = getattr(config, "hidden_sizes", None)  # ConvNeXt, ResNet: one width per stage
+    if sizes:
+        return int(sizes[-1])
+    return int(config.hidden_size)
+
+
+def _stats(processor: dict[str, Any]) -> dict[str, list[float]]:
+    mean = processor.get("image_mean", IMAGENET_DEFAULT["mean"])
+    std = processor.get("image_std", IMAGENET_DEFAULT["std"])
+    return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+
+
+def _processor_size(processor: dict[str, Any]) -> int:
+    size = processor.get("crop_size") or processor.get("size") or 224
+    if isinstance(size, dict):
+        size = size.get("height") or size.get("shortest_edge") or 224
+    return int(size)
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
 
 
 def _check_folder(path: Path, field: str) -> None:
@@ -80,7 +158,7 @@ def _check_folder(path: Path, field: str) -> None:
             file=path,
             field=field,
             fix="point hf: at a local folder saved with save_pretrained "
-            "(config.json, weights, tokenizer)",
+            "(config.json, weights, tokenizer or preprocessor_config.json)",
         )
     if not (path / "config.json").is_file():
         raise TunesmithError(
@@ -91,40 +169,124 @@ def _check_folder(path: Path, field: str) -> None:
         )
 
 
-def _load_config(path: Path, field: str) -> Any:
+def _load_config(path: Path, field: str, *, trust_remote_code: bool) -> Any:
     from transformers import AutoConfig
 
+    remote = _needs_remote_code(path)
+    if remote and not trust_remote_code:
+        raise TunesmithError(
+            "this model needs trust_remote_code: loading it runs Python code shipped in the model "
+            f"folder ({remote})",
+            file=path / "config.json",
+            field=field,
+            fix="use a model plain transformers supports, or, if you trust the folder's code, set "
+            "model.trust_remote_code: true",
+        )
     try:
-        config = AutoConfig.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as error:
+        return AutoConfig.from_pretrained(
+            path, local_files_only=True, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError, ImportError) as error:
         raise TunesmithError(
             f"cannot read the model config: {str(error).splitlines()[0]}",
             file=path / "config.json",
             field=field,
             fix="use a config.json written by save_pretrained for a model transformers knows",
         ) from None
-    if getattr(config, "auto_map", None):
-        raise TunesmithError(
-            "this model needs trust_remote_code (it runs code shipped with the weights)",
-            file=path / "config.json",
-            field=field,
-            fix="use a model that plain transformers supports",
-        )
-    return config
 
 
-def _load_tokenizer(path: Path, field: str) -> Any:
+def _needs_remote_code(path: Path) -> str | None:
+    """The classes config.json maps to code in the folder, if any (without importing anything)."""
+    import json
+
+    try:
+        raw = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    auto_map = raw.get("auto_map") if isinstance(raw, dict) else None
+    if not auto_map:
+        return None
+    return ", ".join(f"{key}: {value}" for key, value in sorted(auto_map.items()))
+
+
+def _load_tokenizer(path: Path, field: str, *, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as error:
+        return AutoTokenizer.from_pretrained(
+            path, local_files_only=True, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError, TypeError) as error:
         raise TunesmithError(
             f"cannot load the tokenizer: {error}",
             file=path,
             field=field,
-            fix="save the tokenizer into the model folder (tokenizer.save_pretrained(folder))",
+            fix="save the tokenizer into the model folder (tokenizer.save_pretrained(folder)), or "
+            "a preprocessor_config.json for a vision model",
         ) from None
+
+
+def _pooler_free_kwargs(config: Any, *, trust_remote_code: bool) -> dict[str, Any]:
+    """`add_pooling_layer=False` where the model class takes it: mean pooling replaces the pooler,
+    whose parameters would otherwise sit in the model without ever getting a gradient."""
+    from transformers import AutoModel
+
+    try:
+        mapped = AutoModel._model_mapping[type(config)]
+    except KeyError:
+        return {}
+    # A mapping entry is a class, or a (slow, fast) pair of them.
+    candidates = mapped if isinstance(mapped, tuple) else (mapped,)
+    model_class = next((c for c in candidates if c is not None), None)
+    if model_class is None:
+        return {}
+    accepted = inspect.signature(model_class).parameters
+    return {"add_pooling_layer": False} if "add_pooling_layer" in accepted else {}
+
+
+def _load_network(path: Path, config: Any, field: str, *, trust_remote_code: bool) -> Any:
+    from transformers import AutoModel
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # tunesmith draws its own progress; one bar per weight is noise
+    logging.set_verbosity_error()  # the pooler left out is reported as unexpected keys
+    try:
+        network, info = AutoModel.from_pretrained(
+            path,
+            config=config,
+            local_files_only=True,
+            trust_remote_code=trust_remote_code,
+            output_loading_info=True,
+            **_pooler_free_kwargs(config, trust_remote_code=trust_remote_code),
+        )
+    except (OSError, ValueError, RuntimeError) as error:
+        raise TunesmithError(
+            f"cannot load the model weights: {str(error).splitlines()[0]}",
+            file=path,
+            field=field,
+            fix="check that the folder holds weights saved for this config (model.safetensors)",
+        ) from None
+    missing = list(info.get("missing_keys") or [])
+    mismatched = [str(item[0]) for item in info.get("mismatched_keys") or []]
+    if missing or mismatched:
+        unexpected = [key for key in info.get("unexpected_keys") or [] if "pooler" not in key]
+        raise TunesmithError(
+            "the weights do not match the architecture in config.json: "
+            + _key_summary(missing=missing, unexpected=unexpected, wrong_shapes=mismatched),
+            file=path,
+            field=field,
+            fix="use weights saved with this config (save_pretrained writes both together)",
+        )
+    return network
+
+
+def _key_summary(**groups: list[str]) -> str:
+    return "; ".join(
+        f"{label.replace('_', ' ')} ({len(keys)}): {', '.join(keys[:4])}"
+        + (", ..." if len(keys) > 4 else "")
+        for label, keys in groups.items()
+        if keys
+    )
 
 
 def _max_length(tokenizer: Any, config: Any, requested: int | None) -> int:
@@ -135,27 +297,48 @@ def _max_length(tokenizer: Any, config: Any, requested: int | None) -> int:
     return requested if requested is not None else min(limits)
 
 
-def load_pretrained(path: Path, *, field: str, max_length: int | None) -> HFTextBackbone:
-    """The pretrained encoder and tokenizer in `path`."""
-    from transformers import AutoModel
-    from transformers.utils import logging
+def folder_modality(path: Path) -> str:
+    """`image` for a folder with an image preprocessor config, `text` otherwise."""
+    import json
 
-    logging.disable_progress_bar()  # tunesmith draws its own progress; one bar per weight is noise
+    processor = path / PROCESSOR_FILE
+    if processor.is_file():
+        try:
+            raw = json.loads(processor.read_text())
+        except ValueError:
+            raw = {}
+        if isinstance(raw, dict) and ("image_mean" in raw or "image_processor_type" in raw):
+            return "image"
+    return "text"
 
+
+def load_pretrained(
+    path: Path,
+    *,
+    field: str,
+    max_length: int | None = None,
+    image_size: int | None = None,
+    trust_remote_code: bool = False,
+) -> HFBackbone:
+    """The pretrained network in `path`, with its tokenizer or image preprocessing."""
     _check_folder(path, field)
-    config = _load_config(path, field)
-    try:
-        encoder = AutoModel.from_pretrained(path, config=config, local_files_only=True)
-    except (OSError, ValueError, RuntimeError) as error:
-        raise TunesmithError(
-            f"cannot load the model weights: {error}",
-            file=path,
-            field=field,
-            fix="check that the folder holds weights saved for this config (model.safetensors)",
-        ) from None
-    tokenizer = _load_tokenizer(path, field)
-    _check_vocabulary(tokenizer, encoder, path, field)
-    return HFTextBackbone(encoder, tokenizer, max_length=_max_length(tokenizer, config, max_length))
+    config = _load_config(path, field, trust_remote_code=trust_remote_code)
+    network = _load_network(path, config, field, trust_remote_code=trust_remote_code)
+    if folder_modality(path) == "image":
+        processor = _read_processor(path)
+        return HFVisionBackbone(
+            network, processor, image_size=image_size or _processor_size(processor)
+        )
+    tokenizer = _load_tokenizer(path, field, trust_remote_code=trust_remote_code)
+    _check_vocabulary(tokenizer, network, path, field)
+    return HFTextBackbone(network, tokenizer, max_length=_max_length(tokenizer, config, max_length))
+
+
+def _read_processor(path: Path) -> dict[str, Any]:
+    import json
+
+    raw: dict[str, Any] = json.loads((path / PROCESSOR_FILE).read_text())
+    return raw
 
 
 def _check_vocabulary(tokenizer: Any, encoder: Any, path: Path, field: str) -> None:
@@ -170,11 +353,16 @@ def _check_vocabulary(tokenizer: Any, encoder: Any, path: Path, field: str) -> N
         )
 
 
-def rebuild(folder: Path, info: dict[str, Any]) -> HFTextBackbone:
+def rebuild(folder: Path, info: dict[str, Any]) -> HFBackbone:
     """The architecture saved by `save_architecture`, with freshly initialized weights."""
     from transformers import AutoModel
 
-    config = _load_config(folder, "backbone")
-    encoder = AutoModel.from_config(config)
+    config = _load_config(folder, "backbone", trust_remote_code=False)
+    network = AutoModel.from_config(
+        config, **_pooler_free_kwargs(config, trust_remote_code=False)
+    )
+    if "image_size" in info:
+        processor = _read_processor(folder)
+        return HFVisionBackbone(network, processor, image_size=int(info["image_size"]))
     tokenizer = _load_tokenizer(folder, "backbone")
-    return HFTextBackbone(encoder, tokenizer, max_length=int(info["max_length"]))
+    return HFTextBackbone(network, tokenizer, max_length=int(info["max_length"]))

@@ -1,4 +1,9 @@
-"""Turning examples into the batches a backbone reads, preprocessed as the backbone defines."""
+"""Turning examples into the batches a backbone reads, preprocessed as the backbone defines.
+
+A backbone's `preprocessing()["kind"]` says what it reads: `tokenizer` (texts, tokenized once,
+padded per batch and grouped by length), `image` (files, decoded and transformed on access) or
+`features` (encoded table rows, a float matrix).
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from tunesmith.config import AugmentConfig
 from tunesmith.data.augment import batch_mixer, collate_with, image_transform
+from tunesmith.data.features import FeatureRows, feature_collate
 from tunesmith.data.images import ImageFiles, image_collate
-from tunesmith.data.sources import Examples
 from tunesmith.data.text import LengthGroupedSampler, TokenizedTexts, pad_collate, sorted_batches
 from tunesmith.models.backbone import Backbone
 from tunesmith.models.hf import HFTextBackbone
+
+# Inputs: texts or image paths (a list of str), or encoded table rows (a float matrix).
+Inputs = Sequence[str] | np.ndarray
 
 
 @dataclass(frozen=True)
@@ -31,69 +40,79 @@ NO_AUGMENTATION = AugmentConfig(preset="none")
 
 def _dataset(
     backbone: Backbone,
-    inputs: Sequence[str],
-    targets: Sequence[int],
+    inputs: Inputs,
+    targets: Sequence[Any],
     *,
     train: bool,
     augment: AugmentConfig = NO_AUGMENTATION,
 ) -> Any:
     if isinstance(backbone, HFTextBackbone):
-        return TokenizedTexts(backbone.tokenize(list(inputs)), targets)
+        return TokenizedTexts(backbone.tokenize([str(text) for text in inputs]), targets)
     spec = backbone.preprocessing()
+    if spec["kind"] == "features":
+        return FeatureRows(np.asarray(inputs, dtype=np.float32), targets)
     preset = "none" if augment.preset == "auto" else augment.preset
     transform = image_transform(
         spec["size"], spec["mean"], spec["std"], train=train, preset=preset, flip=augment.flip
     )
-    return ImageFiles(inputs, targets, transform)
+    return ImageFiles([str(path) for path in inputs], targets, transform)
 
 
-def _collate(backbone: Backbone) -> Any:
-    return pad_collate(backbone.pad_id) if isinstance(backbone, HFTextBackbone) else image_collate
+def _collate(backbone: Backbone, dataset: Any) -> Any:
+    if isinstance(dataset, TokenizedTexts):
+        assert isinstance(backbone, HFTextBackbone)
+        return pad_collate(backbone.pad_id)
+    return feature_collate if isinstance(dataset, FeatureRows) else image_collate
 
 
 def train_batches(
     backbone: Backbone,
-    part: Examples,
-    targets: Sequence[int],
+    inputs: Inputs,
+    targets: Sequence[Any],
     *,
     batch_size: int,
     seed: int,
     augment: AugmentConfig = NO_AUGMENTATION,
-    classes: int = 0,
+    mix_classes: int = 0,
 ) -> DataLoader[Any]:
     """Shuffled training batches; texts are grouped by length so padding stays small, images are
-    augmented as `augment` says (MixUp/CutMix on whole batches, into soft labels)."""
-    dataset = _dataset(backbone, part.inputs, targets, train=True, augment=augment)
+    augmented as `augment` says (MixUp/CutMix on whole batches into soft labels, when
+    `mix_classes` says how many classes there are to mix)."""
+    dataset = _dataset(backbone, inputs, targets, train=True, augment=augment)
+    collate = _collate(backbone, dataset)
     if isinstance(dataset, TokenizedTexts):
         sampler = LengthGroupedSampler(dataset.lengths, batch_size, seed=seed)
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=_collate(backbone))
-    mixer = batch_mixer(classes, mixup=augment.mixup, cutmix=augment.cutmix)
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
+    mixer = (
+        batch_mixer(mix_classes, mixup=augment.mixup, cutmix=augment.cutmix)
+        if mix_classes and isinstance(dataset, ImageFiles)
+        else None
+    )
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=True,
         generator=generator,
-        collate_fn=collate_with(_collate(backbone), mixer),
+        collate_fn=collate_with(collate, mixer),
         drop_last=len(dataset) > batch_size,
     )
 
 
 def eval_batches(
     backbone: Backbone,
-    inputs: Sequence[str],
-    targets: Sequence[int] | None = None,
+    inputs: Inputs,
+    targets: Sequence[Any] | None = None,
     *,
     batch_size: int,
 ) -> EvalBatches:
     """Batches for evaluation or prediction, without augmentation; texts sorted by length."""
     labels = list(targets) if targets is not None else [0] * len(inputs)
     dataset = _dataset(backbone, inputs, labels, train=False)
+    collate = _collate(backbone, dataset)
     if isinstance(dataset, TokenizedTexts):
         batches = sorted_batches(dataset.lengths, batch_size)
-        loader = DataLoader(dataset, batch_sampler=batches, collate_fn=_collate(backbone))
+        loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate)
         return EvalBatches(loader, [row for batch in batches for row in batch])
-    loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, collate_fn=_collate(backbone)
-    )
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     return EvalBatches(loader, list(range(len(dataset))))

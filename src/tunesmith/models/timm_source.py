@@ -14,6 +14,7 @@ import torch
 
 from tunesmith.errors import TunesmithError
 from tunesmith.models.backbone import Backbone
+from tunesmith.models.weights import load_weights
 
 
 class TimmBackbone(Backbone):
@@ -23,19 +24,24 @@ class TimmBackbone(Backbone):
         super().__init__()
         # Channels-last lets oneDNN/cuDNN pick their fast convolution kernels: EfficientNet-Lite0
         # trained about 30% faster at 96 px on a 2-core CPU. Harmless for non-convolutional models.
-        self.model = model.to(memory_format=torch.channels_last)
+        self.network = model.to(memory_format=torch.channels_last)
         self.name = name
         self.image_size = image_size
         self.num_features = int(model.num_features)  # type: ignore[arg-type]
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         pixels = inputs["pixel_values"].contiguous(memory_format=torch.channels_last)
-        return self.model(pixels)  # type: ignore[no-any-return]
+        return self.network(pixels)  # type: ignore[no-any-return]
+
+    @property
+    def resizable(self) -> bool:
+        """Convolutional networks take any input size; ViTs need the one they were built for."""
+        return not getattr(self.network, "pretrained_cfg", {}).get("fixed_input_size", False)
 
     def pretrained_stats(self) -> dict[str, Any]:
         from timm.data.config import resolve_model_data_config
 
-        data_config = resolve_model_data_config(self.model)
+        data_config = resolve_model_data_config(self.network)
         return {
             "mean": list(data_config["mean"]),
             "std": list(data_config["std"]),
@@ -70,68 +76,12 @@ def create(name: str, *, field: str) -> torch.nn.Module:
     return timm.create_model(name, pretrained=False, num_classes=0)
 
 
-def read_state_dict(path: Path, *, field: str) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise TunesmithError(
-            "weights file not found",
-            file=path,
-            field=field,
-            fix="set ?weights= to an existing .safetensors or .pth file",
-        )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises UnpicklingError or RuntimeError with a long text
-        raise TunesmithError(
-            "the weights file is not a plain state dict (loading it would have to run code): "
-            f"{str(error).splitlines()[0]}",
-            file=path,
-            field=field,
-            fix="save the weights as safetensors or as torch.save(model.state_dict(), file)",
-        ) from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise TunesmithError(
-            "the weights file does not hold a state dict of tensors",
-            file=path,
-            field=field,
-            fix="save it with torch.save(model.state_dict(), file)",
-        )
-    return state
-
-
-def load_weights(model: torch.nn.Module, path: Path, *, field: str) -> None:
+def load_timm_weights(model: torch.nn.Module, path: Path, *, name: str, field: str) -> None:
     """Load `path` into the headless `model`, ignoring only the old classifier's keys."""
-    state = read_state_dict(path, field=field)
-    expected = model.state_dict()
-    unexpected = [key for key in state if key not in expected]
     classifier = getattr(model, "default_cfg", {}).get("classifier", "classifier")
-    unexpected = [key for key in unexpected if not key.startswith(f"{classifier}.")]
-    missing = [key for key in expected if key not in state]
-    wrong_shape = [
-        key for key in expected if key in state and state[key].shape != expected[key].shape
-    ]
-    if missing or unexpected or wrong_shape:
-        details = "; ".join(
-            f"{label} ({len(keys)}): {', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}"
-            for label, keys in (
-                ("missing keys", missing),
-                ("unexpected keys", unexpected),
-                ("wrong shapes", wrong_shape),
-            )
-            if keys
-        )
-        raise TunesmithError(
-            f"the weights do not match the architecture: {details}",
-            file=path,
-            field=field,
-            fix="use weights saved from this exact timm architecture (or convert them first)",
-        )
-    model.load_state_dict({key: state[key] for key in expected})
+    load_weights(
+        model, path, field=field, ignore=[f"{classifier}."], architecture=f"timm's {name}"
+    )
 
 
 def load_pretrained(
@@ -139,12 +89,12 @@ def load_pretrained(
 ) -> TimmBackbone:
     model = create(name, field=field)
     if weights is not None:
-        load_weights(model, weights, field=field)
+        load_timm_weights(model, weights, name=name, field=field)
     backbone = TimmBackbone(model, name, image_size=0)
     backbone.image_size = image_size or backbone.pretrained_stats()["pretrained_size"]
     return backbone
 
 
-def rebuild(info: dict[str, Any]) -> TimmBackbone:
+def rebuild(folder: Path, info: dict[str, Any]) -> TimmBackbone:
     model = create(str(info["name"]), field="backbone")
     return TimmBackbone(model, str(info["name"]), image_size=int(info["image_size"]))

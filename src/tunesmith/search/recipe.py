@@ -1,33 +1,54 @@
 """The dataset-aware recipe: every `auto` in a config resolved from the data and the backbone.
 
-The search (a later stage) starts from this recipe as its first trial; for now it is the whole plan.
-The values follow published practice: for text encoders, AdamW at 1e-4 to 5e-5 with 10% warm-up
-and more epochs for small sets (BERT, Sentence-Transformers fine-tuning); for images, in the spirit
-of BiT-HyperRule, a zero-initialized head, training length by dataset size and a resolution chosen
-from the images' own size.
+The search (a later stage) starts from this recipe as its first trial. The values follow
+published practice: for text encoders, AdamW at 1e-4 to 5e-5 with 10% warm-up and more epochs for
+small sets (BERT, Sentence-Transformers fine-tuning); for images, in the spirit of BiT-HyperRule,
+a zero-initialized head, training length by dataset size and a resolution chosen from the images'
+own size; low-rank adapters at a learning rate several times that of full fine-tuning (LoRA,
+QLoRA); networks from scratch (tables, small images) trained longer at 1e-3.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from tunesmith.config import Config, HeadConfig, TrainConfig
+from tunesmith.config import Config, HeadConfig, PeftConfig, ScratchConfig, TrainConfig
 from tunesmith.data.sources import Modality
-from tunesmith.train import TrainSettings
+from tunesmith.errors import TunesmithError
+from tunesmith.models.losses import DEFAULT_LOSS, LossSettings, check_loss
+from tunesmith.models.scratch import ScratchShape
+from tunesmith.models.strategies import AdapterSettings, Strategy
+from tunesmith.train import StrategyPlan, TrainSettings
 from tunesmith.train.precision import default_device, resolve_precision
 
 
 @dataclass(frozen=True)
 class DataProfile:
-    """What the recipe looks at: how much data, how many classes, how big the inputs are."""
+    """What the recipe looks at: how much data, what labels, how big the inputs are."""
 
     modality: Modality
     train_rows: int
     classes: int
+    kind: str = "classification"  # classification, multilabel or regression
     median_image_side: int | None = None
+    in_features: int | None = None  # tables: width of the encoded features
     source_format: str = "csv"  # what the data turned out to be, for the resolved config
     split_method: str = "stratified"
+
+    @property
+    def task(self) -> str:
+        return f"{self.modality}-{self.kind}"
+
+    @property
+    def outputs(self) -> int:
+        """What the head emits: one logit per class, or one number."""
+        return 1 if self.kind == "regression" else self.classes
+
+
+def is_scratch(config: Config) -> bool:
+    return config.model.backbone.startswith("scratch:")
 
 
 def image_size(profile: DataProfile, pretrained_size: int) -> int:
@@ -38,32 +59,64 @@ def image_size(profile: DataProfile, pretrained_size: int) -> int:
     return min(pretrained_size, max(64, 32 * round(2 * side / 32)))
 
 
-def _epochs(profile: DataProfile) -> int:
+def scratch_image_size(profile: DataProfile) -> int:
+    """A network from scratch learns at the images' own size (a multiple of 8, 16 to 128)."""
+    side = profile.median_image_side or 32
+    return min(128, max(16, 8 * round(side / 8)))
+
+
+def _steps_per_epoch(profile: DataProfile, batch_size: int) -> int:
+    return -(-profile.train_rows // batch_size)  # ceiling division
+
+
+def _epochs(profile: DataProfile, *, scratch: bool, batch_size: int) -> int:
     rows = profile.train_rows
+    if scratch:  # about 3,000 steps: small tables need many passes, large ones few
+        return min(200, max(10, math.ceil(3_000 / _steps_per_epoch(profile, batch_size))))
     if profile.modality == "text":
         return 6 if rows <= 2_000 else 4 if rows <= 20_000 else 3 if rows <= 100_000 else 2
     return 12 if rows <= 2_000 else 8 if rows <= 20_000 else 5 if rows <= 100_000 else 3
 
 
-def _train_defaults(profile: DataProfile) -> dict[str, Any]:
-    if profile.modality == "text":
-        return {
-            "optimizer": "adamw",
-            "lr": 1e-4,
-            "head_lr": 1e-3,
-            "weight_decay": 0.01,
-            "batch_size": 16,
-            "warmup": 0.1,
-            "label_smoothing": 0.0,
-        }
+def probe_epochs(profile: DataProfile, batch_size: int) -> int:
+    """About 1,500 steps of the head alone on cached features (cheap: no backbone pass)."""
+    return min(100, max(10, math.ceil(1_500 / _steps_per_epoch(profile, batch_size))))
+
+
+def _learning_rate(config: Config, profile: DataProfile, strategy: Strategy) -> float:
+    if is_scratch(config):
+        return 2e-3 if profile.modality == "image" else 1e-3
+    text = profile.modality == "text"
+    if strategy.adapter:
+        return 5e-4 if text else 2e-3
+    base = 1e-4 if text else 1e-3
+    # LP-FT fine-tunes from a trained head: a lower rate keeps the features from distorting.
+    return base / 2 if strategy.name == "lp-ft" else base
+
+
+def _train_defaults(config: Config, profile: DataProfile, strategy: Strategy) -> dict[str, Any]:
+    scratch = is_scratch(config)
+    text = profile.modality == "text"
+    batch_size = 16 if text else 64 if profile.modality == "image" else (
+        32 if profile.train_rows < 5_000 else 128
+    )
+    if isinstance(config.train.batch_size, int):
+        batch_size = config.train.batch_size
+    smoothing = 0.1 if profile.modality == "image" and profile.kind == "classification" else 0.0
     return {
         "optimizer": "adamw",
-        "lr": 1e-3,
-        "head_lr": 1e-3,
-        "weight_decay": 0.01,
-        "batch_size": 64,
-        "warmup": 0.05,
-        "label_smoothing": 0.1,
+        "lr": _learning_rate(config, profile, strategy),
+        "head_lr": 1e-3 if not scratch else _learning_rate(config, profile, strategy),
+        "weight_decay": 0.01 if not scratch else 1e-4,
+        "layer_decay": 1.0,
+        "batch_size": batch_size,
+        "epochs": _epochs(profile, scratch=scratch, batch_size=batch_size),
+        "warmup": 0.1 if text else 0.05,
+        "loss": DEFAULT_LOSS[profile.kind],
+        "label_smoothing": smoothing,
+        "class_weights": "none",
+        "probe_epochs": probe_epochs(profile, 64),
+        "probe_lr": 1e-3,
     }
 
 
@@ -73,16 +126,37 @@ def ema_decay(train_rows: int, batch_size: int) -> float:
     return round(1.0 - 1.0 / max(10, steps_per_epoch), 5)
 
 
-def _head_defaults(profile: DataProfile, num_features: int) -> dict[str, Any]:
+def _head_defaults(config: Config, profile: DataProfile, num_features: int) -> dict[str, Any]:
     # A linear head: with a few thousand rows, extra head layers add parameters the data cannot
-    # pin down; the backbone is being fine-tuned anyway.
+    # pin down; the backbone is being fine-tuned anyway (and a scratch MLP is the hidden layers).
+    zero = profile.modality == "image" or profile.kind == "regression"
     return {
         "layers": 0,
         "hidden": min(512, num_features),
         "activation": "gelu",
-        "init": "zeros" if profile.modality == "image" else "xavier_uniform",
+        "init": "zeros" if zero else "xavier_uniform",
         "dropout": 0.1,
     }
+
+
+def scratch_shape(config: Config, profile: DataProfile) -> ScratchShape:
+    """The structure of a from-scratch network, sized to the data: an MLP about twice as wide as
+    its encoded input (64 to 512 units), deeper for more rows; a 3-stage CNN of 32 channels."""
+    given = config.model.scratch or ScratchConfig()
+    width = min(512, max(64, 2 ** math.ceil(math.log2(max(1, 2 * (profile.in_features or 32))))))
+    defaults = {
+        "depth": 3 if profile.modality == "tabular" and profile.train_rows > 10_000 else
+        2 if profile.modality == "tabular" else 3,
+        "width": width,
+        "channels": 32,
+        "kernel_size": 3,
+        "groups": 1,
+        "activation": "relu",
+        "norm": "batch",
+        "dropout": 0.1 if profile.modality == "tabular" else 0.0,
+        "init": "kaiming_normal",
+    }
+    return ScratchShape(**_fill(given, defaults))
 
 
 def augment_preset(profile: DataProfile) -> str:
@@ -99,6 +173,32 @@ def _fill(section: Any, defaults: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _peft_defaults(profile: DataProfile) -> dict[str, Any]:
+    return {"r": 8, "alpha": 16, "dropout": 0.1 if profile.modality == "text" else 0.0}
+
+
+def check_fits(config: Config, profile: DataProfile) -> None:
+    """Settings that cannot train this task are config errors before anything loads."""
+    if config.train.loss != "auto":
+        check_loss(config.train.loss, profile.kind)
+    augment = config.data.augment
+    if (augment.mixup or augment.cutmix) and profile.kind != "classification":
+        raise TunesmithError(
+            f"MixUp and CutMix mix class labels; this is a {profile.kind} task",
+            field="data.augment.mixup" if augment.mixup else "data.augment.cutmix",
+            fix="set data.augment.mixup and data.augment.cutmix to 0",
+        )
+    strategy = Strategy.parse(config.model.strategy) if config.model.strategy != "auto" else None
+    if strategy is not None and strategy.adapter and config.model.backbone.startswith(
+        ("scratch:", "python:")
+    ):
+        raise TunesmithError(
+            f"{strategy} adapts pretrained weights; {config.model.backbone} has none to keep",
+            field="model.strategy",
+            fix="use full (or freeze:K) for networks from scratch and your own modules",
+        )
+
+
 def resolve(
     config: Config,
     profile: DataProfile,
@@ -106,13 +206,15 @@ def resolve(
     num_features: int,
     preprocessing: dict[str, Any],
     backbone: str,
+    shape: ScratchShape | None = None,
 ) -> Config:
     """`config` with every `auto` replaced by the recipe's value."""
-    train = _fill(config.train, {**_train_defaults(profile), "epochs": _epochs(profile)})
+    strategy = Strategy.parse("full" if config.model.strategy == "auto" else config.model.strategy)
+    train = _fill(config.train, _train_defaults(config, profile, strategy))
     train["precision"] = resolve_precision(config.train.precision, default_device())
     if train["ema"] == "auto":
         train["ema"] = ema_decay(profile.train_rows, int(train["batch_size"]))
-    head = _fill(config.model.head, _head_defaults(profile, num_features))
+    head = _fill(config.model.head, _head_defaults(config, profile, num_features))
     given = config.data
     data = given.model_copy(
         update={
@@ -131,7 +233,7 @@ def resolve(
                     else given.augment.preset
                 }
             ),
-            # Each modality has its own input size; the other one does not apply.
+            # Each modality has its own input size; the others do not apply.
             "max_length": preprocessing.get("max_length"),
             "image_size": preprocessing.get("size"),
         }
@@ -140,28 +242,40 @@ def resolve(
         update={
             "backbone": backbone,
             "head": HeadConfig(**head),
-            "strategy": "full" if config.model.strategy == "auto" else config.model.strategy,
+            "strategy": str(strategy),
+            "scratch": ScratchConfig(**asdict(shape)) if shape else None,
+            "peft": PeftConfig(**_fill(config.model.peft or PeftConfig(), _peft_defaults(profile)))
+            if strategy.adapter
+            else None,
         }
     )
-    task = "text-classification" if profile.modality == "text" else "image-classification"
-    return config.updated(task=task, data=data, model=model, train=TrainConfig(**train))
+    return config.updated(task=profile.task, data=data, model=model, train=TrainConfig(**train))
 
 
-def train_settings(config: Config) -> TrainSettings:
-    """The resolved config's training values, as the training loop takes them."""
+def _resolved(config: Config) -> TrainConfig:
     train = config.train
-    values = [
-        train.lr,
-        train.head_lr,
-        train.weight_decay,
-        train.epochs,
-        train.batch_size,
-        train.warmup,
-        train.label_smoothing,
-        train.ema,
-    ]
-    if any(value == "auto" for value in values):
-        raise ValueError("train_settings needs a resolved config")
+    auto = [key for key, value in train.model_dump().items() if value == "auto"]
+    if auto:
+        raise ValueError(f"train settings need a resolved config; auto: {auto}")
+    return train
+
+
+def train_settings(
+    config: Config,
+    *,
+    kind: str,
+    loss_weights: tuple[float, ...] | None = None,
+    target_std: float = 1.0,
+) -> TrainSettings:
+    """The resolved config's training values, as the training loop takes them."""
+    train = _resolved(config)
+    loss = LossSettings(
+        name=str(train.loss),
+        label_smoothing=float(train.label_smoothing) if kind == "classification" else 0.0,
+        focal_gamma=train.focal_gamma,
+        weights=loss_weights if train.class_weights == "balanced" else None,
+        target_std=target_std,
+    )
     return TrainSettings(
         lr=float(train.lr),
         head_lr=float(train.head_lr),
@@ -170,8 +284,43 @@ def train_settings(config: Config) -> TrainSettings:
         batch_size=int(train.batch_size),
         warmup=float(train.warmup),
         grad_clip=train.grad_clip,
-        label_smoothing=float(train.label_smoothing),
         precision=train.precision,
         seed=config.seed,
+        loss=loss,
+        kind=kind,
+        optimizer=str(train.optimizer),
+        momentum=train.momentum,
+        layer_decay=float(train.layer_decay),
         ema_decay=None if train.ema is None else float(train.ema),
+        time_budget=train.time_budget,
     )
+
+
+def strategy_plan(config: Config, settings: TrainSettings) -> StrategyPlan:
+    """The resolved strategy with the settings of its probe stage and adapter."""
+    strategy = Strategy.parse(config.model.strategy)
+    train = _resolved(config)
+    probe = None
+    if strategy.probes:
+        probe = settings.with_changes(
+            lr=float(train.probe_lr),
+            head_lr=float(train.probe_lr),
+            epochs=int(train.probe_epochs),
+            batch_size=64,
+            warmup=0.0,
+            layer_decay=1.0,
+            ema_decay=None,
+        )
+    adapter = None
+    if strategy.adapter:
+        peft = config.model.peft
+        assert peft is not None, "a resolved adapter strategy has its peft section"
+        adapter = AdapterSettings(
+            method=strategy.name,
+            r=int(peft.r),
+            alpha=int(peft.alpha),
+            dropout=float(peft.dropout),
+            targets=None if peft.targets == "auto" else list(peft.targets),
+        )
+    merge = config.model.peft.merge if config.model.peft else True
+    return StrategyPlan(strategy, probe=probe, adapter=adapter, merge=merge)

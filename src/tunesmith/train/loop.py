@@ -3,14 +3,21 @@
 The loop runs on Accelerate, so the same code serves one CPU, one GPU or many processes. It keeps
 the weights that scored best on validation (never just the last), writes them atomically to the
 trial folder, and logs one JSON line per epoch. A search talks to it only through `Reporter`.
+
+A time budget fits the schedule to the time: after a few steps the loop knows how long a step
+and an evaluation take, shortens the plan so that the run with its evaluations ends inside the
+budget, and the learning-rate schedule decays to zero at the new last step (the last epoch may
+then be a partial one).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,13 +29,16 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from tunesmith.console import console, progress
-from tunesmith.evaluate import PRIMARY_METRIC, classification_metrics, collect_logits
+from tunesmith.evaluate import collect_logits, objective_for
 from tunesmith.io import append_jsonl, atomic_write
-from tunesmith.models.classifier import Classifier
 from tunesmith.models.inputs import EvalBatches
+from tunesmith.models.losses import LossSettings, make_loss
 from tunesmith.train.ema import WeightAverage
-from tunesmith.train.optim import adamw, warmup_cosine
+from tunesmith.train.optim import Plan, make_optimizer, parameter_groups, warmup_cosine
 from tunesmith.train.precision import default_device, resolve_precision
+
+CALIBRATION_STEPS = 8  # steps timed before a time budget re-plans the run
+EVAL_COST = 1 / 3  # an example evaluated costs about a third of one trained (forward only)
 
 
 @dataclass(frozen=True)
@@ -40,18 +50,33 @@ class TrainSettings:
     batch_size: int
     warmup: float
     grad_clip: float | None
-    label_smoothing: float
     precision: str
     seed: int
+    loss: LossSettings = field(default_factory=lambda: LossSettings("cross_entropy"))
+    kind: str = "classification"  # what the labels are: classification, multilabel, regression
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    layer_decay: float = 1.0
     ema_decay: float | None = None
+    time_budget: float | None = None  # seconds for this run, evaluations included
+    stage: str = "train"  # the name logged with each epoch and given to the checkpoint
+
+    def with_changes(self, **changes: Any) -> TrainSettings:
+        return replace(self, **changes)
 
 
 class Reporter(Protocol):
-    """What a search sees of a run: the validation metric after each epoch."""
+    """What a search sees of a run: the validation objective after each epoch."""
 
     def report(self, value: float, step: int) -> None: ...
 
     def should_prune(self) -> bool: ...
+
+
+class EpochHook(Protocol):
+    """Something done before each epoch (gradual unfreezing), by composition."""
+
+    def __call__(self, epoch: int, epochs: int) -> None: ...
 
 
 @dataclass
@@ -60,44 +85,65 @@ class TrialResult:
     best_val: dict[str, float]
     precision: str
     history: list[dict[str, Any]] = field(default_factory=list)
+    steps: int = 0
+    stopped: str | None = None  # "pruned" or "time budget" when the run ended early
+    wall_s: float = 0.0
 
     @property
     def train_samples_per_s(self) -> float:
-        return float(np.mean([epoch["train_samples_per_s"] for epoch in self.history]))
+        rates = [epoch["train_samples_per_s"] for epoch in self.history]
+        return float(np.mean(rates)) if rates else 0.0
 
 
 @dataclass
 class _Best:
-    score: float = -np.inf
+    score: float | None = None
     epoch: int = -1
     metrics: dict[str, float] = field(default_factory=dict)
     state: dict[str, torch.Tensor] | None = None
 
 
+@dataclass
+class _Clock:
+    """The time budget: when the run must end."""
+
+    deadline: float | None
+
+    def left(self) -> float:
+        return math.inf if self.deadline is None else self.deadline - time.perf_counter()
+
+
 def train_trial(
-    model: Classifier,
+    model: torch.nn.Module,
     train_loader: DataLoader[Any],
     val_batches: EvalBatches,
     settings: TrainSettings,
     trial_dir: Path,
     *,
     reporter: Reporter | None = None,
+    before_epoch: EpochHook | None = None,
 ) -> TrialResult:
-    """Fine-tune `model` in place; on return it holds the best-on-validation weights."""
+    """Train `model` in place; on return it holds the best-on-validation weights."""
+    started = time.perf_counter()
     set_seed(settings.seed)
     precision = resolve_precision(settings.precision, default_device())
     # Accelerate keeps its mixed-precision setting process-wide; each trial may choose its own.
     AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
-    optimizer = adamw(
-        model, lr=settings.lr, head_lr=settings.head_lr, weight_decay=settings.weight_decay
+    groups = parameter_groups(
+        model,  # type: ignore[arg-type]
+        lr=settings.lr,
+        head_lr=settings.head_lr,
+        weight_decay=settings.weight_decay,
+        layer_decay=settings.layer_decay,
     )
-    total_steps = settings.epochs * len(train_loader)
-    scheduler = warmup_cosine(
-        optimizer, total_steps=total_steps, warmup_steps=round(settings.warmup * total_steps)
-    )
+    optimizer = make_optimizer(settings.optimizer, groups, momentum=settings.momentum)
+    plan = Plan(settings.epochs * len(train_loader), settings.warmup)
+    scheduler = warmup_cosine(optimizer, plan)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
+    loss_fn = make_loss(settings.loss).to(accelerator.device)
+    objective = objective_for(settings.kind)
+    clock = _Clock(None if settings.time_budget is None else started + settings.time_budget)
 
     average = (
         WeightAverage(accelerator.unwrap_model(model), decay=settings.ema_decay)
@@ -106,47 +152,67 @@ def train_trial(
     )
     best = _Best()
     result = TrialResult(best_epoch=-1, best_val={}, precision=precision)
-    for epoch in range(settings.epochs):
+    epoch = 0
+    while result.steps < plan.total_steps:
+        epochs = math.ceil(plan.total_steps / len(train_loader))
+        if before_epoch is not None:
+            before_epoch(epoch, epochs)
         train_stats = _train_epoch(
-            model,
-            train_loader,
-            optimizer,
-            scheduler,
-            loss_fn,
-            accelerator,
-            settings,
-            epoch,
-            average,
+            model, train_loader, optimizer, scheduler, loss_fn, accelerator, settings, epoch,
+            average, plan=plan, result=result, clock=clock, val_rows=len(val_batches.order),
         )
         # With weight averaging on, the averaged weights are the ones evaluated and kept.
         with average.applied() if average else contextlib.nullcontext():
-            val = _evaluate(model, val_batches, accelerator, loss_fn)
-            if val[PRIMARY_METRIC] > best.score:
-                best = _keep_best(accelerator.unwrap_model(model), val, epoch + 1, trial_dir)
+            val = _evaluate(model, val_batches, accelerator, loss_fn, settings.kind)
+            score = val[objective.metric]
+            if objective.better(score, best.score):
+                best = _keep_best(
+                    accelerator.unwrap_model(model), val, objective.metric, epoch + 1,
+                    trial_dir / _checkpoint_name(settings.stage),
+                )
         record = {
+            "stage": settings.stage,
             "epoch": epoch + 1,
-            "step": (epoch + 1) * len(train_loader),
+            "step": result.steps,
             **train_stats,
             **{f"val_{k}": v for k, v in val.items()},
         }
         result.history.append(record)
         append_jsonl(trial_dir / "metrics.jsonl", record)
         console.print(
-            f"epoch {epoch + 1}/{settings.epochs}: train loss {train_stats['train_loss']:.4f}, "
-            f"val loss {val['loss']:.4f}, val {PRIMARY_METRIC} {val[PRIMARY_METRIC]:.4f}"
-            + (" (best)" if best.epoch == epoch + 1 else "")
+            f"{settings.stage} epoch {epoch + 1}/{epochs}: "
+            f"train loss {train_stats['train_loss']:.4f}, val loss {val['loss']:.4f}, "
+            f"val {objective.metric} {score:.4f}" + (" (best)" if best.epoch == epoch + 1 else "")
         )
+        epoch += 1
         if reporter is not None:
-            reporter.report(val[PRIMARY_METRIC], epoch + 1)
+            reporter.report(score, result.steps)
             if reporter.should_prune():
+                result.stopped = "pruned"
                 break
+        if clock.left() <= 0:
+            result.stopped = "time budget"
+            break
 
     unwrapped = accelerator.unwrap_model(model)
     if best.state is not None:
         unwrapped.load_state_dict(best.state)
     result.best_epoch, result.best_val = best.epoch, best.metrics
+    result.wall_s = time.perf_counter() - started
     accelerator.free_memory()
     return result
+
+
+def _checkpoint_name(stage: str) -> str:
+    return "best.safetensors" if stage == "train" else f"best-{stage}.safetensors"
+
+
+def _steps(loader: DataLoader[Any], plan: Plan, result: TrialResult) -> Iterator[Any]:
+    """The epoch's batches until the plan's last step."""
+    for batch in loader:
+        if result.steps >= plan.total_steps:
+            return
+        yield batch
 
 
 def _train_epoch(
@@ -159,6 +225,11 @@ def _train_epoch(
     settings: TrainSettings,
     epoch: int,
     average: WeightAverage | None,
+    *,
+    plan: Plan,
+    result: TrialResult,
+    clock: _Clock,
+    val_rows: int,
 ) -> dict[str, float]:
     model.train()
     set_epoch = getattr(loader.batch_sampler, "set_epoch", None)
@@ -169,8 +240,8 @@ def _train_epoch(
     started = time.perf_counter()
     with progress() as bar:
         rows = len(loader.dataset)  # type: ignore[arg-type]
-        task = bar.add_task(f"epoch {epoch + 1}/{settings.epochs}", total=rows, status="")
-        for batch in loader:
+        task = bar.add_task(f"{settings.stage} epoch {epoch + 1}", total=rows, status="")
+        for batch in _steps(loader, plan, result):
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             targets = batch.pop("labels")
             with accelerator.autocast():
@@ -185,36 +256,80 @@ def _train_epoch(
                 average.update()
             losses.append(loss.item())
             seen += len(targets)
+            result.steps += 1
+            if clock.deadline is not None:
+                _fit_plan(plan, clock, result.steps, time.perf_counter() - started, seen,
+                          batch_size=len(targets), steps_per_epoch=len(loader), val_rows=val_rows)
             bar.update(task, advance=len(targets), status=f"loss {np.mean(losses[-50:]):.4f}")
     elapsed = time.perf_counter() - started
     return {
-        "train_loss": float(np.mean(losses)),
-        "train_samples_per_s": seen / elapsed,
+        "train_loss": float(np.mean(losses)) if losses else float("nan"),
+        "train_samples_per_s": seen / elapsed if elapsed > 0 else 0.0,
         "lr": float(scheduler.get_last_lr()[0]),
     }
 
 
+def _fit_plan(
+    plan: Plan, clock: _Clock, steps: int, epoch_s: float, seen: int, *, batch_size: int,
+    steps_per_epoch: int, val_rows: int,
+) -> None:
+    """Shorten the plan so that the steps left and their evaluations end inside the budget.
+
+    Measured once, after CALIBRATION_STEPS steps of the first epoch (the first step, which picks
+    kernels, is the slowest, so the estimate errs on the safe side); from then on only a step past
+    the deadline stops the run early.
+    """
+    if steps != CALIBRATION_STEPS:
+        if clock.left() <= 0:
+            plan.total_steps = steps  # out of time: this step is the last
+        return
+    step_s = epoch_s / steps
+    eval_s = step_s / max(1, batch_size) * val_rows * EVAL_COST
+    left = clock.left()
+    affordable = steps
+    while affordable < plan.total_steps:
+        candidate = affordable + 1
+        evaluations = math.ceil(candidate / steps_per_epoch)
+        if (candidate - steps) * step_s + evaluations * eval_s > left:
+            break
+        affordable = candidate
+    if affordable < plan.total_steps:
+        console.print(
+            f"[yellow]time budget: {affordable} of {plan.total_steps} steps fit "
+            f"({step_s:.2f} s a step); the schedule is shortened to end inside it[/]"
+        )
+        plan.total_steps = affordable
+
+
 def _evaluate(
-    model: torch.nn.Module, batches: EvalBatches, accelerator: Accelerator, loss_fn: torch.nn.Module
+    model: torch.nn.Module,
+    batches: EvalBatches,
+    accelerator: Accelerator,
+    loss_fn: torch.nn.Module,
+    kind: str,
 ) -> dict[str, float]:
     with progress() as bar:
         task = bar.add_task("validate", total=len(batches.order), status="")
-        logits, targets = collect_logits(
+        outputs, targets = collect_logits(
             model,
             batches,
             device=accelerator.device,
             autocast=accelerator.autocast,
             on_batch=lambda n: bar.update(task, advance=n),
         )
-    loss = float(loss_fn(torch.from_numpy(logits), torch.from_numpy(targets)))
-    return {"loss": loss, **classification_metrics(logits, targets)}
+    with torch.no_grad():
+        loss = float(
+            loss_fn(torch.from_numpy(outputs).to(accelerator.device),
+                    torch.from_numpy(targets).to(accelerator.device))
+        )
+    return {"loss": loss, **objective_for(kind).score(outputs, targets)}
 
 
 def _keep_best(
-    model: torch.nn.Module, metrics: dict[str, float], epoch: int, trial_dir: Path
+    model: torch.nn.Module, metrics: dict[str, float], metric: str, epoch: int, path: Path
 ) -> _Best:
     from safetensors.torch import save_model
 
     state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    atomic_write(trial_dir / "best.safetensors", lambda tmp: save_model(model, str(tmp)))
-    return _Best(metrics[PRIMARY_METRIC], epoch, copy.deepcopy(metrics), state)
+    atomic_write(path, lambda tmp: save_model(model, str(tmp)))
+    return _Best(metrics[metric], epoch, copy.deepcopy(metrics), state)

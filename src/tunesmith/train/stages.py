@@ -1,0 +1,182 @@
+"""A fine-tuning strategy as the training stages it runs.
+
+    linear-probe       probe
+    lp-ft              probe -> fine-tune everything (the head starts probed; one learning rate)
+    full, freeze:K     fine-tune (the bottom K blocks frozen)
+    gradual-unfreeze   fine-tune, one more block from the top trainable each epoch
+    lora, dora, loha   fine-tune adapters and head -> merge the adapters into the weights
+
+The probe computes the frozen backbone's features for the training and validation rows once
+(without augmentation) and trains the head alone on them, so it takes seconds, not the minutes
+of a forward pass through the backbone per epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from tunesmith.console import console
+from tunesmith.data.features import FeatureRows, feature_collate
+from tunesmith.evaluate import collect_logits
+from tunesmith.models.inputs import EvalBatches
+from tunesmith.models.strategies import (
+    AdapterSettings,
+    Strategy,
+    add_adapter,
+    freeze_backbone,
+    freeze_bottom,
+    merge_adapter,
+    train_top,
+)
+from tunesmith.models.task_model import ProbeModel, TaskModel
+from tunesmith.train.loop import Reporter, TrainSettings, TrialResult, train_trial
+from tunesmith.train.precision import default_device, resolve_precision
+
+FEATURE_BATCH = 128
+
+
+@dataclass(frozen=True)
+class Batches:
+    """The batches a strategy may need; `plain_train` (the training rows without augmentation,
+    for the probe's features) is built only when a strategy asks for it."""
+
+    train: DataLoader[Any]
+    val: EvalBatches
+    plain_train: Callable[[], EvalBatches]
+
+
+@dataclass(frozen=True)
+class StrategyPlan:
+    strategy: Strategy
+    probe: TrainSettings | None = None  # the probe stage (linear-probe, lp-ft)
+    adapter: AdapterSettings | None = None  # lora, dora, loha
+    merge: bool = True  # fold adapters into the weights at the end
+
+
+class GradualUnfreeze:
+    """Before epoch e of E: the top round(N * e / (E - 1)) of the N backbone blocks trainable,
+    so the first epoch trains the head alone and the last one every block."""
+
+    def __init__(self, model: TaskModel) -> None:
+        self.model = model
+        self.blocks = len(model.backbone.blocks())
+
+    def __call__(self, epoch: int, epochs: int) -> None:
+        top = self.blocks if epochs <= 1 else round(self.blocks * epoch / (epochs - 1))
+        train_top(self.model, top)
+
+
+def fine_tune(
+    model: TaskModel,
+    batches: Batches,
+    settings: TrainSettings,
+    plan: StrategyPlan,
+    trial_dir: Path,
+    *,
+    reporter: Reporter | None = None,
+) -> TrialResult:
+    """Run the strategy's stages on `model` in place; returns the last stage's result."""
+    strategy = plan.strategy
+    started = time.perf_counter()
+    if strategy.probes:
+        assert plan.probe is not None
+        probed = train_probe(
+            model,
+            batches,
+            plan.probe.with_changes(time_budget=settings.time_budget),
+            trial_dir,
+            reporter=reporter if not strategy.fine_tunes else None,
+        )
+        if not strategy.fine_tunes:
+            return probed
+        # LP-FT: the probed head is already good, so it moves at the backbone's rate instead of
+        # the high rate of a head from scratch, which would distort the pretrained features.
+        settings = settings.with_changes(head_lr=settings.lr, time_budget=_left(settings, started))
+    before_epoch = None
+    if strategy.name == "freeze":
+        freeze_bottom(model, strategy.frozen_blocks)
+    elif strategy.name == "gradual-unfreeze":
+        before_epoch = GradualUnfreeze(model)
+    elif strategy.adapter:
+        assert plan.adapter is not None
+        targets = add_adapter(model, plan.adapter)
+        console.print(f"{strategy}: adapters on {len(targets)} layers")
+    else:
+        freeze_bottom(model, 0)
+    result = train_trial(
+        model, batches.train, batches.val, settings, trial_dir,
+        reporter=reporter, before_epoch=before_epoch,
+    )
+    if strategy.adapter and plan.merge:
+        merge_adapter(model)
+    freeze_bottom(model, 0)  # the returned model is a plain one, every weight trainable
+    return result
+
+
+def _left(settings: TrainSettings, started: float) -> float | None:
+    if settings.time_budget is None:
+        return None
+    return max(1.0, settings.time_budget - (time.perf_counter() - started))
+
+
+def backbone_features(
+    model: TaskModel, batches: EvalBatches, *, precision: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(features, targets) of every row, in row order, from the backbone in eval mode."""
+    device = next(model.parameters()).device
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]] = (
+        (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
+        if precision == "bf16"
+        else contextlib.nullcontext
+    )
+    return collect_logits(model.backbone, batches, device=device, autocast=autocast)
+
+
+def train_probe(
+    model: TaskModel,
+    batches: Batches,
+    settings: TrainSettings,
+    trial_dir: Path,
+    *,
+    reporter: Reporter | None = None,
+) -> TrialResult:
+    """Train `model.head` on the frozen backbone's cached features."""
+    freeze_backbone(model)
+    precision = resolve_precision(settings.precision, default_device())
+    started = time.perf_counter()
+    train_x, train_y = backbone_features(model, batches.plain_train(), precision=precision)
+    val_x, val_y = backbone_features(model, batches.val, precision=precision)
+    console.print(
+        f"probe: features of {len(train_x)} + {len(val_x)} rows in "
+        f"{time.perf_counter() - started:.1f} s"
+    )
+    generator = torch.Generator().manual_seed(settings.seed)
+    train = DataLoader(
+        FeatureRows(train_x, list(train_y)),
+        batch_size=settings.batch_size,
+        shuffle=True,
+        generator=generator,
+        collate_fn=feature_collate,
+        drop_last=len(train_x) > settings.batch_size,
+    )
+    val_loader = DataLoader(
+        FeatureRows(val_x, list(val_y)), batch_size=FEATURE_BATCH, collate_fn=feature_collate
+    )
+    val = EvalBatches(val_loader, list(range(len(val_x))))
+    probe = ProbeModel(model.head)
+    budget = None if settings.time_budget is None else max(
+        1.0, settings.time_budget - (time.perf_counter() - started)
+    )
+    return train_trial(
+        probe, train, val, settings.with_changes(stage="probe", time_budget=budget,
+                                                 ema_decay=None), trial_dir, reporter=reporter,
+    )
