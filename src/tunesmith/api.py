@@ -34,6 +34,7 @@ from tunesmith.models.inputs import Inputs, eval_batches, train_batches
 from tunesmith.models.losses import balanced_weights
 from tunesmith.models.registry import parse_spec, source_modalities
 from tunesmith.models.scratch import ScratchShape
+from tunesmith.models.strategies import Strategy, check_fits_backbone
 from tunesmith.report import summary_table
 from tunesmith.search import (
     DataProfile,
@@ -119,6 +120,8 @@ def _prepare(config: Config) -> Prepared:
     backbone = _backbone(config, profile, shape)
     if isinstance(backbone, HFTextBackbone) and _given(config.data.max_length) is None:
         backbone.max_length = backbone.length_for(data.train.inputs)
+    if config.model.strategy != "auto":
+        check_fits_backbone(Strategy.parse(config.model.strategy), backbone)
     resolved = resolve(
         config,
         profile,
@@ -357,7 +360,7 @@ def _metrics_record(
             name: {"value": value} for name, value in result.best_val.items() if name != "loss"
         },
         "baselines": {
-            "majority": majority_baseline(
+            ("mean" if prepared.kind == "regression" else "majority"): majority_baseline(
                 prepared.kind,
                 np.asarray(data.targets(data.train)),
                 np.asarray(data.targets(data.test)),

@@ -28,8 +28,9 @@ class SamplesPerSecond(ProgressColumn):
         return Text(f"{speed:,.1f} samples/s" if speed else "– samples/s", style="cyan")
 
 
-def progress() -> Progress:
-    """A progress display with samples/s, elapsed time and ETA, and a free-form status field."""
+def progress(*, quiet: bool = False) -> Progress:
+    """A progress display with samples/s, elapsed time and ETA, and a free-form status field;
+    a quiet one shows nothing (the many short epochs of a probe)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -40,5 +41,5 @@ def progress() -> Progress:
         TimeRemainingColumn(),
         TextColumn("{task.fields[status]}"),
         console=console,
-        transient=False,
+        disable=quiet,
     )

@@ -22,6 +22,7 @@ import torch
 
 from tunesmith.errors import TunesmithError
 from tunesmith.models.backbone import Backbone
+from tunesmith.models.weights import key_summary
 
 # Longer inputs are truncated; with per-batch padding the cost follows the real lengths anyway.
 DEFAULT_MAX_LENGTH = 256
@@ -272,21 +273,14 @@ def _load_network(path: Path, config: Any, field: str, *, trust_remote_code: boo
         unexpected = [key for key in info.get("unexpected_keys") or [] if "pooler" not in key]
         raise TunesmithError(
             "the weights do not match the architecture in config.json: "
-            + _key_summary(missing=missing, unexpected=unexpected, wrong_shapes=mismatched),
+            + key_summary(
+                missing_keys=missing, unexpected_keys=unexpected, wrong_shapes=mismatched
+            ),
             file=path,
             field=field,
             fix="use weights saved with this config (save_pretrained writes both together)",
         )
     return network
-
-
-def _key_summary(**groups: list[str]) -> str:
-    return "; ".join(
-        f"{label.replace('_', ' ')} ({len(keys)}): {', '.join(keys[:4])}"
-        + (", ..." if len(keys) > 4 else "")
-        for label, keys in groups.items()
-        if keys
-    )
 
 
 def _max_length(tokenizer: Any, config: Any, requested: int | None) -> int:

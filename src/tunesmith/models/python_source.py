@@ -61,7 +61,7 @@ class PythonBackbone(Backbone):
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         key = "pixel_values" if self.modality == "image" else "features"
-        return self.network(inputs[key]).flatten(1)  # type: ignore[no-any-return]
+        return self.network(inputs[key])  # type: ignore[no-any-return]
 
     def preprocessing(self) -> dict[str, Any]:
         if self.modality == "tabular":
@@ -141,14 +141,14 @@ def _feature_width(
         ) from None
     finally:
         network.train(was_training)
-    if not isinstance(output, torch.Tensor) or output.ndim < 2 or output.shape[0] != 2:
+    if not isinstance(output, torch.Tensor) or output.ndim != 2 or output.shape[0] != 2:
         got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
         raise TunesmithError(
             f"python:{target} must return (batch, D) features; it returned {got}",
             field=field,
             fix="end the module with pooling/flattening so each example is one feature vector",
         )
-    return int(output[0].numel())
+    return int(output.shape[1])
 
 
 def load_pretrained(

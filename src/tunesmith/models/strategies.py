@@ -20,6 +20,7 @@ from typing import Any
 from torch import nn
 
 from tunesmith.errors import TunesmithError
+from tunesmith.models.backbone import Backbone
 from tunesmith.models.task_model import TaskModel
 
 PEFT_METHODS = ("lora", "dora", "loha")
@@ -55,6 +56,24 @@ class Strategy:
         return f"freeze:{self.frozen_blocks}" if self.name == "freeze" else self.name
 
 
+def check_fits_backbone(strategy: Strategy, backbone: Backbone) -> None:
+    """A strategy that cannot apply to this backbone is a config error before training starts."""
+    blocks = len(backbone.blocks())
+    if strategy.name == "freeze" and strategy.frozen_blocks > blocks:
+        raise TunesmithError(
+            f"freeze:{strategy.frozen_blocks} freezes more blocks than the backbone has ({blocks})",
+            field="model.strategy",
+            fix=f"use freeze:K with K from 0 to {blocks} (linear-probe freezes everything)",
+        )
+    if strategy.adapter and not backbone.adapter_targets():
+        raise TunesmithError(
+            f"{strategy} finds no linear or channel-mixing convolution layers to adapt in "
+            f"{type(backbone.network).__name__}",
+            field="model.strategy",
+            fix="use full, freeze:K or lp-ft for this backbone",
+        )
+
+
 def set_trainable(model: TaskModel, blocks: list[Any], trainable: bool) -> None:
     for block in blocks:
         for _, parameter in block.parameters:
@@ -64,12 +83,7 @@ def set_trainable(model: TaskModel, blocks: list[Any], trainable: bool) -> None:
 def freeze_bottom(model: TaskModel, count: int) -> None:
     """The bottom `count` backbone blocks frozen (and in eval mode), everything above trained."""
     blocks = model.backbone.blocks()
-    if count > len(blocks):
-        raise TunesmithError(
-            f"freeze:{count} freezes more blocks than the backbone has ({len(blocks)})",
-            field="model.strategy",
-            fix=f"use freeze:K with K from 0 to {len(blocks)} (linear-probe freezes everything)",
-        )
+    check_fits_backbone(Strategy("freeze", count), model.backbone)
     set_trainable(model, blocks[:count], False)
     set_trainable(model, blocks[count:], True)
     model.frozen = [module for block in blocks[:count] for module in block.modules]

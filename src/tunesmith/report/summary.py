@@ -12,10 +12,11 @@ def summary_table(metrics: dict[str, Any], run_dir: str) -> Table:
     table.add_column("metric")
     table.add_column("test", justify="right")
     table.add_column("val (best epoch)", justify="right")
-    table.add_column("majority baseline", justify="right")
+    baseline_name, baseline_metrics = next(iter(metrics["baselines"].items()))
+    table.add_column(f"{baseline_name} baseline", justify="right")
     for name, value in metrics["test"].items():
         val = metrics["val"].get(name, {}).get("value")
-        baseline = metrics["baselines"]["majority"].get(name)
+        baseline = baseline_metrics.get(name)
         table.add_row(
             name + (" (primary)" if name == metrics["primary_metric"] else ""),
             f"{value['value']:.4f}",

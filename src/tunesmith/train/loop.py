@@ -163,7 +163,10 @@ def train_trial(
         )
         # With weight averaging on, the averaged weights are the ones evaluated and kept.
         with average.applied() if average else contextlib.nullcontext():
-            val = _evaluate(model, val_batches, accelerator, loss_fn, settings.kind)
+            val = _evaluate(
+                model, val_batches, accelerator, loss_fn, settings.kind,
+                quiet=epochs > MAX_EPOCH_LINES,
+            )
             score = val[objective.metric]
             if objective.better(score, best.score):
                 best = _keep_best(
@@ -179,11 +182,13 @@ def train_trial(
         }
         result.history.append(record)
         append_jsonl(trial_dir / "metrics.jsonl", record)
-        console.print(
-            f"{settings.stage} epoch {epoch + 1}/{epochs}: "
-            f"train loss {train_stats['train_loss']:.4f}, val loss {val['loss']:.4f}, "
-            f"val {objective.metric} {score:.4f}" + (" (best)" if best.epoch == epoch + 1 else "")
-        )
+        if _shown(epoch, epochs):
+            console.print(
+                f"{settings.stage} epoch {epoch + 1}/{epochs}: "
+                f"train loss {train_stats['train_loss']:.4f}, val loss {val['loss']:.4f}, "
+                f"val {objective.metric} {score:.4f}"
+                + (" (best)" if best.epoch == epoch + 1 else "")
+            )
         epoch += 1
         if reporter is not None:
             reporter.report(score, result.steps)
@@ -201,6 +206,15 @@ def train_trial(
     result.wall_s = time.perf_counter() - started
     accelerator.free_memory()
     return result
+
+
+MAX_EPOCH_LINES = 20
+
+
+def _shown(epoch: int, epochs: int) -> bool:
+    """Every epoch's line for a short run; about MAX_EPOCH_LINES of a long one (a probe)."""
+    every = max(1, math.ceil(epochs / MAX_EPOCH_LINES))
+    return epochs <= MAX_EPOCH_LINES or (epoch + 1) % every == 0 or epoch + 1 == epochs
 
 
 def _checkpoint_name(stage: str) -> str:
@@ -238,7 +252,8 @@ def _train_epoch(
     losses: list[float] = []
     seen = 0
     started = time.perf_counter()
-    with progress() as bar:
+    epochs = math.ceil(plan.total_steps / len(loader))
+    with progress(quiet=epochs > MAX_EPOCH_LINES) as bar:
         rows = len(loader.dataset)  # type: ignore[arg-type]
         task = bar.add_task(f"{settings.stage} epoch {epoch + 1}", total=rows, status="")
         for batch in _steps(loader, plan, result):
@@ -307,8 +322,10 @@ def _evaluate(
     accelerator: Accelerator,
     loss_fn: torch.nn.Module,
     kind: str,
+    *,
+    quiet: bool = False,
 ) -> dict[str, float]:
-    with progress() as bar:
+    with progress(quiet=quiet) as bar:
         task = bar.add_task("validate", total=len(batches.order), status="")
         outputs, targets = collect_logits(
             model,

@@ -1,0 +1,210 @@
+"""Every label kind trains end to end: tables (a network from scratch), regression, multilabel.
+
+The tables are scikit-learn's real bundled sets; the multilabel texts are generated with one cue
+word per label. Each test runs the real command line and checks the numbers it wrote against what
+the test computes itself: the test part's size, the baselines, the bundle's predictions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import tunesmith
+from conftest import FILLER, NEGATIVE, POSITIVE, CliResult, config_dict, finish_run
+
+Cli = Callable[[Sequence[str | Path]], CliResult]
+# Short runs: the sets are small and the assertions leave room below the recipe's full length.
+TABLE_TRAIN = {"epochs": 40, "precision": "fp32"}
+
+
+def sklearn_table(loader: Callable[..., Any], path: Path) -> pd.DataFrame:
+    frame: pd.DataFrame = loader(as_frame=True).frame.rename(columns={"target": "label"})
+    frame.to_csv(path, index=False)
+    return frame
+
+
+@pytest.fixture(scope="module")
+def cancer_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, pd.DataFrame]:
+    from sklearn.datasets import load_breast_cancer
+
+    folder = tmp_path_factory.mktemp("cancer")
+    table = sklearn_table(load_breast_cancer, folder / "cancer.csv")
+    raw = config_dict(folder, data_path=folder / "cancer.csv", backbone="scratch:mlp",
+                      train_settings=TABLE_TRAIN, name="cancer")
+    return finish_run(folder, raw), table
+
+
+def test_a_table_trains_a_network_from_scratch(cancer_run: tuple[Any, pd.DataFrame]) -> None:
+    run, table = cancer_run
+    metrics = json.loads((run.run_dir / "metrics.json").read_text())
+    assert metrics["task"] == "tabular-classification"
+    assert metrics["test_rows"] == round(0.2 * len(table)) == 114
+    majority = float((table["label"] == 1).mean())  # 357 of 569 are benign
+    assert metrics["baselines"]["majority"]["accuracy"] == pytest.approx(majority, abs=0.01)
+    assert metrics["test"]["accuracy"]["value"] > 0.93  # logistic regression scores about 0.98
+    config = tunesmith.config.load_config(run.run_dir / "config.yaml")
+    assert config.model.scratch is not None and config.model.scratch.depth == 2
+    # 30 numeric features, no gaps: 30 inputs, an MLP twice as wide rounded to a power of 2.
+    assert config.model.scratch.width == 64
+
+
+def test_a_table_bundle_predicts_rows_of_a_csv(cancer_run: tuple[Any, pd.DataFrame], run_cli: Cli,
+                                              tmp_path: Path) -> None:
+    run, table = cancer_run
+    rows = table.drop(columns=["label"]).sample(frac=1.0, random_state=0)  # the rows shuffled
+    rows = rows[list(reversed(rows.columns))]  # the column order of a file does not matter
+    csv = tmp_path / "rows.csv"
+    rows.to_csv(csv, index=False)
+    out = tmp_path / "predicted.csv"
+    result = run_cli(["predict", run.run_dir, csv, "--out", out])
+    assert result.code == 0, result.err[-2000:]
+    predicted = pd.read_csv(out)
+    assert list(predicted.columns) == ["input", "label", "p_0", "p_1"]
+    truth = table.loc[rows.index, "label"].to_numpy()
+    assert float((predicted["label"].to_numpy() == truth).mean()) > 0.95
+    np.testing.assert_allclose(predicted[["p_0", "p_1"]].sum(axis=1), 1.0, atol=1e-5)
+    predictor = tunesmith.load(run.run_dir)
+    direct = predictor.predict(rows.head(20))  # a DataFrame straight from Python
+    assert direct == [str(label) for label in predicted["label"].head(20)]
+
+
+def test_a_row_missing_a_feature_column_is_refused(cancer_run: tuple[Any, pd.DataFrame],
+                                                   run_cli: Cli, tmp_path: Path) -> None:
+    run, table = cancer_run
+    csv = tmp_path / "short.csv"
+    table.drop(columns=["label", "mean radius"]).head(5).to_csv(csv, index=False)
+    result = run_cli(["predict", run.run_dir, csv])
+    assert result.code == 2 and "Traceback" not in result.err
+    assert "feature column(s) ['mean radius']" in result.err and str(csv) in result.err
+
+
+def test_regression_predicts_in_the_targets_units(tmp_path: Path) -> None:
+    from sklearn.datasets import load_diabetes
+
+    table = sklearn_table(load_diabetes, tmp_path / "diabetes.csv")
+    raw = config_dict(tmp_path, data_path=tmp_path / "diabetes.csv", backbone="scratch:mlp",
+                      train_settings=TABLE_TRAIN, name="diabetes")
+    run = finish_run(tmp_path, raw)
+    metrics = json.loads((run.run_dir / "metrics.json").read_text())
+    assert metrics["task"] == "tabular-regression" and metrics["primary_metric"] == "rmse"
+    mean_rmse = metrics["baselines"]["mean"]["rmse"]
+    assert mean_rmse == pytest.approx(float(table["label"].std()), rel=0.15)  # about 77
+    assert metrics["test"]["rmse"]["value"] < 0.85 * mean_rmse
+    assert metrics["test"]["r2"]["value"] > 0.3
+
+    predictor = tunesmith.load(run.run_dir)
+    predictions = np.asarray(predictor.predict(table.drop(columns=["label"])))
+    assert predictions.mean() == pytest.approx(table["label"].mean(), rel=0.1)  # not unit scale
+    rmse = float(np.sqrt(np.mean((predictions - table["label"].to_numpy()) ** 2)))
+    assert rmse < 0.85 * float(table["label"].std())
+    # The head ends in the training targets' scale, fitted on the training part only.
+    scale = predictor.model.head[-1]
+    splits = json.loads((run.run_dir / "splits.json").read_text())
+    assert splits["parts"]["train"]["rows"] < len(table)
+    assert float(scale.mean) == pytest.approx(table["label"].mean(), rel=0.05)
+    with pytest.raises(tunesmith.errors.TunesmithError, match="predicts numbers"):
+        predictor.predict_proba(table.drop(columns=["label"]).head(2))
+
+
+def multilabel_texts(rows: int, *, seed: int) -> list[dict[str, Any]]:
+    """Texts carrying a positive cue word (label `good`), a negative one (`bad`), both or none."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for _ in range(rows):
+        words = list(rng.choice(FILLER, size=int(rng.integers(3, 10))))
+        labels = []
+        if rng.random() < 0.5:
+            words.insert(0, str(rng.choice(POSITIVE)))
+            labels.append("good")
+        if rng.random() < 0.4:
+            words.append(str(rng.choice(NEGATIVE)))
+            labels.append("bad")
+        records.append({"text": " ".join(words), "label": labels})
+    return records
+
+
+def test_multilabel_texts_train_and_predict_label_sets(tiny_bert: Path, tmp_path: Path,
+                                                       run_cli: Cli) -> None:
+    records = multilabel_texts(400, seed=1)
+    data = tmp_path / "tagged.jsonl"
+    data.write_text("".join(json.dumps(record) + "\n" for record in records))
+    raw = config_dict(tmp_path, data_path=data, backbone=f"hf:{tiny_bert}", name="tags",
+                      train_settings={"epochs": 6, "batch_size": 16, "lr": 2e-3,
+                                      "head_lr": 5e-3, "precision": "fp32"},
+                      data={"split": {"val": 0.2}})
+    run = finish_run(tmp_path, raw)
+    metrics = json.loads((run.run_dir / "metrics.json").read_text())
+    assert metrics["task"] == "text-multilabel" and metrics["primary_metric"] == "micro_f1"
+    baseline = metrics["baselines"]["majority"]["micro_f1"]
+    assert metrics["test"]["micro_f1"]["value"] > max(0.9, baseline + 0.3)
+    report = json.loads((run.run_dir / "data_report.json").read_text())
+    good = sum("good" in record["label"] for record in records)
+    trained = report["trained_on"]
+    assert sum(trained[part]["label_counts"].get("good", 0) for part in trained) <= good
+
+    predictor = tunesmith.load(run.run_dir)
+    sets = predictor.predict(["superb film", "the plot was awful", "great cast but clumsy",
+                              "the story"])
+    assert sets[0] == ("good",) and sets[1] == ("bad",)
+    assert set(sets[2]) == {"bad", "good"} and sets[3] == ()
+    probabilities = predictor.predict_proba(["superb film"])
+    assert probabilities.shape == (1, 2)  # a sigmoid per label, not a softmax over them
+    assert probabilities[0, predictor.classes.index("good")] > 0.5 > probabilities[0, 0]
+
+
+PYTHON_NET = '''
+import torch
+from torch import nn
+
+
+def tabular_net(in_features):
+    """A user's own trunk: two layers, 24 features out."""
+    net = nn.Sequential(nn.Linear(in_features, 48), nn.ReLU(), nn.Linear(48, 24), nn.Tanh())
+    net.num_features = 24
+    return net
+'''
+
+
+def test_a_users_own_module_trains_and_reloads_from_the_bundle(tmp_path: Path) -> None:
+    from sklearn.datasets import load_wine
+
+    (tmp_path / "user_nets.py").write_text(PYTHON_NET)
+    table = sklearn_table(load_wine, tmp_path / "wine.csv")
+    raw = config_dict(tmp_path, data_path=tmp_path / "wine.csv",
+                      backbone="python:user_nets:tabular_net", name="wine",
+                      train_settings={**TABLE_TRAIN, "epochs": 60})
+    run = finish_run(tmp_path, raw)
+    metrics = json.loads((run.run_dir / "metrics.json").read_text())
+    assert metrics["test_rows"] == 36
+    assert metrics["test"]["accuracy"]["value"] >= 0.85  # logistic regression scores about 0.97
+    manifest = json.loads((run.run_dir / "best" / "tunesmith.json").read_text())
+    assert manifest["backbone"]["target"] == "user_nets:tabular_net"
+    assert manifest["backbone"]["search"] == str(tmp_path)
+    predictor = tunesmith.load(run.run_dir)
+    features = table.drop(columns=["label"])
+    outputs = predictor.outputs(features.head(8))
+    encoded = torch.from_numpy(predictor.tabular.transform(features.head(8)))  # type: ignore[union-attr]
+    with torch.no_grad():
+        expected = predictor.model.head(predictor.model.backbone.network(encoded))
+    np.testing.assert_allclose(outputs, expected.numpy(), atol=1e-6)
+
+
+def test_scratch_cnn_learns_the_stripes(image_folder: Path, tmp_path: Path) -> None:
+    raw = config_dict(tmp_path, data_path=image_folder, backbone="scratch:cnn", name="cnn",
+                      train_settings={"epochs": 12, "precision": "fp32", "batch_size": 16},
+                      model={"scratch": {"depth": 2, "channels": 8}})
+    run = finish_run(tmp_path, raw)
+    metrics = json.loads((run.run_dir / "metrics.json").read_text())
+    assert metrics["task"] == "image-classification"
+    assert metrics["test"]["accuracy"]["value"] >= 0.9  # horizontal vs vertical stripes
+    config = tunesmith.config.load_config(run.run_dir / "config.yaml")
+    assert config.data.image_size == 32  # a network from scratch reads the images' own size
+    assert config.model.scratch is not None and config.model.scratch.channels == 8
