@@ -474,7 +474,7 @@ def perturb_adapters(model: TaskModel, seed: int) -> int:
         for name, parameter in model.named_parameters():
             if is_adapter(name):
                 noise = torch.randn(parameter.shape, generator=generator)
-                parameter.add_(0.1 * noise.to(parameter.dtype))
+                parameter.add_(0.3 * noise.to(parameter.dtype))
                 count += 1
     return count
 
@@ -519,12 +519,25 @@ def image_yaml(
     tiny_timm_weights: tuple[str, Path], image_folder: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Path:
+    """The tiny ResNet as a trained network would be: timm starts the last batch-norm scale of
+    each residual block at zero, which cuts every residual branch off from the gradient (their
+    LoRA B matrices, zero too, would never move); a pretrained network has no such zeros."""
     from conftest import IMAGE_TRAIN, config_dict, write_yaml
+    from safetensors.torch import save_file
 
     name, weights = tiny_timm_weights
     folder = tmp_path_factory.mktemp("strategies-image")
+    state = load_file(str(weights))
+    zero_scales = [k for k, v in state.items() if k.endswith(".weight") and v.ndim == 1
+                   and not v.any()]
+    assert sorted(zero_scales) == ["layer1.0.bn2.weight", "layer2.0.bn2.weight",
+                                   "layer3.0.bn3.weight", "layer4.0.bn2.weight"]
+    for key in zero_scales:
+        state[key] = torch.ones_like(state[key])
+    trained = folder / f"{name}.safetensors"
+    save_file(state, str(trained))
     return write_yaml(folder / "config.yaml", config_dict(
-        folder, data_path=image_folder, backbone=f"timm:{name}?weights={weights}",
+        folder, data_path=image_folder, backbone=f"timm:{name}?weights={trained}",
         train_settings=IMAGE_TRAIN))
 
 
@@ -596,3 +609,17 @@ def test_frozen_blocks_keep_their_batch_norm_statistics(
 def test_merging_an_image_adapter_keeps_the_outputs(image_yaml: Path) -> None:
     _, model, _, _, batches = setup(image_yaml, "full")
     check_merge(model, batches.val, "lora")
+
+
+def test_debug_merge_sizes(text_yaml: Path, image_yaml: Path) -> None:
+    for yaml_path, methods in ((text_yaml, ["lora", "dora", "loha"]), (image_yaml, ["lora"])):
+        for method in methods:
+            _, model, _, _, batches = setup(yaml_path, "full")
+            base = features(model, batches.val)
+            add_adapter(model, AdapterSettings(method=method, r=4, alpha=8, dropout=0.0))
+            perturb_adapters(model, seed=1)
+            adapted = features(model, batches.val)
+            merge_adapter(model)
+            merged = features(model, batches.val)
+            print("SIZES", method, abs(adapted - base).max(), abs(merged - adapted).max(),
+                  abs(base).max())
