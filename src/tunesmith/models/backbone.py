@@ -52,11 +52,18 @@ class Backbone(nn.Module):
         channel-mixing convolutions of every block but the first (the embeddings or stem, whose
         input is the raw tokens or pixels)."""
         inside = {id(module) for block in self.blocks()[1:] for module in block.modules}
+        # MultiheadAttention reads its out_proj's weight without calling the layer: an adapter
+        # wrapped around it would never run.
+        unused = {
+            id(module.out_proj)
+            for module in self.network.modules()
+            if isinstance(module, nn.MultiheadAttention)
+        }
         targets = []
         for name, module in self.network.named_modules():
             if not isinstance(module, ADAPTABLE) or not _within(module, name, inside, self.network):
                 continue
-            if isinstance(module, nn.Conv2d) and module.groups != 1:
+            if (isinstance(module, nn.Conv2d) and module.groups != 1) or id(module) in unused:
                 continue
             targets.append(name)
         return targets

@@ -9,10 +9,10 @@ triple); and split a module that is mostly one stack, a container of two or more
 class that are not containers themselves (a BERT encoder around its layers). The repeated units
 of a network, a transformer layer or a residual block, are none of these, so splitting stops at
 them: BERT becomes [embeddings,
-layer 0, ..., layer N-1], a ResNet its stem and residual blocks, a torchvision ViT its class token,
-patch projection, position embedding, encoder layers and final norm. Parameters a split module
-holds itself (a class token, a position embedding) become a block of their own in front of its
-children.
+layer 0, ..., layer N-1], a ResNet its stem and residual blocks, a torchvision ViT its patch
+projection (with the class token and position embedding), encoder layers and final norm.
+Parameters a split module holds itself (a class token, a position embedding) join the block of the
+embedding they belong to: the one before them, or the next one when they come first.
 """
 
 from __future__ import annotations
@@ -100,8 +100,30 @@ def ordered_blocks(network: nn.Module) -> list[Block]:
             pieces[index : index + 1] = _split(name, piece)  # look at the first part next
         else:
             index += 1
-    return [
+    blocks = [
         piece if isinstance(piece, Block) else _module_block(name, piece)
         for name, piece in pieces
         if (piece.size() if isinstance(piece, Block) else _size(piece))
     ]
+    return _merge_loose_parameters(blocks)
+
+
+def _merge_loose_parameters(blocks: list[Block]) -> list[Block]:
+    """Parameters a module holds itself (a class token, a position embedding) act at the level of
+    the embedding they join: each such block is merged into the block before it, or into the
+    next one when it comes first (a ViT's class token joins its patch projection)."""
+    merged: list[Block] = []
+    pending: list[Block] = []
+    for block in blocks:
+        if block.modules:
+            parameters = tuple(p for loose in pending for p in loose.parameters)
+            merged.append(Block(block.name, parameters + block.parameters, block.modules))
+            pending = []
+        elif merged:
+            last = merged[-1]
+            merged[-1] = Block(last.name, last.parameters + block.parameters, last.modules)
+        else:
+            pending.append(block)
+    if pending:  # a network of loose parameters only
+        merged.append(Block("params", tuple(p for loose in pending for p in loose.parameters)))
+    return merged
