@@ -97,6 +97,7 @@ def fine_tune(
             reporter=reporter if not strategy.fine_tunes else None,
         )
         if not strategy.fine_tunes:
+            freeze_bottom(model, 0)  # the returned model is a plain one, every weight trainable
             return probed
         # LP-FT: the probed head is already good, so it moves at the backbone's rate instead of
         # the high rate of a head from scratch, which would distort the pretrained features.
