@@ -137,6 +137,8 @@ def _backbone(config: Config, profile: DataProfile, shape: ScratchShape | None) 
     given_size = _given(config.data.image_size)
     if given_size is None and shape is not None and profile.modality == "image":
         given_size = scratch_image_size(profile)
+    # A network from scratch (or a user's module) is initialized as it is built: by the seed.
+    set_seed(config.seed)
     backbone = build_backbone(
         config.model.backbone,
         modality=profile.modality,
