@@ -297,3 +297,46 @@ def test_weight_average_is_the_running_mean_then_an_exponential_average() -> Non
         assert model.weight.item() == pytest.approx(expected)
     assert model.weight.item() == 10.0
     assert average.shadow[0].item() == pytest.approx(expected)
+
+
+# ----------------------------------------------------------------------------------------------
+# time budget
+
+
+def test_a_plan_is_fitted_to_the_time_left() -> None:
+    import time
+
+    from tunesmith.train.loop import _Clock, _fit_plan
+
+    plan = Plan(total_steps=1000, warmup_fraction=0.1)
+    # 0.1 s a step, 2 s an epoch beyond its steps (100 steps an epoch), 30 s left: a step costs
+    # 0.1 s, so k more steps and their evaluations fit while 0.1 k + 2 ceil(k / 100) <= 30.
+    clock = _Clock(time.perf_counter() + 30.0, step_s=3.1, timed_steps=31, epoch_extra_s=2.0)
+    _fit_plan(plan, clock, 32, batch_size=16, steps_per_epoch=100, val_rows=100)
+    # Ending at step T in (200, 300] costs 0.1 (T - 32) + 2 * 3 evaluations: at most 30 s for
+    # T <= 272 (a moment less than 30 s is left when it is computed).
+    assert 268 <= plan.total_steps <= 272
+    assert plan.requested_steps == 1000
+    assert plan.warmup_steps == round(0.1 * plan.total_steps)
+    roomy = Plan(total_steps=100, warmup_fraction=0.0)
+    _fit_plan(roomy, clock, 32, batch_size=16, steps_per_epoch=100, val_rows=100)
+    assert roomy.total_steps == 100  # a plan is never stretched past what the epochs asked
+    late = _Clock(time.perf_counter() - 1.0, step_s=3.1, timed_steps=31)
+    _fit_plan(plan, late, 40, batch_size=16, steps_per_epoch=100, val_rows=100)
+    assert plan.total_steps == 40  # past the deadline: this step is the last
+
+
+def test_a_time_budget_shortens_the_schedule_and_ends_it_at_zero(
+    text_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    model, loader, val, settings = prepared_trial(text_config(), epochs=400)
+    requested = 400 * len(loader)
+    settings = replace(settings, time_budget=4.0)
+    result = train_trial(model, loader, val, settings, tmp_path / "t")
+    assert result.stopped == "time budget"
+    assert 8 < result.steps < requested
+    log = (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()
+    lines = [json.loads(line) for line in log]
+    assert lines[-1]["step"] == result.steps
+    assert lines[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # the cosine decayed inside it
+    assert len(lines) == math.ceil(result.steps / len(loader))  # an evaluation per epoch

@@ -37,7 +37,8 @@ from tunesmith.train.ema import WeightAverage
 from tunesmith.train.optim import Plan, make_optimizer, parameter_groups, warmup_cosine
 from tunesmith.train.precision import default_device, resolve_precision
 
-CALIBRATION_STEPS = 8  # steps timed before a time budget re-plans the run
+# A time budget re-fits the plan after these steps, from the step time measured so far.
+REFIT_AT = frozenset({8, 32, 128, 512, 2048, 8192, 32768})
 EVAL_COST = 1 / 3  # an example evaluated costs about a third of one trained (forward only)
 
 
@@ -105,9 +106,12 @@ class _Best:
 
 @dataclass
 class _Clock:
-    """The time budget: when the run must end."""
+    """The time budget: when the run must end, and what training steps and evaluations cost."""
 
     deadline: float | None
+    step_s: float = 0.0  # time of the steps timed so far (the run's first step is not)
+    timed_steps: int = 0
+    epoch_extra_s: float | None = None  # per epoch beyond its steps: evaluation, logging
 
     def left(self) -> float:
         return math.inf if self.deadline is None else self.deadline - time.perf_counter()
@@ -154,6 +158,7 @@ def train_trial(
     result = TrialResult(best_epoch=-1, best_val={}, precision=precision)
     epoch = 0
     while result.steps < plan.total_steps:
+        epoch_started, step_s_before = time.perf_counter(), clock.step_s
         epochs = math.ceil(plan.total_steps / len(train_loader))
         if before_epoch is not None:
             before_epoch(epoch, epochs)
@@ -161,6 +166,7 @@ def train_trial(
             model, train_loader, optimizer, scheduler, loss_fn, accelerator, settings, epoch,
             average, plan=plan, result=result, clock=clock, val_rows=len(val_batches.order),
         )
+        epochs = math.ceil(plan.total_steps / len(train_loader))  # a time budget may cut it
         # With weight averaging on, the averaged weights are the ones evaluated and kept.
         with average.applied() if average else contextlib.nullcontext():
             val = _evaluate(
@@ -190,6 +196,8 @@ def train_trial(
                 + (" (best)" if best.epoch == epoch + 1 else "")
             )
         epoch += 1
+        extra = time.perf_counter() - epoch_started - (clock.step_s - step_s_before)
+        clock.epoch_extra_s = max(extra, clock.epoch_extra_s or 0.0)  # the safe side
         if reporter is not None:
             reporter.report(score, result.steps)
             if reporter.should_prune():
@@ -199,6 +207,8 @@ def train_trial(
             result.stopped = "time budget"
             break
 
+    if result.stopped is None and plan.total_steps < plan.requested_steps:
+        result.stopped = "time budget"  # the schedule was shortened to fit
     unwrapped = accelerator.unwrap_model(model)
     if best.state is not None:
         unwrapped.load_state_dict(best.state)
@@ -256,6 +266,7 @@ def _train_epoch(
     with progress(quiet=epochs > MAX_EPOCH_LINES) as bar:
         rows = len(loader.dataset)  # type: ignore[arg-type]
         task = bar.add_task(f"{settings.stage} epoch {epoch + 1}", total=rows, status="")
+        mark = time.perf_counter()
         for batch in _steps(loader, plan, result):
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             targets = batch.pop("labels")
@@ -272,9 +283,14 @@ def _train_epoch(
             losses.append(loss.item())
             seen += len(targets)
             result.steps += 1
+            now = time.perf_counter()
+            if result.steps > 1:  # the first step picks kernels: slower than the rest
+                clock.step_s += now - mark
+                clock.timed_steps += 1
+            mark = now
             if clock.deadline is not None:
-                _fit_plan(plan, clock, result.steps, time.perf_counter() - started, seen,
-                          batch_size=len(targets), steps_per_epoch=len(loader), val_rows=val_rows)
+                _fit_plan(plan, clock, result.steps, batch_size=len(targets),
+                          steps_per_epoch=len(loader), val_rows=val_rows)
             bar.update(task, advance=len(targets), status=f"loss {np.mean(losses[-50:]):.4f}")
     elapsed = time.perf_counter() - started
     return {
@@ -285,35 +301,42 @@ def _train_epoch(
 
 
 def _fit_plan(
-    plan: Plan, clock: _Clock, steps: int, epoch_s: float, seen: int, *, batch_size: int,
-    steps_per_epoch: int, val_rows: int,
+    plan: Plan, clock: _Clock, steps: int, *, batch_size: int, steps_per_epoch: int,
+    val_rows: int,
 ) -> None:
-    """Shorten the plan so that the steps left and their evaluations end inside the budget.
+    """Fit the plan to the time left: as many of the requested steps as fit, with the
+    evaluation after each epoch (and after the last step) counted in.
 
-    Measured once, after CALIBRATION_STEPS steps of the first epoch (the first step, which picks
-    kernels, is the slowest, so the estimate errs on the safe side); from then on only a step past
-    the deadline stops the run early.
+    Re-fitted after the steps in REFIT_AT, from the mean step time so far and the longest time
+    an epoch took beyond its steps (evaluating, logging; estimated from the step time before the
+    first epoch ends); between those points only a step past the deadline ends the run early.
     """
-    if steps != CALIBRATION_STEPS:
-        if clock.left() <= 0:
-            plan.total_steps = steps  # out of time: this step is the last
+    if clock.left() <= 0:
+        plan.total_steps = steps  # out of time: this step is the last
         return
-    step_s = epoch_s / steps
-    eval_s = step_s / max(1, batch_size) * val_rows * EVAL_COST
+    if steps not in REFIT_AT or not clock.timed_steps:
+        return
+    step_s = clock.step_s / clock.timed_steps
+    eval_s = clock.epoch_extra_s
+    if eval_s is None:
+        eval_s = step_s / max(1, batch_size) * val_rows * EVAL_COST
     left = clock.left()
-    affordable = steps
-    while affordable < plan.total_steps:
-        candidate = affordable + 1
-        evaluations = math.ceil(candidate / steps_per_epoch)
-        if (candidate - steps) * step_s + evaluations * eval_s > left:
-            break
-        affordable = candidate
-    if affordable < plan.total_steps:
-        console.print(
-            f"[yellow]time budget: {affordable} of {plan.total_steps} steps fit "
-            f"({step_s:.2f} s a step); the schedule is shortened to end inside it[/]"
-        )
-        plan.total_steps = affordable
+
+    def cost(total: int) -> float:
+        evaluations = math.ceil(total / steps_per_epoch) - (steps - 1) // steps_per_epoch
+        return (total - steps) * step_s + evaluations * eval_s
+
+    low, high = steps, plan.requested_steps  # the most steps whose cost fits: bisection
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if cost(middle) <= left else (low, middle - 1)
+    if low != plan.total_steps:
+        if low < plan.requested_steps:
+            console.print(
+                f"[yellow]time budget: {low} of {plan.requested_steps} steps fit "
+                f"({step_s:.3f} s a step); the schedule ends inside it[/]"
+            )
+        plan.total_steps = low
 
 
 def _evaluate(

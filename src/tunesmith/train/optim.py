@@ -79,6 +79,10 @@ class Plan:
 
     total_steps: int
     warmup_fraction: float
+    requested_steps: int = 0  # what the epochs asked for: a re-fitted plan never exceeds it
+
+    def __post_init__(self) -> None:
+        self.requested_steps = self.requested_steps or self.total_steps
 
     @property
     def warmup_steps(self) -> int:
