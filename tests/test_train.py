@@ -340,3 +340,103 @@ def test_a_time_budget_shortens_the_schedule_and_ends_it_at_zero(
     assert lines[-1]["step"] == result.steps
     assert lines[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # the cosine decayed inside it
     assert len(lines) == math.ceil(result.steps / len(loader))  # an evaluation per epoch
+
+
+# ----------------------------------------------------------------------------------------------
+# schedules, accumulation, early stopping
+
+
+def factors(kind: str, total: int, warmup: float) -> list[float]:
+    from tunesmith.train.optim import schedule_factor
+
+    plan = Plan(total, warmup)
+    return [schedule_factor(kind, step, plan) for step in range(total + 1)]
+
+
+def test_every_schedule_has_its_shape() -> None:
+    linear = factors("linear", 110, 10 / 110)
+    assert linear[9] == pytest.approx(10 / 11) and linear[10] == pytest.approx(1.0)
+    assert linear[60] == pytest.approx(0.5) and linear[110] == pytest.approx(0.0)
+    constant = factors("constant", 110, 10 / 110)
+    assert constant[0] == pytest.approx(1 / 11) and set(constant[10:]) == {1.0}
+    step = factors("step", 100, 0.0)
+    assert (step[0], step[49], step[50], step[74], step[75], step[100]) == pytest.approx(
+        (1.0, 1.0, 0.1, 0.1, 0.01, 0.01))
+    cycle = factors("one-cycle", 100, 0.3)
+    assert cycle[0] == pytest.approx(1 / 25)  # torch's OneCycleLR: max_lr / div_factor
+    assert cycle[30] == pytest.approx(1.0) and max(cycle) == pytest.approx(1.0)
+    assert cycle[100] == pytest.approx(1 / 25 / 1e4)
+    assert all(a <= b for a, b in itertools.pairwise(cycle[:31]))
+    assert all(a >= b for a, b in itertools.pairwise(cycle[30:]))
+
+
+def test_one_cycle_matches_torch_one_cycle_lr() -> None:
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=0.5)
+    reference = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=0.5, total_steps=101, pct_start=31 / 101, anneal_strategy="cos",
+        cycle_momentum=False, three_phase=False)
+    seen = []
+    for _ in range(101):
+        seen.append(reference.get_last_lr()[0])
+        optimizer.step()
+        reference.step()
+    # torch peaks at step pct_start * total_steps - 1 (30 here) and ends at step 100; ours peaks
+    # after the warm-up fraction of the plan's 100 steps.
+    ours = [0.5 * f for f in factors("one-cycle", 100, 0.3)]
+    np.testing.assert_allclose(ours, seen, rtol=1e-6, atol=1e-12)
+
+
+def feature_loader(rows: int, batch_size: int) -> torch.utils.data.DataLoader:  # type: ignore[type-arg]
+    from tunesmith.data.features import FeatureRows, feature_collate
+
+    generator = np.random.default_rng(0)
+    features = generator.normal(size=(rows, 6)).astype(np.float32)
+    targets = (features[:, 0] + features[:, 1] > 0).astype(np.int64)
+    return torch.utils.data.DataLoader(FeatureRows(features, list(targets)),
+                                       batch_size=batch_size, collate_fn=feature_collate)
+
+
+def mlp_model() -> TaskModel:
+    from tunesmith.models.scratch import ScratchNetwork, ScratchShape
+
+    torch.manual_seed(0)
+    shape = ScratchShape(depth=2, width=16, channels=8, kernel_size=3, groups=1,
+                         activation="tanh", norm="none", dropout=0.0, init="default")
+    backbone = ScratchNetwork("mlp", shape, in_features=6)
+    return TaskModel(backbone, make_head(16, 2, layers=0, hidden=16, activation="gelu",
+                                         init="xavier_uniform", dropout=0.0))
+
+
+def test_accumulated_batches_step_as_one_larger_batch(tmp_path: Path) -> None:
+    from tunesmith.models.inputs import EvalBatches
+    from tunesmith.train.loop import TrainSettings
+
+    val_loader = feature_loader(32, 32)
+    val = EvalBatches(val_loader, list(range(32)))
+    base = TrainSettings(lr=0.05, head_lr=0.05, weight_decay=0.0, epochs=3, batch_size=16,
+                         warmup=0.0, grad_clip=None, precision="fp32", seed=0, optimizer="sgd",
+                         momentum=0.0)
+    whole, halves = mlp_model(), mlp_model()
+    one = train_trial(whole, feature_loader(64, 16), val, base, tmp_path / "whole")
+    two = train_trial(halves, feature_loader(64, 8), val, replace(base, accumulate=2),
+                      tmp_path / "halves")
+    assert one.steps == two.steps == 3 * 4  # 64 rows in steps of 16
+    before = mlp_model().state_dict()
+    for name, tensor in whole.state_dict().items():
+        assert not torch.equal(tensor, before[name]), name  # training moved every weight
+        torch.testing.assert_close(halves.state_dict()[name], tensor, rtol=1e-5, atol=1e-6)
+
+
+def test_patience_stops_a_run_that_stopped_improving(tmp_path: Path) -> None:
+    from tunesmith.models.inputs import EvalBatches
+    from tunesmith.train.loop import TrainSettings
+
+    val = EvalBatches(feature_loader(32, 32), list(range(32)))
+    frozen = TrainSettings(lr=1e-12, head_lr=1e-12, weight_decay=0.0, epochs=20, batch_size=16,
+                           warmup=0.0, grad_clip=None, precision="fp32", seed=0, patience=3)
+    result = train_trial(mlp_model(), feature_loader(64, 16), val, frozen, tmp_path / "t")
+    # A learning rate of 1e-12 never changes the score: the first evaluation stays the best.
+    assert result.stopped == "early stopping"
+    assert [epoch["epoch"] for epoch in result.history] == [1, 2, 3, 4]
+    assert result.best_epoch == 1

@@ -63,6 +63,7 @@ Init = Literal[
 ]
 Precision = Literal["auto", "bf16", "fp32"]
 Optimizer = Literal["auto", "adamw", "adam", "sgd"]
+Schedule = Literal["auto", "cosine", "linear", "constant", "one-cycle", "step"]
 Loss = Literal["auto", "cross_entropy", "focal", "bce", "mse", "huber"]
 Norm = Literal["batch", "layer", "none"]
 PeftMethod = Literal["lora", "dora", "loha"]
@@ -173,7 +174,6 @@ class PeftConfig(_Strict):
     alpha: Annotated[int, Field(gt=0)] | Auto = "auto"
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] | Auto = "auto"
     targets: list[str] | Auto = "auto"  # module names; auto: every adaptable layer in the blocks
-    merge: bool = True  # fold the adapter into the weights of the saved model
 
 
 def check_strategy(value: str) -> str:
@@ -208,6 +208,11 @@ class TrainConfig(_Strict):
     epochs: Annotated[int, Field(gt=0)] | Auto = "auto"
     batch_size: Annotated[int, Field(gt=0)] | Auto = "auto"
     warmup: Annotated[float, Field(ge=0.0, lt=1.0)] | Auto = "auto"
+    schedule: Schedule = "auto"  # of the learning rate after warm-up; auto: cosine
+    # Gradients of this many batches are summed before each optimizer step.
+    accumulate: Annotated[int, Field(gt=0)] = 1
+    # Stop after this many evaluations without a better validation score; null: never.
+    patience: Annotated[int, Field(gt=0)] | None = None
     grad_clip: PositiveFloat | None = 1.0
     loss: Loss = "auto"
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] | Auto = "auto"

@@ -15,6 +15,7 @@ This module only decides what is trainable; how the stages run is the train stag
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -162,6 +163,24 @@ def has_adapter(model: TaskModel) -> bool:
     from peft import PeftModel
 
     return isinstance(model.backbone.network, PeftModel)
+
+
+def save_adapter(model: TaskModel, folder: Path) -> None:
+    """The adapter alone (adapter_config.json, adapter_model.safetensors), as PEFT loads it onto
+    the base model again; written to a temporary folder and renamed into place."""
+    import shutil
+    import tempfile
+
+    if not has_adapter(model):
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        model.backbone.network.save_pretrained(str(staging))  # type: ignore[operator]
+        shutil.rmtree(folder, ignore_errors=True)
+        staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def merge_adapter(model: TaskModel) -> None:

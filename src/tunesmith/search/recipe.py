@@ -111,7 +111,8 @@ def _train_defaults(config: Config, profile: DataProfile, strategy: Strategy) ->
         "layer_decay": 1.0,
         "batch_size": batch_size,
         "epochs": _epochs(profile, scratch=scratch, batch_size=batch_size),
-        "warmup": 0.1 if text else 0.05,
+        "warmup": 0.3 if config.train.schedule == "one-cycle" else 0.1 if text else 0.05,
+        "schedule": "cosine",
         "loss": DEFAULT_LOSS[profile.kind],
         "label_smoothing": smoothing,
         "class_weights": "none",
@@ -290,6 +291,9 @@ def train_settings(
         kind=kind,
         optimizer=str(train.optimizer),
         momentum=train.momentum,
+        schedule=str(train.schedule),
+        accumulate=train.accumulate,
+        patience=train.patience,
         layer_decay=float(train.layer_decay),
         ema_decay=None if train.ema is None else float(train.ema),
         time_budget=train.time_budget,
@@ -310,6 +314,9 @@ def strategy_plan(config: Config, settings: TrainSettings) -> StrategyPlan:
             warmup=0.0,
             layer_decay=1.0,
             ema_decay=None,
+            schedule="cosine",
+            accumulate=1,
+            patience=None,
         )
     adapter = None
     if strategy.adapter:
@@ -322,5 +329,4 @@ def strategy_plan(config: Config, settings: TrainSettings) -> StrategyPlan:
             dropout=float(peft.dropout),
             targets=None if peft.targets == "auto" else list(peft.targets),
         )
-    merge = config.model.peft.merge if config.model.peft else True
-    return StrategyPlan(strategy, probe=probe, adapter=adapter, merge=merge)
+    return StrategyPlan(strategy, probe=probe, adapter=adapter)

@@ -34,7 +34,7 @@ from tunesmith.io import append_jsonl, atomic_write
 from tunesmith.models.inputs import EvalBatches
 from tunesmith.models.losses import LossSettings, make_loss
 from tunesmith.train.ema import WeightAverage
-from tunesmith.train.optim import Plan, make_optimizer, parameter_groups, warmup_cosine
+from tunesmith.train.optim import Plan, make_optimizer, make_scheduler, parameter_groups
 from tunesmith.train.precision import default_device, resolve_precision
 
 # A time budget re-fits the plan after these steps, from the step time measured so far.
@@ -57,6 +57,9 @@ class TrainSettings:
     kind: str = "classification"  # what the labels are: classification, multilabel, regression
     optimizer: str = "adamw"
     momentum: float = 0.9
+    schedule: str = "cosine"
+    accumulate: int = 1  # batches whose gradients are summed into one optimizer step
+    patience: int | None = None  # evaluations without a better score before stopping
     layer_decay: float = 1.0
     ema_decay: float | None = None
     time_budget: float | None = None  # seconds for this run, evaluations included
@@ -142,8 +145,9 @@ def train_trial(
         layer_decay=settings.layer_decay,
     )
     optimizer = make_optimizer(settings.optimizer, groups, momentum=settings.momentum)
-    plan = Plan(settings.epochs * len(train_loader), settings.warmup)
-    scheduler = warmup_cosine(optimizer, plan)
+    steps_per_epoch = math.ceil(len(train_loader) / settings.accumulate)
+    plan = Plan(settings.epochs * steps_per_epoch, settings.warmup)
+    scheduler = make_scheduler(optimizer, plan, settings.schedule)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     loss_fn = make_loss(settings.loss).to(accelerator.device)
     objective = objective_for(settings.kind)
@@ -157,16 +161,17 @@ def train_trial(
     best = _Best()
     result = TrialResult(best_epoch=-1, best_val={}, precision=precision)
     epoch = 0
+    stale = 0  # evaluations since the best one
     while result.steps < plan.total_steps:
         epoch_started, step_s_before = time.perf_counter(), clock.step_s
-        epochs = math.ceil(plan.total_steps / len(train_loader))
+        epochs = math.ceil(plan.total_steps / steps_per_epoch)
         if before_epoch is not None:
             before_epoch(epoch, epochs)
         train_stats = _train_epoch(
             model, train_loader, optimizer, scheduler, loss_fn, accelerator, settings, epoch,
             average, plan=plan, result=result, clock=clock, val_rows=len(val_batches.order),
         )
-        epochs = math.ceil(plan.total_steps / len(train_loader))  # a time budget may cut it
+        epochs = math.ceil(plan.total_steps / steps_per_epoch)  # a time budget may cut it
         # With weight averaging on, the averaged weights are the ones evaluated and kept.
         with average.applied() if average else contextlib.nullcontext():
             val = _evaluate(
@@ -174,7 +179,9 @@ def train_trial(
                 quiet=epochs > MAX_EPOCH_LINES,
             )
             score = val[objective.metric]
+            stale += 1
             if objective.better(score, best.score):
+                stale = 0
                 best = _keep_best(
                     accelerator.unwrap_model(model), val, objective.metric, epoch + 1,
                     trial_dir / _checkpoint_name(settings.stage),
@@ -206,6 +213,13 @@ def train_trial(
         if clock.left() <= 0:
             result.stopped = "time budget"
             break
+        if settings.patience is not None and stale >= settings.patience:
+            result.stopped = "early stopping"
+            console.print(
+                f"{settings.stage}: no better val {objective.metric} in {stale} evaluations; "
+                f"stopping (best epoch {best.epoch})"
+            )
+            break
 
     if result.stopped is None and plan.total_steps < plan.requested_steps:
         result.stopped = "time budget"  # the schedule was shortened to fit
@@ -231,12 +245,18 @@ def _checkpoint_name(stage: str) -> str:
     return "best.safetensors" if stage == "train" else f"best-{stage}.safetensors"
 
 
-def _steps(loader: DataLoader[Any], plan: Plan, result: TrialResult) -> Iterator[Any]:
-    """The epoch's batches until the plan's last step."""
-    for batch in loader:
+def _micro_batches(
+    loader: DataLoader[Any], accumulate: int, plan: Plan, result: TrialResult
+) -> Iterator[tuple[Any, int, bool]]:
+    """(batch, batches in its optimizer step, whether it ends that step), until the plan's last
+    step. An epoch's last step may sum fewer batches than `accumulate`."""
+    batches = len(loader)
+    for index, batch in enumerate(loader):
         if result.steps >= plan.total_steps:
             return
-        yield batch
+        group_start = index - index % accumulate
+        in_group = min(accumulate, batches - group_start)
+        yield batch, in_group, index - group_start == in_group - 1
 
 
 def _train_epoch(
@@ -262,17 +282,24 @@ def _train_epoch(
     losses: list[float] = []
     seen = 0
     started = time.perf_counter()
-    epochs = math.ceil(plan.total_steps / len(loader))
+    epochs = math.ceil(plan.total_steps / math.ceil(len(loader) / settings.accumulate))
     with progress(quiet=epochs > MAX_EPOCH_LINES) as bar:
         rows = len(loader.dataset)  # type: ignore[arg-type]
         task = bar.add_task(f"{settings.stage} epoch {epoch + 1}", total=rows, status="")
         mark = time.perf_counter()
-        for batch in _steps(loader, plan, result):
+        for batch, in_group, ends_step in _micro_batches(loader, settings.accumulate, plan, result):
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             targets = batch.pop("labels")
-            with accelerator.autocast():
-                loss = loss_fn(model(batch).float(), targets)
-            accelerator.backward(loss)
+            # Between a step's batches, processes need not average gradients (DDP's no_sync).
+            with contextlib.nullcontext() if ends_step else accelerator.no_sync(model):
+                with accelerator.autocast():
+                    loss = loss_fn(model(batch).float(), targets)
+                accelerator.backward(loss / in_group)
+            losses.append(loss.item())
+            seen += len(targets)
+            bar.update(task, advance=len(targets), status=f"loss {np.mean(losses[-50:]):.4f}")
+            if not ends_step:
+                continue
             if settings.grad_clip:
                 accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip)
             optimizer.step()
@@ -280,8 +307,6 @@ def _train_epoch(
             optimizer.zero_grad(set_to_none=True)
             if average is not None:
                 average.update()
-            losses.append(loss.item())
-            seen += len(targets)
             result.steps += 1
             now = time.perf_counter()
             if result.steps > 1:  # the first step picks kernels: slower than the rest
@@ -289,9 +314,9 @@ def _train_epoch(
                 clock.timed_steps += 1
             mark = now
             if clock.deadline is not None:
-                _fit_plan(plan, clock, result.steps, batch_size=len(targets),
-                          steps_per_epoch=len(loader), val_rows=val_rows)
-            bar.update(task, advance=len(targets), status=f"loss {np.mean(losses[-50:]):.4f}")
+                _fit_plan(plan, clock, result.steps, batch_size=len(targets) * in_group,
+                          steps_per_epoch=math.ceil(len(loader) / settings.accumulate),
+                          val_rows=val_rows)
     elapsed = time.perf_counter() - started
     return {
         "train_loss": float(np.mean(losses)) if losses else float("nan"),

@@ -89,16 +89,57 @@ class Plan:
         return round(self.warmup_fraction * self.total_steps)
 
 
+SCHEDULES = ("cosine", "linear", "constant", "one-cycle", "step")
+ONE_CYCLE_START = 1 / 25  # torch's OneCycleLR: from max_lr / 25 ...
+ONE_CYCLE_END = 1 / 25 / 1e4  # ... to max_lr / (25 * 1e4)
+STEP_MILESTONES = (0.5, 0.75)  # the classic step schedule: x0.1 at half and three quarters
+STEP_GAMMA = 0.1
+
+
+def schedule_factor(kind: str, step: int, plan: Plan) -> float:
+    """The multiplier of each group's learning rate at `step` (0-based) of `plan`.
+
+    Every schedule but one-cycle warms up linearly from 0 over the plan's warm-up fraction, then:
+    cosine decays to 0 at the last step; linear decays to 0; constant stays; step multiplies by
+    0.1 at half and three quarters of the steps after warm-up. One-cycle (Smith 2018, as torch's
+    OneCycleLR) rises by a cosine from lr / 25 over the warm-up fraction and anneals by a cosine
+    to lr / 250,000. Read from the plan at every step, so a plan a time budget shortens keeps its
+    shape and still ends where it should.
+    """
+    warmup, total = plan.warmup_steps, max(1, plan.total_steps)
+    if kind == "one-cycle":
+        if step < warmup:
+            return _cosine_between(ONE_CYCLE_START, 1.0, step / warmup)
+        return _cosine_between(1.0, ONE_CYCLE_END, (step - warmup) / max(1, total - warmup))
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if kind == "linear":
+        return 1.0 - progress
+    if kind == "step":
+        return float(STEP_GAMMA ** sum(progress >= milestone for milestone in STEP_MILESTONES))
+    if kind == "constant":
+        return 1.0
+    raise ValueError(f"unknown schedule {kind!r}")
+
+
+def _cosine_between(start: float, end: float, progress: float) -> float:
+    progress = min(1.0, max(0.0, progress))
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, plan: Plan, kind: str = "cosine"
+) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: schedule_factor(kind, step, plan)
+    )
+
+
 def warmup_cosine(
     optimizer: torch.optim.Optimizer, plan: Plan
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up from 0, then cosine decay to 0 at the plan's last step."""
-
-    def factor(step: int) -> float:
-        warmup = plan.warmup_steps
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = (step - warmup) / max(1, plan.total_steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return make_scheduler(optimizer, plan, "cosine")

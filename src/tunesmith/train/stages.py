@@ -4,7 +4,8 @@
     lp-ft              probe -> fine-tune everything (the head starts probed; one learning rate)
     full, freeze:K     fine-tune (the bottom K blocks frozen)
     gradual-unfreeze   fine-tune, one more block from the top trainable each epoch
-    lora, dora, loha   fine-tune adapters and head -> merge the adapters into the weights
+    lora, dora, loha   fine-tune adapters and head -> save the adapter alone (PEFT's format, in
+                       the trial folder) -> merge it into the weights (a plain network)
 
 The probe computes the frozen backbone's features for the training and validation rows once
 (without augmentation) and trains the head alone on them, so it takes seconds, not the minutes
@@ -35,6 +36,7 @@ from tunesmith.models.strategies import (
     freeze_backbone,
     freeze_bottom,
     merge_adapter,
+    save_adapter,
     train_top,
 )
 from tunesmith.models.task_model import ProbeModel, TaskModel
@@ -42,6 +44,7 @@ from tunesmith.train.loop import Reporter, TrainSettings, TrialResult, train_tri
 from tunesmith.train.precision import default_device, resolve_precision
 
 FEATURE_BATCH = 128
+ADAPTER_FOLDER = "adapter"  # the trained adapter alone, as PEFT saves it
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,6 @@ class StrategyPlan:
     strategy: Strategy
     probe: TrainSettings | None = None  # the probe stage (linear-probe, lp-ft)
     adapter: AdapterSettings | None = None  # lora, dora, loha
-    merge: bool = True  # fold adapters into the weights at the end
 
 
 class GradualUnfreeze:
@@ -84,7 +86,8 @@ def fine_tune(
     *,
     reporter: Reporter | None = None,
 ) -> TrialResult:
-    """Run the strategy's stages on `model` in place; returns the last stage's result."""
+    """Run the strategy's stages on `model` in place; returns the last stage's result, its wall
+    time that of every stage."""
     strategy = plan.strategy
     started = time.perf_counter()
     if strategy.probes:
@@ -98,6 +101,7 @@ def fine_tune(
         )
         if not strategy.fine_tunes:
             freeze_bottom(model, 0)  # the returned model is a plain one, every weight trainable
+            probed.wall_s = time.perf_counter() - started  # the features' pass included
             return probed
         # LP-FT: the probed head is already good, so it moves at the backbone's rate instead of
         # the high rate of a head from scratch, which would distort the pretrained features.
@@ -117,9 +121,11 @@ def fine_tune(
         model, batches.train, batches.val, settings, trial_dir,
         reporter=reporter, before_epoch=before_epoch,
     )
-    if strategy.adapter and plan.merge:
+    if strategy.adapter:
+        save_adapter(model, trial_dir / ADAPTER_FOLDER)
         merge_adapter(model)
     freeze_bottom(model, 0)  # the returned model is a plain one, every weight trainable
+    result.wall_s = time.perf_counter() - started  # every stage
     return result
 
 
