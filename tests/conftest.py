@@ -222,6 +222,14 @@ def image_config(
     return write
 
 
+def logged(trial_dir: Path, event: str = "epoch") -> list[dict[str, Any]]:
+    """The `event` lines ("epoch" or "step") of a trial folder's metrics.jsonl."""
+    import json
+
+    lines = (trial_dir / "metrics.jsonl").read_text().splitlines()
+    return [record for record in map(json.loads, lines) if record["event"] == event]
+
+
 # ----------------------------------------------------------------------------------------------
 # the command line, in process
 

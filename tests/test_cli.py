@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from sklearn.model_selection import train_test_split
 
 import tunesmith
-from conftest import CliResult, FinishedRun, finish_run, write_image_folder
+from conftest import CliResult, FinishedRun, finish_run, logged, write_image_folder
 
 RUN_FILES = ["config.yaml", "splits.json", "data_report.json", "trials/0/metrics.jsonl",
              "trials/0/config.yaml", "trials/0/best.safetensors", "best/model.safetensors",
@@ -47,8 +47,8 @@ def test_run_writes_the_run_folder(which: str, request: pytest.FixtureRequest) -
     for name in RUN_FILES:
         assert (run.run_dir / name).is_file(), name
     epochs = 12 if which == "text" else 8
-    lines = (run.run_dir / "trials/0/metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == list(range(1, epochs + 1))
+    assert [line["epoch"] for line in logged(run.run_dir / "trials/0")] == list(
+        range(1, epochs + 1))
 
 
 @pytest.mark.parametrize(("which", "rows", "test_rows"), [("text", 300, 60), ("image", 120, 24)])
@@ -101,8 +101,7 @@ def test_metrics_file_follows_the_schema(which: str, threshold: float,
     assert accuracy >= threshold
     assert accuracy >= majority + 0.3
     assert metrics["val"]["accuracy"]["value"] == max(
-        json.loads(line)["val_accuracy"]
-        for line in (run.run_dir / "trials/0/metrics.jsonl").read_text().splitlines())
+        line["val_accuracy"] for line in logged(run.run_dir / "trials/0"))
 
 
 @pytest.mark.parametrize("which", ["text", "image"])
@@ -130,9 +129,8 @@ def test_text_test_metrics_match_the_bundle_on_the_test_rows(
 
 def history(run_dir: Path) -> list[dict[str, float]]:
     """The per-epoch log without its timing column (throughput varies from run to run)."""
-    lines = (run_dir / "trials/0/metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "train_samples_per_s"}
-            for line in lines]
+    return [{k: v for k, v in line.items() if k != "train_samples_per_s"}
+            for line in logged(run_dir / "trials/0")]
 
 
 def assert_same_run(first: Path, second: Path) -> None:
@@ -175,8 +173,7 @@ def test_another_seed_gives_another_run(text_run: FinishedRun, text_config: Call
     assert splits["seed"] == 1
     assert splits["parts"]["test"]["ids_sha256"] != read_json(
         text_run.run_dir / "splits.json")["parts"]["test"]["ids_sha256"]
-    lines = (run_dir / "trials/0/metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 2  # --set train.epochs=2 reached the training loop
+    assert len(logged(run_dir / "trials/0")) == 2  # --set train.epochs=2 reached the loop
 
 
 def test_a_second_run_keeps_the_first(text_config: Callable[..., Path], run_cli: Cli) -> None:

@@ -312,7 +312,8 @@ def test_linear_probe_computes_backbone_features_once(text_runs: Callable[[str],
 def read_metrics(trial_dir: Path) -> list[dict[str, Any]]:
     import json
 
-    return [json.loads(line) for line in (trial_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = (trial_dir / "metrics.jsonl").read_text().splitlines()
+    return [record for record in map(json.loads, lines) if record["event"] == "epoch"]
 
 
 def test_lp_ft_probes_then_fine_tunes_from_the_probed_head(text_runs: Callable[[str], Run]) -> None:

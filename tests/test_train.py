@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections.abc import Callable
 from dataclasses import replace
@@ -14,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import logged
 from tunesmith import api
 from tunesmith.config import load_config
 from tunesmith.evaluate import collect_logits, task_metrics
@@ -182,7 +182,7 @@ def test_training_loss_falls(trained) -> None:  # type: ignore[no-untyped-def]
 
 def test_metrics_jsonl_has_one_line_per_epoch(trained) -> None:  # type: ignore[no-untyped-def]
     _, _, settings, trial_dir, result = trained
-    lines = [json.loads(line) for line in (trial_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = logged(trial_dir)
     assert len(lines) == settings.epochs == 10
     assert lines == result.history
     steps_per_epoch = math.ceil(192 / settings.batch_size)
@@ -241,7 +241,7 @@ def test_a_reporter_sees_each_epoch_and_can_stop_the_trial(
     steps_per_epoch = math.ceil(192 / settings.batch_size)  # reports count optimizer steps
     assert [step for _, step in recorder.reports] == [steps_per_epoch, 2 * steps_per_epoch]
     assert [value for value, _ in recorder.reports] == [e["val_accuracy"] for e in result.history]
-    assert len((tmp_path / "t" / "metrics.jsonl").read_text().splitlines()) == 2
+    assert len(logged(tmp_path / "t")) == 2
 
 
 def test_trials_of_different_precision_in_one_process(
@@ -306,23 +306,23 @@ def test_weight_average_is_the_running_mean_then_an_exponential_average() -> Non
 def test_a_plan_is_fitted_to_the_time_left() -> None:
     import time
 
-    from tunesmith.train.loop import _Clock, _fit_plan
+    from tunesmith.train.budget import Clock, fit_plan
 
     plan = Plan(total_steps=1000, warmup_fraction=0.1)
     # 0.1 s a step, 2 s an epoch beyond its steps (100 steps an epoch), 30 s left: a step costs
     # 0.1 s, so k more steps and their evaluations fit while 0.1 k + 2 ceil(k / 100) <= 30.
-    clock = _Clock(time.perf_counter() + 30.0, step_s=3.1, timed_steps=31, epoch_extra_s=2.0)
-    _fit_plan(plan, clock, 32, batch_size=16, steps_per_epoch=100, val_rows=100)
+    clock = Clock(time.perf_counter() + 30.0, step_s=3.1, timed_steps=31, epoch_extra_s=2.0)
+    fit_plan(plan, clock, 32, batch_size=16, steps_per_epoch=100, val_rows=100)
     # Ending at step T in (200, 300] costs 0.1 (T - 32) + 2 * 3 evaluations: at most 30 s for
     # T <= 272 (a moment less than 30 s is left when it is computed).
     assert 268 <= plan.total_steps <= 272
     assert plan.requested_steps == 1000
     assert plan.warmup_steps == round(0.1 * plan.total_steps)
     roomy = Plan(total_steps=100, warmup_fraction=0.0)
-    _fit_plan(roomy, clock, 32, batch_size=16, steps_per_epoch=100, val_rows=100)
+    fit_plan(roomy, clock, 32, batch_size=16, steps_per_epoch=100, val_rows=100)
     assert roomy.total_steps == 100  # a plan is never stretched past what the epochs asked
-    late = _Clock(time.perf_counter() - 1.0, step_s=3.1, timed_steps=31)
-    _fit_plan(plan, late, 40, batch_size=16, steps_per_epoch=100, val_rows=100)
+    late = Clock(time.perf_counter() - 1.0, step_s=3.1, timed_steps=31)
+    fit_plan(plan, late, 40, batch_size=16, steps_per_epoch=100, val_rows=100)
     assert plan.total_steps == 40  # past the deadline: this step is the last
 
 
@@ -335,8 +335,7 @@ def test_a_time_budget_shortens_the_schedule_and_ends_it_at_zero(
     result = train_trial(model, loader, val, settings, tmp_path / "t")
     assert result.stopped == "time budget"
     assert 8 < result.steps < requested
-    log = (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()
-    lines = [json.loads(line) for line in log]
+    lines = logged(tmp_path / "t")
     assert lines[-1]["step"] == result.steps
     assert lines[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # the cosine decayed inside it
     assert len(lines) == math.ceil(result.steps / len(loader))  # an evaluation per epoch

@@ -10,11 +10,11 @@ if TYPE_CHECKING:
     from tunesmith.export.predictor import Predictor
 
 
-def fit(config: Any, overrides: list[str] | None = None) -> Any:
+def fit(config: Any, overrides: list[str] | None = None, *, resume: bool = False) -> Any:
     """Run the whole pipeline, as `tunesmith run`; returns the run summary."""
     from tunesmith.api import fit as _fit
 
-    return _fit(config, overrides)
+    return _fit(config, overrides, resume=resume)
 
 
 def load(run_or_bundle: str) -> Predictor:

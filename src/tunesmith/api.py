@@ -9,6 +9,7 @@ load:     a run folder or bundle -> Predictor
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from accelerate.utils import set_seed
 
 from tunesmith import __version__
@@ -48,6 +50,7 @@ from tunesmith.search import (
     train_settings,
 )
 from tunesmith.train import Batches, TrialResult, fine_tune
+from tunesmith.train.checkpoint import Checkpoint, require_checkpoint
 
 EVAL_BATCH_SIZE = 64
 
@@ -278,16 +281,28 @@ def _loss_weights(prepared: Prepared) -> tuple[float, ...] | None:
     return balanced_weights(prepared.kind, targets, len(prepared.data.classes))
 
 
-def fit(config: Config | str | Path, overrides: list[str] | None = None) -> RunSummary:
-    """Run the whole pipeline, as `tunesmith run` does."""
+def fit(
+    config: Config | str | Path, overrides: list[str] | None = None, *, resume: bool = False
+) -> RunSummary:
+    """Run the whole pipeline, as `tunesmith run` does; `resume` continues a killed run of the
+    same config from its last checkpoint."""
     started = time.perf_counter()
     prepared = prepare(_as_config(config, overrides))
     resolved, data = prepared.config, prepared.data
     run_dir = resolved.run_dir
-    _fresh_run_dir(run_dir)
-    write_text(run_dir / "config.yaml", resolved.to_yaml())
-    write_json(run_dir / "splits.json", data.splits)
-    write_json(run_dir / "data_report.json", _data_report(data))
+    trial_dir = run_dir / "trials" / "0"
+    checkpoint = None
+    if resume:
+        checkpoint = _resumable(prepared, trial_dir)
+        if (run_dir / "metrics.json").is_file():
+            console.print(f"[green]{run_dir} finished already[/]; nothing to resume")
+            return RunSummary(run_dir, json.loads((run_dir / "metrics.json").read_text()))
+    else:
+        _fresh_run_dir(run_dir)
+        write_text(run_dir / "config.yaml", resolved.to_yaml())
+        write_json(run_dir / "splits.json", data.splits)
+        write_json(run_dir / "data_report.json", _data_report(data))
+        write_text(trial_dir / "config.yaml", resolved.to_yaml())
 
     scale = prepared.target_scale()
     settings = train_settings(
@@ -299,13 +314,11 @@ def fit(config: Config | str | Path, overrides: list[str] | None = None) -> RunS
     plan = strategy_plan(resolved, settings)
     model = task_model(prepared)
     batches = batches_for(prepared, settings.batch_size, settings.seed)
-    trial_dir = run_dir / "trials" / "0"
-    write_text(trial_dir / "config.yaml", resolved.to_yaml())
     console.print(
         f"[bold]training[/] {resolved.model.backbone} ({plan.strategy}) on {len(data.train)} "
         f"rows ({len(data.val)} val, {len(data.test)} test held out)"
     )
-    result = fine_tune(model, batches, settings, plan, trial_dir)
+    result = fine_tune(model, batches, settings, plan, trial_dir, resume=checkpoint)
 
     test_metrics = evaluate_test(model, prepared, result)
     save_bundle(
@@ -320,6 +333,41 @@ def fit(config: Config | str | Path, overrides: list[str] | None = None) -> RunS
     write_json(run_dir / "metrics.json", metrics)
     console.print(summary_table(metrics, str(run_dir)))
     return RunSummary(run_dir, metrics)
+
+
+def _resumable(prepared: Prepared, trial_dir: Path) -> Checkpoint:
+    """The checkpoint a resumed run continues from, once the config is the one it was run with."""
+    config = prepared.config
+    saved = config.run_dir / "config.yaml"
+    if not saved.is_file():
+        raise TunesmithError(
+            f"there is no run to resume in {config.run_dir}",
+            file=config.source,
+            field="--resume",
+            fix="run without --resume to start it, or check name and output_dir",
+        )
+    differences = config_differences(yaml.safe_load(saved.read_text()),
+                                     yaml.safe_load(config.to_yaml()))
+    if differences:
+        shown = "; ".join(differences[:6]) + (" ..." if len(differences) > 6 else "")
+        raise TunesmithError(
+            f"the run in {config.run_dir} was made with another config: {shown}",
+            file=config.source,
+            field="--resume",
+            fix="resume with the config the run was started with, or run without --resume to "
+            "start afresh (the old run folder is kept)",
+        )
+    return require_checkpoint(trial_dir)
+
+
+def config_differences(before: Any, after: Any, prefix: str = "") -> list[str]:
+    """`key: old -> new` for every value that differs between two config mappings."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        found: list[str] = []
+        for key in sorted(set(before) | set(after), key=str):
+            found += config_differences(before.get(key), after.get(key), f"{prefix}{key}.")
+        return found
+    return [] if before == after else [f"{prefix.rstrip('.')}: {before!r} -> {after!r}"]
 
 
 def _bundle_inputs(prepared: Prepared) -> dict[str, Any]:

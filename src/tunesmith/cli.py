@@ -27,11 +27,17 @@ SetOption = Annotated[
 
 
 @app.command()
-def run(config: ConfigArg, set_: SetOption = None) -> None:
+def run(
+    config: ConfigArg,
+    set_: SetOption = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue a killed run from its last checkpoint.")
+    ] = False,
+) -> None:
     """Fine-tune as the config says: check data, train, evaluate on test once, write the bundle."""
     from tunesmith.api import fit
 
-    summary = fit(config, set_ or [])
+    summary = fit(config, set_ or [], resume=resume)
     typer.echo(f"run folder: {summary.run_dir}")
 
 

@@ -223,6 +223,9 @@ class TrainConfig(_Strict):
     probe_lr: PositiveFloat | Auto = "auto"
     # Wall-time limit of one run (e.g. 300, "5m", "1h"); the schedule is fitted inside it.
     time_budget: Annotated[float, Field(gt=0.0), BeforeValidator(seconds)] | None = None
+    # A resumable checkpoint after every epoch, and every this many steps (null: every 5 min).
+    checkpoint_steps: Annotated[int, Field(gt=0)] | None = None
+    log_to: Literal["none", "tensorboard"] = "none"  # metrics.jsonl is always written
     # Decay of the weight average that is evaluated and kept; null turns averaging off.
     ema: Annotated[float, Field(gt=0.0, lt=1.0)] | Auto | None = "auto"
     precision: Precision = "auto"

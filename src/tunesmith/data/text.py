@@ -6,13 +6,14 @@ the speed of fine-tuning on short texts: attention cost grows with the padded le
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from tunesmith.data.features import stack_targets
+from tunesmith.data.order import ResumableOrder, epoch_generator
 
 Tokenize = Callable[[list[str]], list[list[int]]]
 
@@ -51,28 +52,24 @@ def pad_collate(pad_id: int) -> Callable[[list[tuple[list[int], Any]]], dict[str
     return collate
 
 
-class LengthGroupedSampler(Sampler[list[int]]):
+class LengthGroupedSampler(ResumableOrder):
     """Random batches of similar length (the scheme of Hugging Face's `group_by_length`).
 
     Each epoch: shuffle, cut into mega-batches of `group` batches, sort each by length, cut into
-    batches, shuffle the batch order. Seeded per epoch, so a run is reproducible.
+    batches, shuffle the batch order. Computed from the seed and the epoch, so a run is
+    reproducible and resumes mid-epoch in the same order.
     """
 
     def __init__(self, lengths: list[int], batch_size: int, *, seed: int, group: int = 50) -> None:
+        super().__init__(len(lengths), batch_size, seed=seed)
         self.lengths = lengths
-        self.batch_size = batch_size
-        self.seed = seed
         self.group = group
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return -(-len(self.lengths) // self.batch_size)
 
-    def __iter__(self) -> Iterator[list[int]]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+    def epoch_batches(self) -> list[list[int]]:
+        generator = epoch_generator(self.seed, self.epoch)
         order = torch.randperm(len(self.lengths), generator=generator).tolist()
         span = self.batch_size * self.group
         batches: list[list[int]] = []
@@ -81,8 +78,8 @@ class LengthGroupedSampler(Sampler[list[int]]):
             batches.extend(
                 chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)
             )
-        for position in torch.randperm(len(batches), generator=generator).tolist():
-            yield batches[position]
+        shuffled = torch.randperm(len(batches), generator=generator).tolist()
+        return [batches[position] for position in shuffled]
 
 
 def sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 
 from tunesmith.config import AugmentConfig
 from tunesmith.data.augment import batch_mixer, collate_with, image_transform
 from tunesmith.data.features import FeatureRows, feature_collate
 from tunesmith.data.images import ImageFiles, image_collate
+from tunesmith.data.order import ShuffledBatches, loader_generator
 from tunesmith.data.text import LengthGroupedSampler, TokenizedTexts, pad_collate, sorted_batches
 from tunesmith.models.backbone import Backbone
 from tunesmith.models.hf import HFTextBackbone
@@ -75,27 +75,27 @@ def train_batches(
     augment: AugmentConfig = NO_AUGMENTATION,
     mix_classes: int = 0,
 ) -> DataLoader[Any]:
-    """Shuffled training batches; texts are grouped by length so padding stays small, images are
-    augmented as `augment` says (MixUp/CutMix on whole batches into soft labels, when
-    `mix_classes` says how many classes there are to mix)."""
+    """Shuffled training batches in an order resumable mid-epoch (`tunesmith.data.order`); texts
+    are grouped by length so padding stays small, images are augmented as `augment` says
+    (MixUp/CutMix on whole batches into soft labels, when `mix_classes` says how many classes
+    there are to mix)."""
     dataset = _dataset(backbone, inputs, targets, train=True, augment=augment)
     collate = _collate(backbone, dataset)
     if isinstance(dataset, TokenizedTexts):
         sampler = LengthGroupedSampler(dataset.lengths, batch_size, seed=seed)
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
+        return DataLoader(
+            dataset, batch_sampler=sampler, collate_fn=collate, generator=loader_generator(seed)
+        )
     mixer = (
         batch_mixer(mix_classes, mixup=augment.mixup, cutmix=augment.cutmix)
         if mix_classes and isinstance(dataset, ImageFiles)
         else None
     )
-    generator = torch.Generator().manual_seed(seed)
+    drop_last = len(dataset) > batch_size
+    order = ShuffledBatches(len(dataset), batch_size, seed=seed, drop_last=drop_last)
     return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=True,
-        generator=generator,
-        collate_fn=collate_with(collate, mixer),
-        drop_last=len(dataset) > batch_size,
+        dataset, batch_sampler=order, collate_fn=collate_with(collate, mixer),
+        generator=loader_generator(seed),
     )
 
 

@@ -297,6 +297,8 @@ def train_settings(
         layer_decay=float(train.layer_decay),
         ema_decay=None if train.ema is None else float(train.ema),
         time_budget=train.time_budget,
+        checkpoint_steps=train.checkpoint_steps,
+        log_to=train.log_to,
     )
 
 

@@ -34,6 +34,13 @@ class WeightAverage:
         # `tensors` are the state dict's views of the live weights: already detached.
         torch._foreach_lerp_(self.shadow, self.tensors, 1.0 - decay)
 
+    @torch.no_grad()
+    def load(self, shadow: dict[str, torch.Tensor], *, updates: int) -> None:
+        """The average a checkpoint saved (`ema.0`, `ema.1`, ... in `shadow` order)."""
+        for index, tensor in enumerate(self.shadow):
+            tensor.copy_(shadow[f"ema.{index}"])
+        self.updates = updates
+
     @contextlib.contextmanager
     @torch.no_grad()
     def applied(self) -> Iterator[None]:

@@ -2,12 +2,10 @@
 
 The loop runs on Accelerate, so the same code serves one CPU, one GPU or many processes. It keeps
 the weights that scored best on validation (never just the last), writes them atomically to the
-trial folder, and logs one JSON line per epoch. A search talks to it only through `Reporter`.
-
-A time budget fits the schedule to the time: after a few steps the loop knows how long a step
-and an evaluation take, shortens the plan so that the run with its evaluations ends inside the
-budget, and the learning-rate schedule decays to zero at the new last step (the last epoch may
-then be a partial one).
+trial folder, logs every step and evaluation (`tunesmith.train.logs`), and writes checkpoints a
+killed run resumes from exactly: same weights, optimizer, schedule, random states and place in
+the data order (`tunesmith.train.checkpoint`). A search talks to it only through `Reporter`; a
+time budget fits the schedule into the time (`tunesmith.train.budget`).
 """
 
 from __future__ import annotations
@@ -29,17 +27,19 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from tunesmith.console import console, progress
-from tunesmith.evaluate import collect_logits, objective_for
-from tunesmith.io import append_jsonl, atomic_write
+from tunesmith.evaluate import Objective, collect_logits, objective_for
+from tunesmith.io import atomic_write
 from tunesmith.models.inputs import EvalBatches
 from tunesmith.models.losses import LossSettings, make_loss
+from tunesmith.train import checkpoint as ckpt
+from tunesmith.train.budget import Clock, fit_plan
 from tunesmith.train.ema import WeightAverage
+from tunesmith.train.logs import RunLog, truncate_log
 from tunesmith.train.optim import Plan, make_optimizer, make_scheduler, parameter_groups
 from tunesmith.train.precision import default_device, resolve_precision
 
-# A time budget re-fits the plan after these steps, from the step time measured so far.
-REFIT_AT = frozenset({8, 32, 128, 512, 2048, 8192, 32768})
-EVAL_COST = 1 / 3  # an example evaluated costs about a third of one trained (forward only)
+CHECKPOINT_EVERY_S = 300.0  # a resumable checkpoint at least this often, and after every epoch
+MAX_EPOCH_LINES = 20
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,8 @@ class TrainSettings:
     layer_decay: float = 1.0
     ema_decay: float | None = None
     time_budget: float | None = None  # seconds for this run, evaluations included
+    checkpoint_steps: int | None = None  # a checkpoint every this many steps (and every epoch)
+    log_to: str = "none"  # or "tensorboard"
     stage: str = "train"  # the name logged with each epoch and given to the checkpoint
 
     def with_changes(self, **changes: Any) -> TrainSettings:
@@ -90,8 +92,9 @@ class TrialResult:
     precision: str
     history: list[dict[str, Any]] = field(default_factory=list)
     steps: int = 0
-    stopped: str | None = None  # "pruned" or "time budget" when the run ended early
+    stopped: str | None = None  # "pruned", "time budget" or "early stopping"
     wall_s: float = 0.0
+    resumed_from: int | None = None  # the checkpoint's step, for a resumed run
 
     @property
     def train_samples_per_s(self) -> float:
@@ -108,16 +111,44 @@ class _Best:
 
 
 @dataclass
-class _Clock:
-    """The time budget: when the run must end, and what training steps and evaluations cost."""
+class _Epoch:
+    """Where the run is inside the current epoch (a checkpoint may fall in the middle)."""
 
-    deadline: float | None
-    step_s: float = 0.0  # time of the steps timed so far (the run's first step is not)
-    timed_steps: int = 0
-    epoch_extra_s: float | None = None  # per epoch beyond its steps: evaluation, logging
+    index: int = 0
+    batches: int = 0  # micro-batches done
+    loss_sum: float = 0.0
+    seen: int = 0
 
-    def left(self) -> float:
-        return math.inf if self.deadline is None else self.deadline - time.perf_counter()
+
+@dataclass
+class _Run:
+    """Everything one training run holds while it runs; a checkpoint saves it, a resume
+    restores it."""
+
+    settings: TrainSettings
+    trial_dir: Path
+    accelerator: Accelerator
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loss_fn: torch.nn.Module
+    objective: Objective
+    plan: Plan
+    clock: Clock
+    log: RunLog
+    average: WeightAverage | None
+    steps_per_epoch: int
+    started: float
+    best: _Best = field(default_factory=_Best)
+    result: TrialResult = field(default_factory=lambda: TrialResult(-1, {}, "fp32"))
+    epoch: _Epoch = field(default_factory=_Epoch)
+    stale: int = 0  # evaluations since the best one
+    spent_before: float = 0.0  # training time of the run before it was resumed
+    last_checkpoint: float = 0.0
+
+    @property
+    def epochs(self) -> int:
+        return math.ceil(self.plan.total_steps / self.steps_per_epoch)
 
 
 def train_trial(
@@ -129,8 +160,37 @@ def train_trial(
     *,
     reporter: Reporter | None = None,
     before_epoch: EpochHook | None = None,
+    resume: ckpt.Checkpoint | None = None,
 ) -> TrialResult:
     """Train `model` in place; on return it holds the best-on-validation weights."""
+    run = _setup(model, train_loader, settings, trial_dir)
+    if resume is not None:
+        _restore(run, resume, train_loader)
+    try:
+        while run.result.steps < run.plan.total_steps:
+            if before_epoch is not None:
+                before_epoch(run.epoch.index, run.epochs)
+            epoch_started, step_s = time.perf_counter(), run.clock.step_s
+            stats = _train_epoch(run, train_loader, len(val_batches.order))
+            val = _validate(run, val_batches)
+            _end_epoch(run, stats, val)
+            extra = time.perf_counter() - epoch_started - (run.clock.step_s - step_s)
+            run.clock.epoch_extra_s = max(extra, run.clock.epoch_extra_s or 0.0)  # safe side
+            _checkpoint(run)
+            if _should_stop(run, val, reporter):
+                break
+    finally:
+        run.log.close()
+    return _finish(run)
+
+
+# ----------------------------------------------------------------------------------------------
+# setup and resume
+
+
+def _setup(
+    model: torch.nn.Module, loader: DataLoader[Any], settings: TrainSettings, trial_dir: Path
+) -> _Run:
     started = time.perf_counter()
     set_seed(settings.seed)
     precision = resolve_precision(settings.precision, default_device())
@@ -145,256 +205,301 @@ def train_trial(
         layer_decay=settings.layer_decay,
     )
     optimizer = make_optimizer(settings.optimizer, groups, momentum=settings.momentum)
-    steps_per_epoch = math.ceil(len(train_loader) / settings.accumulate)
+    steps_per_epoch = math.ceil(len(loader) / settings.accumulate)
     plan = Plan(settings.epochs * steps_per_epoch, settings.warmup)
     scheduler = make_scheduler(optimizer, plan, settings.schedule)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    loss_fn = make_loss(settings.loss).to(accelerator.device)
-    objective = objective_for(settings.kind)
-    clock = _Clock(None if settings.time_budget is None else started + settings.time_budget)
-
     average = (
         WeightAverage(accelerator.unwrap_model(model), decay=settings.ema_decay)
         if settings.ema_decay
         else None
     )
-    best = _Best()
-    result = TrialResult(best_epoch=-1, best_val={}, precision=precision)
-    epoch = 0
-    stale = 0  # evaluations since the best one
-    while result.steps < plan.total_steps:
-        epoch_started, step_s_before = time.perf_counter(), clock.step_s
-        epochs = math.ceil(plan.total_steps / steps_per_epoch)
-        if before_epoch is not None:
-            before_epoch(epoch, epochs)
-        train_stats = _train_epoch(
-            model, train_loader, optimizer, scheduler, loss_fn, accelerator, settings, epoch,
-            average, plan=plan, result=result, clock=clock, val_rows=len(val_batches.order),
-        )
-        epochs = math.ceil(plan.total_steps / steps_per_epoch)  # a time budget may cut it
-        # With weight averaging on, the averaged weights are the ones evaluated and kept.
-        with average.applied() if average else contextlib.nullcontext():
-            val = _evaluate(
-                model, val_batches, accelerator, loss_fn, settings.kind,
-                quiet=epochs > MAX_EPOCH_LINES,
-            )
-            score = val[objective.metric]
-            stale += 1
-            if objective.better(score, best.score):
-                stale = 0
-                best = _keep_best(
-                    accelerator.unwrap_model(model), val, objective.metric, epoch + 1,
-                    trial_dir / _checkpoint_name(settings.stage),
-                )
-        record = {
-            "stage": settings.stage,
-            "epoch": epoch + 1,
-            "step": result.steps,
-            **train_stats,
-            **{f"val_{k}": v for k, v in val.items()},
-        }
-        result.history.append(record)
-        append_jsonl(trial_dir / "metrics.jsonl", record)
-        if _shown(epoch, epochs):
-            console.print(
-                f"{settings.stage} epoch {epoch + 1}/{epochs}: "
-                f"train loss {train_stats['train_loss']:.4f}, val loss {val['loss']:.4f}, "
-                f"val {objective.metric} {score:.4f}"
-                + (" (best)" if best.epoch == epoch + 1 else "")
-            )
-        epoch += 1
-        extra = time.perf_counter() - epoch_started - (clock.step_s - step_s_before)
-        clock.epoch_extra_s = max(extra, clock.epoch_extra_s or 0.0)  # the safe side
-        if reporter is not None:
-            reporter.report(score, result.steps)
-            if reporter.should_prune():
-                result.stopped = "pruned"
-                break
-        if clock.left() <= 0:
-            result.stopped = "time budget"
-            break
-        if settings.patience is not None and stale >= settings.patience:
-            result.stopped = "early stopping"
-            console.print(
-                f"{settings.stage}: no better val {objective.metric} in {stale} evaluations; "
-                f"stopping (best epoch {best.epoch})"
-            )
-            break
-
-    if result.stopped is None and plan.total_steps < plan.requested_steps:
-        result.stopped = "time budget"  # the schedule was shortened to fit
-    unwrapped = accelerator.unwrap_model(model)
-    if best.state is not None:
-        unwrapped.load_state_dict(best.state)
-    result.best_epoch, result.best_val = best.epoch, best.metrics
-    result.wall_s = time.perf_counter() - started
-    accelerator.free_memory()
-    return result
+    run = _Run(
+        settings=settings,
+        trial_dir=trial_dir,
+        accelerator=accelerator,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        loss_fn=make_loss(settings.loss).to(accelerator.device),
+        objective=objective_for(settings.kind),
+        plan=plan,
+        clock=Clock.start(settings.time_budget),
+        log=RunLog(
+            trial_dir,
+            tensorboard=settings.log_to == "tensorboard",
+            enabled=accelerator.is_main_process,
+        ),
+        average=average,
+        steps_per_epoch=steps_per_epoch,
+        started=started,
+        last_checkpoint=started,
+    )
+    run.result.precision = precision
+    return run
 
 
-MAX_EPOCH_LINES = 20
+def _restore(run: _Run, checkpoint: ckpt.Checkpoint, loader: DataLoader[Any]) -> None:
+    """Put the run back where the checkpoint left it."""
+    state, tensors = checkpoint.state, checkpoint.tensors
+    if state["stage"] != run.settings.stage:
+        raise ValueError(f"a {state['stage']} checkpoint cannot resume the {run.settings.stage}")
+    if run.accelerator.is_main_process:
+        truncate_log(run.trial_dir, int(state["log_offset"]))
+    model = run.accelerator.unwrap_model(run.model)
+    model.load_state_dict(
+        {key.removeprefix("model."): value for key, value in tensors.items()
+         if key.startswith("model.")}
+    )
+    ckpt.load_optimizer_state(run.optimizer, state["optimizer"], tensors)
+    run.scheduler.load_state_dict(state["scheduler"])
+    if run.average is not None:
+        run.average.load({k: v for k, v in tensors.items() if k.startswith("ema.")},
+                         updates=int(state["ema_updates"]))
+    run.plan.total_steps, run.plan.requested_steps = state["plan"]
+    run.spent_before = float(state["spent_s"])
+    run.clock = Clock.start(state["time_budget"], spent=run.spent_before)
+    best = state["best"]
+    weights = checkpoint.best_weights()
+    run.best = _Best(best["score"], best["epoch"], best["metrics"], weights)
+    run.stale = int(state["stale"])
+    run.result.steps = checkpoint.step
+    run.result.history = list(state["history"])
+    run.result.resumed_from = checkpoint.step
+    run.epoch = _Epoch(**state["epoch"])
+    _order(loader).skip(run.epoch.batches)
+    ckpt.restore_rng(state["rng"], tensors)
+    console.print(
+        f"{run.settings.stage}: resumed from {checkpoint.folder} (step {checkpoint.step}, epoch "
+        f"{run.epoch.index + 1}, {run.epoch.batches} batches in)"
+    )
 
 
-def _shown(epoch: int, epochs: int) -> bool:
-    """Every epoch's line for a short run; about MAX_EPOCH_LINES of a long one (a probe)."""
-    every = max(1, math.ceil(epochs / MAX_EPOCH_LINES))
-    return epochs <= MAX_EPOCH_LINES or (epoch + 1) % every == 0 or epoch + 1 == epochs
+def _order(loader: DataLoader[Any]) -> Any:
+    """The loader's batch order: resumable (set_epoch, skip) when built by tunesmith."""
+    order = loader.batch_sampler
+    if not hasattr(order, "skip"):
+        raise ValueError("the training loader's batch order cannot resume mid-epoch")
+    return order
 
 
-def _checkpoint_name(stage: str) -> str:
-    return "best.safetensors" if stage == "train" else f"best-{stage}.safetensors"
+# ----------------------------------------------------------------------------------------------
+# one epoch
 
 
-def _micro_batches(
-    loader: DataLoader[Any], accumulate: int, plan: Plan, result: TrialResult
-) -> Iterator[tuple[Any, int, bool]]:
+def _micro_batches(run: _Run, loader: DataLoader[Any]) -> Iterator[tuple[Any, int, bool]]:
     """(batch, batches in its optimizer step, whether it ends that step), until the plan's last
     step. An epoch's last step may sum fewer batches than `accumulate`."""
-    batches = len(loader)
-    for index, batch in enumerate(loader):
-        if result.steps >= plan.total_steps:
+    accumulate, batches = run.settings.accumulate, len(loader)
+    for index, batch in enumerate(loader, start=run.epoch.batches):
+        if run.result.steps >= run.plan.total_steps:
             return
         group_start = index - index % accumulate
         in_group = min(accumulate, batches - group_start)
         yield batch, in_group, index - group_start == in_group - 1
 
 
-def _train_epoch(
-    model: torch.nn.Module,
-    loader: DataLoader[Any],
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    loss_fn: torch.nn.Module,
-    accelerator: Accelerator,
-    settings: TrainSettings,
-    epoch: int,
-    average: WeightAverage | None,
-    *,
-    plan: Plan,
-    result: TrialResult,
-    clock: _Clock,
-    val_rows: int,
-) -> dict[str, float]:
+def _train_epoch(run: _Run, loader: DataLoader[Any], val_rows: int) -> dict[str, float]:
+    settings, accelerator, model = run.settings, run.accelerator, run.model
     model.train()
-    set_epoch = getattr(loader.batch_sampler, "set_epoch", None)
-    if callable(set_epoch):  # a new batch order each epoch, reproducible from the seed
-        set_epoch(epoch)
-    losses: list[float] = []
-    seen = 0
+    order = getattr(loader, "batch_sampler", None)
+    if callable(getattr(order, "set_epoch", None)):  # each epoch its own order, from the seed
+        order.set_epoch(run.epoch.index)  # type: ignore[union-attr]
     started = time.perf_counter()
-    epochs = math.ceil(plan.total_steps / math.ceil(len(loader) / settings.accumulate))
-    with progress(quiet=epochs > MAX_EPOCH_LINES) as bar:
+    seen_before = run.epoch.seen
+    with progress(quiet=run.epochs > MAX_EPOCH_LINES) as bar:
         rows = len(loader.dataset)  # type: ignore[arg-type]
-        task = bar.add_task(f"{settings.stage} epoch {epoch + 1}", total=rows, status="")
+        task = bar.add_task(
+            f"{settings.stage} epoch {run.epoch.index + 1}", total=rows,
+            completed=min(rows, run.epoch.seen), status="",
+        )
         mark = time.perf_counter()
-        for batch, in_group, ends_step in _micro_batches(loader, settings.accumulate, plan, result):
+        for batch, in_group, ends_step in _micro_batches(run, loader):
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             targets = batch.pop("labels")
             # Between a step's batches, processes need not average gradients (DDP's no_sync).
             with contextlib.nullcontext() if ends_step else accelerator.no_sync(model):
                 with accelerator.autocast():
-                    loss = loss_fn(model(batch).float(), targets)
+                    loss = run.loss_fn(model(batch).float(), targets)
                 accelerator.backward(loss / in_group)
-            losses.append(loss.item())
-            seen += len(targets)
-            bar.update(task, advance=len(targets), status=f"loss {np.mean(losses[-50:]):.4f}")
+            run.epoch.batches += 1
+            run.epoch.loss_sum += loss.item()
+            run.epoch.seen += len(targets)
+            bar.update(task, advance=len(targets),
+                       status=f"loss {run.epoch.loss_sum / run.epoch.batches:.4f}")
             if not ends_step:
                 continue
-            if settings.grad_clip:
-                accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if average is not None:
-                average.update()
-            result.steps += 1
+            _optimizer_step(run)
             now = time.perf_counter()
-            if result.steps > 1:  # the first step picks kernels: slower than the rest
-                clock.step_s += now - mark
-                clock.timed_steps += 1
+            if run.result.steps > 1:  # the first step picks kernels: slower than the rest
+                run.clock.time_step(now - mark)
             mark = now
-            if clock.deadline is not None:
-                _fit_plan(plan, clock, result.steps, batch_size=len(targets) * in_group,
-                          steps_per_epoch=math.ceil(len(loader) / settings.accumulate),
-                          val_rows=val_rows)
+            run.log.step({"stage": settings.stage, "step": run.result.steps,
+                          "epoch": run.epoch.index + 1, "loss": loss.item(),
+                          "lr": float(run.scheduler.get_last_lr()[0])})
+            fit_plan(run.plan, run.clock, run.result.steps, batch_size=len(targets) * in_group,
+                     steps_per_epoch=run.steps_per_epoch, val_rows=val_rows)
+            if _checkpoint_due(run):
+                _checkpoint(run)
     elapsed = time.perf_counter() - started
     return {
-        "train_loss": float(np.mean(losses)) if losses else float("nan"),
-        "train_samples_per_s": seen / elapsed if elapsed > 0 else 0.0,
-        "lr": float(scheduler.get_last_lr()[0]),
+        "train_loss": run.epoch.loss_sum / run.epoch.batches if run.epoch.batches else math.nan,
+        "train_samples_per_s": (run.epoch.seen - seen_before) / elapsed if elapsed > 0 else 0.0,
+        "lr": float(run.scheduler.get_last_lr()[0]),
     }
 
 
-def _fit_plan(
-    plan: Plan, clock: _Clock, steps: int, *, batch_size: int, steps_per_epoch: int,
-    val_rows: int,
-) -> None:
-    """Fit the plan to the time left: as many of the requested steps as fit, with the
-    evaluation after each epoch (and after the last step) counted in.
-
-    Re-fitted after the steps in REFIT_AT, from the mean step time so far and the longest time
-    an epoch took beyond its steps (evaluating, logging; estimated from the step time before the
-    first epoch ends); between those points only a step past the deadline ends the run early.
-    """
-    if clock.left() <= 0:
-        plan.total_steps = steps  # out of time: this step is the last
-        return
-    if steps not in REFIT_AT or not clock.timed_steps:
-        return
-    step_s = clock.step_s / clock.timed_steps
-    eval_s = clock.epoch_extra_s
-    if eval_s is None:
-        eval_s = step_s / max(1, batch_size) * val_rows * EVAL_COST
-    left = clock.left()
-
-    def cost(total: int) -> float:
-        evaluations = math.ceil(total / steps_per_epoch) - (steps - 1) // steps_per_epoch
-        return (total - steps) * step_s + evaluations * eval_s
-
-    low, high = steps, plan.requested_steps  # the most steps whose cost fits: bisection
-    while low < high:
-        middle = (low + high + 1) // 2
-        low, high = (middle, high) if cost(middle) <= left else (low, middle - 1)
-    if low != plan.total_steps:
-        if low < plan.requested_steps:
-            console.print(
-                f"[yellow]time budget: {low} of {plan.requested_steps} steps fit "
-                f"({step_s:.3f} s a step); the schedule ends inside it[/]"
-            )
-        plan.total_steps = low
+def _optimizer_step(run: _Run) -> None:
+    if run.settings.grad_clip:
+        run.accelerator.clip_grad_norm_(run.model.parameters(), run.settings.grad_clip)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.average is not None:
+        run.average.update()
+    run.result.steps += 1
 
 
-def _evaluate(
-    model: torch.nn.Module,
-    batches: EvalBatches,
-    accelerator: Accelerator,
-    loss_fn: torch.nn.Module,
-    kind: str,
-    *,
-    quiet: bool = False,
-) -> dict[str, float]:
-    with progress(quiet=quiet) as bar:
+# ----------------------------------------------------------------------------------------------
+# evaluation, best weights, logging, stopping
+
+
+def _validate(run: _Run, batches: EvalBatches) -> dict[str, float]:
+    """The validation metrics, of the averaged weights when a weight average is kept."""
+    with run.average.applied() if run.average else contextlib.nullcontext():
+        val = _evaluate(run, batches)
+        if run.objective.better(val[run.objective.metric], run.best.score):
+            run.best = _keep_best(run, val)
+            run.stale = 0
+        else:
+            run.stale += 1
+    return val
+
+
+def _evaluate(run: _Run, batches: EvalBatches) -> dict[str, float]:
+    device = run.accelerator.device
+    with progress(quiet=run.epochs > MAX_EPOCH_LINES) as bar:
         task = bar.add_task("validate", total=len(batches.order), status="")
         outputs, targets = collect_logits(
-            model,
-            batches,
-            device=accelerator.device,
-            autocast=accelerator.autocast,
+            run.model, batches, device=device, autocast=run.accelerator.autocast,
             on_batch=lambda n: bar.update(task, advance=n),
         )
     with torch.no_grad():
         loss = float(
-            loss_fn(torch.from_numpy(outputs).to(accelerator.device),
-                    torch.from_numpy(targets).to(accelerator.device))
+            run.loss_fn(torch.from_numpy(outputs).to(device), torch.from_numpy(targets).to(device))
         )
-    return {"loss": loss, **objective_for(kind).score(outputs, targets)}
+    return {"loss": loss, **run.objective.score(outputs, targets)}
 
 
-def _keep_best(
-    model: torch.nn.Module, metrics: dict[str, float], metric: str, epoch: int, path: Path
-) -> _Best:
+def best_weights_name(stage: str) -> str:
+    return "best.safetensors" if stage == "train" else f"best-{stage}.safetensors"
+
+
+def _keep_best(run: _Run, metrics: dict[str, float]) -> _Best:
     from safetensors.torch import save_model
 
+    model = run.accelerator.unwrap_model(run.model)
     state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    atomic_write(path, lambda tmp: save_model(model, str(tmp)))
-    return _Best(metrics[metric], epoch, copy.deepcopy(metrics), state)
+    if run.accelerator.is_main_process:
+        path = run.trial_dir / best_weights_name(run.settings.stage)
+        atomic_write(path, lambda tmp: save_model(model, str(tmp)))
+    return _Best(metrics[run.objective.metric], run.epoch.index + 1, copy.deepcopy(metrics), state)
+
+
+def _end_epoch(run: _Run, stats: dict[str, float], val: dict[str, float]) -> None:
+    record = {
+        "event": "epoch",
+        "stage": run.settings.stage,
+        "epoch": run.epoch.index + 1,
+        "step": run.result.steps,
+        **stats,
+        **{f"val_{k}": v for k, v in val.items()},
+    }
+    run.result.history.append(record)
+    run.log.epoch(record)
+    epoch, epochs = run.epoch.index, run.epochs
+    every = max(1, math.ceil(epochs / MAX_EPOCH_LINES))
+    if epochs <= MAX_EPOCH_LINES or (epoch + 1) % every == 0 or epoch + 1 == epochs:
+        console.print(
+            f"{run.settings.stage} epoch {epoch + 1}/{epochs}: "
+            f"train loss {stats['train_loss']:.4f}, val loss {val['loss']:.4f}, "
+            f"val {run.objective.metric} {val[run.objective.metric]:.4f}"
+            + (" (best)" if run.best.epoch == epoch + 1 else "")
+        )
+    run.epoch = _Epoch(index=epoch + 1)
+
+
+def _should_stop(run: _Run, val: dict[str, float], reporter: Reporter | None) -> bool:
+    if reporter is not None:
+        reporter.report(val[run.objective.metric], run.result.steps)
+        if reporter.should_prune():
+            run.result.stopped = "pruned"
+            return True
+    if run.clock.left() <= 0:
+        run.result.stopped = "time budget"
+        return True
+    patience = run.settings.patience
+    if patience is not None and run.stale >= patience:
+        run.result.stopped = "early stopping"
+        console.print(
+            f"{run.settings.stage}: no better val {run.objective.metric} in {run.stale} "
+            f"evaluations; stopping (best epoch {run.best.epoch})"
+        )
+        return True
+    return False
+
+
+def _finish(run: _Run) -> TrialResult:
+    result = run.result
+    if result.stopped is None and run.plan.total_steps < run.plan.requested_steps:
+        result.stopped = "time budget"  # the schedule was shortened to fit
+    if run.best.state is not None:
+        run.accelerator.unwrap_model(run.model).load_state_dict(run.best.state)
+    result.best_epoch, result.best_val = run.best.epoch, run.best.metrics
+    result.wall_s = time.perf_counter() - run.started
+    run.accelerator.free_memory()
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _checkpoint_due(run: _Run) -> bool:
+    every = run.settings.checkpoint_steps
+    if every is not None:
+        return run.result.steps % every == 0
+    return time.perf_counter() - run.last_checkpoint >= CHECKPOINT_EVERY_S
+
+
+def _checkpoint(run: _Run) -> None:
+    """Save everything the run needs to continue from this step (main process only)."""
+    run.last_checkpoint = time.perf_counter()
+    if not run.accelerator.is_main_process:
+        return
+    model = run.accelerator.unwrap_model(run.model)
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    optimizer_plain, optimizer_tensors = ckpt.optimizer_state(run.optimizer)
+    tensors.update(optimizer_tensors)
+    rng_plain, rng_tensors = ckpt.rng_state()
+    tensors.update(rng_tensors)
+    if run.average is not None:
+        tensors.update({f"ema.{i}": t for i, t in enumerate(run.average.shadow)})
+    state = {
+        "stage": run.settings.stage,
+        "epoch": run.epoch.__dict__,
+        "plan": [run.plan.total_steps, run.plan.requested_steps],
+        "optimizer": optimizer_plain,
+        "scheduler": ckpt.scheduler_state(run.scheduler),
+        "ema_updates": run.average.updates if run.average else 0,
+        "rng": rng_plain,
+        "best": {"score": run.best.score, "epoch": run.best.epoch, "metrics": run.best.metrics},
+        "stale": run.stale,
+        "history": run.result.history,
+        "spent_s": run.spent_before + time.perf_counter() - run.started,
+        "time_budget": run.settings.time_budget,
+        "log_offset": run.log.flush(),
+    }
+    best = run.trial_dir / best_weights_name(run.settings.stage)
+    ckpt.save_checkpoint(run.trial_dir, run.result.steps, state, tensors,
+                         best=best if run.best.state is not None else None)

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from tunesmith.console import console
 from tunesmith.data.features import FeatureRows, feature_collate
+from tunesmith.data.order import ShuffledBatches, loader_generator
 from tunesmith.evaluate import collect_logits
 from tunesmith.models.inputs import EvalBatches
 from tunesmith.models.strategies import (
@@ -40,6 +41,7 @@ from tunesmith.models.strategies import (
     train_top,
 )
 from tunesmith.models.task_model import ProbeModel, TaskModel
+from tunesmith.train.checkpoint import Checkpoint
 from tunesmith.train.loop import Reporter, TrainSettings, TrialResult, train_trial
 from tunesmith.train.precision import default_device, resolve_precision
 
@@ -85,12 +87,15 @@ def fine_tune(
     trial_dir: Path,
     *,
     reporter: Reporter | None = None,
+    resume: Checkpoint | None = None,
 ) -> TrialResult:
     """Run the strategy's stages on `model` in place; returns the last stage's result, its wall
-    time that of every stage."""
+    time that of every stage. `resume` continues from a checkpoint of one of the stages (the
+    stages before it are done: their result is in the checkpoint's weights)."""
     strategy = plan.strategy
     started = time.perf_counter()
-    if strategy.probes:
+    resumed_stage = resume.state["stage"] if resume is not None else None
+    if strategy.probes and resumed_stage != "train":
         assert plan.probe is not None
         probed = train_probe(
             model,
@@ -98,13 +103,16 @@ def fine_tune(
             plan.probe.with_changes(time_budget=settings.time_budget),
             trial_dir,
             reporter=reporter if not strategy.fine_tunes else None,
+            resume=resume,
         )
+        resume = None
         if not strategy.fine_tunes:
             freeze_bottom(model, 0)  # the returned model is a plain one, every weight trainable
             probed.wall_s = time.perf_counter() - started  # the features' pass included
             return probed
-        # LP-FT: the probed head is already good, so it moves at the backbone's rate instead of
-        # the high rate of a head from scratch, which would distort the pretrained features.
+    if strategy.name == "lp-ft":
+        # The probed head is already good, so it moves at the backbone's rate instead of the
+        # high rate of a head from scratch, which would distort the pretrained features.
         settings = settings.with_changes(head_lr=settings.lr, time_budget=_left(settings, started))
     before_epoch = None
     if strategy.name == "freeze":
@@ -119,7 +127,7 @@ def fine_tune(
         freeze_bottom(model, 0)
     result = train_trial(
         model, batches.train, batches.val, settings, trial_dir,
-        reporter=reporter, before_epoch=before_epoch,
+        reporter=reporter, before_epoch=before_epoch, resume=resume,
     )
     if strategy.adapter:
         save_adapter(model, trial_dir / ADAPTER_FOLDER)
@@ -155,6 +163,7 @@ def train_probe(
     trial_dir: Path,
     *,
     reporter: Reporter | None = None,
+    resume: Checkpoint | None = None,
 ) -> TrialResult:
     """Train `model.head` on the frozen backbone's cached features."""
     freeze_backbone(model)
@@ -166,14 +175,13 @@ def train_probe(
         f"probe: features of {len(train_x)} + {len(val_x)} rows in "
         f"{time.perf_counter() - started:.1f} s"
     )
-    generator = torch.Generator().manual_seed(settings.seed)
-    train = DataLoader(
-        FeatureRows(train_x, list(train_y)),
-        batch_size=settings.batch_size,
-        shuffle=True,
-        generator=generator,
-        collate_fn=feature_collate,
+    order = ShuffledBatches(
+        len(train_x), settings.batch_size, seed=settings.seed,
         drop_last=len(train_x) > settings.batch_size,
+    )
+    train = DataLoader(
+        FeatureRows(train_x, list(train_y)), batch_sampler=order, collate_fn=feature_collate,
+        generator=loader_generator(settings.seed),
     )
     val_loader = DataLoader(
         FeatureRows(val_x, list(val_y)), batch_size=FEATURE_BATCH, collate_fn=feature_collate
@@ -186,4 +194,5 @@ def train_probe(
     return train_trial(
         probe, train, val, settings.with_changes(stage="probe", time_budget=budget,
                                                  ema_decay=None), trial_dir, reporter=reporter,
+        resume=resume,
     )

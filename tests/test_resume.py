@@ -1,0 +1,178 @@
+"""A run killed with SIGKILL mid-epoch resumes from its last checkpoint and ends exactly where an
+uninterrupted run of the same config ends; bad resumes stop with one clear message.
+
+The killed runs are real `tunesmith run` processes, killed as soon as a checkpoint from the middle
+of an epoch is on disk; `tunesmith run --resume` then finishes them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import IMAGE_TRAIN, TEXT_EXTRA, TEXT_TRAIN, CliResult, config_dict, logged, write_yaml
+from test_cli import assert_user_error
+
+Cli = Callable[[Sequence[str | Path]], CliResult]
+KILL_TIMEOUT_S = 120
+
+
+@pytest.fixture(autouse=True)
+def wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rich folds lines at 80 columns; a wide console keeps each message on one line."""
+    monkeypatch.setenv("COLUMNS", "2000")
+
+
+def start(config: Path, *args: str) -> subprocess.Popen[str]:
+    script = Path(sys.executable).with_name("tunesmith")
+    return subprocess.Popen(
+        [str(script), "run", str(config), *args], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def kill_when(process: subprocess.Popen[str], checkpoint: Path) -> None:
+    """SIGKILL `process` as soon as `checkpoint` is on disk."""
+    deadline = time.monotonic() + KILL_TIMEOUT_S
+    while not checkpoint.exists():
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline, f"no {checkpoint} after {KILL_TIMEOUT_S} s"
+        time.sleep(0.02)
+    process.kill()
+    process.wait()
+
+
+def run_config(folder: Path, name: str, **extra: Any) -> Path:
+    raw = config_dict(folder, name=name, **extra)
+    return write_yaml(folder / f"{name}.yaml", raw)
+
+
+def comparable(run_dir: Path) -> dict[str, Any]:
+    """What two runs that went the same way agree on (everything but timings)."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    epochs = [{k: v for k, v in line.items() if k != "train_samples_per_s"}
+              for line in logged(run_dir / "trials/0")]
+    return {"test": metrics["test"], "val": metrics["val"], "epochs": epochs,
+            "best_epoch": metrics["train"]["best_epoch"], "steps": metrics["train"]["steps"]}
+
+
+def assert_same_weights(first: Path, second: Path) -> None:
+    a, b = (load_file(str(run / "best" / "model.safetensors")) for run in (first, second))
+    assert a.keys() == b.keys()
+    assert [key for key in a if not torch.equal(a[key], b[key])] == []
+
+
+CASES = {
+    # 300 texts: 12 steps an epoch; killed at step 20, in the middle of epoch 2.
+    "text-full": ("train", 20, lambda tiny_bert, text_csv, image_folder, timm: {
+        "data_path": text_csv, "backbone": f"hf:{tiny_bert}",
+        "train_settings": {**TEXT_TRAIN, "epochs": 4, "checkpoint_steps": 5}, **TEXT_EXTRA}),
+    # Images with random crops and a weight average, lp-ft: killed in its fine-tuning stage
+    # (6 steps an epoch), at step 8, after a probe stage that is not run again.
+    "image-lp-ft": ("train", 8, lambda tiny_bert, text_csv, image_folder, timm: {
+        "data_path": image_folder, "backbone": f"timm:{timm[0]}?weights={timm[1]}",
+        "train_settings": {**IMAGE_TRAIN, "epochs": 3, "checkpoint_steps": 4,
+                           "probe_epochs": 5},
+        "model": {"strategy": "lp-ft"}, "data": {"augment": {"preset": "light"}}}),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_run_killed_mid_epoch_resumes_to_the_same_end(
+    case: str, tiny_bert: Path, text_csv: Path, image_folder: Path,
+    tiny_timm_weights: tuple[str, Path], run_cli: Cli, tmp_path: Path,
+) -> None:
+    stage, step, settings = CASES[case]
+    extra = settings(tiny_bert, text_csv, image_folder, tiny_timm_weights)
+    reference = run_config(tmp_path, "reference", **extra)
+    assert run_cli(["run", reference]).code == 0
+    config = run_config(tmp_path, "killed", **extra)
+    trial = tmp_path / "runs" / "killed" / "trials" / "0"
+    kill_when(start(config), trial / "checkpoints" / stage / f"step-{step:08d}")
+    assert not (trial.parent.parent / "metrics.json").exists()  # killed before the end
+
+    result = run_cli(["run", config, "--resume"])
+    assert result.code == 0, result.err[-3000:]
+    assert "resumed from" in result.err
+    first, second = tmp_path / "runs" / "reference", tmp_path / "runs" / "killed"
+    expected, got = comparable(first), comparable(second)
+    assert len(got["epochs"]) == len(expected["epochs"])
+    for ours, theirs in zip(got["epochs"], expected["epochs"], strict=True):
+        assert ours.keys() == theirs.keys()
+        for key, value in theirs.items():  # within 1e-6 as asked; on this CPU, fp32: exactly
+            assert ours[key] == (pytest.approx(value, abs=1e-6)
+                                 if isinstance(value, float) else value), key
+    assert got == expected
+    assert_same_weights(first, second)
+    # Every step is logged once: what the killed run logged after its checkpoint was dropped.
+    steps = [line["step"] for line in logged(second / "trials/0", "step") if line["stage"] == stage]
+    assert steps == list(range(1, expected["steps"] + 1))
+
+
+@pytest.fixture
+def killed_text_run(text_config: Callable[..., Path], tmp_path: Path) -> tuple[Path, Path]:
+    """A text run killed at step 20 (mid epoch 2), its checkpoints at 15 and 20 on disk."""
+    config = text_config("killed", train={"epochs": 4, "checkpoint_steps": 5})
+    trial = tmp_path / "runs" / "killed" / "trials" / "0"
+    kill_when(start(config), trial / "checkpoints" / "train" / "step-00000020")
+    return config, trial
+
+
+def test_a_corrupted_checkpoint_falls_back_to_the_one_before(
+    killed_text_run: tuple[Path, Path], text_config: Callable[..., Path], run_cli: Cli,
+) -> None:
+    config, trial = killed_text_run
+    newest = trial / "checkpoints" / "train" / "step-00000020" / "tensors.safetensors"
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    newest.write_bytes(bytes(data))
+    result = run_cli(["run", config, "--resume"])
+    assert result.code == 0, result.err[-3000:]
+    assert "step-00000020 cannot be read" in result.err and "checksum" in result.err
+    assert "resumed from" in result.err and "step-00000015" in result.err
+    reference = text_config("reference", train={"epochs": 4, "checkpoint_steps": 5})
+    assert run_cli(["run", reference]).code == 0
+    assert comparable(trial.parent.parent) == comparable(reference.parent / "runs" / "reference")
+
+
+def test_resume_with_another_config_says_what_differs(
+    killed_text_run: tuple[Path, Path], text_config: Callable[..., Path], run_cli: Cli,
+) -> None:
+    config, _ = killed_text_run
+    result = run_cli(["run", config, "--resume", "--set", "train.lr=0.003"])
+    assert_user_error(result, config, "--resume", "was made with another config",
+                      "train.lr: 0.002 -> 0.003")
+
+
+def test_resume_without_a_checkpoint(killed_text_run: tuple[Path, Path],
+                                     text_config: Callable[..., Path], run_cli: Cli) -> None:
+    import shutil
+
+    config, trial = killed_text_run
+    shutil.rmtree(trial / "checkpoints")
+    assert_user_error(run_cli(["run", config, "--resume"]), trial, "--resume",
+                      "there is no checkpoint to resume from", "run without --resume")
+    never_run = text_config("never-run")
+    assert_user_error(run_cli(["run", never_run, "--resume"]), never_run, "--resume",
+                      "there is no run to resume")
+
+
+def test_resuming_a_finished_run_changes_nothing(text_config: Callable[..., Path],
+                                                 run_cli: Cli) -> None:
+    config = text_config("done", train={"epochs": 2})
+    assert run_cli(["run", config]).code == 0
+    run_dir = config.parent / "runs" / "done"
+    before = (run_dir / "metrics.json").read_text()
+    result = run_cli(["run", config, "--resume"])
+    assert result.code == 0 and "finished already" in result.err
+    assert (run_dir / "metrics.json").read_text() == before
