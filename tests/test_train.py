@@ -439,3 +439,23 @@ def test_patience_stops_a_run_that_stopped_improving(tmp_path: Path) -> None:
     assert result.stopped == "early stopping"
     assert [epoch["epoch"] for epoch in result.history] == [1, 2, 3, 4]
     assert result.best_epoch == 1
+
+
+def test_tensorboard_gets_every_step_and_evaluation(
+    text_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model, loader, val, settings = prepared_trial(text_config(), epochs=3)
+    trial = tmp_path / "t"
+    result = train_trial(model, loader, val, replace(settings, log_to="tensorboard"), trial)
+    events = EventAccumulator(str(trial / "tensorboard"))
+    events.Reload()
+    losses = events.Scalars("train/loss")
+    assert [event.step for event in losses] == list(range(1, result.steps + 1))
+    steps = logged(trial, "step")
+    assert [e.value for e in losses] == pytest.approx([line["loss"] for line in steps], rel=1e-6)
+    accuracy = events.Scalars("train/val_accuracy")
+    epochs = logged(trial)
+    assert [e.step for e in accuracy] == [line["step"] for line in epochs]
+    assert [e.value for e in accuracy] == pytest.approx([line["val_accuracy"] for line in epochs])
