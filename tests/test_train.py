@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections.abc import Callable
 from dataclasses import replace
@@ -13,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import logged
+from conftest import CliResult, logged
 from tunesmith import api
 from tunesmith.config import load_config
 from tunesmith.evaluate import collect_logits, task_metrics
@@ -22,6 +23,8 @@ from tunesmith.search import train_settings
 from tunesmith.train import TrialResult, resolve_precision, train_trial
 from tunesmith.train.optim import Plan, make_optimizer, parameter_groups, warmup_cosine
 from tunesmith.train.precision import cpu_bf16_is_fast
+
+Cli = Callable[[list[str | Path]], CliResult]
 
 # ----------------------------------------------------------------------------------------------
 # precision
@@ -459,3 +462,44 @@ def test_tensorboard_gets_every_step_and_evaluation(
     epochs = logged(trial)
     assert [e.step for e in accuracy] == [line["step"] for line in epochs]
     assert [e.value for e in accuracy] == pytest.approx([line["val_accuracy"] for line in epochs])
+
+
+# ----------------------------------------------------------------------------------------------
+# the learning-rate range test
+
+
+def test_valley_is_two_thirds_down_the_longest_fall() -> None:
+    from tunesmith.train.lr_find import _valley
+
+    lrs = [10.0 ** (-7 + k / 10) for k in range(60)]
+    # Noise, then a fall from index 20 to 44, then divergence.
+    losses = [1.0 + 0.01 * ((-1) ** k) for k in range(20)]
+    losses += [1.0 - 0.03 * (k + 1) for k in range(25)] + [0.3 + 0.2 * k for k in range(15)]
+    # The longest falling subsequence: 1.01 (index 18), 0.99 (19), then the 25 points of the fall
+    # (20 to 44): 27 long. fastai counts its start as end - length = 17, and takes the point
+    # 17 + 27 // 3 + (27 / 3) // 2 = 17 + 9 + 4 = 30.
+    assert _valley(lrs, losses) == lrs[30]
+
+
+def test_lr_find_repeats_for_a_seed_and_suggests_a_rate_on_the_fall(
+    text_config: Callable[..., Path], run_cli: Cli
+) -> None:
+    config = text_config("sweep")  # the tiny BERT from random weights, its recipe's batches
+    results = [run_cli(["lr-find", config, "--steps", "60"]) for _ in range(2)]
+    assert all(result.code == 0 for result in results), results[0].err[-2000:]
+    run_dir = config.parent / "runs" / "sweep"
+    record = json.loads((run_dir / "lr_find.json").read_text())
+    assert results[0].out == results[1].out  # the same seed, the same sweep and suggestion
+    lrs, losses = record["lrs"], record["losses"]
+    assert lrs[0] == pytest.approx(1e-7) and all(b > a for a, b in itertools.pairwise(lrs))
+    assert 1e-7 < record["suggested_lr"] < lrs[-1]
+    at = lrs.index(record["suggested_lr"])
+    assert losses[at] < losses[0] and losses[at] > min(losses)  # on the way down
+    assert f"--set train.lr={record['suggested_lr']:.2e}" in results[0].out
+    # The tiny BERT diverges well before lr 1: the sweep stopped there.
+    assert len(lrs) < 60 or losses[-1] > 2 * min(losses)
+    from PIL import Image
+
+    with Image.open(run_dir / "lr_find.png") as image:
+        pixels = np.asarray(image.convert("L"))
+    assert image.format == "PNG" and pixels.std() > 10  # a drawn chart, not a blank image

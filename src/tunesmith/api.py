@@ -29,7 +29,7 @@ from tunesmith.data.sources import Examples
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import collect_logits, majority_baseline, objective_for
 from tunesmith.export import Predictor, load_predictor, save_bundle
-from tunesmith.io import write_json, write_text
+from tunesmith.io import atomic_write, write_json, write_text
 from tunesmith.models import Backbone, TaskModel, absolute_spec, build_backbone, make_head
 from tunesmith.models.hf import HFTextBackbone
 from tunesmith.models.inputs import Inputs, eval_batches, train_batches
@@ -438,6 +438,37 @@ def _metrics_record(
         "test_rows": len(data.test),
         "versions": {"tunesmith": __version__, "torch": torch.__version__},
     }
+
+
+@dataclass(frozen=True)
+class LrFindSummary:
+    suggested_lr: float
+    suggested_head_lr: float
+    plot: Path
+    record: Path
+
+
+def lr_find(
+    config: Config | str | Path, overrides: list[str] | None = None, *, steps: int = 100
+) -> LrFindSummary:
+    """The learning-rate range test on the config's data and model (`tunesmith lr-find`): writes
+    `lr_find.json` and `lr_find.png` to the run folder; nothing else of a run is touched."""
+    from tunesmith.train.lr_find import lr_range_test, plot
+
+    prepared = prepare(_as_config(config, overrides))
+    settings = train_settings(
+        prepared.config, kind=prepared.kind, loss_weights=_loss_weights(prepared),
+        target_std=(prepared.target_scale() or (0.0, 1.0))[1],
+    )
+    model = task_model(prepared)
+    loader = batches_for(prepared, settings.batch_size, settings.seed).train
+    test = lr_range_test(model, loader, settings, steps=steps)
+    run_dir = prepared.config.run_dir
+    record = run_dir / "lr_find.json"
+    write_json(record, {"config": prepared.config.source, **test.to_json()})
+    image = run_dir / "lr_find.png"
+    atomic_write(image, lambda tmp: plot(test, tmp))
+    return LrFindSummary(test.suggested, test.suggested * test.head_ratio, image, record)
 
 
 def inspect(

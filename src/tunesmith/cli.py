@@ -41,6 +41,24 @@ def run(
     typer.echo(f"run folder: {summary.run_dir}")
 
 
+@app.command("lr-find")
+def lr_find(
+    config: ConfigArg,
+    set_: SetOption = None,
+    steps: Annotated[int, typer.Option(help="Training steps of the sweep.")] = 100,
+) -> None:
+    """Sweep the learning rate up exponentially and suggest one (writes lr_find.png/.json)."""
+    from tunesmith import api
+    from tunesmith.console import console
+
+    found = api.lr_find(config, set_ or [], steps=steps)
+    console.print(f"wrote {found.plot} and {found.record}")
+    typer.echo(
+        f"suggested: --set train.lr={found.suggested_lr:.2e} "
+        f"--set train.head_lr={found.suggested_head_lr:.2e}"
+    )
+
+
 @app.command()
 def validate(config: ConfigArg, set_: SetOption = None) -> None:
     """Check config, data and model (one forward pass); nothing is trained or written."""
