@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from accelerate import PartialState
 from accelerate.utils import set_seed
 
 from tunesmith import __version__
@@ -287,6 +288,9 @@ def fit(
     """Run the whole pipeline, as `tunesmith run` does; `resume` continues a killed run of the
     same config from its last checkpoint."""
     started = time.perf_counter()
+    # Launched as many processes (accelerate launch, torchrun), each prepares the same data and
+    # model and trains its share of every batch; the first alone writes the run folder.
+    processes = PartialState(cpu=not torch.cuda.is_available())
     prepared = prepare(_as_config(config, overrides))
     resolved, data = prepared.config, prepared.data
     run_dir = resolved.run_dir
@@ -297,12 +301,13 @@ def fit(
         if (run_dir / "metrics.json").is_file():
             console.print(f"[green]{run_dir} finished already[/]; nothing to resume")
             return RunSummary(run_dir, json.loads((run_dir / "metrics.json").read_text()))
-    else:
+    elif processes.is_main_process:
         _fresh_run_dir(run_dir)
         write_text(run_dir / "config.yaml", resolved.to_yaml())
         write_json(run_dir / "splits.json", data.splits)
         write_json(run_dir / "data_report.json", _data_report(data))
         write_text(trial_dir / "config.yaml", resolved.to_yaml())
+    processes.wait_for_everyone()
 
     scale = prepared.target_scale()
     settings = train_settings(
@@ -319,6 +324,8 @@ def fit(
         f"rows ({len(data.val)} val, {len(data.test)} test held out)"
     )
     result = fine_tune(model, batches, settings, plan, trial_dir, resume=checkpoint)
+    if not processes.is_main_process:
+        return RunSummary(run_dir, {})  # the main process evaluates and writes the bundle
 
     test_metrics = evaluate_test(model, prepared, result)
     save_bundle(

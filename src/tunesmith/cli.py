@@ -38,7 +38,8 @@ def run(
     from tunesmith.api import fit
 
     summary = fit(config, set_ or [], resume=resume)
-    typer.echo(f"run folder: {summary.run_dir}")
+    if summary.metrics:  # the main process (the others of a data-parallel run stay quiet)
+        typer.echo(f"run folder: {summary.run_dir}")
 
 
 @app.command("lr-find")

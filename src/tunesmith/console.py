@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -15,7 +17,9 @@ from rich.progress import (
 )
 from rich.text import Text
 
-console = Console(stderr=True)
+# Of the processes of a data-parallel run (RANK set by torchrun / accelerate launch), only the
+# first one talks.
+console = Console(stderr=True, quiet=os.environ.get("RANK", "0") != "0")
 
 
 class SamplesPerSecond(ProgressColumn):

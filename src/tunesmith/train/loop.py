@@ -23,10 +23,11 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set_seed
 from torch.utils.data import DataLoader
 
 from tunesmith.console import console, progress
+from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import Objective, collect_logits, objective_for
 from tunesmith.io import atomic_write
 from tunesmith.models.inputs import EvalBatches
@@ -163,7 +164,8 @@ def train_trial(
     resume: ckpt.Checkpoint | None = None,
 ) -> TrialResult:
     """Train `model` in place; on return it holds the best-on-validation weights."""
-    run = _setup(model, train_loader, settings, trial_dir)
+    run = _setup(model, train_loader, settings, trial_dir, before_epoch)
+    train_loader = run.accelerator.prepare_data_loader(train_loader)
     if resume is not None:
         _restore(run, resume, train_loader)
     try:
@@ -188,15 +190,30 @@ def train_trial(
 # setup and resume
 
 
+def make_accelerator(precision: str) -> Accelerator:
+    """One process, or one of many launched by `accelerate launch` / torchrun (gloo on CPUs, NCCL
+    on GPUs). Batches are split across processes, so the global batch is `batch_size` however
+    many there are and a run matches its single-process twin."""
+    return Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision="bf16" if precision == "bf16" else "no",
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+    )
+
+
 def _setup(
-    model: torch.nn.Module, loader: DataLoader[Any], settings: TrainSettings, trial_dir: Path
+    model: torch.nn.Module,
+    loader: DataLoader[Any],
+    settings: TrainSettings,
+    trial_dir: Path,
+    before_epoch: EpochHook | None = None,
 ) -> _Run:
     started = time.perf_counter()
     set_seed(settings.seed)
     precision = resolve_precision(settings.precision, default_device())
     # Accelerate keeps its mixed-precision setting process-wide; each trial may choose its own.
     AcceleratorState._reset_state()
-    accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
+    accelerator = make_accelerator(precision)
     groups = parameter_groups(
         model,  # type: ignore[arg-type]
         lr=settings.lr,
@@ -209,6 +226,13 @@ def _setup(
     plan = Plan(settings.epochs * steps_per_epoch, settings.warmup)
     scheduler = make_scheduler(optimizer, plan, settings.schedule)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if accelerator.num_processes > 1 and before_epoch is not None:
+        raise TunesmithError(
+            "gradual-unfreeze changes which weights train between epochs, which data-parallel "
+            "training across processes does not follow",
+            field="model.strategy",
+            fix="run gradual-unfreeze in one process, or use full, freeze:K, lp-ft or an adapter",
+        )
     average = (
         WeightAverage(accelerator.unwrap_model(model), decay=settings.ema_decay)
         if settings.ema_decay
@@ -276,9 +300,12 @@ def _restore(run: _Run, checkpoint: ckpt.Checkpoint, loader: DataLoader[Any]) ->
 
 
 def _order(loader: DataLoader[Any]) -> Any:
-    """The loader's batch order: resumable (set_epoch, skip) when built by tunesmith."""
-    order = loader.batch_sampler
-    if not hasattr(order, "skip"):
+    """The loader's batch order: resumable (set_epoch, skip) when built by tunesmith; found
+    inside the shard Accelerate wraps it in across processes."""
+    order: Any = loader.batch_sampler
+    while order is not None and not hasattr(order, "skip"):
+        order = getattr(order, "batch_sampler", None)
+    if order is None:
         raise ValueError("the training loader's batch order cannot resume mid-epoch")
     return order
 
@@ -302,9 +329,7 @@ def _micro_batches(run: _Run, loader: DataLoader[Any]) -> Iterator[tuple[Any, in
 def _train_epoch(run: _Run, loader: DataLoader[Any], val_rows: int) -> dict[str, float]:
     settings, accelerator, model = run.settings, run.accelerator, run.model
     model.train()
-    order = getattr(loader, "batch_sampler", None)
-    if callable(getattr(order, "set_epoch", None)):  # each epoch its own order, from the seed
-        order.set_epoch(run.epoch.index)  # type: ignore[union-attr]
+    _order(loader).set_epoch(run.epoch.index)  # each epoch its own order, from the seed
     started = time.perf_counter()
     seen_before = run.epoch.seen
     with progress(quiet=run.epochs > MAX_EPOCH_LINES) as bar:
@@ -323,7 +348,10 @@ def _train_epoch(run: _Run, loader: DataLoader[Any], val_rows: int) -> dict[str,
                     loss = run.loss_fn(model(batch).float(), targets)
                 accelerator.backward(loss / in_group)
             run.epoch.batches += 1
-            run.epoch.loss_sum += loss.item()
+            value = loss.detach()
+            if accelerator.num_processes > 1:  # the loss of the whole batch, not this share
+                value = accelerator.reduce(value, reduction="mean")
+            run.epoch.loss_sum += float(value.item())
             run.epoch.seen += len(targets)
             bar.update(task, advance=len(targets),
                        status=f"loss {run.epoch.loss_sum / run.epoch.batches:.4f}")
@@ -335,10 +363,13 @@ def _train_epoch(run: _Run, loader: DataLoader[Any], val_rows: int) -> dict[str,
                 run.clock.time_step(now - mark)
             mark = now
             run.log.step({"stage": settings.stage, "step": run.result.steps,
-                          "epoch": run.epoch.index + 1, "loss": loss.item(),
+                          "epoch": run.epoch.index + 1, "loss": float(value.item()),
                           "lr": float(run.scheduler.get_last_lr()[0])})
             fit_plan(run.plan, run.clock, run.result.steps, batch_size=len(targets) * in_group,
                      steps_per_epoch=run.steps_per_epoch, val_rows=val_rows)
+            if accelerator.num_processes > 1 and run.clock.deadline is not None:
+                # Each process keeps its own time; all follow the main one's plan.
+                run.plan.total_steps = broadcast_object_list([run.plan.total_steps])[0]
             if _checkpoint_due(run):
                 _checkpoint(run)
     elapsed = time.perf_counter() - started
@@ -380,9 +411,10 @@ def _evaluate(run: _Run, batches: EvalBatches) -> dict[str, float]:
     device = run.accelerator.device
     with progress(quiet=run.epochs > MAX_EPOCH_LINES) as bar:
         task = bar.add_task("validate", total=len(batches.order), status="")
+        # Every process scores every row with the plain module: the same score everywhere.
         outputs, targets = collect_logits(
-            run.model, batches, device=device, autocast=run.accelerator.autocast,
-            on_batch=lambda n: bar.update(task, advance=n),
+            run.accelerator.unwrap_model(run.model), batches, device=device,
+            autocast=run.accelerator.autocast, on_batch=lambda n: bar.update(task, advance=n),
         )
     with torch.no_grad():
         loss = float(
@@ -430,23 +462,29 @@ def _end_epoch(run: _Run, stats: dict[str, float], val: dict[str, float]) -> Non
 
 
 def _should_stop(run: _Run, val: dict[str, float], reporter: Reporter | None) -> bool:
+    """Whether the run ends after this evaluation; across processes, as the main one says."""
+    stop = _stop_reason(run, val, reporter)
+    if run.accelerator.num_processes > 1:
+        stop = broadcast_object_list([stop])[0]
+    run.result.stopped = stop or run.result.stopped
+    return stop is not None
+
+
+def _stop_reason(run: _Run, val: dict[str, float], reporter: Reporter | None) -> str | None:
     if reporter is not None:
         reporter.report(val[run.objective.metric], run.result.steps)
         if reporter.should_prune():
-            run.result.stopped = "pruned"
-            return True
+            return "pruned"
     if run.clock.left() <= 0:
-        run.result.stopped = "time budget"
-        return True
+        return "time budget"
     patience = run.settings.patience
     if patience is not None and run.stale >= patience:
-        run.result.stopped = "early stopping"
         console.print(
             f"{run.settings.stage}: no better val {run.objective.metric} in {run.stale} "
             f"evaluations; stopping (best epoch {run.best.epoch})"
         )
-        return True
-    return False
+        return "early stopping"
+    return None
 
 
 def _finish(run: _Run) -> TrialResult:
