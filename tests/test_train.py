@@ -340,7 +340,9 @@ def test_a_time_budget_shortens_the_schedule_and_ends_it_at_zero(
     assert 8 < result.steps < requested
     lines = logged(tmp_path / "t")
     assert lines[-1]["step"] == result.steps
-    assert lines[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # the cosine decayed inside it
+    # The cosine decayed inside the budget: to zero at the fitted last step, or (when the machine
+    # slowed down after the last re-fit and the deadline came first) nearly so.
+    assert lines[-1]["lr"] <= 0.05 * settings.lr
     assert len(lines) == math.ceil(result.steps / len(loader))  # an evaluation per epoch
 
 

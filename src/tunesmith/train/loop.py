@@ -299,13 +299,14 @@ def _restore(run: _Run, checkpoint: ckpt.Checkpoint, loader: DataLoader[Any]) ->
     )
 
 
-def _order(loader: DataLoader[Any]) -> Any:
+def _order(loader: DataLoader[Any], *, required: bool = True) -> Any:
     """The loader's batch order: resumable (set_epoch, skip) when built by tunesmith; found
-    inside the shard Accelerate wraps it in across processes."""
+    inside the shard Accelerate wraps it in across processes. A plain loader has none: it trains
+    but cannot resume mid-epoch."""
     order: Any = loader.batch_sampler
     while order is not None and not hasattr(order, "skip"):
         order = getattr(order, "batch_sampler", None)
-    if order is None:
+    if order is None and required:
         raise ValueError("the training loader's batch order cannot resume mid-epoch")
     return order
 
@@ -329,7 +330,13 @@ def _micro_batches(run: _Run, loader: DataLoader[Any]) -> Iterator[tuple[Any, in
 def _train_epoch(run: _Run, loader: DataLoader[Any], val_rows: int) -> dict[str, float]:
     settings, accelerator, model = run.settings, run.accelerator, run.model
     model.train()
-    _order(loader).set_epoch(run.epoch.index)  # each epoch its own order, from the seed
+    # Each epoch its own order, from the seed. Accelerate's loader counts its passes and sets that
+    # count as the epoch at every pass: told the epoch too, a resumed run's first pass is right.
+    if callable(getattr(loader, "set_epoch", None)):
+        loader.set_epoch(run.epoch.index)  # type: ignore[attr-defined]
+    order = _order(loader, required=False)
+    if order is not None:
+        order.set_epoch(run.epoch.index)
     started = time.perf_counter()
     seen_before = run.epoch.seen
     with progress(quiet=run.epochs > MAX_EPOCH_LINES) as bar:
