@@ -282,3 +282,50 @@ def test_an_unknown_strategy_lists_the_known_ones(text_config: Callable[..., Pat
     config = text_config(model={"strategy": "freeze-all"})
     assert_user_error(validate(run_cli, config), config, "model.strategy",
                       "unknown strategy", "lp-ft", "gradual-unfreeze", "freeze:K", "lora")
+
+
+GREEDY_NET = '''
+import torch
+from torch import nn
+
+
+class Greedy(nn.Module):
+    """Training, needs 64 GiB of scratch memory per row from 16 rows a batch on: no machine has
+    that (evaluating needs none)."""
+
+    def __init__(self, in_features):
+        super().__init__()
+        self.linear = nn.Linear(in_features, 8)
+        self.num_features = 8
+
+    def forward(self, x):
+        if self.training and x.shape[0] >= 16:
+            torch.empty(x.shape[0] * 2**36, dtype=torch.uint8)
+        return self.linear(x)
+
+
+def build(in_features):
+    return Greedy(in_features)
+'''
+
+
+def test_a_batch_that_does_not_fit_in_memory(run_cli: Cli, tmp_path: Path) -> None:
+    (tmp_path / "greedy_net.py").write_text(GREEDY_NET)
+    table = pd.DataFrame({"x": [float(i) for i in range(120)], "label": ["a", "b"] * 60})
+    table.to_csv(tmp_path / "t.csv", index=False)
+    raw = config_dict(tmp_path, data_path=tmp_path / "t.csv", backbone="python:greedy_net:build",
+                      train_settings={"epochs": 1, "batch_size": 32})
+    config = write_yaml(tmp_path / "greedy.yaml", raw)
+    assert validate(run_cli, config).code == 0  # two rows fit
+    result = run_cli(["run", config])  # training starts, then the first batch fails
+    assert result.code == 2 and "Traceback" not in result.err
+    message = result.err[result.err.index("error: "):]
+    assert message.count("error: ") == 1
+    for part in (config, "train.batch_size", "a batch of 32 does not fit in memory",
+                 "can't allocate memory",
+                 "lower train.batch_size (e.g. 16) and raise train.accumulate (e.g. 2)"):
+        assert str(part) in message, part
+    smaller = write_yaml(tmp_path / "smaller.yaml",
+                         {**raw, "name": "smaller", "train": {"epochs": 1, "batch_size": 8,
+                                                              "accumulate": 4}})
+    assert run_cli(["run", smaller]).code == 0

@@ -12,6 +12,7 @@ import contextlib
 import json
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ from tunesmith.search import (
 )
 from tunesmith.train import Batches, TrialResult, fine_tune
 from tunesmith.train.checkpoint import Checkpoint, require_checkpoint
+from tunesmith.train.precision import autocast_for
 
 EVAL_BATCH_SIZE = 64
 
@@ -96,10 +98,17 @@ def _as_config(config: Config | str | Path, overrides: list[str] | None) -> Conf
 
 def prepare(config: Config) -> Prepared:
     """Read and split the data, load the backbone and resolve every `auto` in the config."""
-    try:
+    with naming_the_config(config):
         return _prepare(config)
+
+
+@contextlib.contextmanager
+def naming_the_config(config: Config) -> Iterator[None]:
+    """A problem with a config value (an error naming no file) points at the config file."""
+    try:
+        yield
     except TunesmithError as error:
-        if error.file is None:  # a problem with a config value: point at the config file
+        if error.file is None:
             raise TunesmithError(
                 error.problem, file=config.source, field=error.field, fix=error.fix
             ) from None
@@ -323,7 +332,8 @@ def fit(
         f"[bold]training[/] {resolved.model.backbone} ({plan.strategy}) on {len(data.train)} "
         f"rows ({len(data.val)} val, {len(data.test)} test held out)"
     )
-    result = fine_tune(model, batches, settings, plan, trial_dir, resume=checkpoint)
+    with naming_the_config(resolved):
+        result = fine_tune(model, batches, settings, plan, trial_dir, resume=checkpoint)
     if not processes.is_main_process:
         return RunSummary(run_dir, {})  # the main process evaluates and writes the bundle
 
@@ -395,11 +405,7 @@ def evaluate_test(model: TaskModel, prepared: Prepared, result: TrialResult) -> 
         batch_size=EVAL_BATCH_SIZE,
     )
     device = next(model.parameters()).device
-    autocast = (
-        (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
-        if result.precision == "bf16"
-        else contextlib.nullcontext
-    )
+    autocast = autocast_for(result.precision, device)
     outputs, targets = collect_logits(model, batches, device=device, autocast=autocast)
     return objective_for(prepared.kind).score(outputs, targets)
 

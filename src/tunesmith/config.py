@@ -61,7 +61,7 @@ Init = Literal[
     "orthogonal",
     "zeros",
 ]
-Precision = Literal["auto", "bf16", "fp32"]
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
 Optimizer = Literal["auto", "adamw", "adam", "sgd"]
 Schedule = Literal["auto", "cosine", "linear", "constant", "one-cycle", "step"]
 Loss = Literal["auto", "cross_entropy", "focal", "bce", "mse", "huber"]

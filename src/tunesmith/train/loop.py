@@ -169,21 +169,53 @@ def train_trial(
     if resume is not None:
         _restore(run, resume, train_loader)
     try:
-        while run.result.steps < run.plan.total_steps:
-            if before_epoch is not None:
-                before_epoch(run.epoch.index, run.epochs)
-            epoch_started, step_s = time.perf_counter(), run.clock.step_s
-            stats = _train_epoch(run, train_loader, len(val_batches.order))
-            val = _validate(run, val_batches)
-            _end_epoch(run, stats, val)
-            extra = time.perf_counter() - epoch_started - (run.clock.step_s - step_s)
-            run.clock.epoch_extra_s = max(extra, run.clock.epoch_extra_s or 0.0)  # safe side
-            _checkpoint(run)
-            if _should_stop(run, val, reporter):
-                break
+        with _memory_hint(settings):
+            _epochs(run, train_loader, val_batches, reporter, before_epoch)
     finally:
         run.log.close()
     return _finish(run)
+
+
+def _epochs(
+    run: _Run,
+    train_loader: DataLoader[Any],
+    val_batches: EvalBatches,
+    reporter: Reporter | None,
+    before_epoch: EpochHook | None,
+) -> None:
+    while run.result.steps < run.plan.total_steps:
+        if before_epoch is not None:
+            before_epoch(run.epoch.index, run.epochs)
+        epoch_started, step_s = time.perf_counter(), run.clock.step_s
+        stats = _train_epoch(run, train_loader, len(val_batches.order))
+        val = _validate(run, val_batches)
+        _end_epoch(run, stats, val)
+        extra = time.perf_counter() - epoch_started - (run.clock.step_s - step_s)
+        run.clock.epoch_extra_s = max(extra, run.clock.epoch_extra_s or 0.0)  # safe side
+        _checkpoint(run)
+        if _should_stop(run, val, reporter):
+            break
+
+
+OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "not enough memory")
+
+
+@contextlib.contextmanager
+def _memory_hint(settings: TrainSettings) -> Iterator[None]:
+    """A batch that does not fit in memory, as the config error it is."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
+        text = str(error).lower()
+        if not isinstance(error, MemoryError) and not any(s in text for s in OUT_OF_MEMORY):
+            raise
+        raise TunesmithError(
+            f"a batch of {settings.batch_size} does not fit in memory: "
+            f"{str(error).splitlines()[0][:200]}",
+            field="train.batch_size",
+            fix=f"lower train.batch_size (e.g. {max(1, settings.batch_size // 2)}) and raise "
+            f"train.accumulate (e.g. {settings.accumulate * 2}) to keep the effective batch",
+        ) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,7 +228,7 @@ def make_accelerator(precision: str) -> Accelerator:
     many there are and a run matches its single-process twin."""
     return Accelerator(
         cpu=not torch.cuda.is_available(),
-        mixed_precision="bf16" if precision == "bf16" else "no",
+        mixed_precision=precision if precision in ("bf16", "fp16") else "no",
         dataloader_config=DataLoaderConfiguration(split_batches=True),
     )
 
@@ -276,6 +308,8 @@ def _restore(run: _Run, checkpoint: ckpt.Checkpoint, loader: DataLoader[Any]) ->
          if key.startswith("model.")}
     )
     ckpt.load_optimizer_state(run.optimizer, state["optimizer"], tensors)
+    if run.accelerator.scaler is not None and state.get("scaler"):
+        run.accelerator.scaler.load_state_dict(state["scaler"])
     run.scheduler.load_state_dict(state["scheduler"])
     if run.average is not None:
         run.average.load({k: v for k, v in tensors.items() if k.startswith("ema.")},
@@ -536,6 +570,7 @@ def _checkpoint(run: _Run) -> None:
         "plan": [run.plan.total_steps, run.plan.requested_steps],
         "optimizer": optimizer_plain,
         "scheduler": ckpt.scheduler_state(run.scheduler),
+        "scaler": run.accelerator.scaler.state_dict() if run.accelerator.scaler else None,
         "ema_updates": run.average.updates if run.average else 0,
         "rng": rng_plain,
         "best": {"score": run.best.score, "epoch": run.best.epoch, "metrics": run.best.metrics},

@@ -8,13 +8,15 @@ small matrix-product probe shows bf16 beating fp32.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 
-Resolved = Literal["bf16", "fp32"]
+Resolved = Literal["bf16", "fp16", "fp32"]
 
 
 def _best_time(dtype: torch.dtype, size: int = 256, repeats: int = 5) -> float:
@@ -36,12 +38,26 @@ def cpu_bf16_is_fast() -> bool:
 
 
 def resolve_precision(requested: str, device: torch.device) -> Resolved:
-    """`auto` becomes bf16 where the hardware runs it fast, fp32 otherwise."""
+    """`auto` becomes bf16 where the hardware runs it fast; fp16 (with a gradient scaler) on GPUs
+    without bf16; fp32 otherwise. fp16 asked for without a GPU is fp32: CPUs have no fp16
+    matrix units and no scaler."""
+    if requested == "fp16":
+        return "fp16" if device.type == "cuda" else "fp32"
     if requested != "auto":
         return "bf16" if requested == "bf16" else "fp32"
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if device.type == "cpu" and cpu_bf16_is_fast() else "fp32"
+
+
+def autocast_for(
+    precision: str, device: torch.device
+) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    """A factory of the autocast context that evaluates as a model was trained."""
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision not in dtypes:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=dtypes[precision])
 
 
 def default_device() -> torch.device:

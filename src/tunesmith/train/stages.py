@@ -14,7 +14,6 @@ of a forward pass through the backbone per epoch.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 
 from tunesmith.console import console
@@ -43,7 +41,7 @@ from tunesmith.models.strategies import (
 from tunesmith.models.task_model import ProbeModel, TaskModel
 from tunesmith.train.checkpoint import Checkpoint
 from tunesmith.train.loop import Reporter, TrainSettings, TrialResult, train_trial
-from tunesmith.train.precision import default_device, resolve_precision
+from tunesmith.train.precision import autocast_for, default_device, resolve_precision
 
 FEATURE_BATCH = 128
 ADAPTER_FOLDER = "adapter"  # the trained adapter alone, as PEFT saves it
@@ -148,12 +146,9 @@ def backbone_features(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(features, targets) of every row, in row order, from the backbone in eval mode."""
     device = next(model.parameters()).device
-    autocast: Callable[[], contextlib.AbstractContextManager[Any]] = (
-        (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
-        if precision == "bf16"
-        else contextlib.nullcontext
+    return collect_logits(
+        model.backbone, batches, device=device, autocast=autocast_for(precision, device)
     )
-    return collect_logits(model.backbone, batches, device=device, autocast=autocast)
 
 
 def train_probe(
