@@ -34,6 +34,9 @@ def test_explicit_precision_is_kept() -> None:
     for device in (torch.device("cpu"), torch.device("cuda")):
         assert resolve_precision("fp32", device) == "fp32"
         assert resolve_precision("bf16", device) == "bf16"
+    assert resolve_precision("fp16", torch.device("cuda")) == "fp16"
+    # A CPU has neither fp16 matrix units nor a gradient scaler: fp16 there means fp32.
+    assert resolve_precision("fp16", torch.device("cpu")) == "fp32"
 
 
 def test_auto_precision_on_cpu_follows_the_bf16_probe() -> None:
@@ -41,7 +44,7 @@ def test_auto_precision_on_cpu_follows_the_bf16_probe() -> None:
     assert resolve_precision("auto", torch.device("cpu")) == expected
 
 
-@pytest.mark.parametrize(("supported", "expected"), [(True, "bf16"), (False, "fp32")])
+@pytest.mark.parametrize(("supported", "expected"), [(True, "bf16"), (False, "fp16")])
 def test_auto_precision_on_gpu_follows_capability(
     monkeypatch: pytest.MonkeyPatch, supported: bool, expected: str
 ) -> None:
