@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -508,3 +509,84 @@ def test_lr_find_repeats_for_a_seed_and_suggests_a_rate_on_the_fall(
     with Image.open(run_dir / "lr_find.png") as image:
         pixels = np.asarray(image.convert("L"))
     assert image.format == "PNG" and pixels.std() > 10  # a drawn chart, not a blank image
+
+
+# ----------------------------------------------------------------------------------------------
+# loading: workers, and augmentation that depends on the seed and the epoch alone
+
+
+def epoch_pixels(loader: Any, epoch: int, skip: int = 0) -> list[torch.Tensor]:
+    """Each batch of one epoch as (pixels, labels) rows, `skip` batches left out."""
+    loader.batch_sampler.set_epoch(epoch)
+    loader.batch_sampler.skip(skip)
+    return [torch.cat([batch["pixel_values"].flatten(1), batch["labels"]], dim=1)
+            for batch in loader]
+
+
+def test_augmented_batches_depend_on_seed_and_epoch_alone(
+    image_config: Callable[..., Path],
+) -> None:
+    config = image_config("mixed", data={"augment": {"preset": "strong", "mixup": 0.4,
+                                                     "cutmix": 1.0}})
+    prepared = api.prepare(load_config(config))
+    in_process = api.batches_for(prepared, 16, seed=3).train
+    in_workers = api.batches_for(prepared, 16, seed=3, workers=2).train
+    assert in_process.num_workers == 0 and in_workers.num_workers == 2
+    first = epoch_pixels(in_process, 1)
+    assert len(first) == 5 and first[0].shape[0] == 16  # 90 rows, the last part-batch dropped
+    soft = torch.cat([batch[:, -2:] for batch in first])  # the labels, mixed
+    assert torch.allclose(soft.sum(dim=1), torch.ones(len(soft)))
+    assert ((soft > 0.01) & (soft < 0.99)).any()
+    torch.manual_seed(123)  # whatever drew from the global generator before
+    torch.rand(1000)
+    assert all(map(torch.equal, epoch_pixels(in_workers, 1), first))
+    # A resumed epoch (batches skipped) continues with the very batches it would have had.
+    assert all(map(torch.equal, epoch_pixels(in_process, 1, skip=4), first[4:]))
+    assert not torch.equal(epoch_pixels(in_process, 2)[0], first[0])  # a new epoch, new draws
+    other_seed = epoch_pixels(api.batches_for(prepared, 16, seed=4).train, 1)
+    assert not torch.equal(other_seed[0], first[0])
+
+
+def test_workers_change_nothing_in_a_run(image_config: Callable[..., Path], run_cli: Cli) -> None:
+    results = []
+    for workers in (0, 2):
+        config = image_config(f"workers-{workers}", train={"epochs": 2, "workers": workers},
+                              data={"augment": {"preset": "medium"}})
+        assert run_cli(["run", config]).code == 0
+        run_dir = config.parent / "runs" / f"workers-{workers}"
+        resolved = load_config(run_dir / "config.yaml")
+        assert resolved.train.workers == workers
+        results.append([{k: v for k, v in line.items() if k != "train_samples_per_s"}
+                        for line in logged(run_dir / "trials/0")])
+    assert results[0] == results[1]
+
+
+def test_workers_are_chosen_for_images_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunesmith.search.recipe import loader_workers
+
+    for cores, expected in ((1, 0), (2, 1), (8, 2), (64, 4)):
+        monkeypatch.setattr("os.cpu_count", lambda cores=cores: cores)
+        assert loader_workers("image") == expected
+        assert loader_workers("text") == loader_workers("tabular") == 0
+
+
+def test_a_compiled_model_trains_as_the_eager_one(tmp_path: Path, run_cli: Cli) -> None:
+    """Without dropout: compiled dropout draws its masks from inductor's own generator."""
+    from sklearn.datasets import load_breast_cancer
+
+    from conftest import config_dict, write_yaml
+    from test_tasks import sklearn_table
+
+    sklearn_table(load_breast_cancer, tmp_path / "cancer.csv")
+    lines = []
+    for compile_ in (False, True):
+        name = f"compile-{compile_}"
+        raw = config_dict(tmp_path, data_path=tmp_path / "cancer.csv", backbone="scratch:mlp",
+                          name=name, train_settings={"epochs": 3, "batch_size": 32,
+                                                     "precision": "fp32", "compile": compile_},
+                          model={"scratch": {"dropout": 0.0}, "head": {"dropout": 0.0}})
+        assert run_cli(["run", write_yaml(tmp_path / f"{name}.yaml", raw)]).code == 0
+        lines.append(logged(tmp_path / "runs" / name / "trials/0"))
+    for eager, compiled in zip(*lines, strict=True):
+        assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-4)
+        assert compiled["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-4)

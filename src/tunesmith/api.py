@@ -258,8 +258,9 @@ def _data_report(data: TaskData) -> dict[str, Any]:
     }
 
 
-def batches_for(prepared: Prepared, batch_size: int, seed: int) -> Batches:
-    """Training, validation and (lazily) un-augmented training batches of the prepared data."""
+def batches_for(prepared: Prepared, batch_size: int, seed: int, workers: int = 0) -> Batches:
+    """Training, validation and (lazily) un-augmented training batches of the prepared data,
+    images loaded by `workers` processes."""
     data, backbone = prepared.data, prepared.backbone
     train_inputs = prepared.inputs(data.train)
     train_targets = data.targets(data.train)
@@ -271,15 +272,17 @@ def batches_for(prepared: Prepared, batch_size: int, seed: int) -> Batches:
         seed=seed,
         augment=prepared.config.data.augment,
         mix_classes=len(data.classes) if prepared.kind == "classification" else 0,
+        workers=workers,
     )
     val = eval_batches(
-        backbone, prepared.inputs(data.val), data.targets(data.val), batch_size=EVAL_BATCH_SIZE
+        backbone, prepared.inputs(data.val), data.targets(data.val), batch_size=EVAL_BATCH_SIZE,
+        workers=workers,
     )
     return Batches(
         train=train,
         val=val,
         plain_train=lambda: eval_batches(
-            backbone, train_inputs, train_targets, batch_size=EVAL_BATCH_SIZE
+            backbone, train_inputs, train_targets, batch_size=EVAL_BATCH_SIZE, workers=workers
         ),
     )
 
@@ -327,7 +330,7 @@ def fit(
     )
     plan = strategy_plan(resolved, settings)
     model = task_model(prepared)
-    batches = batches_for(prepared, settings.batch_size, settings.seed)
+    batches = batches_for(prepared, settings.batch_size, settings.seed, settings.workers)
     console.print(
         f"[bold]training[/] {resolved.model.backbone} ({plan.strategy}) on {len(data.train)} "
         f"rows ({len(data.val)} val, {len(data.test)} test held out)"
@@ -352,6 +355,10 @@ def fit(
     return RunSummary(run_dir, metrics)
 
 
+# Settings that change how fast a run trains, not what it trains: a run resumes under others.
+SPEED_ONLY = frozenset({"train.workers"})
+
+
 def _resumable(prepared: Prepared, trial_dir: Path) -> Checkpoint:
     """The checkpoint a resumed run continues from, once the config is the one it was run with."""
     config = prepared.config
@@ -363,8 +370,12 @@ def _resumable(prepared: Prepared, trial_dir: Path) -> Checkpoint:
             field="--resume",
             fix="run without --resume to start it, or check name and output_dir",
         )
-    differences = config_differences(yaml.safe_load(saved.read_text()),
-                                     yaml.safe_load(config.to_yaml()))
+    differences = [
+        difference
+        for difference in config_differences(yaml.safe_load(saved.read_text()),
+                                             yaml.safe_load(config.to_yaml()))
+        if difference.split(":")[0] not in SPEED_ONLY
+    ]
     if differences:
         shown = "; ".join(differences[:6]) + (" ..." if len(differences) > 6 else "")
         raise TunesmithError(

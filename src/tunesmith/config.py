@@ -229,6 +229,10 @@ class TrainConfig(_Strict):
     # Decay of the weight average that is evaluated and kept; null turns averaging off.
     ema: Annotated[float, Field(gt=0.0, lt=1.0)] | Auto | None = "auto"
     precision: Precision = "auto"
+    # Processes that decode and augment images ahead of the training step (0: in the main one).
+    workers: Annotated[int, Field(ge=0)] | Auto = "auto"
+    # torch.compile the model before training: slower to start, faster per step on some hardware.
+    compile: bool = False
 
 
 class Config(_Strict):

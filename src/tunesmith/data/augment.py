@@ -1,9 +1,10 @@
 """Image augmentation for fine-tuning: per-image presets and batch-level MixUp / CutMix.
 
 Per-image work runs on uint8 tensors (the fast path of `torchvision.transforms.v2`) and only then
-is scaled to float and normalized with the backbone's statistics. Every random draw comes from
-torch's global RNG, so `torch.manual_seed` makes a run reproducible (DataLoader workers are seeded
-from it as well).
+is scaled to float and normalized with the backbone's statistics. The transforms draw from torch's
+global generator; in training, `ImageFiles` seeds it for each example from the example's `Draw`
+(`tunesmith.data.order`), and the mixing collate for each batch from its first example's seed, so
+an epoch's augmentation depends on the seed and the epoch alone.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
+
+from tunesmith.data.order import drawing_from
 
 Preset = Literal["none", "light", "medium", "strong"]
 PRESETS: tuple[Preset, ...] = ("none", "light", "medium", "strong")
@@ -141,16 +144,22 @@ def batch_mixer(num_classes: int, *, mixup: float, cutmix: float) -> BatchMixer 
     return PairMixer(mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes))
 
 
+MIX_SALT = 0x5DEECE66D  # a batch's mixing seed: its first example's seed, salted
+
+
 class MixingCollate:
     """`collate` followed by `mixer`: a module-level class, not a closure, so that DataLoader can
-    pickle it into worker processes."""
+    pickle it into worker processes. The mix draws from the seed of the batch's first example
+    (third in each item) when it has one."""
 
     def __init__(self, collate: Collate, mixer: BatchMixer) -> None:
         self.collate = collate
         self.mixer = mixer
 
     def __call__(self, items: list[Any]) -> Batch:
-        return self.mixer(self.collate(items))
+        seed = items[0][2] if len(items[0]) > 2 else None
+        with drawing_from(None if seed is None else seed ^ MIX_SALT):
+            return self.mixer(self.collate(items))
 
 
 def collate_with(collate: Collate, mixer: BatchMixer | None) -> Collate:

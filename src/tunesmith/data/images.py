@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 from tunesmith.data.augment import Transform
 from tunesmith.data.features import stack_targets
 from tunesmith.data.image_scan import open_image, scan_images
+from tunesmith.data.order import drawing_from
 from tunesmith.errors import DataError
 
 
@@ -27,7 +28,15 @@ def check_images(paths: Sequence[str], *, field: str) -> None:
         )
 
 
-class ImageFiles(Dataset[tuple[torch.Tensor, Any]]):
+# An example: its pixels, its target and the seed its random draws came from (None: the global
+# generator's), which a batch-level mixer draws its own seed from.
+Example = tuple[torch.Tensor, Any, int | None]
+
+
+class ImageFiles(Dataset[Example]):
+    """Images decoded and transformed on access; a `Draw` index (`tunesmith.data.order`) makes
+    its random augmentation a function of the draw's seed."""
+
     def __init__(
         self, paths: Sequence[str], targets: Sequence[Any], transform: Transform, mode: str = "RGB"
     ) -> None:
@@ -39,12 +48,16 @@ class ImageFiles(Dataset[tuple[torch.Tensor, Any]]):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
-        return self.transform(open_image(self.paths[index], self.mode)), self.targets[index]
+    def __getitem__(self, index: int) -> Example:
+        image = open_image(self.paths[index], self.mode)
+        seed: int | None = getattr(index, "seed", None)
+        with drawing_from(seed):
+            pixels = self.transform(image)
+        return pixels, self.targets[index], seed
 
 
-def image_collate(items: list[tuple[torch.Tensor, Any]]) -> dict[str, torch.Tensor]:
+def image_collate(items: list[Example]) -> dict[str, torch.Tensor]:
     return {
-        "pixel_values": torch.stack([pixels for pixels, _ in items]),
-        "labels": stack_targets([target for _, target in items]),
+        "pixel_values": torch.stack([item[0] for item in items]),
+        "labels": stack_targets([item[1] for item in items]),
     }

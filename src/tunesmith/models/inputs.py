@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
 from tunesmith.config import AugmentConfig
@@ -74,11 +75,14 @@ def train_batches(
     seed: int,
     augment: AugmentConfig = NO_AUGMENTATION,
     mix_classes: int = 0,
+    workers: int = 0,
 ) -> DataLoader[Any]:
     """Shuffled training batches in an order resumable mid-epoch (`tunesmith.data.order`); texts
     are grouped by length so padding stays small, images are augmented as `augment` says
     (MixUp/CutMix on whole batches into soft labels, when `mix_classes` says how many classes
-    there are to mix)."""
+    there are to mix). `workers` processes decode and augment images ahead of the training
+    step; each example's random draws come from its `Draw`, so they change nothing in what is
+    trained."""
     dataset = _dataset(backbone, inputs, targets, train=True, augment=augment)
     collate = _collate(backbone, dataset)
     if isinstance(dataset, TokenizedTexts):
@@ -95,7 +99,7 @@ def train_batches(
     order = ShuffledBatches(len(dataset), batch_size, seed=seed, drop_last=drop_last)
     return DataLoader(
         dataset, batch_sampler=order, collate_fn=collate_with(collate, mixer),
-        generator=loader_generator(seed),
+        generator=loader_generator(seed), **_worker_options(dataset, workers, persistent=True),
     )
 
 
@@ -105,6 +109,7 @@ def eval_batches(
     targets: Sequence[Any] | None = None,
     *,
     batch_size: int,
+    workers: int = 0,
 ) -> EvalBatches:
     """Batches for evaluation or prediction, without augmentation; texts sorted by length."""
     labels = list(targets) if targets is not None else [0] * len(inputs)
@@ -114,5 +119,18 @@ def eval_batches(
         batches = sorted_batches(dataset.lengths, batch_size)
         loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate)
         return EvalBatches(loader, [row for batch in batches for row in batch])
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, collate_fn=collate,
+        **_worker_options(dataset, workers, persistent=False),
+    )
     return EvalBatches(loader, list(range(len(dataset))))
+
+
+def _worker_options(dataset: Any, workers: int, *, persistent: bool) -> dict[str, Any]:
+    """DataLoader worker settings: only images are worth loading in other processes (token ids
+    and feature rows are already in memory, and a worker would only copy them). Training workers
+    persist across epochs; evaluation ones live for one pass."""
+    if workers == 0 or not isinstance(dataset, ImageFiles):
+        return {}
+    return {"num_workers": workers, "persistent_workers": persistent, "prefetch_factor": 4,
+            "pin_memory": torch.cuda.is_available()}

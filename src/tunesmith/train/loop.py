@@ -67,6 +67,8 @@ class TrainSettings:
     checkpoint_steps: int | None = None  # a checkpoint every this many steps (and every epoch)
     log_to: str = "none"  # or "tensorboard"
     stage: str = "train"  # the name logged with each epoch and given to the checkpoint
+    workers: int = 0  # DataLoader worker processes for images
+    compile: bool = False  # torch.compile the model before training
 
     def with_changes(self, **changes: Any) -> TrainSettings:
         return replace(self, **changes)
@@ -222,15 +224,24 @@ def _memory_hint(settings: TrainSettings) -> Iterator[None]:
 # setup and resume
 
 
-def make_accelerator(precision: str) -> Accelerator:
+def make_accelerator(precision: str, *, compile: bool = False) -> Accelerator:
     """One process, or one of many launched by `accelerate launch` / torchrun (gloo on CPUs, NCCL
     on GPUs). Batches are split across processes, so the global batch is `batch_size` however
-    many there are and a run matches its single-process twin."""
+    many there are and a run matches its single-process twin. With `compile`, `prepare` wraps
+    the model in `torch.compile` (inductor), after the data-parallel wrapper."""
     return Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=precision if precision in ("bf16", "fp16") else "no",
         dataloader_config=DataLoaderConfiguration(split_batches=True),
+        dynamo_backend="inductor" if compile else "no",
     )
+
+
+def _plain(run: _Run) -> torch.nn.Module:
+    """The model itself, without the data-parallel and compiled wrappers: what is evaluated,
+    averaged and saved (its parameter names are the model's own)."""
+    model: torch.nn.Module = run.accelerator.unwrap_model(run.model, keep_torch_compile=False)
+    return model
 
 
 def _setup(
@@ -245,7 +256,7 @@ def _setup(
     precision = resolve_precision(settings.precision, default_device())
     # Accelerate keeps its mixed-precision setting process-wide; each trial may choose its own.
     AcceleratorState._reset_state()
-    accelerator = make_accelerator(precision)
+    accelerator = make_accelerator(precision, compile=settings.compile)
     groups = parameter_groups(
         model,  # type: ignore[arg-type]
         lr=settings.lr,
@@ -266,7 +277,8 @@ def _setup(
             fix="run gradual-unfreeze in one process, or use full, freeze:K, lp-ft or an adapter",
         )
     average = (
-        WeightAverage(accelerator.unwrap_model(model), decay=settings.ema_decay)
+        WeightAverage(accelerator.unwrap_model(model, keep_torch_compile=False),
+                      decay=settings.ema_decay)
         if settings.ema_decay
         else None
     )
@@ -302,7 +314,7 @@ def _restore(run: _Run, checkpoint: ckpt.Checkpoint, loader: DataLoader[Any]) ->
         raise ValueError(f"a {state['stage']} checkpoint cannot resume the {run.settings.stage}")
     if run.accelerator.is_main_process:
         truncate_log(run.trial_dir, int(state["log_offset"]))
-    model = run.accelerator.unwrap_model(run.model)
+    model = _plain(run)
     model.load_state_dict(
         {key.removeprefix("model."): value for key, value in tensors.items()
          if key.startswith("model.")}
@@ -454,7 +466,7 @@ def _evaluate(run: _Run, batches: EvalBatches) -> dict[str, float]:
         task = bar.add_task("validate", total=len(batches.order), status="")
         # Every process scores every row with the plain module: the same score everywhere.
         outputs, targets = collect_logits(
-            run.accelerator.unwrap_model(run.model), batches, device=device,
+            _plain(run), batches, device=device,
             autocast=run.accelerator.autocast, on_batch=lambda n: bar.update(task, advance=n),
         )
     with torch.no_grad():
@@ -471,7 +483,7 @@ def best_weights_name(stage: str) -> str:
 def _keep_best(run: _Run, metrics: dict[str, float]) -> _Best:
     from safetensors.torch import save_model
 
-    model = run.accelerator.unwrap_model(run.model)
+    model = _plain(run)
     state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     if run.accelerator.is_main_process:
         path = run.trial_dir / best_weights_name(run.settings.stage)
@@ -533,7 +545,7 @@ def _finish(run: _Run) -> TrialResult:
     if result.stopped is None and run.plan.total_steps < run.plan.requested_steps:
         result.stopped = "time budget"  # the schedule was shortened to fit
     if run.best.state is not None:
-        run.accelerator.unwrap_model(run.model).load_state_dict(run.best.state)
+        _plain(run).load_state_dict(run.best.state)
     result.best_epoch, result.best_val = run.best.epoch, run.best.metrics
     result.wall_s = time.perf_counter() - run.started
     run.accelerator.free_memory()
@@ -556,7 +568,7 @@ def _checkpoint(run: _Run) -> None:
     run.last_checkpoint = time.perf_counter()
     if not run.accelerator.is_main_process:
         return
-    model = run.accelerator.unwrap_model(run.model)
+    model = _plain(run)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     optimizer_plain, optimizer_tensors = ckpt.optimizer_state(run.optimizer)
     tensors.update(optimizer_tensors)
