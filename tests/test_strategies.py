@@ -186,12 +186,14 @@ def run_strategy(config: Path, strategy: str, folder: Path, *overrides: str) -> 
 def intended(run: Run) -> set[str]:
     """The original parameters the strategy trains, from the blocks and the head alone."""
     strategy = run.plan.strategy
-    everything = set().union(*run.blocks, run.head)
     if strategy.name in ("full", "lp-ft", "gradual-unfreeze"):
-        return everything
-    if strategy.name == "freeze":
-        return set().union(*run.blocks[strategy.frozen_blocks:], run.head)
-    return set(run.head)  # linear-probe; adapters train new parameters besides the head
+        trained = set().union(*run.blocks, run.head)
+    elif strategy.name == "freeze":
+        trained = set().union(*run.blocks[strategy.frozen_blocks:], run.head)
+    else:
+        return set(run.head)  # linear-probe; adapters train new parameters besides the head
+    # Text backbones keep their embeddings block as pretrained unless told otherwise.
+    return trained - run.blocks[0] if run.plan.freeze_embeddings else trained
 
 
 # ----------------------------------------------------------------------------------------------
@@ -265,6 +267,25 @@ def test_text_strategy_trains_exactly_its_parameters(
         assert added == set() and watch.graded <= watch.parameters
 
 
+@pytest.mark.parametrize("strategy", ["full", "gradual-unfreeze"])
+def test_text_embeddings_train_when_asked(
+    text_yaml: Path, text_runs: Callable[[str], Run], strategy: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """By default a text backbone's embeddings block stays pretrained; with
+    `model.freeze_embeddings: false` it trains with the rest."""
+    default = text_runs(strategy)
+    assert default.plan.freeze_embeddings
+    frozen = default.blocks[0]
+    assert {name.split(".")[-2] for name in frozen} >= {"word_embeddings", "position_embeddings"}
+    assert not changed(default.watch.before, default.watch.epochs[-1]) & frozen
+    folder = tmp_path_factory.mktemp("text-embeddings-trained")
+    run = run_strategy(text_yaml, strategy, folder, *TEXT_EPOCHS, "model.freeze_embeddings=false")
+    assert not run.plan.freeze_embeddings
+    assert intended(run) == set().union(*run.blocks, run.head)
+    assert changed(run.watch.before, run.watch.epochs[-1]) == intended(run)
+
+
 @pytest.mark.parametrize("strategy", ["full", "linear-probe", "lp-ft", "freeze:1", "freeze:3"])
 def test_the_returned_best_weights_keep_frozen_parameters_bit_identical(
     text_runs: Callable[[str], Run], strategy: str
@@ -333,9 +354,9 @@ def test_lp_ft_probes_then_fine_tunes_from_the_probed_head(text_runs: Callable[[
     for name in run.head:
         assert torch.equal(start[name], probed[name]), name
     assert changed(before, start) == run.head
-    # ... and the model returned differs from the probed one in every backbone block.
+    # ... and the model returned differs from the probed one in every backbone block it trains.
     after = watch.current()
-    for block in run.blocks:
+    for block in run.blocks[1:] if run.plan.freeze_embeddings else run.blocks:
         assert changed(before, after) & block == block
     # The probe's features: one pass over the 192 + 48 rows; then each of the three epochs of
     # fine-tuning passes the training rows and the validation rows through the backbone.
@@ -430,7 +451,8 @@ def test_layer_decay_gives_the_bottom_blocks_smaller_updates(
     # block is that block's learning rate.
     _, model, settings, plan, batches = setup(
         text_yaml, "full", "train.layer_decay=0.5", "train.epochs=1", "train.warmup=0",
-        "train.weight_decay=0", "train.ema=null", "train.batch_size=192")
+        "train.weight_decay=0", "train.ema=null", "train.batch_size=192",
+        "model.freeze_embeddings=false")
     lr, head_lr = settings.lr, settings.head_lr
     assert (settings.layer_decay, lr, head_lr) == (0.5, 2e-3, 5e-3)
     expected = {"embeddings": lr / 4, "encoder.layer.0": lr / 2, "encoder.layer.1": lr,

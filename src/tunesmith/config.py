@@ -190,6 +190,9 @@ class ModelConfig(_Strict):
     # Resolved to null where they do not apply (a pretrained backbone; no adapter).
     scratch: ScratchConfig | None = ScratchConfig()
     peft: PeftConfig | None = PeftConfig()
+    # The backbone's first block (token and position embeddings, or the stem) kept as
+    # pretrained whatever the strategy trains; auto: for text backbones.
+    freeze_embeddings: bool | Auto = "auto"
     # hf: models whose config maps to code in their folder run that code when loaded.
     trust_remote_code: bool = False
 

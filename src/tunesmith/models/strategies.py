@@ -82,11 +82,14 @@ def set_trainable(model: TaskModel, blocks: list[Any], trainable: bool) -> None:
 
 
 def freeze_bottom(model: TaskModel, count: int) -> None:
-    """The bottom `count` backbone blocks frozen (and in eval mode), everything above trained."""
+    """The bottom `count` backbone blocks frozen (and in eval mode), everything above trained
+    but the model's `fixed` parameters."""
     blocks = model.backbone.blocks()
     check_fits_backbone(Strategy("freeze", count), model.backbone)
     set_trainable(model, blocks[:count], False)
     set_trainable(model, blocks[count:], True)
+    for parameter in model.fixed:
+        parameter.requires_grad_(False)
     model.frozen = [module for block in blocks[:count] for module in block.modules]
 
 

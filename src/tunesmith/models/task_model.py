@@ -26,6 +26,7 @@ class TaskModel(nn.Module):
         self.backbone = backbone
         self.head = head
         self.frozen: list[nn.Module] = []  # a plain list: not registered as submodules
+        self.fixed: list[nn.Parameter] = []  # never trained, whichever blocks are
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         output: torch.Tensor = self.head(self.backbone(inputs))

@@ -262,6 +262,9 @@ def resolve(
             "peft": PeftConfig(**_fill(config.model.peft or PeftConfig(), _peft_defaults(profile)))
             if strategy.adapter
             else None,
+            "freeze_embeddings": profile.modality == "text"
+            if config.model.freeze_embeddings == "auto"
+            else config.model.freeze_embeddings,
         }
     )
     return config.updated(task=profile.task, data=data, model=model, train=TrainConfig(**train))
@@ -348,4 +351,5 @@ def strategy_plan(config: Config, settings: TrainSettings) -> StrategyPlan:
             dropout=float(peft.dropout),
             targets=None if peft.targets == "auto" else list(peft.targets),
         )
-    return StrategyPlan(strategy, probe=probe, adapter=adapter)
+    return StrategyPlan(strategy, probe=probe, adapter=adapter,
+                        freeze_embeddings=config.model.freeze_embeddings is True)

@@ -15,10 +15,19 @@ from torch import nn
 
 
 class WeightAverage:
-    def __init__(self, model: nn.Module, *, decay: float) -> None:
+    """The average of `model`'s floating-point weights and buffers, but those named in `skip`
+    (weights that do not train: their average is themselves)."""
+
+    def __init__(
+        self, model: nn.Module, *, decay: float, skip: frozenset[str] = frozenset()
+    ) -> None:
         self.decay = decay
         self.updates = 0
-        self.tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+        self.tensors = [
+            tensor
+            for name, tensor in model.state_dict().items()
+            if tensor.is_floating_point() and name not in skip
+        ]
         self.shadow = [t.detach().clone() for t in self.tensors]
 
     @torch.no_grad()

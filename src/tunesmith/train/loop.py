@@ -276,12 +276,14 @@ def _setup(
             field="model.strategy",
             fix="run gradual-unfreeze in one process, or use full, freeze:K, lp-ft or an adapter",
         )
-    average = (
-        WeightAverage(accelerator.unwrap_model(model, keep_torch_compile=False),
-                      decay=settings.ema_decay)
-        if settings.ema_decay
-        else None
-    )
+    average = None
+    if settings.ema_decay:
+        plain = accelerator.unwrap_model(model, keep_torch_compile=False)
+        # Frozen weights are their own average, unless an epoch hook unfreezes them later.
+        fixed = frozenset() if before_epoch is not None else frozenset(
+            name for name, parameter in plain.named_parameters() if not parameter.requires_grad
+        )
+        average = WeightAverage(plain, decay=settings.ema_decay, skip=fixed)
     run = _Run(
         settings=settings,
         trial_dir=trial_dir,
