@@ -244,8 +244,9 @@ def text(workdir: Path, machine: dict[str, Any], trainer_epochs: float) -> list[
     for record in records:
         record["mfu_fp32"] = round(mfu(record["flops_per_sample"], record["samples_per_s"],
                                        machine["fp32_gflops"]), 3)
+        # Against an emulated bf16 rate (a CPU without bf16 units) the ratio means nothing.
         record["mfu_bf16"] = round(mfu(record["flops_per_sample"], record["samples_per_s"],
-                                       machine["bf16_gflops"]), 3)
+                                       machine["bf16_gflops"]), 3) if fast_bf16 else None
     return records
 
 
@@ -388,7 +389,7 @@ def table(records: list[dict[str, Any]]) -> str:
         ratio = r.get("over_trainer_fp32") or r.get("over_plain_loop") or ""
         if "over_trainer_bf16" in r:
             ratio = f"{ratio} (fp32 Trainer) / {r['over_trainer_bf16']} (bf16 Trainer)"
-        mfus = f"{r['mfu_fp32']:.3f}" + (f" / {r['mfu_bf16']:.3f}" if "mfu_bf16" in r else "")
+        mfus = f"{r['mfu_fp32']:.3f}" + (f" / {r['mfu_bf16']:.3f}" if r.get("mfu_bf16") else "")
         lines.append(f"| {r['arm']} | {r['samples_per_s']} | {ratio} | "
                      f"{r.get('val_accuracy', '–')} | {mfus} |")
     return "\n".join(lines)
