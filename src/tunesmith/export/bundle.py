@@ -12,7 +12,6 @@ half-written `best/`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -24,19 +23,12 @@ from safetensors.torch import load_model, save_model
 
 from tunesmith import __version__
 from tunesmith.errors import TunesmithError
+from tunesmith.io import file_sha256
 from tunesmith.models import TaskModel, make_head, rebuild_backbone
 
 FORMAT_VERSION = 2  # 2: any task kind; the head names its outputs; backbones hold `network`
 MANIFEST = "tunesmith.json"
 WEIGHTS = "model.safetensors"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_bundle(
@@ -62,7 +54,7 @@ def save_bundle(
             "head": head,
             "preprocessing": model.backbone.preprocessing(),
             "inputs": inputs,
-            "weights_sha256": sha256(staging / WEIGHTS),
+            "weights_sha256": file_sha256(staging / WEIGHTS),
             "versions": {"tunesmith": __version__, "torch": torch.__version__},
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -118,7 +110,7 @@ def load_bundle(folder: Path) -> tuple[TaskModel, dict[str, Any]]:
             file=weights,
             fix="re-export the bundle (tunesmith run writes it to best/)",
         )
-    if sha256(weights) != manifest["weights_sha256"]:
+    if file_sha256(weights) != manifest["weights_sha256"]:
         raise TunesmithError(
             "the weights file does not match the checksum in tunesmith.json (altered or truncated)",
             file=weights,

@@ -29,6 +29,7 @@ import torch
 
 from tunesmith.console import console
 from tunesmith.errors import TunesmithError
+from tunesmith.io import file_sha256
 
 FOLDER = "checkpoints"
 STAGES = ("probe", "train")  # in the order a strategy runs them
@@ -55,14 +56,6 @@ class Checkpoint:
 
         path = self.folder / BEST
         return load_file(path) if path.is_file() else None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def config_fingerprint(config_yaml: str) -> str:
@@ -188,7 +181,7 @@ def save_checkpoint(
             "format": FORMAT,
             "version": VERSION,
             "step": step,
-            "tensors_sha256": _sha256(staging / TENSORS),
+            "tensors_sha256": file_sha256(staging / TENSORS),
             **state,
         }
         (staging / STATE).write_text(json.dumps(record) + "\n")
@@ -207,7 +200,7 @@ def _read(folder: Path) -> Checkpoint:
     state = json.loads((folder / STATE).read_text())
     if state.get("format") != FORMAT or int(state.get("version", 0)) > VERSION:
         raise ValueError(f"not a {FORMAT} version {VERSION} checkpoint")
-    if _sha256(folder / TENSORS) != state["tensors_sha256"]:
+    if file_sha256(folder / TENSORS) != state["tensors_sha256"]:
         raise ValueError("tensors.safetensors does not match its checksum (truncated or altered)")
     return Checkpoint(folder, state, load_file(folder / TENSORS))
 

@@ -406,7 +406,8 @@ def _train_epoch(run: _Run, loader: DataLoader[Any], val_rows: int) -> dict[str,
             value = loss.detach()
             if accelerator.num_processes > 1:  # the loss of the whole batch, not this share
                 value = accelerator.reduce(value, reduction="mean")
-            run.epoch.loss_sum += float(value.item())
+            batch_loss = float(value.item())  # one device sync a batch
+            run.epoch.loss_sum += batch_loss
             run.epoch.seen += len(targets)
             bar.update(task, advance=len(targets),
                        status=f"loss {run.epoch.loss_sum / run.epoch.batches:.4f}")
@@ -418,7 +419,7 @@ def _train_epoch(run: _Run, loader: DataLoader[Any], val_rows: int) -> dict[str,
                 run.clock.time_step(now - mark)
             mark = now
             run.log.step({"stage": settings.stage, "step": run.result.steps,
-                          "epoch": run.epoch.index + 1, "loss": float(value.item()),
+                          "epoch": run.epoch.index + 1, "loss": batch_loss,
                           "lr": float(run.scheduler.get_last_lr()[0])})
             fit_plan(run.plan, run.clock, run.result.steps, batch_size=len(targets) * in_group,
                      steps_per_epoch=run.steps_per_epoch, val_rows=val_rows)
