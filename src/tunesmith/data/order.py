@@ -59,9 +59,14 @@ def drawing_from(seed: int | None) -> Iterator[None]:
     if seed is None:
         yield
         return
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    # The CPU generator alone: torch.manual_seed would also queue seeds for every accelerator
+    # backend, formatting a stack trace for each (a third of a digit's decode-and-augment time).
+    state = torch.get_rng_state()
+    torch.default_generator.manual_seed(seed)
+    try:
         yield
+    finally:
+        torch.set_rng_state(state)
 
 
 class ResumableOrder(Sampler[list[int]]):

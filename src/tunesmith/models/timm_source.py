@@ -14,6 +14,7 @@ import torch
 
 from tunesmith.errors import TunesmithError
 from tunesmith.models.backbone import Backbone
+from tunesmith.models.depthwise import use_fast_depthwise
 from tunesmith.models.weights import load_weights
 
 
@@ -25,6 +26,7 @@ class TimmBackbone(Backbone):
         # Channels-last lets oneDNN/cuDNN pick their fast convolution kernels: EfficientNet-Lite0
         # trained about 30% faster at 96 px on a 2-core CPU. Harmless for non-convolutional models.
         self.network = model.to(memory_format=torch.channels_last)
+        use_fast_depthwise(self.network)  # EfficientNet's late depthwise layers: see depthwise.py
         self.name = name
         self.image_size = image_size
         self.num_features = int(model.num_features)  # type: ignore[arg-type]

@@ -18,6 +18,7 @@ from torch import nn
 
 from tunesmith.errors import TunesmithError
 from tunesmith.models.backbone import Backbone
+from tunesmith.models.depthwise import use_fast_depthwise
 from tunesmith.models.weights import load_weights
 
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "pretrained_size": 224}
@@ -30,6 +31,7 @@ class TorchvisionBackbone(Backbone):
         super().__init__()
         # Channels-last lets oneDNN/cuDNN pick their fast convolution kernels.
         self.network = network.to(memory_format=torch.channels_last)
+        use_fast_depthwise(self.network)  # EfficientNet's late depthwise layers: see depthwise.py
         self.name = name
         self.num_features = num_features
         self.image_size = image_size
