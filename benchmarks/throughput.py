@@ -124,6 +124,7 @@ def tunesmith_arm(config: Path, overrides: list[str], workdir: Path, name: str) 
         "samples_per_s": round(rate, 1),
         "epochs": len(epochs),
         "val_accuracy": round(epochs[-1]["val_accuracy"], 4),
+        "val_accuracy_by_epoch": [round(line["val_accuracy"], 4) for line in epochs],
         "best_val_accuracy": round(metrics["val"]["accuracy"]["value"], 4),
         "test_accuracy": round(metrics["test"]["accuracy"]["value"], 4),
         "run_wall_s": round(wall, 1),

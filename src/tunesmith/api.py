@@ -9,6 +9,7 @@ load:     a run folder or bundle -> Predictor
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import time
 from collections import Counter
@@ -39,6 +40,7 @@ from tunesmith.models.losses import balanced_weights
 from tunesmith.models.registry import parse_spec, source_modalities
 from tunesmith.models.scratch import ScratchShape
 from tunesmith.models.strategies import Strategy, check_fits_backbone
+from tunesmith.models.weights import load_weights
 from tunesmith.report import summary_table
 from tunesmith.search import (
     DataProfile,
@@ -53,7 +55,8 @@ from tunesmith.search import (
 )
 from tunesmith.train import Batches, TrialResult, fine_tune
 from tunesmith.train.checkpoint import Checkpoint, require_checkpoint
-from tunesmith.train.precision import autocast_for
+from tunesmith.train.loop import Reporter
+from tunesmith.train.precision import autocast_for, default_device, resolve_precision
 
 EVAL_BATCH_SIZE = 64
 
@@ -96,10 +99,11 @@ def _as_config(config: Config | str | Path, overrides: list[str] | None) -> Conf
     return load_config(config, overrides)
 
 
-def prepare(config: Config) -> Prepared:
-    """Read and split the data, load the backbone and resolve every `auto` in the config."""
+def prepare(config: Config, *, data: TaskData | None = None) -> Prepared:
+    """Read and split the data (or take `data`, read for the same data section), load the
+    backbone and resolve every `auto` in the config."""
     with naming_the_config(config):
-        return _prepare(config)
+        return _prepare(config, data)
 
 
 @contextlib.contextmanager
@@ -115,8 +119,8 @@ def naming_the_config(config: Config) -> Iterator[None]:
         raise
 
 
-def _prepare(config: Config) -> Prepared:
-    data = load_task_data(config)
+def _prepare(config: Config, data: TaskData | None = None) -> Prepared:
+    data = data if data is not None else load_task_data(config)
     _check_modality(data, config)
     profile = DataProfile(
         modality=data.modality,
@@ -298,29 +302,66 @@ def fit(
     config: Config | str | Path, overrides: list[str] | None = None, *, resume: bool = False
 ) -> RunSummary:
     """Run the whole pipeline, as `tunesmith run` does; `resume` continues a killed run of the
-    same config from its last checkpoint."""
+    same config from its last checkpoint (or its study, when it searches)."""
     started = time.perf_counter()
     # Launched as many processes (accelerate launch, torchrun), each prepares the same data and
     # model and trains its share of every batch; the first alone writes the run folder.
     processes = PartialState(cpu=not torch.cuda.is_available())
-    prepared = prepare(_as_config(config, overrides))
-    resolved, data = prepared.config, prepared.data
-    run_dir = resolved.run_dir
-    trial_dir = run_dir / "trials" / "0"
-    checkpoint = None
+    given = _as_config(config, overrides)
+    prepared = prepare(given)
+    resolved, run_dir = prepared.config, prepared.config.run_dir
+    searching = searches(given)
     if resume:
-        checkpoint = _resumable(prepared, trial_dir)
+        _check_resumable(prepared)
         if (run_dir / "metrics.json").is_file():
             console.print(f"[green]{run_dir} finished already[/]; nothing to resume")
             return RunSummary(run_dir, json.loads((run_dir / "metrics.json").read_text()))
     elif processes.is_main_process:
         _fresh_run_dir(run_dir)
         write_text(run_dir / "config.yaml", resolved.to_yaml())
-        write_json(run_dir / "splits.json", data.splits)
-        write_json(run_dir / "data_report.json", _data_report(data))
-        write_text(trial_dir / "config.yaml", resolved.to_yaml())
+        write_json(run_dir / "splits.json", prepared.data.splits)
+        write_json(run_dir / "data_report.json", _data_report(prepared.data))
     processes.wait_for_everyone()
 
+    if searching:
+        chosen, model, result, search_record = _search(given, prepared, resume=resume)
+    else:
+        trial_dir = run_dir / "trials" / "0"
+        checkpoint = require_checkpoint(trial_dir) if resume else None
+        chosen, search_record = prepared, None
+        model, result = train_candidate(prepared, trial_dir, resume=checkpoint)
+    if not processes.is_main_process:
+        return RunSummary(run_dir, {})  # the main process evaluates and writes the bundle
+
+    test_metrics = evaluate_test(model, chosen, result)
+    save_bundle(
+        model,
+        run_dir / "best",
+        task=chosen.data.task,
+        classes=chosen.data.classes,
+        head={k: v for k, v in _head_spec(chosen).items() if k != "in_features"},
+        inputs=_bundle_inputs(chosen),
+    )
+    metrics = _metrics_record(chosen, result, test_metrics, time.perf_counter() - started,
+                              search=search_record)
+    write_json(run_dir / "metrics.json", metrics)
+    console.print(summary_table(metrics, str(run_dir)))
+    return RunSummary(run_dir, metrics)
+
+
+def train_candidate(
+    prepared: Prepared,
+    trial_dir: Path,
+    *,
+    reporter: Reporter | None = None,
+    time_budget: float | None = None,
+    resume: Checkpoint | None = None,
+) -> tuple[TaskModel, TrialResult]:
+    """Build the prepared config's model and train it: one trial. `time_budget` (seconds), when
+    given, caps the config's own."""
+    resolved, data = prepared.config, prepared.data
+    if PartialState().is_main_process and resume is None:
+        write_text(trial_dir / "config.yaml", resolved.to_yaml())
     scale = prepared.target_scale()
     settings = train_settings(
         resolved,
@@ -328,6 +369,11 @@ def fit(
         loss_weights=_loss_weights(prepared),
         target_std=scale[1] if scale else 1.0,
     )
+    if time_budget is not None:
+        own = settings.time_budget
+        settings = settings.with_changes(
+            time_budget=max(1.0, time_budget if own is None else min(own, time_budget))
+        )
     plan = strategy_plan(resolved, settings)
     model = task_model(prepared)
     batches = batches_for(prepared, settings.batch_size, settings.seed, settings.workers)
@@ -336,31 +382,158 @@ def fit(
         f"rows ({len(data.val)} val, {len(data.test)} test held out)"
     )
     with naming_the_config(resolved):
-        result = fine_tune(model, batches, settings, plan, trial_dir, resume=checkpoint)
-    if not processes.is_main_process:
-        return RunSummary(run_dir, {})  # the main process evaluates and writes the bundle
+        result = fine_tune(model, batches, settings, plan, trial_dir, reporter=reporter,
+                           resume=resume)
+    return model, result
 
-    test_metrics = evaluate_test(model, prepared, result)
-    save_bundle(
-        model,
-        run_dir / "best",
-        task=data.task,
-        classes=data.classes,
-        head={k: v for k, v in _head_spec(prepared).items() if k != "in_features"},
-        inputs=_bundle_inputs(prepared),
+
+def searches(config: Config) -> bool:
+    """Whether the run searches: a budget, or more than one trial."""
+    search = config.search
+    return search.budget is not None or (search.trials or 1) > 1
+
+
+@dataclass
+class _Kept:
+    """The best trial so far, its model in memory."""
+
+    number: int = -1
+    prepared: Prepared | None = None
+    model: TaskModel | None = None
+    result: TrialResult | None = None
+
+
+def _search(
+    given: Config, recipe: Prepared, *, resume: bool
+) -> tuple[Prepared, TaskModel, TrialResult, dict[str, Any]]:
+    """Trials from the study until the budget is spent; the best on validation, as trained."""
+    from tunesmith.search.run import (
+        Budget,
+        best_trial,
+        retry_interrupted,
+        run_trials,
+        spent_by_study,
     )
-    metrics = _metrics_record(prepared, result, test_metrics, time.perf_counter() - started)
-    write_json(run_dir / "metrics.json", metrics)
-    console.print(summary_table(metrics, str(run_dir)))
-    return RunSummary(run_dir, metrics)
+    from tunesmith.search.space import recipe_values, search_space
+    from tunesmith.search.study import open_study, storage_url
+
+    run_dir = recipe.config.run_dir
+    objective = objective_for(recipe.kind)
+    with naming_the_config(given):
+        space = search_space(_space_context(recipe), given)
+    first = recipe_values(space, recipe.config)
+    epochs_high = max([int(recipe.config.train.epochs)] + [
+        int(p.distribution.high) for p in space.params
+        if p.key == "train.epochs" and hasattr(p.distribution, "high")
+    ])
+    study = open_study(given, run_dir, searched=_signature(space, recipe),
+                       direction=objective.direction, max_epochs=epochs_high)
+    if resume:
+        for number in retry_interrupted(study):
+            console.print(f"[yellow]trial {number} was interrupted[/]: marked failed, retried")
+    search = given.search
+    # A tenth of the budget (at most 5 minutes) is kept for the final evaluation and bundle.
+    reserve = 0.0 if search.budget is None else min(300.0, 0.1 * search.budget)
+    budget = Budget(
+        None if search.budget is None else search.budget - reserve, search.trials,
+        spent_before=spent_by_study(study) if resume else 0.0,
+    )
+    kept = _Kept()
+
+    def train(values: dict[str, Any], trial_dir: Path, reporter: Reporter,
+              left: float | None) -> TrialResult:
+        with naming_the_config(given):
+            candidate = prepare(given.with_values(values), data=recipe.data)
+        model, result = train_candidate(candidate, trial_dir, reporter=reporter,
+                                        time_budget=left)
+        score = result.best_val.get(objective.metric)
+        if score is not None and (kept.result is None or objective.better(
+                score, kept.result.best_val.get(objective.metric))):
+            kept.number, kept.prepared, kept.model, kept.result = (
+                reporter.trial.number, candidate, model, result)  # type: ignore[attr-defined]
+        else:
+            del model
+        gc.collect()
+        return result
+
+    trials = run_trials(study, space, train, objective=objective, budget=budget,
+                        run_dir=run_dir, first=first)
+    best = best_trial(trials, objective)
+    if best.number != kept.number:  # trained by an earlier run of this study: from its files
+        kept.prepared, kept.model, kept.result = _trained_trial(given, recipe, best)
+    assert kept.prepared is not None and kept.model is not None and kept.result is not None
+    states = [t.state.name for t in study.get_trials(deepcopy=False)]
+    record = {
+        "trials_completed": states.count("COMPLETE"),
+        "trials_pruned": states.count("PRUNED"),
+        "trials_failed": states.count("FAIL"),
+        "best_trial": best.number,
+        "best_params": dict(best.params),
+        "study": study.study_name,
+        "storage": _redacted_url(storage_url(given, run_dir)),
+        "spent_s": round(budget.spent(), 1),
+    }
+    return kept.prepared, kept.model, kept.result, record
+
+
+def _space_context(prepared: Prepared) -> Any:
+    from tunesmith.search.space import SpaceContext
+
+    return SpaceContext(
+        profile=prepared.profile,
+        recipe=prepared.config,
+        blocks=len(prepared.backbone.blocks()),
+        scratch=is_scratch(prepared.config),
+    )
+
+
+def _signature(space: Any, recipe: Prepared) -> dict[str, Any]:
+    """What makes two searches the same study: the task, the data's split and the space."""
+    return {
+        "task": recipe.data.task,
+        "splits": {name: part["ids_sha256"]
+                   for name, part in recipe.data.splits["parts"].items()},
+        "space": {param.key: repr(param.distribution) for param in space.params},
+        "fixed": {key: str(value) for key, value in space.fixed.items()},
+    }
+
+
+def _redacted_url(url: str) -> str:
+    from tunesmith.search.study import _redacted
+
+    return _redacted(url)
+
+
+def _trained_trial(
+    given: Config, recipe: Prepared, trial: Any
+) -> tuple[Prepared, TaskModel, TrialResult]:
+    """A trial an earlier process trained, rebuilt from its config and best weights."""
+    from tunesmith.train.checkpoint import BEST
+
+    trial_dir = recipe.config.run_dir / "trials" / str(trial.number)
+    candidate = prepare(given.with_values(dict(trial.params)), data=recipe.data)
+    if candidate.config.model.peft is not None:
+        raise TunesmithError(
+            f"trial {trial.number} (an adapter) was trained by an earlier run and cannot be "
+            "rebuilt yet",
+            file=trial_dir, field="--resume", fix="run without --resume to search afresh",
+        )
+    model = task_model(candidate)
+    load_weights(model, trial_dir / BEST, field="--resume", architecture="the trial's model")
+    result = TrialResult(
+        best_epoch=int(trial.user_attrs.get("best_epoch", -1)),
+        best_val=dict(trial.user_attrs.get("val", {})),
+        precision=resolve_precision(candidate.config.train.precision, default_device()),
+    )
+    return candidate, model, result
 
 
 # Settings that change how fast a run trains, not what it trains: a run resumes under others.
 SPEED_ONLY = frozenset({"train.workers"})
 
 
-def _resumable(prepared: Prepared, trial_dir: Path) -> Checkpoint:
-    """The checkpoint a resumed run continues from, once the config is the one it was run with."""
+def _check_resumable(prepared: Prepared) -> None:
+    """A resumed run must have the config it was started with."""
     config = prepared.config
     saved = config.run_dir / "config.yaml"
     if not saved.is_file():
@@ -385,7 +558,6 @@ def _resumable(prepared: Prepared, trial_dir: Path) -> Checkpoint:
             fix="resume with the config the run was started with, or run without --resume to "
             "start afresh (the old run folder is kept)",
         )
-    return require_checkpoint(trial_dir)
 
 
 def config_differences(before: Any, after: Any, prefix: str = "") -> list[str]:
@@ -422,7 +594,8 @@ def evaluate_test(model: TaskModel, prepared: Prepared, result: TrialResult) -> 
 
 
 def _metrics_record(
-    prepared: Prepared, result: TrialResult, test: dict[str, float], wall_s: float
+    prepared: Prepared, result: TrialResult, test: dict[str, float], wall_s: float, *,
+    search: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     data = prepared.data
     train = prepared.config.train
@@ -440,15 +613,14 @@ def _metrics_record(
                 np.asarray(data.targets(data.test)),
             )
         },
-        "search": {
+        "search": search or {
             "trials_completed": 1,
             "trials_pruned": 0,
             "best_trial": 0,
-            "best_params": {
-                "strategy": prepared.config.model.strategy,
-                **train.model_dump(mode="json"),
-            },
+            "best_params": {},
         },
+        "config": {"strategy": prepared.config.model.strategy,
+                   "train": train.model_dump(mode="json")},
         "train": {
             "strategy": prepared.config.model.strategy,
             "best_epoch": result.best_epoch,

@@ -238,12 +238,41 @@ class TrainConfig(_Strict):
     compile: bool = False
 
 
+class Range(_Strict):
+    """A narrowed numeric range of a searched value."""
+
+    low: float
+    high: float
+
+
+class SearchConfig(_Strict):
+    """The search over fine-tuning configurations (tunesmith.search).
+
+    Its first trial is the recipe. With neither `budget` nor `trials` the recipe alone is trained.
+    A value given anywhere else in the config is fixed: not searched. `space` narrows what is
+    searched: a list of choices (`model.strategy: [full, lora]`) or a range
+    (`train.lr: {low: 1e-5, high: 1e-4}`) per searched key.
+    """
+
+    # Wall time of the whole run (e.g. "10m"); the search ends inside it, leaving time to
+    # evaluate the final model.
+    budget: Annotated[float, Field(gt=0.0), BeforeValidator(seconds)] | None = None
+    trials: Annotated[int, Field(gt=0)] | None = None  # the first limit reached ends the search
+    # Default: SQLite in the run folder (study.db); an SQLAlchemy URL (postgresql://...) or
+    # journal:PATH (a file several processes may share) for many workers.
+    storage: str | None = None
+    study: str | None = None  # default: the run's name
+    pruner: Literal["hyperband", "successive-halving", "none"] = "hyperband"
+    space: dict[str, list[Any] | Range] = Field(default_factory=dict)
+
+
 class Config(_Strict):
     name: str
     task: Task = "auto"
     data: DataConfig
     model: ModelConfig
     train: TrainConfig = TrainConfig()
+    search: SearchConfig = SearchConfig()
     seed: int = 0
     output_dir: Path = Path("runs")
 
@@ -276,6 +305,20 @@ class Config(_Strict):
         copy._base_dir = self._base_dir
         copy._source = self._source
         return copy
+
+    def with_values(self, values: dict[str, Any]) -> Config:
+        """This config as the user wrote it, with `{dotted key: value}` laid over it; values
+        the user did not write stay unset (the recipe resolves them)."""
+        raw = self.model_dump(mode="json", exclude_unset=True)
+        for key, value in values.items():
+            node = raw
+            *sections, name = key.split(".")
+            for part in sections:
+                if not isinstance(node.get(part), dict):  # absent, or null (peft, scratch)
+                    node[part] = {}
+                node = node[part]
+            node[name] = value
+        return config_from_dict(raw, source=self._source, base_dir=self._base_dir)
 
     def to_yaml(self) -> str:
         return str(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))

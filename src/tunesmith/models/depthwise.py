@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import Conv2dSame, pad_same
+from timm.layers.conv2d_same import Conv2dSame
+from timm.layers.padding import pad_same
 from torch import nn
 
 Pair = tuple[int, int]
@@ -64,7 +65,7 @@ def depthwise_weight_grad(
 
 class _DepthwiseConv(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         stride: Pair, padding: Pair, dilation: Pair,
     ) -> torch.Tensor:
@@ -73,7 +74,7 @@ class _DepthwiseConv(torch.autograd.Function):
         return F.conv2d(x, weight, bias, stride, padding, dilation, x.shape[1])
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         stride, padding, dilation, has_bias = ctx.settings
         need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
@@ -103,7 +104,7 @@ def _takes_custom_backward(module: nn.Conv2d, x: torch.Tensor) -> bool:
         module.training
         and torch.is_grad_enabled()
         and x.device.type == "cpu"
-        and not torch.jit.is_tracing()
+        and not torch.jit.is_tracing()  # type: ignore[attr-defined, no-untyped-call]
         and not torch.compiler.is_compiling()
         and not torch.onnx.is_in_onnx_export()
     )
@@ -120,13 +121,13 @@ class FastDepthwiseConv2d(nn.Conv2d):
         )
 
 
-class FastDepthwiseConv2dSame(Conv2dSame):  # type: ignore[misc]
+class FastDepthwiseConv2dSame(Conv2dSame):
     """timm's TensorFlow-style 'SAME' convolution (padded by input size) with that backward."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not _takes_custom_backward(self, x):
-            return super().forward(x)  # type: ignore[no-any-return]
-        x = pad_same(x, self.weight.shape[-2:], self.stride, self.dilation)
+            return super().forward(x)  # type: ignore[no-any-return, no-untyped-call]
+        x = pad_same(x, list(self.weight.shape[-2:]), list(self.stride), list(self.dilation))
         return _DepthwiseConv.apply(  # type: ignore[no-any-return]
             x, self.weight, self.bias, self.stride, (0, 0), self.dilation
         )

@@ -1,0 +1,194 @@
+"""The search loop: trials drawn from the space, trained by one callable, told to the study.
+
+The loop knows a trial only through `train(values, trial_dir, reporter, time_budget)`: the
+caller builds and trains the model those values describe and returns its `TrialResult`; the
+loop reports the validation objective to Optuna after each epoch (through the reporter) so the
+pruner can stop a hopeless trial early. Trial 0 is the recipe. The search ends when the trial
+limit is reached or when what is left of the wall-time budget would not fit another trial.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from tunesmith.console import console
+from tunesmith.errors import TunesmithError
+from tunesmith.evaluate.metrics import Objective
+from tunesmith.search.space import Space, Values, suggest
+from tunesmith.train import TrialResult
+
+Train = Callable[[Values, Path, "OptunaReporter", "float | None"], TrialResult]
+WORKER_ATTR = "worker"  # host:pid of the process that runs a trial
+WALL_ATTR = "wall_s"
+RETRY_ATTR = "retry_of"
+
+
+class OptunaReporter:
+    """The loop's `Reporter`: the validation objective after each evaluation, reported with the
+    evaluation's number (the resource Hyperband and successive halving allot)."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+        self.evaluations = 0
+
+    def report(self, value: float, step: int) -> None:
+        self.evaluations += 1
+        self.trial.report(value, self.evaluations)
+
+    def should_prune(self) -> bool:
+        return bool(self.trial.should_prune())
+
+
+@dataclass
+class Budget:
+    """What the search may spend: wall seconds (less a reserve for the final evaluation) and
+    trials, counting what earlier runs of the same study spent."""
+
+    seconds: float | None
+    trials: int | None
+    spent_before: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+    def spent(self) -> float:
+        return self.spent_before + time.perf_counter() - self.started
+
+    def left(self) -> float | None:
+        return None if self.seconds is None else self.seconds - self.spent()
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(worker: str) -> bool:
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another machine's: its heartbeat says (RDB storages fail stale ones)
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def retry_interrupted(study: optuna.Study) -> list[int]:
+    """Trials left running by a process of this machine that is gone (a killed run): marked
+    failed, and their values queued again. Returns their numbers."""
+    retried = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get(WORKER_ATTR)
+        if worker is None or _alive(worker):
+            continue
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number})
+        retried.append(trial.number)
+    return retried
+
+
+def spent_by_study(study: optuna.Study) -> float:
+    """Training seconds the study's finished trials recorded."""
+    return float(sum(t.user_attrs.get(WALL_ATTR, 0.0) for t in study.get_trials(deepcopy=False)))
+
+
+def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+def _counted(study: optuna.Study) -> int:
+    """Trials that count against `search.trials`: done, pruned or under way."""
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def _room_for_another(study: optuna.Study, budget: Budget) -> bool:
+    if budget.trials is not None and _counted(study) >= budget.trials:
+        return False
+    left = budget.left()
+    if left is None:
+        return True
+    # A trial shorter than half the quickest one so far would be cut too short to compare.
+    walls = [t.user_attrs[WALL_ATTR] for t in finished(study) if WALL_ATTR in t.user_attrs]
+    return left > (0.5 * min(walls) if walls else 0.0)
+
+
+def run_trials(
+    study: optuna.Study,
+    space: Space,
+    train: Train,
+    *,
+    objective: Objective,
+    budget: Budget,
+    run_dir: Path,
+    first: Values | None = None,
+) -> list[optuna.trial.FrozenTrial]:
+    """Ask, train and tell trials until the budget is spent; `first` (the recipe's values) is
+    queued before any sampled trial. Returns the finished trials."""
+    if first is not None and not study.get_trials(deepcopy=False):
+        study.enqueue_trial(first, user_attrs={"recipe": True})
+    while _room_for_another(study, budget):
+        trial = study.ask()
+        trial.set_user_attr(WORKER_ATTR, worker_id())
+        values = suggest(trial, space)
+        trial_dir = run_dir / "trials" / str(trial.number)
+        left = budget.left()
+        console.print(f"[bold]trial {trial.number}[/] {_shown(values)}")
+        started = time.perf_counter()
+        try:
+            result = train(values, trial_dir, OptunaReporter(trial), left)
+        except TunesmithError:
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        except (MemoryError, RuntimeError, ValueError) as error:
+            # A configuration that cannot train (out of memory, a NaN loss) fails its trial,
+            # not the search.
+            trial.set_user_attr("error", f"{type(error).__name__}: {error}"[:500])
+            trial.set_user_attr(WALL_ATTR, time.perf_counter() - started)
+            study.tell(trial, state=TrialState.FAIL)
+            console.print(f"[yellow]trial {trial.number} failed[/]: {error}")
+            continue
+        trial.set_user_attr(WALL_ATTR, time.perf_counter() - started)
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        trial.set_user_attr("val", {k: float(v) for k, v in result.best_val.items()})
+        score = result.best_val.get(objective.metric)
+        if result.stopped == "pruned":
+            study.tell(trial, state=TrialState.PRUNED)
+        elif score is None:
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            study.tell(trial, float(score))
+    return finished(study)
+
+
+def _shown(values: Values) -> str:
+    return ", ".join(f"{key.rsplit('.', 1)[-1]}={_short(value)}" for key, value in values.items())
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def best_trial(
+    trials: list[optuna.trial.FrozenTrial], objective: Objective
+) -> optuna.trial.FrozenTrial:
+    """The trial with the best validation objective, completed or pruned (a pruned trial kept
+    its best epoch's weights too); on a tie, the earlier one."""
+    scored = [t for t in trials if objective.metric in t.user_attrs.get("val", {})]
+    if not scored:
+        raise TunesmithError(
+            "no trial of the search finished with a validation score",
+            field="search",
+            fix="look at the trials' errors in the run folder's study, or raise search.budget",
+        )
+    sign = 1.0 if objective.greater_is_better else -1.0
+    return max(scored, key=lambda t: (sign * t.user_attrs["val"][objective.metric], -t.number))

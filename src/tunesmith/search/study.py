@@ -1,0 +1,116 @@
+"""The Optuna study a search runs in: its storage, sampler and pruner.
+
+Storage is SQLite in the run folder unless `search.storage` names another: an SQLAlchemy URL
+(`postgresql://user@host/db`) that many workers on many machines share, or `journal:PATH`, an
+append-only file that processes sharing a file system can use without a database server.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from tunesmith.config import Config
+from tunesmith.errors import TunesmithError
+
+STUDY_FILE = "study.db"
+CONFIG_ATTR = "tunesmith_config"  # the study's searched config, to refuse a different one
+
+
+def storage_url(config: Config, run_dir: Path) -> str:
+    return config.search.storage or f"sqlite:///{run_dir / STUDY_FILE}"
+
+
+def open_storage(url: str, *, source: str) -> optuna.storages.BaseStorage:
+    """The storage behind `url`, reached now: a wrong or unreachable URL is a user error."""
+    field = "search.storage"
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path = Path(url.removeprefix("journal:")).expanduser()
+        if not path.parent.is_dir():
+            raise TunesmithError(
+                f"the journal's folder {path.parent} does not exist", file=source, field=field,
+                fix="create the folder, or point journal:PATH at one that exists",
+            )
+        return JournalStorage(JournalFileBackend(str(path)))
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    except Exception as error:  # SQLAlchemy raises many kinds: a bad URL, a refused connection
+        raise TunesmithError(
+            f"cannot open the study storage {_redacted(url)}: {_first_line(error)}",
+            file=source, field=field,
+            fix="check the URL (sqlite:///PATH, postgresql://USER:PASSWORD@HOST:PORT/DB or "
+            "journal:PATH), that the server is running and reachable, and that its driver is "
+            "installed (pip install 'tunesmith[postgres]' for PostgreSQL)",
+        ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return url
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
+
+
+def make_sampler(seed: int) -> optuna.samplers.BaseSampler:
+    """Multivariate TPE (parameters modelled jointly), grouped so that conditional parameters
+    (LoRA's rank only under LoRA) are modelled among the trials that drew them; seeded."""
+    with warnings.catch_warnings():  # `group` is marked experimental; it has been since 2.8
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, group=True, n_startup_trials=5, constant_liar=True
+        )
+
+
+def make_pruner(kind: str, *, max_epochs: int) -> optuna.pruners.BasePruner:
+    """Pruning over epochs (the loop reports the validation objective after each one)."""
+    if kind == "none" or max_epochs < 2:
+        return optuna.pruners.NopPruner()
+    if kind == "successive-halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    return optuna.pruners.HyperbandPruner(
+        min_resource=1, max_resource=max_epochs, reduction_factor=3
+    )
+
+
+def open_study(
+    config: Config, run_dir: Path, *, searched: dict[str, Any], direction: str,
+    max_epochs: int, name: str | None = None, storage: str | None = None,
+) -> optuna.Study:
+    """Create the study, or join it when it exists with the same searched config; one that
+    exists with another is refused, naming what differs."""
+    url = storage or storage_url(config, run_dir)
+    study_name = name or config.search.study or config.name
+    store = open_storage(url, source=config.source)
+    study = optuna.create_study(
+        storage=store, study_name=study_name, load_if_exists=True,
+        direction="maximize" if direction == "maximize" else "minimize",
+        sampler=make_sampler(config.seed),
+        pruner=make_pruner(config.search.pruner, max_epochs=max_epochs),
+    )
+    known = study.user_attrs.get(CONFIG_ATTR)
+    if known is None:
+        study.set_user_attr(CONFIG_ATTR, searched)
+    elif known != searched:
+        differences = [
+            f"{key}: {known.get(key)!r} in the study, {searched.get(key)!r} here"
+            for key in sorted(set(known) | set(searched)) if known.get(key) != searched.get(key)
+        ]
+        raise TunesmithError(
+            f"study {study_name!r} in {_redacted(url)} was made by another config "
+            f"({'; '.join(differences[:5])})",
+            file=config.source, field="search.study",
+            fix="use the study's config, or give another study name (search.study or --study)",
+        )
+    return study

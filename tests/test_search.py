@@ -1,0 +1,204 @@
+"""The search: trials in a real Optuna study (SQLite or a journal file), trial 0 the recipe,
+pruning, the trial and time limits, resuming a killed search, and its bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from sklearn.datasets import load_wine
+
+from conftest import config_dict, write_yaml
+from tunesmith import api
+from tunesmith.config import load_config
+from tunesmith.errors import TunesmithError
+
+SMALL_SPACE = {"train.lr": {"low": 1e-3, "high": 3e-2}, "model.scratch.depth": [1, 2]}
+
+
+@pytest.fixture(scope="module")
+def wine_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = load_wine(as_frame=True)
+    frame = data.frame.rename(columns={"target": "label"})
+    path = tmp_path_factory.mktemp("wine") / "wine.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def wine_config(folder: Path, csv: Path, name: str = "wine", **search: Any) -> Path:
+    raw = config_dict(folder, data_path=csv, backbone="scratch:mlp",
+                      train_settings={"epochs": 6, "precision": "fp32"}, name=name,
+                      search={"space": SMALL_SPACE, **search})
+    return write_yaml(folder / f"{name}.yaml", raw)
+
+
+def study_of(run_dir: Path, name: str = "wine") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{run_dir / 'study.db'}")
+
+
+def test_a_search_runs_its_trials_in_the_run_folder_study_with_trial_zero_the_recipe(
+    tmp_path: Path, wine_csv: Path
+) -> None:
+    summary = api.fit(wine_config(tmp_path, wine_csv, trials=4, pruner="none"))
+    study = study_of(summary.run_dir)
+    trials = study.get_trials()
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    # trial 0 is the recipe: its lr the recipe's (1e-3 for a network from scratch), its depth
+    # the recipe's for this table
+    recipe = api.prepare(load_config(wine_config(tmp_path, wine_csv, trials=4))).config
+    assert trials[0].params["train.lr"] == pytest.approx(float(recipe.train.lr))
+    assert trials[0].user_attrs["recipe"] is True
+    assert len({t.params["train.lr"] for t in trials}) == 4  # the others are drawn
+    # each trial trained in its own folder with its own resolved config, and scored itself
+    for trial in trials:
+        folder = summary.run_dir / "trials" / str(trial.number)
+        assert (folder / "best.safetensors").is_file()
+        saved = load_config(folder / "config.yaml")
+        assert float(saved.train.lr) == pytest.approx(trial.params["train.lr"])
+        assert trial.value == pytest.approx(trial.user_attrs["val"]["accuracy"])
+    # the final model is the best on validation, and metrics.json says which
+    best = max(trials, key=lambda t: (t.value, -t.number))
+    metrics = json.loads((summary.run_dir / "metrics.json").read_text())
+    assert metrics["search"]["best_trial"] == best.number
+    assert metrics["search"]["trials_completed"] == 4
+    assert metrics["val"]["accuracy"]["value"] == pytest.approx(best.value)
+    assert metrics["search"]["best_params"] == best.params
+    assert 0.8 <= metrics["test"]["accuracy"]["value"] <= 1.0
+
+
+def test_the_same_seed_gives_the_same_search(tmp_path: Path, wine_csv: Path) -> None:
+    runs = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        summary = api.fit(wine_config(tmp_path / folder, wine_csv, trials=3, pruner="none"))
+        runs.append([(t.params, t.value) for t in study_of(summary.run_dir).get_trials()])
+    assert runs[0] == runs[1]
+
+
+def test_hyperband_prunes_trials_that_fall_behind(tmp_path: Path, wine_csv: Path) -> None:
+    # Rates from 1e-5 (hopeless in 6 epochs) to 3e-2: the slow ones are stopped early.
+    config = write_yaml(tmp_path / "prune.yaml", config_dict(
+        tmp_path, data_path=wine_csv, backbone="scratch:mlp", name="prune",
+        train_settings={"epochs": 9, "precision": "fp32"},
+        search={"trials": 12, "pruner": "hyperband",
+                "space": {"train.lr": {"low": 1e-6, "high": 3e-2}}}))
+    summary = api.fit(config)
+    trials = study_of(summary.run_dir, "prune").get_trials()
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned, "no trial was pruned"
+    for trial in pruned:  # a pruned trial stopped before its last epoch
+        assert max(trial.intermediate_values) < 9
+    metrics = json.loads((summary.run_dir / "metrics.json").read_text())
+    assert metrics["search"]["trials_pruned"] == len(pruned)
+
+
+def test_a_time_budget_ends_the_search_and_is_kept(tmp_path: Path, wine_csv: Path) -> None:
+    started = time.perf_counter()
+    summary = api.fit(wine_config(tmp_path, wine_csv, budget="25s", pruner="none"))
+    wall = time.perf_counter() - started
+    trials = study_of(summary.run_dir).get_trials()
+    assert len(trials) >= 2
+    assert wall < 25 + max(t.user_attrs["wall_s"] for t in trials) + 15
+
+
+def test_a_journal_file_holds_the_study(tmp_path: Path, wine_csv: Path) -> None:
+    journal = tmp_path / "shared.journal"
+    summary = api.fit(wine_config(tmp_path, wine_csv, trials=2, storage=f"journal:{journal}"))
+    assert journal.is_file() and not (summary.run_dir / "study.db").exists()
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    study = optuna.load_study(study_name="wine",
+                              storage=JournalStorage(JournalFileBackend(str(journal))))
+    assert len(study.get_trials()) == 2
+
+
+def test_a_study_made_by_another_config_is_refused_naming_what_differs(
+    tmp_path: Path, wine_csv: Path
+) -> None:
+    journal = tmp_path / "shared.journal"
+    api.fit(wine_config(tmp_path, wine_csv, trials=2, storage=f"journal:{journal}"))
+    other = write_yaml(tmp_path / "other.yaml", config_dict(
+        tmp_path, data_path=wine_csv, backbone="scratch:mlp", name="other",
+        train_settings={"epochs": 6, "precision": "fp32"},
+        search={"trials": 2, "study": "wine", "storage": f"journal:{journal}",
+                "space": {"train.lr": {"low": 1e-4, "high": 1e-3}}}))
+    with pytest.raises(TunesmithError, match="another config") as caught:
+        api.fit(other)
+    assert caught.value.field == "search.study" and "train.lr" in caught.value.problem
+
+
+@pytest.mark.parametrize(
+    ("storage", "says"),
+    [
+        ("postgresql://nobody@127.0.0.1:1/none", "cannot open the study storage"),
+        ("notadb://x", "cannot open the study storage"),
+        ("journal:/no/such/folder/s.journal", "does not exist"),
+    ],
+)
+def test_a_wrong_or_unreachable_storage_is_a_clear_error(
+    tmp_path: Path, wine_csv: Path, storage: str, says: str
+) -> None:
+    with pytest.raises(TunesmithError, match=says) as caught:
+        api.fit(wine_config(tmp_path, wine_csv, trials=2, storage=storage))
+    assert caught.value.field == "search.storage" and caught.value.fix
+
+
+def test_a_killed_search_resumes_keeping_finished_trials_and_retrying_the_interrupted_one(
+    tmp_path: Path, wine_csv: Path
+) -> None:
+    raw = config_dict(tmp_path, data_path=wine_csv, backbone="scratch:mlp", name="killed",
+                      train_settings={"epochs": 60, "precision": "fp32"},
+                      search={"trials": 3, "pruner": "none",
+                              "space": {"train.lr": {"low": 1e-3, "high": 3e-2}}})
+    config = write_yaml(tmp_path / "killed.yaml", raw)
+    run_dir = tmp_path / "runs" / "killed"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tunesmith", "run", str(config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "CI": "1"},
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill it inside trial 1, after trial 0 finished
+        if (run_dir / "study.db").is_file() and (run_dir / "trials" / "1").is_dir():
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = study_of(run_dir, "killed").get_trials()
+    assert before[0].state == optuna.trial.TrialState.COMPLETE
+    assert before[1].state == optuna.trial.TrialState.RUNNING
+
+    summary = api.fit(config, resume=True)
+    after = study_of(summary.run_dir, "killed").get_trials()
+    states = [t.state.name for t in after]
+    assert states[0] == "COMPLETE" and after[0].value == before[0].value  # kept, not rerun
+    assert states[1] == "FAIL"  # the interrupted one, marked failed...
+    retry = next(t for t in after if t.user_attrs.get("retry_of") == 1)
+    assert retry.params == before[1].params  # ...and run again with the same values
+    assert states.count("COMPLETE") == 3
+    metrics = json.loads((summary.run_dir / "metrics.json").read_text())
+    assert metrics["search"]["trials_failed"] == 1
+
+
+def test_small_tables_search_without_reading_the_data_again(
+    tmp_path: Path, wine_csv: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = []
+    original = api.load_task_data
+
+    def counting(config: Any) -> Any:
+        reads.append(config)
+        return original(config)
+
+    monkeypatch.setattr(api, "load_task_data", counting)
+    api.fit(wine_config(tmp_path, wine_csv, trials=3, pruner="none"))
+    assert len(reads) == 1
+

@@ -1,0 +1,169 @@
+"""The search space: what is searched for which data, what the user fixes or narrows, and the
+draws of a trial (tested with optuna.trial.FixedTrial, as Optuna's own docs suggest)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from tunesmith.config import Config, config_from_dict
+from tunesmith.errors import TunesmithError
+from tunesmith.search.recipe import DataProfile
+from tunesmith.search.space import (
+    SpaceContext,
+    recipe_values,
+    search_space,
+    suggest,
+)
+
+TEXT = DataProfile(modality="text", train_rows=3_500, classes=2)
+IMAGE = DataProfile(modality="image", train_rows=3_600, classes=10, median_image_side=28)
+TABLE = DataProfile(modality="tabular", train_rows=400, classes=2, in_features=30)
+
+
+def config(backbone: str = "hf:m", **sections: Any) -> Config:
+    raw = {"name": "s", "data": {"train": "d.csv"}, "model": {"backbone": backbone}, **sections}
+    for key in ("model", "data"):
+        if key in sections:
+            raw[key] = {**({"backbone": backbone} if key == "model" else {"train": "d.csv"}),
+                        **sections[key]}
+    return config_from_dict(raw, source="config.yaml", base_dir=Path("."))
+
+
+# A resolved recipe, as tunesmith.search.recipe.resolve writes it (the values the space reads).
+RECIPE = config(
+    train={"lr": 1e-4, "epochs": 4, "batch_size": 16, "weight_decay": 0.01, "warmup": 0.1,
+           "label_smoothing": 0.0, "optimizer": "adamw", "layer_decay": 1.0},
+    model={"strategy": "full", "head": {"layers": 0, "hidden": 256, "activation": "gelu",
+                                        "init": "default", "dropout": 0.1}},
+)
+
+
+def context(profile: DataProfile, *, scratch: bool = False, blocks: int = 8) -> SpaceContext:
+    return SpaceContext(profile=profile, recipe=RECIPE, blocks=blocks, scratch=scratch)
+
+
+def test_a_pretrained_text_model_searches_training_strategy_and_head_but_no_augmentation() -> None:
+    space = search_space(context(TEXT), config())
+    keys = set(space.keys)
+    assert {"train.lr", "model.strategy", "model.peft.r", "model.head.layers",
+            "train.label_smoothing", "train.epochs"} <= keys
+    assert not keys & {"data.augment.preset", "data.augment.mixup", "model.scratch.depth"}
+    params = {p.key: p.distribution for p in space.params}
+    # the rate is searched on a log scale around the recipe's: 1e-4 / 5 to 1e-4 * 5
+    assert params["train.lr"] == FloatDistribution(2e-5, 5e-4, log=True)
+    assert params["train.epochs"] == IntDistribution(2, 8)
+    assert params["train.batch_size"] == CategoricalDistribution([8, 16, 32])
+    assert set(params["model.strategy"].choices) == {  # type: ignore[attr-defined]
+        "full", "lp-ft", "linear-probe", "lora", "freeze:4"
+    }
+
+
+def test_images_add_augmentation_and_mixup_and_tables_from_scratch_search_the_network() -> None:
+    image = set(search_space(context(IMAGE), config("timm:m")).keys)
+    assert {"data.augment.preset", "data.augment.mixup", "model.strategy"} <= image
+    table = set(search_space(context(TABLE, scratch=True), config("scratch:mlp")).keys)
+    assert {"model.scratch.depth", "model.scratch.width", "model.scratch.dropout"} <= table
+    assert not table & {"model.strategy", "model.peft.r", "data.augment.preset"}
+
+
+def test_conditional_parameters_are_drawn_only_where_they_apply() -> None:
+    space = search_space(context(TEXT), config())
+    base = {"train.lr": 1e-4, "train.weight_decay": 0.01, "train.epochs": 4,
+            "train.batch_size": 16, "train.warmup": 0.1, "train.label_smoothing": 0.0,
+            "train.optimizer": "adamw", "model.head.layers": 0, "model.head.init": "default",
+            "model.head.dropout": 0.1}
+    lora = suggest(optuna.trial.FixedTrial(
+        {**base, "model.strategy": "lora", "model.peft.r": 16, "model.peft.alpha": 32}), space)
+    assert lora["model.peft.r"] == 16 and "train.layer_decay" not in lora
+    assert "model.head.hidden" not in lora  # no hidden layer, no width
+    full = suggest(optuna.trial.FixedTrial(
+        {**base, "model.strategy": "full", "train.layer_decay": 0.8, "model.head.layers": 1,
+         "model.head.hidden": 256, "model.head.activation": "gelu"}), space)
+    assert full["train.layer_decay"] == 0.8 and full["model.head.hidden"] == 256
+    assert "model.peft.r" not in full
+
+
+def test_a_value_the_user_gave_is_fixed_and_not_searched() -> None:
+    given = config(train={"lr": 3e-5}, model={"strategy": "lora"}, data={"augment": {"mixup": 0.0}})
+    space = search_space(context(IMAGE), given)
+    assert "train.lr" not in space.keys and "model.strategy" not in space.keys
+    assert "data.augment.mixup" not in space.keys  # written by the user, even at its default
+    assert space.fixed == {"train.lr": 3e-5, "model.strategy": "lora", "data.augment.mixup": 0.0}
+    assert "data.augment.preset" in space.keys  # a default the user did not write is searched
+
+
+def test_search_space_narrows_to_choices_or_a_range() -> None:
+    given = config(search={"space": {"model.strategy": ["full", "lora"],
+                                     "train.lr": {"low": 1e-5, "high": 1e-4},
+                                     "model.head.layers": {"low": 1, "high": 2},
+                                     "model.backbone": ["hf:a", "hf:b"]}})
+    params = {p.key: p.distribution for p in search_space(context(TEXT), given).params}
+    assert params["model.strategy"] == CategoricalDistribution(["full", "lora"])
+    assert params["train.lr"] == FloatDistribution(1e-5, 1e-4, log=True)
+    assert params["model.head.layers"] == IntDistribution(1, 2)
+    assert params["model.backbone"] == CategoricalDistribution(["hf:a", "hf:b"])
+
+
+@pytest.mark.parametrize(
+    ("space", "field", "says"),
+    [
+        ({"model.strategy": ["full", "everything"]}, "search.space.model.strategy", "everything"),
+        ({"train.lr": {"low": 1e-4, "high": 5.0}}, "search.space.train.lr", "outside"),
+        ({"model.head.dropout": {"low": 0.5, "high": 0.1}}, "search.space.model.head.dropout",
+         "low > high"),
+        ({"train.momentum": [0.9, 0.95]}, "search.space.train.momentum", "not searched"),
+        ({"model.head.activation": {"low": 0, "high": 1}}, "search.space.model.head.activation",
+         "choices, not a range"),
+        ({"train.epochs": []}, "search.space.train.epochs", "no choices"),
+    ],
+)
+def test_a_search_space_override_outside_allowed_values_names_the_key(
+    space: dict[str, Any], field: str, says: str
+) -> None:
+    with pytest.raises(TunesmithError) as caught:
+        search_space(context(TEXT), config(search={"space": space}))
+    assert caught.value.field == field and says in caught.value.problem
+    assert caught.value.fix
+
+
+def test_a_key_both_fixed_and_searched_is_refused() -> None:
+    with pytest.raises(TunesmithError, match="also searched") as caught:
+        search_space(context(TEXT), config(train={"lr": 1e-4},
+                                           search={"space": {"train.lr": [1e-4, 1e-5]}}))
+    assert caught.value.field == "search.space.train.lr"
+
+
+def test_trial_zero_takes_the_recipe_values_brought_inside_narrowed_ranges() -> None:
+    space = search_space(context(TEXT), config(search={"space": {
+        "train.lr": {"low": 2e-4, "high": 1e-3}, "train.batch_size": [32, 64]}}))
+    values = recipe_values(space, RECIPE)
+    assert values["train.lr"] == 2e-4  # the recipe's 1e-4, raised to the narrowed range
+    assert values["train.batch_size"] == 32  # the nearest choice to 16
+    assert values["model.strategy"] == "full" and values["train.epochs"] == 4
+    assert "model.peft.r" not in values  # the recipe does not use LoRA
+    # the recipe's values are a valid draw of the space
+    assert suggest(optuna.trial.FixedTrial(values), space) == values
+
+
+def test_a_seeded_sampler_draws_the_same_trials() -> None:
+    from tunesmith.search.study import make_sampler
+
+    space = search_space(context(TEXT), config())
+
+    def draws(seed: int) -> list[dict[str, Any]]:
+        study = optuna.create_study(sampler=make_sampler(seed), direction="maximize")
+        out = []
+        for index in range(8):
+            trial = study.ask()
+            values = suggest(trial, space)
+            study.tell(trial, float(index % 3))
+            out.append(values)
+        return out
+
+    assert draws(0) == draws(0)
+    assert draws(0) != draws(1)
