@@ -184,3 +184,27 @@ def test_recipe_fills_autos_from_data_and_model_and_keeps_given_values(
 def test_image_size_doubles_small_images_up_to_pretrained(side: int, expected: int) -> None:
     profile = DataProfile(modality="image", train_rows=100, classes=2, median_image_side=side)
     assert image_size(profile, pretrained_size=224) == expected
+
+
+@pytest.mark.parametrize(
+    ("modality", "rows", "given", "expected"),
+    [("image", 30_000, None, 0.1), ("image", 19_999, None, 0.0), ("image", 30_000, 0.0, 0.0),
+     ("text", 30_000, None, 0.0), ("image", 100, 0.4, 0.4)],
+)
+def test_mixup_is_the_recipe_only_for_large_image_sets_unless_given(
+    modality: str, rows: int, given: float | None, expected: float
+) -> None:
+    from tunesmith.config import config_from_dict
+    from tunesmith.search import resolve
+
+    data: dict[str, Any] = {"train": "d"}
+    if given is not None:
+        data["augment"] = {"mixup": given}
+    config = config_from_dict({"name": "m", "data": data, "model": {"backbone": "timm:m"}},
+                              source="c.yaml", base_dir=Path("."))
+    profile = DataProfile(modality=modality, train_rows=rows, classes=10,  # type: ignore[arg-type]
+                          median_image_side=32 if modality == "image" else None)
+    preprocessing = {"size": 64} if modality == "image" else {"max_length": 64}
+    resolved = resolve(config, profile, num_features=32, preprocessing=preprocessing,
+                       backbone="timm:m", shape=None)
+    assert resolved.data.augment.mixup == expected

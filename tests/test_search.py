@@ -70,8 +70,15 @@ def test_a_search_runs_its_trials_in_the_run_folder_study_with_trial_zero_the_re
     metrics = json.loads((summary.run_dir / "metrics.json").read_text())
     assert metrics["search"]["best_trial"] == best.number
     assert metrics["search"]["trials_completed"] == 4
-    assert metrics["val"]["accuracy"]["value"] == pytest.approx(best.value)
     assert metrics["search"]["best_params"] == best.params
+    # the greedy soup starts from the best trial and is used only when it beats it on val
+    soup = metrics["search"]["soup"]
+    assert soup["ingredients"][0] == best.number
+    assert set(soup["ingredients"]) <= {t.number for t in trials}
+    assert soup["best_single_val"] == pytest.approx(best.value)
+    assert soup["used"] == (soup["val"] > best.value)
+    chosen_val = soup["val"] if soup["used"] else best.value
+    assert metrics["val"]["accuracy"]["value"] == pytest.approx(chosen_val)
     assert 0.8 <= metrics["test"]["accuracy"]["value"] <= 1.0
 
 
@@ -202,3 +209,115 @@ def test_small_tables_search_without_reading_the_data_again(
     api.fit(wine_config(tmp_path, wine_csv, trials=3, pruner="none"))
     assert len(reads) == 1
 
+
+
+def _postgres_url() -> str:
+    """The server .ci/run starts; elsewhere the test is skipped (CI must have it)."""
+    url = os.environ.get("TUNESMITH_TEST_POSTGRES")
+    if url is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI runs this test against PostgreSQL: start it with .ci/postgres")
+        pytest.skip("no PostgreSQL server (TUNESMITH_TEST_POSTGRES); .ci/run starts one")
+    return url
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "journal"])
+def test_two_workers_share_one_study_without_duplicate_or_lost_trials(
+    tmp_path: Path, wine_csv: Path, kind: str
+) -> None:
+    if kind == "postgresql":
+        storage = _postgres_url()
+        study_name = f"shared-{os.getpid()}-{time.time_ns()}"  # a server outlives test runs
+        opened: Any = storage
+    else:
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        journal = tmp_path / "shared.journal"
+        storage, study_name = f"journal:{journal}", "shared"
+        opened = JournalStorage(JournalFileBackend(str(journal)))
+    config = wine_config(tmp_path, wine_csv, name="shared", trials=6, pruner="none")
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tunesmith", "search", str(config),
+             "--storage", storage, "--study", study_name],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [worker.communicate(timeout=600)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], outputs
+    study = optuna.load_study(study_name=study_name, storage=opened)
+    trials = study.get_trials()
+    assert sorted(t.number for t in trials) == list(range(6))  # none lost, none twice
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    workers_seen = {t.user_attrs["worker"] for t in trials}
+    assert len(workers_seen) == 2  # both did trials
+    assert sum(t.user_attrs.get("recipe", False) for t in trials) == 1  # the recipe once
+    # each trial's folder holds its own config; the study's best is one trial
+    trials_dir = tmp_path / "runs" / "shared" / "trials"
+    for trial in trials:
+        assert (trials_dir / str(trial.number) / "config.yaml").is_file()
+    assert study.best_trial.value == max(t.value for t in trials)
+
+
+def test_search_refuses_a_config_that_does_not_search(
+    tmp_path: Path, wine_csv: Path, run_cli: Any
+) -> None:
+    result = run_cli(["search", wine_config(tmp_path, wine_csv, trials=1)])
+    assert result.code == 2 and "does not search" in result.err
+
+
+CONSTANT_MODULE = """
+import torch
+from torch import nn
+
+
+class Constant(nn.Module):
+    num_features = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.ones(4))
+
+    def forward(self, x):
+        return self.bias.expand(x.shape[0], 4)
+
+
+def build(in_features):
+    return Constant()
+"""
+
+
+def test_linear_probes_rank_candidate_backbones_and_drop_hopeless_ones(
+    tmp_path: Path, wine_csv: Path
+) -> None:
+    (tmp_path / "constant_features.py").write_text(CONSTANT_MODULE)
+    hopeless = "python:constant_features:build"
+    config = write_yaml(tmp_path / "backbones.yaml", config_dict(
+        tmp_path, data_path=wine_csv, backbone="scratch:mlp", name="backbones",
+        train_settings={"epochs": 6, "precision": "fp32"},
+        search={"trials": 3, "pruner": "none",
+                "space": {"model.backbone": ["scratch:mlp", hopeless]}}))
+    summary = api.fit(config)
+    metrics = json.loads((summary.run_dir / "metrics.json").read_text())
+    probes = metrics["search"]["backbone_probes"]
+    assert set(probes) == {"scratch:mlp", hopeless}
+    # constant features can do no better than the majority class; random MLP features of the
+    # standardized columns separate the three wines
+    assert probes[hopeless] <= 0.5 < 0.8 <= probes["scratch:mlp"]
+    trials = study_of(summary.run_dir, "backbones").get_trials()
+    assert {t.params["model.backbone"] for t in trials} == {"scratch:mlp"}  # the other dropped
+
+
+def test_survivors_are_those_within_two_standard_errors_of_the_best_probe() -> None:
+    from tunesmith.evaluate.metrics import OBJECTIVES
+    from tunesmith.search.fidelity import surviving
+
+    accuracy = OBJECTIVES["classification"]
+    # 400 val rows: the standard error at 0.80 is 0.02, so 0.77 stays and 0.75 goes
+    scores = {"a": 0.75, "b": 0.80, "c": 0.77}
+    assert surviving(scores, 400, accuracy) == ["b", "c"]
+    # 25 rows: 0.08, so all three are within noise
+    assert surviving(scores, 25, accuracy) == ["b", "c", "a"]
+    rmse = OBJECTIVES["regression"]  # lower is better: SE about 1.0 / sqrt(200) = 0.07
+    assert surviving({"x": 1.0, "y": 1.1, "z": 1.2}, 100, rmse) == ["x", "y"]

@@ -14,7 +14,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +131,9 @@ def _prepare(config: Config, data: TaskData | None = None) -> Prepared:
         in_features=len(data.tabular.feature_names) if data.tabular else None,
         source_format=data.report.parts["train"].source.format,
         split_method=data.splits["method"],
+        imbalance=_imbalance(data),
+        median_text_chars=int(np.median([len(str(t)) for t in data.train.inputs]))
+        if data.modality == "text" and len(data.train) else None,
     )
     check_fits(config, profile)
     shape = scratch_shape(config, profile) if is_scratch(config) else None
@@ -148,6 +151,13 @@ def _prepare(config: Config, data: TaskData | None = None) -> Prepared:
         shape=shape,
     )
     return Prepared(resolved, data, backbone, profile)
+
+
+def _imbalance(data: TaskData) -> float | None:
+    counts = _label_counts(data.train, data.spec.kind)
+    if not counts:
+        return None
+    return round(max(counts.values()) / max(1, min(counts.values())), 2)
 
 
 def _backbone(config: Config, profile: DataProfile, shape: ScratchShape | None) -> Backbone:
@@ -407,27 +417,148 @@ def _search(
     given: Config, recipe: Prepared, *, resume: bool
 ) -> tuple[Prepared, TaskModel, TrialResult, dict[str, Any]]:
     """Trials from the study until the budget is spent; the best on validation, as trained."""
+    from tunesmith.search.run import best_trial
+
+    study, trials, kept, budget = _run_study(given, recipe, resume=resume)
+    objective = objective_for(recipe.kind)
+    best = best_trial(trials, objective)
+    if best.number != kept.number:  # trained by an earlier run or another worker: from its files
+        kept.prepared, kept.model, kept.result = _trained_trial(given, recipe, best)
+    assert kept.prepared is not None and kept.model is not None and kept.result is not None
+    record = {**_study_record(study, given), "best_trial": best.number,
+              "profile": asdict(recipe.profile),
+              "backbone_probes": study.user_attrs.get("backbone_probes", {}),
+              "best_params": dict(best.params), "spent_s": round(budget.spent(), 1)}
+    soup = _greedy_soup(kept, trials, best, objective)
+    if soup is not None:
+        record["soup"] = {"ingredients": list(soup.ingredients), "val": soup.score,
+                          "best_single_val": soup.best_single, "used": soup.improves}
+        if soup.improves:
+            kept.model.load_state_dict(soup.state)
+            kept.result = replace(kept.result, best_val=_val_metrics(kept.prepared, kept.model,
+                                                                       kept.result))
+    return kept.prepared, kept.model, kept.result, record
+
+
+SOUP_CANDIDATES = 5  # the best trials tried as ingredients
+
+
+def _greedy_soup(kept: _Kept, trials: list[Any], best: Any, objective: Any) -> Any:
+    """The greedy soup of the top trials whose weights can be averaged with the best's (same
+    backbone and architecture), or None with fewer than two such trials."""
+    from safetensors.torch import load_file
+
+    from tunesmith.search.soup import greedy_soup
+    from tunesmith.train.checkpoint import BEST
+
+    assert kept.prepared is not None and kept.model is not None and kept.result is not None
+    model, prepared, result = kept.model, kept.prepared, kept.result
+    metric = objective.metric
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    run_dir = prepared.config.run_dir
+    scored = sorted((t for t in trials if metric in t.user_attrs.get("val", {})
+                     and t.number != best.number
+                     and (run_dir / "trials" / str(t.number) / BEST).is_file()),
+                    key=lambda t: t.user_attrs["val"][metric], reverse=objective.greater_is_better)
+    others = [(t.number, float(t.user_attrs["val"][metric]),
+               lambda t=t: load_file(run_dir / "trials" / str(t.number) / BEST))
+              for t in scored[: SOUP_CANDIDATES - 1]]
+    if not others:
+        return None
+
+    def score(state: dict[str, torch.Tensor]) -> float:
+        model.load_state_dict(state)
+        return _val_metrics(prepared, model, result)[metric]
+
+    soup = greedy_soup([(best.number, float(best.user_attrs["val"][metric]),
+                         lambda: best_state), *others],
+                       score, greater_is_better=objective.greater_is_better)
+    model.load_state_dict(best_state)
+    return soup
+
+
+def _val_metrics(prepared: Prepared, model: TaskModel, result: TrialResult) -> dict[str, float]:
+    data = prepared.data
+    batches = eval_batches(prepared.backbone, prepared.inputs(data.val), data.targets(data.val),
+                           batch_size=EVAL_BATCH_SIZE)
+    device = next(model.parameters()).device
+    outputs, targets = collect_logits(model, batches, device=device,
+                                      autocast=autocast_for(result.precision, device))
+    return objective_for(prepared.kind).score(outputs, targets)
+
+
+def _study_record(study: Any, given: Config) -> dict[str, Any]:
+    states = [t.state.name for t in study.get_trials(deepcopy=False)]
+    return {
+        "trials_completed": states.count("COMPLETE"),
+        "trials_pruned": states.count("PRUNED"),
+        "trials_failed": states.count("FAIL"),
+        "study": study.study_name,
+        "storage": _redacted_url(storage_url_of(given)),
+    }
+
+
+def storage_url_of(config: Config) -> str:
+    from tunesmith.search.study import storage_url
+
+    return storage_url(config, config.run_dir)
+
+
+@dataclass(frozen=True)
+class WorkerSummary:
+    run_dir: Path
+    study: dict[str, Any]
+
+
+def search_worker(
+    config: Config | str | Path, overrides: list[str] | None = None, *,
+    storage: str | None = None, study: str | None = None,
+) -> WorkerSummary:
+    """Join the config's study (or `study` in `storage`) as one more worker: trials until the
+    study's trial limit or this worker's budget is reached; no final model (the run that owns
+    the study chooses it)."""
+    given = _as_config(config, overrides)
+    chosen = {"storage": storage, "study": study}
+    given = given.updated(search=given.search.model_copy(
+        update={key: value for key, value in chosen.items() if value is not None}))
+    if not searches(given):
+        raise TunesmithError(
+            "the config does not search: set search.trials above 1 or search.budget",
+            file=given.source, field="search", fix="add search.trials or search.budget",
+        )
+    recipe = prepare(given)
+    recipe.config.run_dir.mkdir(parents=True, exist_ok=True)
+    found, _, _, _ = _run_study(given, recipe, resume=True)
+    return WorkerSummary(recipe.config.run_dir, _study_record(found, given))
+
+
+def _run_study(given: Config, recipe: Prepared, *, resume: bool) -> tuple[Any, Any, _Kept, Any]:
+    """Open the study, retry what a killed run of it left running, and run trials until the
+    budget is spent; the best trial of this process is kept in memory."""
     from tunesmith.search.run import (
         Budget,
-        best_trial,
         retry_interrupted,
         run_trials,
         spent_by_study,
     )
     from tunesmith.search.space import recipe_values, search_space
-    from tunesmith.search.study import open_study, storage_url
+    from tunesmith.search.study import open_study
 
     run_dir = recipe.config.run_dir
     objective = objective_for(recipe.kind)
     with naming_the_config(given):
         space = search_space(_space_context(recipe), given)
+    signature = _signature(space, recipe)  # before ranking: every worker joins the same study
+    space, probes = _rank_backbones(given, recipe, space)
     first = recipe_values(space, recipe.config)
     epochs_high = max([int(recipe.config.train.epochs)] + [
         int(p.distribution.high) for p in space.params
         if p.key == "train.epochs" and hasattr(p.distribution, "high")
     ])
-    study = open_study(given, run_dir, searched=_signature(space, recipe),
+    study = open_study(given, run_dir, searched=signature,
                        direction=objective.direction, max_epochs=epochs_high)
+    if probes:
+        study.set_user_attr("backbone_probes", probes)
     if resume:
         for number in retry_interrupted(study):
             console.print(f"[yellow]trial {number} was interrupted[/]: marked failed, retried")
@@ -458,22 +589,45 @@ def _search(
 
     trials = run_trials(study, space, train, objective=objective, budget=budget,
                         run_dir=run_dir, first=first)
-    best = best_trial(trials, objective)
-    if best.number != kept.number:  # trained by an earlier run of this study: from its files
-        kept.prepared, kept.model, kept.result = _trained_trial(given, recipe, best)
-    assert kept.prepared is not None and kept.model is not None and kept.result is not None
-    states = [t.state.name for t in study.get_trials(deepcopy=False)]
-    record = {
-        "trials_completed": states.count("COMPLETE"),
-        "trials_pruned": states.count("PRUNED"),
-        "trials_failed": states.count("FAIL"),
-        "best_trial": best.number,
-        "best_params": dict(best.params),
-        "study": study.study_name,
-        "storage": _redacted_url(storage_url(given, run_dir)),
-        "spent_s": round(budget.spent(), 1),
-    }
-    return kept.prepared, kept.model, kept.result, record
+    return study, trials, kept, budget
+
+
+def _rank_backbones(given: Config, recipe: Prepared, space: Any) -> tuple[Any, dict[str, float]]:
+    """With several candidate backbones: a linear probe on each one's frozen features, and the
+    space's backbone choices cut to those within noise of the best probe."""
+    from optuna.distributions import CategoricalDistribution
+
+    from tunesmith.search.fidelity import probe_score, surviving
+    from tunesmith.search.space import Param, Space
+    from tunesmith.train.stages import backbone_features
+
+    param = next((p for p in space.params if p.key == "model.backbone"), None)
+    if param is None or len(param.distribution.choices) < 2 or recipe.kind == "multilabel":
+        return space, {}
+    objective, data = objective_for(recipe.kind), recipe.data
+    scores: dict[str, float] = {}
+    for spec in param.distribution.choices:
+        with naming_the_config(given):
+            candidate = prepare(given.with_values({"model.backbone": spec}), data=data)
+        model = task_model(candidate)
+        precision = resolve_precision(candidate.config.train.precision, default_device())
+        features = {
+            name: backbone_features(model, eval_batches(
+                candidate.backbone, candidate.inputs(part), data.targets(part),
+                batch_size=EVAL_BATCH_SIZE), precision=precision)
+            for name, part in (("train", data.train), ("val", data.val))
+        }
+        scores[spec] = probe_score(*features["train"], *features["val"], objective)
+        del model, candidate
+        gc.collect()
+    keep = surviving(scores, len(data.val), objective)
+    dropped = [spec for spec in scores if spec not in keep]
+    console.print("backbone probes (val " + objective.metric + "): " + ", ".join(
+        f"{spec} {score:.3f}" for spec, score in scores.items())
+        + (f"; dropped {', '.join(dropped)}" if dropped else ""))
+    narrowed = Param(param.key, CategoricalDistribution(keep), param.condition, param.allowed)
+    params = tuple(narrowed if p.key == param.key else p for p in space.params)
+    return Space(params, space.fixed), scores
 
 
 def _space_context(prepared: Prepared) -> Any:

@@ -42,6 +42,30 @@ def run(
         typer.echo(f"run folder: {summary.run_dir}")
 
 
+@app.command()
+def search(
+    config: ConfigArg,
+    storage: Annotated[
+        str | None,
+        typer.Option(help="The study's storage: postgresql://..., sqlite:///PATH or journal:PATH "
+                     "(default: the config's search.storage)."),
+    ] = None,
+    study: Annotated[
+        str | None, typer.Option(help="The study to join (default: search.study, or the name).")
+    ] = None,
+    set_: SetOption = None,
+) -> None:
+    """Join a shared study as one more worker: run trials until the study's limits are reached."""
+    from tunesmith.api import search_worker
+
+    summary = search_worker(config, set_ or [], storage=storage, study=study)
+    record = summary.study
+    typer.echo(
+        f"study {record['study']}: {record['trials_completed']} completed, "
+        f"{record['trials_pruned']} pruned, {record['trials_failed']} failed"
+    )
+
+
 @app.command("lr-find")
 def lr_find(
     config: ConfigArg,

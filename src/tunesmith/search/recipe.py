@@ -35,6 +35,8 @@ class DataProfile:
     kind: str = "classification"  # classification, multilabel or regression
     median_image_side: int | None = None
     in_features: int | None = None  # tables: width of the encoded features
+    imbalance: float | None = None  # the largest class's training rows over the smallest's
+    median_text_chars: int | None = None
     source_format: str = "csv"  # what the data turned out to be, for the resolved config
     split_method: str = "stratified"
 
@@ -178,6 +180,14 @@ def augment_preset(profile: DataProfile) -> str:
     return "light" if profile.modality == "image" else "none"
 
 
+MIXUP_ROWS = 20_000  # BiT-HyperRule: MixUp (alpha 0.1) only for sets at least this large
+
+
+def mixup_alpha(profile: DataProfile) -> float:
+    images = profile.modality == "image" and profile.kind == "classification"
+    return 0.1 if images and profile.train_rows >= MIXUP_ROWS else 0.0
+
+
 def _fill(section: Any, defaults: dict[str, Any]) -> dict[str, Any]:
     values = section.model_dump()
     return {
@@ -245,7 +255,10 @@ def resolve(
                 update={
                     "preset": augment_preset(profile)
                     if given.augment.preset == "auto"
-                    else given.augment.preset
+                    else given.augment.preset,
+                    "mixup": given.augment.mixup
+                    if "mixup" in given.augment.model_fields_set
+                    else mixup_alpha(profile),
                 }
             ),
             # Each modality has its own input size; the others do not apply.

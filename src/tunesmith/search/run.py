@@ -134,8 +134,8 @@ def run_trials(
 ) -> list[optuna.trial.FrozenTrial]:
     """Ask, train and tell trials until the budget is spent; `first` (the recipe's values) is
     queued before any sampled trial. Returns the finished trials."""
-    if first is not None and not study.get_trials(deepcopy=False):
-        study.enqueue_trial(first, user_attrs={"recipe": True})
+    if first is not None:  # once per study, whichever worker comes first
+        study.enqueue_trial(first, user_attrs={"recipe": True}, skip_if_exists=True)
     while _room_for_another(study, budget):
         trial = study.ask()
         trial.set_user_attr(WORKER_ATTR, worker_id())

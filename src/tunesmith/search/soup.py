@@ -1,0 +1,73 @@
+"""A greedy weight soup of the best trials (Wortsman et al. 2022, "Model soups").
+
+Fine-tuned models that start from the same pretrained weights and share an architecture often lie
+in one basin, where their uniform average is better than each. The greedy soup takes the trials
+in order of validation score and adds each to the average only if the average's validation score
+does not get worse; the soup is used only when it beats the best single trial on validation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+State = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Soup:
+    ingredients: tuple[int, ...]  # trial numbers in the average
+    state: State
+    score: float  # its validation score
+    best_single: float  # the best trial's
+    improves: bool  # strictly better than the best trial on validation: the soup is used
+
+
+def compatible(a: State, b: State) -> bool:
+    """Same parameter names, shapes and dtypes: weights that can be averaged."""
+    return a.keys() == b.keys() and all(
+        a[k].shape == b[k].shape and a[k].dtype == b[k].dtype for k in a
+    )
+
+
+def average(states: Sequence[State]) -> State:
+    """The uniform average; integer tensors (batch-norm step counts) are taken from the first."""
+    first = states[0]
+    out: State = {}
+    for key, tensor in first.items():
+        if tensor.is_floating_point():
+            out[key] = torch.stack([state[key].float() for state in states]).mean(0).to(
+                tensor.dtype)
+        else:
+            out[key] = tensor.clone()
+    return out
+
+
+def greedy_soup(
+    candidates: Sequence[tuple[int, float, Callable[[], State]]],
+    score: Callable[[State], float],
+    *,
+    greater_is_better: bool = True,
+) -> Soup:
+    """`candidates`: (trial number, validation score, loader of its weights), any order. Each
+    is tried in order of score; those whose weights cannot be averaged with the best's are
+    skipped. Ties keep the ingredient (as the paper's greedy soup does)."""
+    sign = 1.0 if greater_is_better else -1.0
+    ordered = sorted(candidates, key=lambda c: (-sign * c[1], c[0]))
+    number, best_score, load = ordered[0]
+    states = [load()]
+    kept = [number]
+    soup_score = best_score
+    for number, _, load in ordered[1:]:
+        state = load()
+        if not compatible(states[0], state):
+            continue
+        trial_score = score(average([*states, state]))
+        if sign * trial_score >= sign * soup_score:
+            states.append(state)
+            kept.append(number)
+            soup_score = trial_score
+    better = len(kept) > 1 and sign * soup_score > sign * best_score
+    return Soup(tuple(kept), average(states), soup_score, best_score, better)

@@ -1,0 +1,54 @@
+"""The greedy soup: ingredients in order of validation score, each kept only if the average does
+not get worse, the soup used only when it beats the best trial."""
+
+from __future__ import annotations
+
+import torch
+
+from tunesmith.search.soup import average, compatible, greedy_soup
+
+
+def state(value: float, *, shape: tuple[int, ...] = (2,)) -> dict[str, torch.Tensor]:
+    return {"w": torch.full(shape, value), "steps": torch.tensor(7)}
+
+
+def test_the_average_is_uniform_and_keeps_integer_buffers() -> None:
+    mixed = average([state(1.0), state(2.0), state(6.0)])
+    assert torch.equal(mixed["w"], torch.full((2,), 3.0))
+    assert mixed["steps"].item() == 7 and mixed["steps"].dtype == torch.int64
+
+
+def test_greedy_soup_keeps_only_ingredients_that_do_not_hurt_validation() -> None:
+    # The score is best when the averaged weight is near 2.0. Trials (number, val, weight):
+    # 0 (0.90, w=1), 1 (0.85, w=3) pulls the average to 2 (better), 2 (0.80, w=10) would push
+    # it to 4.67 (worse: left out), 3 (0.70, w=2) keeps it at 2 (a tie: kept).
+    weights = {0: 1.0, 1: 3.0, 2: 10.0, 3: 2.0}
+    scores = {0: 0.90, 1: 0.85, 2: 0.80, 3: 0.70}
+
+    def score(mixed: dict[str, torch.Tensor]) -> float:
+        return 1.0 - abs(float(mixed["w"][0]) - 2.0) / 10
+
+    candidates = [(n, scores[n], lambda n=n: state(weights[n])) for n in (2, 0, 3, 1)]
+    soup = greedy_soup(candidates, score)
+    assert soup.ingredients == (0, 1, 3)
+    assert torch.allclose(soup.state["w"], torch.full((2,), 2.0))
+    assert soup.score == 1.0 and soup.best_single == 0.90 and soup.improves
+
+
+def test_a_soup_that_is_no_better_than_the_best_trial_is_not_used() -> None:
+    candidates = [(0, 0.9, lambda: state(1.0)), (1, 0.8, lambda: state(5.0))]
+    soup = greedy_soup(candidates, lambda mixed: 0.5)  # every average scores worse
+    assert soup.ingredients == (0,) and not soup.improves
+
+
+def test_weights_of_another_architecture_are_skipped_and_lower_is_better_works() -> None:
+    candidates = [
+        (0, 1.0, lambda: state(4.0)),
+        (1, 2.0, lambda: state(0.0, shape=(3,))),  # another head width: not averaged
+        (2, 3.0, lambda: state(0.0)),
+    ]
+    # an error to minimize: the average of trials 0 and 2 (w=2) beats trial 0 alone
+    soup = greedy_soup(candidates, lambda mixed: abs(float(mixed["w"][0]) - 2.0),
+                       greater_is_better=False)
+    assert soup.ingredients == (0, 2) and soup.improves and soup.score == 0.0
+    assert not compatible(state(1.0), state(1.0, shape=(3,)))
