@@ -528,11 +528,15 @@ def search_worker(
         )
     recipe = prepare(given)
     recipe.config.run_dir.mkdir(parents=True, exist_ok=True)
-    found, _, _, _ = _run_study(given, recipe, resume=True)
+    # A worker retries what a killed process of its machine left running; its budget is its own
+    # wall time, not what the study spent before it joined.
+    found, _, _, _ = _run_study(given, recipe, resume=True, own_budget=True)
     return WorkerSummary(recipe.config.run_dir, _study_record(found, given))
 
 
-def _run_study(given: Config, recipe: Prepared, *, resume: bool) -> tuple[Any, Any, _Kept, Any]:
+def _run_study(
+    given: Config, recipe: Prepared, *, resume: bool, own_budget: bool = False
+) -> tuple[Any, Any, _Kept, Any]:
     """Open the study, retry what a killed run of it left running, and run trials until the
     budget is spent; the best trial of this process is kept in memory."""
     from tunesmith.search.run import (
@@ -567,7 +571,7 @@ def _run_study(given: Config, recipe: Prepared, *, resume: bool) -> tuple[Any, A
     reserve = 0.0 if search.budget is None else min(300.0, 0.1 * search.budget)
     budget = Budget(
         None if search.budget is None else search.budget - reserve, search.trials,
-        spent_before=spent_by_study(study) if resume else 0.0,
+        spent_before=spent_by_study(study) if resume and not own_budget else 0.0,
     )
     kept = _Kept()
 

@@ -1,4 +1,5 @@
-"""The search stage. For now: the dataset-aware recipe that resolves every `auto` (trial 0)."""
+"""The search stage: the dataset-aware recipe (trial 0), the space, the Optuna study and the
+search loop, backbone probes and weight soups."""
 
 from tunesmith.search.recipe import (
     DataProfile,
