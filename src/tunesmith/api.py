@@ -435,8 +435,8 @@ def _search(
                           "best_single_val": soup.best_single, "used": soup.improves}
         if soup.improves:
             kept.model.load_state_dict(soup.state)
-            kept.result = replace(kept.result, best_val=_val_metrics(kept.prepared, kept.model,
-                                                                       kept.result))
+            kept.result = replace(kept.result, best_val=evaluate_part(
+                kept.model, kept.prepared, kept.prepared.data.val, kept.result))
     return kept.prepared, kept.model, kept.result, record
 
 
@@ -468,7 +468,7 @@ def _greedy_soup(kept: _Kept, trials: list[Any], best: Any, objective: Any) -> A
 
     def score(state: dict[str, torch.Tensor]) -> float:
         model.load_state_dict(state)
-        return _val_metrics(prepared, model, result)[metric]
+        return evaluate_part(model, prepared, prepared.data.val, result)[metric]
 
     soup = greedy_soup([(best.number, float(best.user_attrs["val"][metric]),
                          lambda: best_state), *others],
@@ -476,15 +476,6 @@ def _greedy_soup(kept: _Kept, trials: list[Any], best: Any, objective: Any) -> A
     model.load_state_dict(best_state)
     return soup
 
-
-def _val_metrics(prepared: Prepared, model: TaskModel, result: TrialResult) -> dict[str, float]:
-    data = prepared.data
-    batches = eval_batches(prepared.backbone, prepared.inputs(data.val), data.targets(data.val),
-                           batch_size=EVAL_BATCH_SIZE)
-    device = next(model.parameters()).device
-    outputs, targets = collect_logits(model, batches, device=device,
-                                      autocast=autocast_for(result.precision, device))
-    return objective_for(prepared.kind).score(outputs, targets)
 
 
 def _study_record(study: Any, given: Config) -> dict[str, Any]:
@@ -494,14 +485,15 @@ def _study_record(study: Any, given: Config) -> dict[str, Any]:
         "trials_pruned": states.count("PRUNED"),
         "trials_failed": states.count("FAIL"),
         "study": study.study_name,
-        "storage": _redacted_url(storage_url_of(given)),
+        "storage": shown_storage(given),
     }
 
 
-def storage_url_of(config: Config) -> str:
-    from tunesmith.search.study import storage_url
+def shown_storage(config: Config) -> str:
+    """The study's storage URL, its password left out."""
+    from tunesmith.search.study import redacted, storage_url
 
-    return storage_url(config, config.run_dir)
+    return redacted(storage_url(config, config.run_dir))
 
 
 @dataclass(frozen=True)
@@ -656,12 +648,6 @@ def _signature(space: Any, recipe: Prepared) -> dict[str, Any]:
     }
 
 
-def _redacted_url(url: str) -> str:
-    from tunesmith.search.study import _redacted
-
-    return _redacted(url)
-
-
 def _trained_trial(
     given: Config, recipe: Prepared, trial: Any
 ) -> tuple[Prepared, TaskModel, TrialResult]:
@@ -738,11 +724,14 @@ def _bundle_inputs(prepared: Prepared) -> dict[str, Any]:
 
 def evaluate_test(model: TaskModel, prepared: Prepared, result: TrialResult) -> dict[str, float]:
     """The one evaluation on the test part, after the model was chosen on validation alone."""
-    data = prepared.data
+    return evaluate_part(model, prepared, prepared.data.test, result)
+
+
+def evaluate_part(
+    model: TaskModel, prepared: Prepared, part: Examples, result: TrialResult
+) -> dict[str, float]:
     batches = eval_batches(
-        prepared.backbone,
-        prepared.inputs(data.test),
-        data.targets(data.test),
+        prepared.backbone, prepared.inputs(part), prepared.data.targets(part),
         batch_size=EVAL_BATCH_SIZE,
     )
     device = next(model.parameters()).device

@@ -41,7 +41,7 @@ def open_storage(url: str, *, source: str) -> optuna.storages.BaseStorage:
         return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
     except Exception as error:  # SQLAlchemy raises many kinds: a bad URL, a refused connection
         raise TunesmithError(
-            f"cannot open the study storage {_redacted(url)}: {_first_line(error)}",
+            f"cannot open the study storage {redacted(url)}: {_first_line(error)}",
             file=source, field=field,
             fix="check the URL (sqlite:///PATH, postgresql://USER:PASSWORD@HOST:PORT/DB or "
             "journal:PATH), that the server is running and reachable, and that its driver is "
@@ -54,7 +54,7 @@ def _first_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
-def _redacted(url: str) -> str:
+def redacted(url: str) -> str:
     """The URL without its password."""
     scheme, sep, rest = url.partition("://")
     credentials, at, host = rest.rpartition("@")
@@ -86,12 +86,12 @@ def make_pruner(kind: str, *, max_epochs: int) -> optuna.pruners.BasePruner:
 
 def open_study(
     config: Config, run_dir: Path, *, searched: dict[str, Any], direction: str,
-    max_epochs: int, name: str | None = None, storage: str | None = None,
+    max_epochs: int,
 ) -> optuna.Study:
     """Create the study, or join it when it exists with the same searched config; one that
     exists with another is refused, naming what differs."""
-    url = storage or storage_url(config, run_dir)
-    study_name = name or config.search.study or config.name
+    url = storage_url(config, run_dir)
+    study_name = config.search.study or config.name
     store = open_storage(url, source=config.source)
     study = optuna.create_study(
         storage=store, study_name=study_name, load_if_exists=True,
@@ -108,7 +108,7 @@ def open_study(
             for key in sorted(set(known) | set(searched)) if known.get(key) != searched.get(key)
         ]
         raise TunesmithError(
-            f"study {study_name!r} in {_redacted(url)} was made by another config "
+            f"study {study_name!r} in {redacted(url)} was made by another config "
             f"({'; '.join(differences[:5])})",
             file=config.source, field="search.study",
             fix="use the study's config, or give another study name (search.study or --study)",
