@@ -172,7 +172,10 @@ def split(config: Path) -> tuple[api.Prepared, dict[str, tuple[list[Any], list[i
 def trainer_arm(
     parts: dict[str, tuple[list[Any], list[int]]], workdir: Path, *, bf16: bool,
     epochs: float, max_steps: int = -1, seed: int = 0, flops: bool = True,
+    predictions: bool = False,
 ) -> dict[str, Any]:
+    """The Trainer with its defaults on parts["train"], scored on val and test; `predictions`
+    adds each part's predicted classes (key "predicted")."""
     from datasets import Dataset
     from transformers import (
         AutoModelForSequenceClassification,
@@ -213,10 +216,11 @@ def trainer_arm(
     }
     if max_steps < 0:  # a whole run: score it
         for name in ("val", "test"):
-            predictions = trainer.predict(dataset(name))
+            predicted = trainer.predict(dataset(name)).predictions.argmax(-1)
             labels = np.asarray(parts[name][1])
-            accuracy = float((predictions.predictions.argmax(-1) == labels).mean())
-            record[f"{name}_accuracy"] = round(accuracy, 4)
+            record[f"{name}_accuracy"] = round(float((predicted == labels).mean()), 4)
+            if predictions:
+                record.setdefault("predicted", {})[name] = predicted.tolist()
     if not flops:
         return record
     batches = [batch for _, batch in zip(range(8), trainer.get_train_dataloader(), strict=False)]
@@ -282,9 +286,12 @@ def text_seeds(workdir: Path, seeds: list[int], trainer_epochs: float) -> list[d
 # image: a plain PyTorch loop
 
 
-def plain_image_arm(parts: dict[str, tuple[list[Any], list[int]]], epochs: int) -> dict[str, Any]:
+def plain_image_arm(
+    parts: dict[str, tuple[list[Any], list[int]]], epochs: int, *, predictions: bool = False
+) -> dict[str, Any]:
     """What a practitioner writes from the timm and torchvision docs: decode and resize in the
-    loop's process, NCHW, fp32, Adam, no augmentation, no averaging."""
+    loop's process, NCHW, fp32, Adam, no augmentation, no averaging. Trained on parts["train"],
+    scored on val (and test, with `predictions`, which adds each part's predicted classes)."""
     import timm
     from PIL import Image
     from safetensors.torch import load_file
@@ -324,10 +331,15 @@ def plain_image_arm(parts: dict[str, tuple[list[Any], list[int]]], epochs: int) 
             samples += len(labels)
         seconds += time.perf_counter() - started
     model.eval()
-    correct = 0
+    predicted: dict[str, list[int]] = {}
     with torch.no_grad():
-        for pixels, labels in torch.utils.data.DataLoader(Images("val"), batch_size=256):
-            correct += int((model(pixels).argmax(-1) == labels).sum())
+        for name in ("val", "test") if predictions else ("val",):
+            predicted[name] = [
+                int(p) for pixels, _ in torch.utils.data.DataLoader(Images(name), batch_size=256)
+                for p in model(pixels).argmax(-1)
+            ]
+    accuracy = {f"{name}_accuracy": round(float(np.mean(np.asarray(p) == parts[name][1])), 4)
+                for name, p in predicted.items()}
     pixels, _ = next(iter(loader))
 
     def forward(network: torch.nn.Module) -> int:
@@ -338,8 +350,9 @@ def plain_image_arm(parts: dict[str, tuple[list[Any], list[int]]], epochs: int) 
     return {
         "samples_per_s": round(samples / seconds, 1),
         "epochs": epochs,
-        "val_accuracy": round(correct / len(parts["val"][1]), 4),
+        **accuracy,
         "flops_per_sample": flops,
+        **({"predicted": predicted} if predictions else {}),
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pandas as pd
 import pytest
 from sklearn.datasets import load_wine
 
@@ -36,7 +38,7 @@ def wine_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def wine_config(folder: Path, csv: Path, name: str = "wine", **search: Any) -> Path:
     raw = config_dict(folder, data_path=csv, backbone="scratch:mlp",
                       train_settings={"epochs": 6, "precision": "fp32"}, name=name,
-                      search={"space": SMALL_SPACE, **search})
+                      search={"space": SMALL_SPACE, "folds": 1, **search})
     return write_yaml(folder / f"{name}.yaml", raw)
 
 
@@ -96,7 +98,7 @@ def test_hyperband_prunes_trials_that_fall_behind(tmp_path: Path, wine_csv: Path
     config = write_yaml(tmp_path / "prune.yaml", config_dict(
         tmp_path, data_path=wine_csv, backbone="scratch:mlp", name="prune",
         train_settings={"epochs": 9, "precision": "fp32"},
-        search={"trials": 12, "pruner": "hyperband",
+        search={"folds": 1, "trials": 12, "pruner": "hyperband",
                 "space": {"train.lr": {"low": 1e-6, "high": 3e-2}}}))
     summary = api.fit(config)
     trials = study_of(summary.run_dir, "prune").get_trials()
@@ -115,6 +117,35 @@ def test_a_time_budget_ends_the_search_and_is_kept(tmp_path: Path, wine_csv: Pat
     trials = study_of(summary.run_dir).get_trials()
     assert len(trials) >= 2
     assert wall < 25 + max(t.user_attrs["wall_s"] for t in trials) + 15
+
+
+def test_a_budget_too_small_for_one_trial_says_the_least_one_and_that_one_fits(
+    tmp_path: Path, run_cli: Any
+) -> None:
+    from sklearn.datasets import make_classification
+
+    features, labels = make_classification(n_samples=20_000, n_features=40, random_state=0)
+    frame = pd.DataFrame(features, columns=[f"x{i}" for i in range(40)]).assign(label=labels)
+    frame.to_csv(tmp_path / "wide.csv", index=False)
+
+    def config(budget: float) -> Path:  # a wide network: an epoch takes seconds
+        return write_yaml(tmp_path / "wide.yaml", config_dict(
+            tmp_path, data_path=tmp_path / "wide.csv", backbone="scratch:mlp", name="wide",
+            train_settings={"epochs": 2, "precision": "fp32"},
+            model={"scratch": {"depth": 3, "width": 1024}},
+            search={"budget": budget, "pruner": "none"}))
+
+    result = run_cli(["run", config(0.5)])
+    assert result.code == 2
+    assert "search.budget" in result.err and "too small for one trial" in result.err
+    least = float(re.search(r"give at least (\d+) s", result.err).group(1))
+    epoch = float(re.search(r"take about (\d+) s here", result.err).group(1))
+    assert least >= epoch / 0.9 - 1 and least > 0.5
+    assert not (tmp_path / "runs" / "wide" / "study.db").exists()  # refused before the study
+    # What it says is enough: with twice that, trial 0 trains and is scored on validation.
+    summary = api.fit(config(2 * least))
+    trial = study_of(summary.run_dir, "wide").trials[0]
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.intermediate_values
 
 
 def test_a_journal_file_holds_the_study(tmp_path: Path, wine_csv: Path) -> None:
@@ -136,7 +167,7 @@ def test_a_study_made_by_another_config_is_refused_naming_what_differs(
     other = write_yaml(tmp_path / "other.yaml", config_dict(
         tmp_path, data_path=wine_csv, backbone="scratch:mlp", name="other",
         train_settings={"epochs": 6, "precision": "fp32"},
-        search={"trials": 2, "study": "wine", "storage": f"journal:{journal}",
+        search={"folds": 1, "trials": 2, "study": "wine", "storage": f"journal:{journal}",
                 "space": {"train.lr": {"low": 1e-4, "high": 1e-3}}}))
     with pytest.raises(TunesmithError, match="another config") as caught:
         api.fit(other)
@@ -164,7 +195,7 @@ def test_a_killed_search_resumes_keeping_finished_trials_and_retrying_the_interr
 ) -> None:
     raw = config_dict(tmp_path, data_path=wine_csv, backbone="scratch:mlp", name="killed",
                       train_settings={"epochs": 60, "precision": "fp32"},
-                      search={"trials": 3, "pruner": "none",
+                      search={"folds": 1, "trials": 3, "pruner": "none",
                               "space": {"train.lr": {"low": 1e-3, "high": 3e-2}}})
     config = write_yaml(tmp_path / "killed.yaml", raw)
     run_dir = tmp_path / "runs" / "killed"
@@ -296,7 +327,7 @@ def test_linear_probes_rank_candidate_backbones_and_drop_hopeless_ones(
     config = write_yaml(tmp_path / "backbones.yaml", config_dict(
         tmp_path, data_path=wine_csv, backbone="scratch:mlp", name="backbones",
         train_settings={"epochs": 6, "precision": "fp32"},
-        search={"trials": 3, "pruner": "none",
+        search={"folds": 1, "trials": 3, "pruner": "none",
                 "space": {"model.backbone": ["scratch:mlp", hopeless]}}))
     summary = api.fit(config)
     metrics = json.loads((summary.run_dir / "metrics.json").read_text())

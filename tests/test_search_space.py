@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -167,3 +168,18 @@ def test_a_seeded_sampler_draws_the_same_trials() -> None:
 
     assert draws(0) == draws(0)
     assert draws(0) != draws(1)
+
+
+def test_the_random_sampler_baseline_draws_uniformly_and_repeats_for_a_seed() -> None:
+    from tunesmith.search.study import make_sampler
+
+    def draws(seed: int) -> list[float]:
+        study = optuna.create_study(sampler=make_sampler(seed, "random"))
+        study.optimize(lambda t: t.suggest_float("x", 0.0, 1.0), n_trials=200)
+        return [t.params["x"] for t in study.trials]
+
+    first = draws(7)
+    assert first == draws(7) and first != draws(8)
+    # uniform: each tenth of the range gets about a tenth of 200 draws
+    counts = np.histogram(first, bins=10, range=(0.0, 1.0))[0]
+    assert counts.min() >= 8 and counts.max() <= 34

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import math
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -31,9 +32,11 @@ from tunesmith.data import DataReport, TaskData, inspect_data, load_task_data
 from tunesmith.data.sources import Examples
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import collect_logits, majority_baseline, objective_for
+from tunesmith.evaluate.intervals import scored_with_intervals
 from tunesmith.export import Predictor, load_predictor, save_bundle
 from tunesmith.io import atomic_write, write_json, write_text
 from tunesmith.models import Backbone, TaskModel, absolute_spec, build_backbone, make_head
+from tunesmith.models.ensemble import Ensemble
 from tunesmith.models.hf import HFTextBackbone
 from tunesmith.models.inputs import Inputs, eval_batches, train_batches
 from tunesmith.models.losses import balanced_weights
@@ -53,6 +56,7 @@ from tunesmith.search import (
     strategy_plan,
     train_settings,
 )
+from tunesmith.search.folds import fold_count
 from tunesmith.train import Batches, TrialResult, fine_tune
 from tunesmith.train.checkpoint import Checkpoint, require_checkpoint
 from tunesmith.train.loop import Reporter
@@ -150,7 +154,8 @@ def _prepare(config: Config, data: TaskData | None = None) -> Prepared:
         backbone=absolute_spec(config.model.backbone, config.path),
         shape=shape,
     )
-    return Prepared(resolved, data, backbone, profile)
+    search = resolved.search.model_copy(update={"folds": fold_count(config, data)})
+    return Prepared(resolved.updated(search=search), data, backbone, profile)
 
 
 def _imbalance(data: TaskData) -> float | None:
@@ -334,16 +339,24 @@ def fit(
     processes.wait_for_everyone()
 
     if searching:
-        chosen, model, result, search_record = _search(given, prepared, resume=resume)
+        kept, search_record = _search(given, prepared, resume=resume)
     else:
         trial_dir = run_dir / "trials" / "0"
         checkpoint = require_checkpoint(trial_dir) if resume else None
-        chosen, search_record = prepared, None
-        model, result = train_candidate(prepared, trial_dir, resume=checkpoint)
+        kept, search_record = _Kept(0, prepared), None
+        kept.model, kept.result = train_candidate(prepared, trial_dir, resume=checkpoint)
     if not processes.is_main_process:
         return RunSummary(run_dir, {})  # the main process evaluates and writes the bundle
+    chosen, model, result = kept.prepared, kept.model, kept.result
+    assert chosen is not None and model is not None and result is not None
 
-    test_metrics = evaluate_test(model, chosen, result)
+    # The one evaluation on the test part, after the model was chosen on validation alone; the
+    # chosen model's validation scores beside it (out of fold, when it is a fold ensemble),
+    # each with its interval: the noise next to the result.
+    outputs = {"test": predict_part(model, chosen, chosen.data.test, result),
+               "val": kept.val_outputs or predict_part(model, chosen, chosen.data.val, result)}
+    scores = {name: scored_with_intervals(chosen.kind, *pair, seed=chosen.config.seed)
+              for name, pair in outputs.items()}
     save_bundle(
         model,
         run_dir / "best",
@@ -352,7 +365,7 @@ def fit(
         head={k: v for k, v in _head_spec(chosen).items() if k != "in_features"},
         inputs=_bundle_inputs(chosen),
     )
-    metrics = _metrics_record(chosen, result, test_metrics, time.perf_counter() - started,
+    metrics = _metrics_record(chosen, result, scores, time.perf_counter() - started,
                               search=search_record)
     write_json(run_dir / "metrics.json", metrics)
     console.print(summary_table(metrics, str(run_dir)))
@@ -409,26 +422,34 @@ class _Kept:
 
     number: int = -1
     prepared: Prepared | None = None
-    model: TaskModel | None = None
+    model: TaskModel | Ensemble | None = None
     result: TrialResult | None = None
+    # With folds: the out-of-fold (outputs, targets) of train+val, the model's validation.
+    val_outputs: tuple[np.ndarray, np.ndarray] | None = None
+
+    def take(self, other: _Kept, *, number: int) -> None:
+        self.number, self.prepared, self.model = number, other.prepared, other.model
+        self.result, self.val_outputs = other.result, other.val_outputs
 
 
-def _search(
-    given: Config, recipe: Prepared, *, resume: bool
-) -> tuple[Prepared, TaskModel, TrialResult, dict[str, Any]]:
+def _search(given: Config, recipe: Prepared, *, resume: bool) -> tuple[_Kept, dict[str, Any]]:
     """Trials from the study until the budget is spent; the best on validation, as trained."""
     from tunesmith.search.run import best_trial
 
     study, trials, kept, budget = _run_study(given, recipe, resume=resume)
     objective = objective_for(recipe.kind)
     best = best_trial(trials, objective)
+    folds = _folds(given, recipe)
     if best.number != kept.number:  # trained by an earlier run or another worker: from its files
-        kept.prepared, kept.model, kept.result = _trained_trial(given, recipe, best)
+        kept = _trained_trial(given, recipe, best, folds)
     assert kept.prepared is not None and kept.model is not None and kept.result is not None
     record = {**_study_record(study, given), "best_trial": best.number,
               "profile": asdict(recipe.profile),
               "backbone_probes": study.user_attrs.get("backbone_probes", {}),
-              "best_params": dict(best.params), "spent_s": round(budget.spent(), 1)}
+              "best_params": dict(best.params), "spent_s": round(budget.spent(), 1),
+              "folds": len(folds) or 1}
+    if folds:  # the fold models predict together; a soup of them would mix unrelated weights
+        return kept, record
     soup = _greedy_soup(kept, trials, best, objective)
     if soup is not None:
         record["soup"] = {"ingredients": list(soup.ingredients), "val": soup.score,
@@ -437,7 +458,15 @@ def _search(
             kept.model.load_state_dict(soup.state)
             kept.result = replace(kept.result, best_val=evaluate_part(
                 kept.model, kept.prepared, kept.prepared.data.val, kept.result))
-    return kept.prepared, kept.model, kept.result, record
+    return kept, record
+
+
+def _folds(given: Config, recipe: Prepared) -> list[Any]:
+    """The folds a search's trials cross-validate on; none when they use the val part."""
+    from tunesmith.search.folds import make_folds
+
+    count = fold_count(given, recipe.data)
+    return make_folds(recipe.data, count, recipe.config.data.split.seed) if count > 1 else []
 
 
 SOUP_CANDIDATES = 5  # the best trials tried as ingredients
@@ -542,9 +571,12 @@ def _run_study(
 
     run_dir = recipe.config.run_dir
     objective = objective_for(recipe.kind)
+    if given.search.budget is not None and (own_budget or not resume):
+        _check_budget(given, recipe)  # before the study: a refused search writes nothing
     with naming_the_config(given):
         space = search_space(_space_context(recipe), given)
-    signature = _signature(space, recipe)  # before ranking: every worker joins the same study
+    signature = _signature(space, recipe, folds=len(_folds(given, recipe)) or 1)  # before
+    # ranking the backbones: every worker joins the same study
     space, probes = _rank_backbones(given, recipe, space)
     first = recipe_values(space, recipe.config)
     epochs_high = max([int(recipe.config.train.epochs)] + [
@@ -559,33 +591,145 @@ def _run_study(
         for number in retry_interrupted(study):
             console.print(f"[yellow]trial {number} was interrupted[/]: marked failed, retried")
     search = given.search
-    # A tenth of the budget (at most 5 minutes) is kept for the final evaluation and bundle.
-    reserve = 0.0 if search.budget is None else min(300.0, 0.1 * search.budget)
+    reserve = 0.0 if search.budget is None else final_reserve(search.budget)
     budget = Budget(
         None if search.budget is None else search.budget - reserve, search.trials,
         spent_before=spent_by_study(study) if resume and not own_budget else 0.0,
     )
-    kept = _Kept()
+    kept, folds = _Kept(), _folds(given, recipe)
 
     def train(values: dict[str, Any], trial_dir: Path, reporter: Reporter,
               left: float | None) -> TrialResult:
         with naming_the_config(given):
             candidate = prepare(given.with_values(values), data=recipe.data)
-        model, result = train_candidate(candidate, trial_dir, reporter=reporter,
-                                        time_budget=left)
+        if folds:
+            trained = _train_folds(given, candidate, values, folds, trial_dir, reporter, left)
+        else:
+            trained = _Kept(0, candidate, *train_candidate(
+                candidate, trial_dir, reporter=reporter, time_budget=left))
+        result = trained.result
+        assert result is not None
         score = result.best_val.get(objective.metric)
         if score is not None and (kept.result is None or objective.better(
                 score, kept.result.best_val.get(objective.metric))):
-            kept.number, kept.prepared, kept.model, kept.result = (
-                reporter.trial.number, candidate, model, result)  # type: ignore[attr-defined]
-        else:
-            del model
+            kept.take(trained, number=reporter.trial.number)  # type: ignore[attr-defined]
+        del trained
         gc.collect()
         return result
 
     trials = run_trials(study, space, train, objective=objective, budget=budget,
                         run_dir=run_dir, first=first)
     return study, trials, kept, budget
+
+
+RESERVE_SHARE, RESERVE_MAX_S = 0.1, 300.0  # of a search's budget, for the final evaluation
+
+
+def final_reserve(budget: float) -> float:
+    """What a search keeps of its budget for the final evaluation and bundle."""
+    return min(RESERVE_MAX_S, RESERVE_SHARE * budget)
+
+
+def least_budget(epoch_s: float) -> float:
+    """The least budget that leaves `epoch_s` seconds for trials after the reserve."""
+    budget = epoch_s / (1.0 - RESERVE_SHARE)
+    return budget if final_reserve(budget) < RESERVE_MAX_S else epoch_s + RESERVE_MAX_S
+
+
+def _check_budget(given: Config, recipe: Prepared) -> None:
+    """A budget too small for even one epoch of the recipe (the least a trial is scored on; with
+    folds, one on each) is an error that says the least one that fits, measured here."""
+    folds = len(_folds(given, recipe))
+    epoch_s = _epoch_seconds(recipe) * max(1, folds)
+    budget, least = float(given.search.budget or 0.0), least_budget(epoch_s)
+    if budget >= least:
+        return
+    each = f" on each of its {folds} folds" if folds else ""
+    raise TunesmithError(
+        f"search.budget of {budget:g} s is too small for one trial: one epoch of the recipe "
+        f"({len(recipe.data.train)} rows, {recipe.config.model.backbone}){each} and its "
+        f"evaluation take about {epoch_s:.0f} s here, and the final evaluation keeps a tenth of "
+        "the budget",
+        file=given.source, field="search.budget",
+        fix=f"give at least {math.ceil(least)} s (or set search.trials alone, without a budget)",
+    )
+
+
+def _epoch_seconds(recipe: Prepared) -> float:
+    """About how long one epoch of the recipe and its evaluation take here, from a few timed
+    training steps: the backbone's passes over the rows its strategy needs (a probe's features
+    cost a forward pass, about a third of a training step)."""
+    from tunesmith.train.budget import EVAL_COST, measure_step_s
+
+    settings = train_settings(recipe.config, kind=recipe.kind, loss_weights=_loss_weights(recipe))
+    strategy = strategy_plan(recipe.config, settings).strategy
+    model = task_model(recipe)
+    batches = batches_for(recipe, settings.batch_size, settings.seed)
+    step_s = measure_step_s(model, batches.train, precision=settings.precision,
+                            loss=settings.loss)
+    del model, batches
+    gc.collect()
+    per_row = step_s / settings.batch_size
+    train_rows, val_rows = len(recipe.data.train), len(recipe.data.val)
+    seconds = per_row * EVAL_COST * val_rows
+    if strategy.probes:  # the features of every train and val row, once
+        seconds += per_row * EVAL_COST * (train_rows + val_rows)
+    if strategy.fine_tunes:
+        seconds += per_row * train_rows
+    return seconds
+
+
+def _train_folds(
+    given: Config, candidate: Prepared, values: dict[str, Any], folds: list[Any],
+    trial_dir: Path, reporter: Reporter, left: float | None,
+) -> _Kept:
+    """One trial on every fold: a model per fold (in trials/N/fold-K), scored together on their
+    out-of-fold predictions; the models predict as an ensemble. The first fold reports each
+    evaluation to the pruner, so a hopeless trial stops as early as without folds (its score
+    then rests on one fold only, and does not rank it)."""
+    from tunesmith.search.folds import out_of_fold
+
+    started = time.perf_counter()
+    if PartialState().is_main_process:
+        write_text(trial_dir / "config.yaml", candidate.config.to_yaml())
+    members, results, outputs, targets = [], [], [], []
+    for index, fold in enumerate(folds):
+        with naming_the_config(given):
+            fold_prepared = prepare(given.with_values(values), data=fold.data)
+        share = None if left is None else max(
+            1.0, (left - (time.perf_counter() - started)) / (len(folds) - index))
+        model, result = train_candidate(fold_prepared, trial_dir / f"fold-{index}",
+                                        reporter=reporter if index == 0 else None,
+                                        time_budget=share)
+        if result.stopped == "pruned":
+            return _Kept(prepared=candidate, model=model, result=replace(result, best_val={}))
+        fold_outputs, fold_targets = predict_part(model, fold_prepared, fold.data.val, result)
+        members.append(model)
+        results.append(result)
+        outputs.append(fold_outputs)
+        targets.append(fold_targets)
+    oof = out_of_fold(folds, outputs, targets)
+    return _Kept(
+        prepared=candidate,
+        model=Ensemble(members, candidate.kind),
+        result=_folded_result(results, objective_for(candidate.kind).score(*oof),
+                              time.perf_counter() - started),
+        val_outputs=oof,
+    )
+
+
+def _folded_result(results: list[TrialResult], val: dict[str, float], wall_s: float
+                   ) -> TrialResult:
+    """One result for the fold models: their out-of-fold scores, the median best epoch."""
+    return TrialResult(
+        best_epoch=int(np.median([r.best_epoch for r in results])),
+        best_val=val,
+        precision=results[0].precision,
+        history=[{**line, "fold": index} for index, r in enumerate(results) for line in r.history],
+        steps=sum(r.steps for r in results),
+        stopped=next((r.stopped for r in results if r.stopped), None),
+        wall_s=wall_s,
+    )
 
 
 def _rank_backbones(given: Config, recipe: Prepared, space: Any) -> tuple[Any, dict[str, float]]:
@@ -637,10 +781,12 @@ def _space_context(prepared: Prepared) -> Any:
     )
 
 
-def _signature(space: Any, recipe: Prepared) -> dict[str, Any]:
-    """What makes two searches the same study: the task, the data's split and the space."""
+def _signature(space: Any, recipe: Prepared, *, folds: int) -> dict[str, Any]:
+    """What makes two searches the same study: the task, the data's split, the folds a trial is
+    scored on and the space."""
     return {
         "task": recipe.data.task,
+        "folds": folds,
         "splits": {name: part["ids_sha256"]
                    for name, part in recipe.data.splits["parts"].items()},
         "space": {param.key: repr(param.distribution) for param in space.params},
@@ -648,28 +794,43 @@ def _signature(space: Any, recipe: Prepared) -> dict[str, Any]:
     }
 
 
-def _trained_trial(
-    given: Config, recipe: Prepared, trial: Any
-) -> tuple[Prepared, TaskModel, TrialResult]:
-    """A trial an earlier process trained, rebuilt from its config and best weights."""
+def _trained_trial(given: Config, recipe: Prepared, trial: Any, folds: list[Any]) -> _Kept:
+    """A trial an earlier process trained, rebuilt from its config and best weights (with folds,
+    each fold's, their out-of-fold outputs computed again)."""
+    from tunesmith.search.folds import out_of_fold
     from tunesmith.train.checkpoint import BEST
 
     trial_dir = recipe.config.run_dir / "trials" / str(trial.number)
-    candidate = prepare(given.with_values(dict(trial.params)), data=recipe.data)
+    values = dict(trial.params)
+    candidate = prepare(given.with_values(values), data=recipe.data)
     if candidate.config.model.peft is not None:
         raise TunesmithError(
             f"trial {trial.number} (an adapter) was trained by an earlier run and cannot be "
             "rebuilt yet",
             file=trial_dir, field="--resume", fix="run without --resume to search afresh",
         )
-    model = task_model(candidate)
-    load_weights(model, trial_dir / BEST, field="--resume", architecture="the trial's model")
     result = TrialResult(
         best_epoch=int(trial.user_attrs.get("best_epoch", -1)),
         best_val=dict(trial.user_attrs.get("val", {})),
         precision=resolve_precision(candidate.config.train.precision, default_device()),
     )
-    return candidate, model, result
+
+    def rebuilt(prepared: Prepared, folder: Path) -> TaskModel:
+        model = task_model(prepared)
+        load_weights(model, folder / BEST, field="--resume", architecture="the trial's model")
+        return model
+
+    if not folds:
+        return _Kept(trial.number, candidate, rebuilt(candidate, trial_dir), result)
+    members, outputs, targets = [], [], []
+    for index, fold in enumerate(folds):
+        fold_prepared = prepare(given.with_values(values), data=fold.data)
+        members.append(rebuilt(fold_prepared, trial_dir / f"fold-{index}"))
+        fold_outputs, fold_targets = predict_part(members[-1], fold_prepared, fold.data.val, result)
+        outputs.append(fold_outputs)
+        targets.append(fold_targets)
+    return _Kept(trial.number, candidate, Ensemble(members, candidate.kind), result,
+                 out_of_fold(folds, outputs, targets))
 
 
 # Settings that change how fast a run trains, not what it trains: a run resumes under others.
@@ -722,26 +883,27 @@ def _bundle_inputs(prepared: Prepared) -> dict[str, Any]:
     return {}
 
 
-def evaluate_test(model: TaskModel, prepared: Prepared, result: TrialResult) -> dict[str, float]:
-    """The one evaluation on the test part, after the model was chosen on validation alone."""
-    return evaluate_part(model, prepared, prepared.data.test, result)
-
-
-def evaluate_part(
-    model: TaskModel, prepared: Prepared, part: Examples, result: TrialResult
-) -> dict[str, float]:
+def predict_part(
+    model: TaskModel | Ensemble, prepared: Prepared, part: Examples, result: TrialResult
+) -> tuple[np.ndarray, np.ndarray]:
+    """(outputs, targets) of `model` on a part, computed as it was trained (its precision)."""
     batches = eval_batches(
         prepared.backbone, prepared.inputs(part), prepared.data.targets(part),
         batch_size=EVAL_BATCH_SIZE,
     )
     device = next(model.parameters()).device
     autocast = autocast_for(result.precision, device)
-    outputs, targets = collect_logits(model, batches, device=device, autocast=autocast)
-    return objective_for(prepared.kind).score(outputs, targets)
+    return collect_logits(model, batches, device=device, autocast=autocast)
+
+
+def evaluate_part(
+    model: TaskModel | Ensemble, prepared: Prepared, part: Examples, result: TrialResult
+) -> dict[str, float]:
+    return objective_for(prepared.kind).score(*predict_part(model, prepared, part, result))
 
 
 def _metrics_record(
-    prepared: Prepared, result: TrialResult, test: dict[str, float], wall_s: float, *,
+    prepared: Prepared, result: TrialResult, scores: dict[str, dict[str, Any]], wall_s: float, *,
     search: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     data = prepared.data
@@ -749,10 +911,8 @@ def _metrics_record(
     return {
         "task": data.task,
         "primary_metric": objective_for(prepared.kind).metric,
-        "test": {name: {"value": value} for name, value in test.items()},
-        "val": {
-            name: {"value": value} for name, value in result.best_val.items() if name != "loss"
-        },
+        "test": scores["test"],
+        "val": scores["val"],
         "baselines": {
             ("mean" if prepared.kind == "regression" else "majority"): majority_baseline(
                 prepared.kind,

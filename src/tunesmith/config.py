@@ -262,7 +262,11 @@ class SearchConfig(_Strict):
     # journal:PATH (a file several processes may share) for many workers.
     storage: str | None = None
     study: str | None = None  # default: the run's name
+    sampler: Literal["tpe", "random"] = "tpe"  # random: uniform draws, a baseline to compare
     pruner: Literal["hyperband", "successive-halving", "none"] = "hyperband"
+    # Models per trial, each validated on a fold of train+val; auto: 5 when they hold at most
+    # 2,000 rows (a random or stratified split), else 1 (the val part as it is).
+    folds: Annotated[int, Field(ge=1, le=20)] | Literal["auto"] = "auto"
     space: dict[str, list[Any] | Range] = Field(default_factory=dict)
 
 

@@ -1,7 +1,7 @@
 """The model bundle in `best/`: everything needed to predict, and nothing that runs code on load.
 
     best/
-      model.safetensors   all weights (backbone and head)
+      model.safetensors   all weights (backbone and head; of each member, for an ensemble)
       tunesmith.json      task, classes, backbone architecture, head shape, preprocessing,
                           inputs (text column, or the fitted tabular encoding), checksum
       backbone/           for hf: backbones, the config and tokenizer or image processor files
@@ -25,6 +25,7 @@ from tunesmith import __version__
 from tunesmith.errors import TunesmithError
 from tunesmith.io import file_sha256
 from tunesmith.models import TaskModel, make_head, rebuild_backbone
+from tunesmith.models.ensemble import Ensemble
 
 FORMAT_VERSION = 2  # 2: any task kind; the head names its outputs; backbones hold `network`
 MANIFEST = "tunesmith.json"
@@ -32,7 +33,7 @@ WEIGHTS = "model.safetensors"
 
 
 def save_bundle(
-    model: TaskModel,
+    model: TaskModel | Ensemble,
     folder: Path,
     *,
     task: str,
@@ -55,6 +56,9 @@ def save_bundle(
             "preprocessing": model.backbone.preprocessing(),
             "inputs": inputs,
             "weights_sha256": file_sha256(staging / WEIGHTS),
+            # Several models of this architecture whose averaged outputs are the prediction.
+            "ensemble": {"members": len(model.members), "kind": model.kind}
+            if isinstance(model, Ensemble) else None,
             "versions": {"tunesmith": __version__, "torch": torch.__version__},
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -100,7 +104,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def load_bundle(folder: Path) -> tuple[TaskModel, dict[str, Any]]:
+def load_bundle(folder: Path) -> tuple[TaskModel | Ensemble, dict[str, Any]]:
     """Rebuild the model a bundle describes and load its checked weights."""
     manifest = read_manifest(folder)
     weights = folder / WEIGHTS
@@ -117,11 +121,17 @@ def load_bundle(folder: Path) -> tuple[TaskModel, dict[str, Any]]:
             field="weights_sha256",
             fix="restore the bundle from the run folder",
         )
-    backbone = rebuild_backbone(folder, manifest["backbone"])
     head_spec = dict(manifest["head"])
     if head_spec.get("target_scale") is not None:
         head_spec["target_scale"] = tuple(head_spec["target_scale"])
-    model = TaskModel(backbone, make_head(backbone.num_features, **head_spec))
+
+    def member() -> TaskModel:
+        backbone = rebuild_backbone(folder, manifest["backbone"])
+        return TaskModel(backbone, make_head(backbone.num_features, **head_spec))
+
+    ensemble = manifest.get("ensemble")
+    model: TaskModel | Ensemble = member() if not ensemble else Ensemble(
+        [member() for _ in range(int(ensemble["members"]))], ensemble["kind"])
     load_model(model, str(weights))
     model.eval()
     return model, manifest

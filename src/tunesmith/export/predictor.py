@@ -25,6 +25,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import collect_logits
 from tunesmith.export.bundle import MANIFEST, load_bundle
 from tunesmith.models import TaskModel
+from tunesmith.models.ensemble import Ensemble
 from tunesmith.models.inputs import Inputs, eval_batches
 
 MULTILABEL_THRESHOLD = 0.5
@@ -33,7 +34,7 @@ MULTILABEL_THRESHOLD = 0.5
 class Predictor:
     """A loaded bundle: `predict` gives labels (or numbers), `predict_proba` probabilities."""
 
-    def __init__(self, model: TaskModel, manifest: dict[str, Any]) -> None:
+    def __init__(self, model: TaskModel | Ensemble, manifest: dict[str, Any]) -> None:
         self.model = model
         self.manifest = manifest
         self.classes: list[str] = list(manifest["classes"])

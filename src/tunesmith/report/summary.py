@@ -10,17 +10,16 @@ from rich.table import Table
 def summary_table(metrics: dict[str, Any], run_dir: str) -> Table:
     table = Table(title=f"tunesmith: {run_dir}", show_header=True, header_style="bold")
     table.add_column("metric")
-    table.add_column("test", justify="right")
-    table.add_column("val (best epoch)", justify="right")
+    table.add_column("test [95% interval]", justify="right")
+    table.add_column("val [95% interval]", justify="right")
     baseline_name, baseline_metrics = next(iter(metrics["baselines"].items()))
     table.add_column(f"{baseline_name} baseline", justify="right")
     for name, value in metrics["test"].items():
-        val = metrics["val"].get(name, {}).get("value")
         baseline = baseline_metrics.get(name)
         table.add_row(
             name + (" (primary)" if name == metrics["primary_metric"] else ""),
-            f"{value['value']:.4f}",
-            f"{val:.4f}" if val is not None else "–",
+            _shown(value),
+            _shown(metrics["val"].get(name)),
             f"{baseline:.4f}" if baseline is not None else "–",
         )
     table.caption = (
@@ -29,3 +28,12 @@ def summary_table(metrics: dict[str, Any], run_dir: str) -> Table:
         f"{metrics['train']['samples_per_s']:.1f} train samples/s"
     )
     return table
+
+
+def _shown(score: dict[str, Any] | None) -> str:
+    """0.8123 [0.7890, 0.8345]"""
+    if score is None:
+        return "–"
+    interval = score.get("ci95")
+    shown = f"{score['value']:.4f}"
+    return shown + (f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "")

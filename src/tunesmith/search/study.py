@@ -63,9 +63,12 @@ def redacted(url: str) -> str:
     return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
 
 
-def make_sampler(seed: int) -> optuna.samplers.BaseSampler:
+def make_sampler(seed: int, kind: str = "tpe") -> optuna.samplers.BaseSampler:
     """Multivariate TPE (parameters modelled jointly), grouped so that conditional parameters
-    (LoRA's rank only under LoRA) are modelled among the trials that drew them; seeded."""
+    (LoRA's rank only under LoRA) are modelled among the trials that drew them; or uniform
+    random draws (a baseline). Seeded."""
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
     with warnings.catch_warnings():  # `group` is marked experimental; it has been since 2.8
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(
@@ -96,7 +99,7 @@ def open_study(
     study = optuna.create_study(
         storage=store, study_name=study_name, load_if_exists=True,
         direction="maximize" if direction == "maximize" else "minimize",
-        sampler=make_sampler(config.seed),
+        sampler=make_sampler(config.seed, config.search.sampler),
         pruner=make_pruner(config.search.pruner, max_epochs=max_epochs),
     )
     known = study.user_attrs.get(CONFIG_ATTR)

@@ -11,9 +11,16 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
 
 from tunesmith.console import console
+from tunesmith.models.losses import LossSettings, make_loss
 from tunesmith.train.optim import Plan
+from tunesmith.train.precision import autocast_for, default_device, resolve_precision
 
 # The plan is re-fitted after these steps, from the step time measured so far.
 REFIT_AT = frozenset({8, 32, 128, 512, 2048, 8192, 32768})
@@ -79,3 +86,34 @@ def fit_plan(
                 f"({step_s:.3f} s a step); the schedule ends inside it[/]"
             )
         plan.total_steps = low
+
+
+TIMED_STEPS = 3  # batches timed (after one untimed) to estimate what a step costs
+
+
+def measure_step_s(
+    model: torch.nn.Module, loader: DataLoader[Any], *, precision: str, loss: LossSettings,
+    steps: int = TIMED_STEPS,
+) -> float:
+    """Seconds a training step of `model` takes on `loader`'s batches (loading included): the
+    forward and backward passes of `steps` batches after one untimed one, which picks kernels.
+    The optimizer's update is left out (a small share of a step) and the weights stay as they
+    were; the gradients are cleared."""
+    device = default_device()
+    model.to(device).train()
+    autocast = autocast_for(resolve_precision(precision, device), device)
+    loss_fn = make_loss(loss).to(device)
+    timed, started = 0, time.perf_counter()
+    for index, batch in enumerate(islice(iter(loader), steps + 1)):
+        if index == 1:
+            timed, started = 0, time.perf_counter()
+        batch = {k: v.to(device) for k, v in batch.items()}
+        targets = batch.pop("labels")
+        with autocast():
+            value = loss_fn(model(batch).float(), targets)
+        value.backward()
+        float(value.detach())  # waits for the device
+        timed += index > 0
+    model.zero_grad(set_to_none=True)
+    elapsed = time.perf_counter() - started
+    return elapsed / timed if timed else elapsed
