@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -80,7 +81,23 @@ def test_a_search_runs_its_trials_in_the_run_folder_study_with_trial_zero_the_re
     assert soup["best_single_val"] == pytest.approx(best.value)
     assert soup["used"] == (soup["val"] > best.value)
     chosen_val = soup["val"] if soup["used"] else best.value
+    # without a better soup: an ensemble of the trials within noise of the best, if better
+    ensemble = metrics["search"].get("ensemble")
+    assert (ensemble is None) == soup["used"]
+    if ensemble is not None:
+        assert ensemble["within_noise"][0] == best.number
+        if "members" in ensemble:
+            assert ensemble["members"][0] == best.number
+            assert set(ensemble["members"]) <= set(ensemble["within_noise"])
+            assert ensemble["used"] == (ensemble["val"] > best.value)
+        chosen_val = ensemble["val"] if ensemble["used"] else chosen_val
     assert metrics["val"]["accuracy"]["value"] == pytest.approx(chosen_val)
+    # the bundle is the chosen model: it scores on the val rows what metrics.json says
+    prepared = api.prepare(load_config(wine_config(tmp_path, wine_csv, trials=4)))
+    val = prepared.data.val
+    predicted = api.load(summary.run_dir).predict(val.features)
+    accuracy = np.mean([str(p) == str(t) for p, t in zip(predicted, val.labels, strict=True)])
+    assert accuracy == pytest.approx(chosen_val)
     assert 0.8 <= metrics["test"]["accuracy"]["value"] <= 1.0
 
 
@@ -352,3 +369,28 @@ def test_survivors_are_those_within_two_standard_errors_of_the_best_probe() -> N
     assert surviving(scores, 25, accuracy) == ["b", "c", "a"]
     rmse = OBJECTIVES["regression"]  # lower is better: SE about 1.0 / sqrt(200) = 0.07
     assert surviving({"x": 1.0, "y": 1.1, "z": 1.2}, 100, rmse) == ["x", "y"]
+
+
+def test_trials_release_their_models_and_memory_between_trials(
+    tmp_path: Path, wine_csv: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+
+    from tunesmith.models import TaskModel
+
+    live, resident = [], []
+    original = api.train_candidate
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        gc.collect()
+        live.append(sum(type(o) is TaskModel for o in gc.get_objects()))
+        with open("/proc/self/statm") as statm:
+            resident.append(int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(api, "train_candidate", counting)
+    api.fit(wine_config(tmp_path, wine_csv, trials=10, pruner="none"))
+    assert len(live) == 10
+    # before each trial, at most the best model so far is alive: the others were let go
+    assert max(live) <= 1 and live[0] == 0
+    assert max(resident[2:]) <= 1.05 * resident[1]

@@ -3,6 +3,7 @@ not get worse, the soup used only when it beats the best trial."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tunesmith.search.soup import average, compatible, greedy_soup
@@ -52,3 +53,69 @@ def test_weights_of_another_architecture_are_skipped_and_lower_is_better_works()
                        greater_is_better=False)
     assert soup.ingredients == (0, 2) and soup.improves and soup.score == 0.0
     assert not compatible(state(1.0), state(1.0, shape=(3,)))
+
+
+# ----------------------------------------------------------------------------------------------
+# greedy ensemble selection over validation outputs
+
+
+def test_combined_outputs_are_what_the_ensemble_module_predicts() -> None:
+    import numpy as np
+
+    from tunesmith.models.ensemble import Ensemble
+    from tunesmith.search.selection import combine
+
+    rng = np.random.default_rng(0)
+    outputs = [rng.normal(size=(6, 3)).astype(np.float32) for _ in range(3)]
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, output: np.ndarray) -> None:
+            super().__init__()
+            self.output = torch.from_numpy(output)
+
+        def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+            return self.output
+
+    for kind in ("classification", "multilabel", "regression"):
+        module = Ensemble([Fixed(o) for o in outputs], kind)  # type: ignore[misc]
+        assert np.allclose(combine(outputs, kind), module({}).numpy(), atol=1e-5)
+
+
+def test_greedy_ensemble_keeps_members_that_help_and_is_used_only_when_better() -> None:
+    import numpy as np
+
+    from tunesmith.evaluate.metrics import objective_for
+    from tunesmith.search.selection import greedy_ensemble
+
+    objective = objective_for("classification")
+    targets = np.array([0, 1, 0, 1, 0, 1])
+    sure = 4.0
+
+    def logits(right: list[bool]) -> np.ndarray:
+        # confident on the rows it gets right, unsure (and wrong) on the others
+        out = np.zeros((6, 2), dtype=np.float32)
+        for row, (target, good) in enumerate(zip(targets, right, strict=True)):
+            out[row, target if good else 1 - target] = sure if good else 0.5
+        return out
+
+    a = logits([True, True, True, True, False, False])  # 4/6
+    b = logits([False, True, True, True, True, True])  # 5/6, best
+    c = logits([True, False, True, True, True, True])  # 5/6: wrong where b is right
+    bad = logits([False] * 6)
+    chosen = greedy_ensemble([(0, 4 / 6, a), (1, 5 / 6, b), (2, 5 / 6, c), (3, 0.0, bad)],
+                             targets, objective)
+    assert chosen.members == (1, 2)  # a and bad add nothing once b and c are right everywhere
+    assert chosen.best_single == pytest.approx(5 / 6)
+    assert chosen.score == pytest.approx(1.0) and chosen.improves  # b and c cover each other
+    alone = greedy_ensemble([(1, 5 / 6, b), (3, 0.0, bad)], targets, objective)
+    assert alone.members == (1,) and not alone.improves
+
+
+def test_trials_within_noise_are_those_within_two_standard_errors() -> None:
+    from tunesmith.evaluate.metrics import objective_for
+    from tunesmith.search.selection import within_noise
+
+    scores = {0: 0.80, 1: 0.84, 2: 0.81, 3: 0.77, 4: 0.83}
+    assert within_noise(scores, 1, 0.02, objective_for("classification")) == [1, 4, 2, 0]
+    rmse = {0: 1.0, 1: 1.2, 2: 1.5}
+    assert within_noise(rmse, 0, 0.1, objective_for("regression")) == [0, 1]

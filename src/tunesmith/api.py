@@ -458,7 +458,86 @@ def _search(given: Config, recipe: Prepared, *, resume: bool) -> tuple[_Kept, di
             kept.model.load_state_dict(soup.state)
             kept.result = replace(kept.result, best_val=evaluate_part(
                 kept.model, kept.prepared, kept.prepared.data.val, kept.result))
+            return kept, record
+    chosen = _ensemble_within_noise(given, recipe, kept, trials, best, objective)
+    if chosen is not None:
+        selection, models, close = chosen
+        record["ensemble"] = {"within_noise": close, "used": False}
+        if selection is not None:
+            record["ensemble"].update({
+                "members": list(selection.members), "val": selection.score,
+                "best_single_val": selection.best_single, "used": selection.improves})
+        if selection is not None and selection.improves:
+            targets = np.asarray(kept.prepared.data.targets(kept.prepared.data.val))
+            kept.model = Ensemble([models[n] for n in selection.members], recipe.kind)
+            kept.result = replace(kept.result, best_val=objective.score(selection.outputs,
+                                                                        targets))
+            kept.val_outputs = (selection.outputs, targets)
     return kept, record
+
+
+ENSEMBLE_CANDIDATES = 5  # the most trials an ensemble of trials within noise averages
+
+
+def _ensemble_within_noise(
+    given: Config, recipe: Prepared, kept: _Kept, trials: list[Any], best: Any, objective: Any
+) -> tuple[Any, dict[int, TaskModel], list[int]] | None:
+    """(greedy ensemble selection over the trials validation cannot tell from the best, within
+    two standard errors, whose models share its architecture (None without any), their models,
+    the trials within noise); None with a single scored trial."""
+    from tunesmith.evaluate.intervals import bootstrap_intervals, standard_error
+    from tunesmith.search.selection import greedy_ensemble, within_noise
+
+    assert kept.prepared is not None and kept.model is not None and kept.result is not None
+    metric = objective.metric
+    scores = {t.number: float(t.user_attrs["val"][metric]) for t in trials
+              if metric in t.user_attrs.get("val", {})}
+    if len(scores) < 2:
+        return None
+    outputs, targets = predict_part(kept.model, kept.prepared, kept.prepared.data.val,
+                                    kept.result)
+    low, high = bootstrap_intervals(recipe.kind, outputs, targets, seed=given.seed)[metric]
+    close = within_noise(scores, best.number, standard_error(low, high), objective,
+                         limit=ENSEMBLE_CANDIDATES)
+    assert isinstance(kept.model, TaskModel)
+    candidates = [(best.number, scores[best.number], outputs)]
+    models: dict[int, TaskModel] = {best.number: kept.model}
+    by_number = {t.number: t for t in trials}
+    for number in close[1:]:
+        try:
+            other = _trained_trial(given, recipe, by_number[number], [])
+        except TunesmithError:  # an adapter from an earlier process: not rebuilt
+            continue
+        assert other.prepared is not None and other.model is not None and other.result is not None
+        if not _same_architecture(kept, other) or not isinstance(other.model, TaskModel):
+            continue
+        other_outputs, _ = predict_part(other.model, other.prepared, other.prepared.data.val,
+                                        other.result)
+        candidates.append((number, scores[number], other_outputs))
+        models[number] = other.model
+    if len(candidates) < 2:
+        return None, models, close
+    return greedy_ensemble(candidates, targets, objective), models, close
+
+
+def _same_architecture(a: _Kept, b: _Kept) -> bool:
+    """Whether two trials' models fit one bundle: the same backbone, network shape, head shape,
+    preprocessing and inputs, and weights of the same names and shapes."""
+    from tunesmith.search.soup import compatible
+
+    assert a.prepared is not None and b.prepared is not None
+    assert a.model is not None and b.model is not None
+    structural = ("in_features", "num_outputs", "layers", "hidden", "activation", "target_scale")
+    heads = [{k: _head_spec(p)[k] for k in structural} for p in (a.prepared, b.prepared)]
+    model_a, model_b = a.prepared.config.model, b.prepared.config.model
+    return (
+        model_a.backbone == model_b.backbone
+        and model_a.scratch == model_b.scratch
+        and heads[0] == heads[1]
+        and a.prepared.backbone.preprocessing() == b.prepared.backbone.preprocessing()
+        and _bundle_inputs(a.prepared) == _bundle_inputs(b.prepared)
+        and compatible(a.model.state_dict(), b.model.state_dict())
+    )
 
 
 def _folds(given: Config, recipe: Prepared) -> list[Any]:
