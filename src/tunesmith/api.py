@@ -424,7 +424,8 @@ class _Kept:
     prepared: Prepared | None = None
     model: TaskModel | Ensemble | None = None
     result: TrialResult | None = None
-    # With folds: the out-of-fold (outputs, targets) of train+val, the model's validation.
+    # The model's validation (outputs, targets) once computed: out of fold over train+val for
+    # fold models, else on the val part.
     val_outputs: tuple[np.ndarray, np.ndarray] | None = None
 
     def take(self, other: _Kept, *, number: int) -> None:
@@ -439,7 +440,7 @@ def _search(given: Config, recipe: Prepared, *, resume: bool) -> tuple[_Kept, di
     study, trials, kept, budget = _run_study(given, recipe, resume=resume)
     objective = objective_for(recipe.kind)
     best = best_trial(trials, objective)
-    folds = _folds(given, recipe)
+    folds = _folds(recipe)
     if best.number != kept.number:  # trained by an earlier run or another worker: from its files
         kept = _trained_trial(given, recipe, best, folds)
     assert kept.prepared is not None and kept.model is not None and kept.result is not None
@@ -456,9 +457,12 @@ def _search(given: Config, recipe: Prepared, *, resume: bool) -> tuple[_Kept, di
                           "best_single_val": soup.best_single, "used": soup.improves}
         if soup.improves:
             kept.model.load_state_dict(soup.state)
-            kept.result = replace(kept.result, best_val=evaluate_part(
-                kept.model, kept.prepared, kept.prepared.data.val, kept.result))
+            kept.val_outputs = predict_part(kept.model, kept.prepared, kept.prepared.data.val,
+                                            kept.result)
+            kept.result = replace(kept.result, best_val=objective.score(*kept.val_outputs))
             return kept, record
+    kept.val_outputs = predict_part(kept.model, kept.prepared, kept.prepared.data.val,
+                                    kept.result)
     chosen = _ensemble_within_noise(given, recipe, kept, trials, best, objective)
     if chosen is not None:
         selection, models, close = chosen
@@ -492,10 +496,9 @@ def _ensemble_within_noise(
     metric = objective.metric
     scores = {t.number: float(t.user_attrs["val"][metric]) for t in trials
               if metric in t.user_attrs.get("val", {})}
-    if len(scores) < 2:
+    if len(scores) < 2 or kept.val_outputs is None:
         return None
-    outputs, targets = predict_part(kept.model, kept.prepared, kept.prepared.data.val,
-                                    kept.result)
+    outputs, targets = kept.val_outputs
     low, high = bootstrap_intervals(recipe.kind, outputs, targets, seed=given.seed)[metric]
     close = within_noise(scores, best.number, standard_error(low, high), objective,
                          limit=ENSEMBLE_CANDIDATES)
@@ -540,11 +543,12 @@ def _same_architecture(a: _Kept, b: _Kept) -> bool:
     )
 
 
-def _folds(given: Config, recipe: Prepared) -> list[Any]:
-    """The folds a search's trials cross-validate on; none when they use the val part."""
+def _folds(recipe: Prepared) -> list[Any]:
+    """The folds a search's trials cross-validate on (as many as the resolved config says);
+    none when they use the val part."""
     from tunesmith.search.folds import make_folds
 
-    count = fold_count(given, recipe.data)
+    count = int(recipe.config.search.folds)
     return make_folds(recipe.data, count, recipe.config.data.split.seed) if count > 1 else []
 
 
@@ -650,12 +654,14 @@ def _run_study(
 
     run_dir = recipe.config.run_dir
     objective = objective_for(recipe.kind)
+    folds = _folds(recipe)
     if given.search.budget is not None and (own_budget or not resume):
-        _check_budget(given, recipe)  # before the study: a refused search writes nothing
+        _check_budget(given, recipe, folds=len(folds))  # before the study: a refused search
+        # writes nothing
     with naming_the_config(given):
         space = search_space(_space_context(recipe), given)
-    signature = _signature(space, recipe, folds=len(_folds(given, recipe)) or 1)  # before
-    # ranking the backbones: every worker joins the same study
+    # Before ranking the backbones: every worker joins the same study.
+    signature = _signature(space, recipe, folds=len(folds) or 1)
     space, probes = _rank_backbones(given, recipe, space)
     first = recipe_values(space, recipe.config)
     epochs_high = max([int(recipe.config.train.epochs)] + [
@@ -675,7 +681,7 @@ def _run_study(
         None if search.budget is None else search.budget - reserve, search.trials,
         spent_before=spent_by_study(study) if resume and not own_budget else 0.0,
     )
-    kept, folds = _Kept(), _folds(given, recipe)
+    kept = _Kept()
 
     def train(values: dict[str, Any], trial_dir: Path, reporter: Reporter,
               left: float | None) -> TrialResult:
@@ -715,10 +721,9 @@ def least_budget(epoch_s: float) -> float:
     return budget if final_reserve(budget) < RESERVE_MAX_S else epoch_s + RESERVE_MAX_S
 
 
-def _check_budget(given: Config, recipe: Prepared) -> None:
+def _check_budget(given: Config, recipe: Prepared, *, folds: int) -> None:
     """A budget too small for even one epoch of the recipe (the least a trial is scored on; with
     folds, one on each) is an error that says the least one that fits, measured here."""
-    folds = len(_folds(given, recipe))
     epoch_s = _epoch_seconds(recipe) * max(1, folds)
     budget, least = float(given.search.budget or 0.0), least_budget(epoch_s)
     if budget >= least:
