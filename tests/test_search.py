@@ -308,6 +308,45 @@ def test_two_workers_share_one_study_without_duplicate_or_lost_trials(
     assert study.best_trial.value == max(t.value for t in trials)
 
 
+OPEN_STORAGE = """
+import sys, time
+from pathlib import Path
+from tunesmith.search.study import open_storage
+import optuna.storages, sqlalchemy  # imported before the start line, so that all start together
+Path(sys.argv[2] + ".ready." + sys.argv[3]).touch()
+while not Path(sys.argv[2]).exists():
+    time.sleep(0.001)
+open_storage(sys.argv[1], source="race")
+"""
+
+
+def test_workers_meeting_an_empty_database_all_open_it(tmp_path: Path) -> None:
+    """The first contact makes Optuna's tables; workers started together race to make them.
+    A new database on the server, then three processes opening it at once."""
+    import psycopg
+
+    server = _postgres_url()
+    database = f"empty_{os.getpid()}_{time.time_ns()}"
+    with psycopg.connect(server, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {database}")
+    url = server.rsplit("/", 1)[0] + "/" + database
+    script = tmp_path / "open_storage.py"
+    script.write_text(OPEN_STORAGE)
+    go = tmp_path / "go"
+    workers = [
+        subprocess.Popen([sys.executable, str(script), url, str(go), str(n)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for n in range(3)
+    ]
+    while len(list(tmp_path.glob("go.ready.*"))) < 3:
+        assert all(worker.poll() is None for worker in workers), "a worker ended early"
+        time.sleep(0.05)
+    go.touch()
+    outputs = [worker.communicate(timeout=120)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0, 0], outputs
+    assert optuna.get_all_study_summaries(url) == []  # the tables exist, and nothing else
+
+
 def test_search_refuses_a_config_that_does_not_search(
     tmp_path: Path, wine_csv: Path, run_cli: Any
 ) -> None:

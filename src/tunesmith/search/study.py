@@ -7,6 +7,7 @@ append-only file that processes sharing a file system can use without a database
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ def open_storage(url: str, *, source: str) -> optuna.storages.BaseStorage:
             )
         return JournalStorage(JournalFileBackend(str(path)))
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        return _rdb_storage(url)
     except Exception as error:  # SQLAlchemy raises many kinds: a bad URL, a refused connection
         raise TunesmithError(
             f"cannot open the study storage {redacted(url)}: {_first_line(error)}",
@@ -47,6 +48,22 @@ def open_storage(url: str, *, source: str) -> optuna.storages.BaseStorage:
             "journal:PATH), that the server is running and reachable, and that its driver is "
             "installed (pip install 'tunesmith[postgres]' for PostgreSQL)",
         ) from None
+
+
+def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """Optuna creates its tables on first contact with an empty database; workers started together
+    race to do it and all but one hit a duplicate-object error (PostgreSQL's `CREATE TYPE` has no
+    IF NOT EXISTS). Once one has made them the others find them, so such an error is retried."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        except (IntegrityError, ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _first_line(error: BaseException) -> str:
