@@ -136,6 +136,61 @@ def test_a_time_budget_ends_the_search_and_is_kept(tmp_path: Path, wine_csv: Pat
     assert wall < 25 + max(t.user_attrs["wall_s"] for t in trials) + 15
 
 
+def _loop_trials(tmp_path: Path, *, seconds: float, trials: int, trial_s: float,
+                 replicate_seed: int | None) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The search loop on a real in-memory study, each trial taking `trial_s` seconds of wall
+    time; (values trained, user attributes) of each trial in order."""
+    from optuna.distributions import FloatDistribution
+
+    from tunesmith.evaluate.metrics import objective_for
+    from tunesmith.search.run import Budget, run_trials
+    from tunesmith.search.space import Param, Space
+    from tunesmith.search.study import make_sampler
+    from tunesmith.train import TrialResult
+
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(0))
+    space = Space((Param("train.lr", FloatDistribution(1e-4, 1e-1, log=True)),))
+    trained: list[dict[str, Any]] = []
+
+    def train(values: dict[str, Any], trial_dir: Path, reporter: Any, left: Any) -> TrialResult:
+        trained.append(values)
+        time.sleep(trial_s)
+        return TrialResult(best_epoch=0, best_val={"accuracy": 0.5}, precision="fp32")
+
+    run_trials(study, space, train, objective=objective_for("classification"),
+               budget=Budget(seconds, trials), run_dir=tmp_path, first={"train.lr": 1e-3},
+               replicate_seed=replicate_seed)
+    return list(zip(trained, [t.user_attrs for t in study.get_trials()], strict=True))
+
+
+def test_a_budget_of_few_trials_is_spent_on_seeded_replicates_of_the_recipe(
+    tmp_path: Path,
+) -> None:
+    # A 0.5 s trial in a 1.6 s budget: 1 done + 1.1 s left holds about 3 trials, fewer than the
+    # sampler's 5 random draws, so the trials after the recipe repeat it with seeds 8, 9, ...
+    trials = _loop_trials(tmp_path, seconds=1.6, trials=4, trial_s=0.5, replicate_seed=7)
+    assert len(trials) >= 2
+    (recipe, recipe_attrs), *replicates = trials
+    assert recipe == {"train.lr": 1e-3} and recipe_attrs["recipe"] is True
+    for number, (values, attrs) in enumerate(replicates, start=1):
+        assert values == {"train.lr": 1e-3, "seed": 7 + number}
+        assert attrs["replicate"] == number and attrs["seed"] == 7 + number
+
+
+def test_a_budget_of_many_trials_or_the_random_baseline_draws_from_the_space(
+    tmp_path: Path,
+) -> None:
+    # 100 s of 0.01 s trials holds thousands: the sampler draws; and without replicate_seed (the
+    # random-search baseline, fold searches) a short budget draws too.
+    for seconds, trial_s, seed in ((100.0, 0.01, 7), (1.6, 0.5, None)):
+        trials = _loop_trials(tmp_path, seconds=seconds, trials=3, trial_s=trial_s,
+                              replicate_seed=seed)
+        drawn = [values for values, attrs in trials[1:]]
+        assert len(drawn) >= 1 and all(set(values) == {"train.lr"} for values in drawn)
+        assert all(values["train.lr"] != 1e-3 for values in drawn)
+        assert all("replicate" not in attrs for _, attrs in trials)
+
+
 def test_a_budget_too_small_for_one_trial_says_the_least_one_and_that_one_fits(
     tmp_path: Path, run_cli: Any
 ) -> None:

@@ -57,6 +57,7 @@ from tunesmith.search import (
     train_settings,
 )
 from tunesmith.search.folds import fold_count
+from tunesmith.search.run import trial_values
 from tunesmith.train import Batches, TrialResult, fine_tune
 from tunesmith.train.checkpoint import Checkpoint, require_checkpoint
 from tunesmith.train.loop import Reporter
@@ -702,8 +703,12 @@ def _run_study(
         gc.collect()
         return result
 
+    # Replicates soup with the recipe; fold models are ensembled, not souped, and the random
+    # sampler is the baseline the search is compared with.
+    replicate = not folds and given.search.sampler == "tpe"
     trials = run_trials(study, space, train, objective=objective, budget=budget,
-                        run_dir=run_dir, first=first)
+                        run_dir=run_dir, first=first,
+                        replicate_seed=given.seed if replicate else None)
     return study, trials, kept, budget
 
 
@@ -885,7 +890,7 @@ def _trained_trial(given: Config, recipe: Prepared, trial: Any, folds: list[Any]
     from tunesmith.train.checkpoint import BEST
 
     trial_dir = recipe.config.run_dir / "trials" / str(trial.number)
-    values = dict(trial.params)
+    values = trial_values(trial, dict(trial.params))
     candidate = prepare(given.with_values(values), data=recipe.data)
     if candidate.config.model.peft is not None:
         raise TunesmithError(

@@ -5,6 +5,9 @@ caller builds and trains the model those values describe and returns its `TrialR
 loop reports the validation objective to Optuna after each epoch (through the reporter) so the
 pruner can stop a hopeless trial early. Trial 0 is the recipe. The search ends when the trial
 limit is reached or when what is left of the wall-time budget would not fit another trial.
+
+A budget that holds only a few trials is spent on replicates of the recipe with new seeds rather
+than on the sampler's first random draws (see `_queue_replicate`); the final stage soups them.
 """
 
 from __future__ import annotations
@@ -24,12 +27,15 @@ from tunesmith.console import console
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate.metrics import Objective
 from tunesmith.search.space import Space, Values, suggest
+from tunesmith.search.study import STARTUP_TRIALS
 from tunesmith.train import TrialResult
 
 Train = Callable[[Values, Path, "OptunaReporter", "float | None"], TrialResult]
 WORKER_ATTR = "worker"  # host:pid of the process that runs a trial
 WALL_ATTR = "wall_s"
 RETRY_ATTR = "retry_of"
+REPLICATE_ATTR = "replicate"  # the how-manieth replicate of the recipe a trial is
+SEED_ATTR = "seed"  # a replicate's training seed, laid over the config's
 
 
 class OptunaReporter:
@@ -91,9 +97,42 @@ def retry_interrupted(study: optuna.Study) -> list[int]:
         if worker is None or _alive(worker):
             continue
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number})
+        kept = {k: trial.user_attrs[k] for k in (REPLICATE_ATTR, SEED_ATTR, "recipe")
+                if k in trial.user_attrs}
+        study.enqueue_trial(trial.params, user_attrs={**kept, RETRY_ATTR: trial.number})
         retried.append(trial.number)
     return retried
+
+
+def trial_values(trial: optuna.trial.FrozenTrial | optuna.Trial, values: Values) -> Values:
+    """What a trial trains: its drawn values, and a replicate's seed."""
+    seed = trial.user_attrs.get(SEED_ATTR)
+    return values if seed is None else {**values, "seed": int(seed)}
+
+
+def replicates_fit(finished_trials: int, left: float, recipe_wall: float) -> bool:
+    """Whether the trials done and those the time left holds, at the recipe's pace, are no more
+    than the sampler draws at random before it models anything."""
+    return finished_trials + left / max(recipe_wall, 1e-9) <= STARTUP_TRIALS
+
+
+def _queue_replicate(study: optuna.Study, budget: Budget, first: Values, seed: int) -> None:
+    """With a budget this short every trial after the recipe would be one of the sampler's
+    random draws, judged by one noisy validation score. A replicate of the recipe with another
+    seed is a safer use of the time: it starts from the same weights with the same architecture,
+    so it soups with the recipe, and a weight average of such runs beats each of them (Wortsman
+    et al. 2022, "Model soups"). Queued one at a time, as long as the budget stays this short."""
+    left = budget.left()
+    if left is None or study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        return
+    done = finished(study)
+    walls = [t.user_attrs[WALL_ATTR] for t in done
+             if t.user_attrs.get("recipe") and t.state == TrialState.COMPLETE
+             and WALL_ATTR in t.user_attrs]
+    if not walls or not replicates_fit(len(done), left, walls[0]):
+        return
+    made = sum(REPLICATE_ATTR in t.user_attrs for t in study.get_trials(deepcopy=False))
+    study.enqueue_trial(first, user_attrs={REPLICATE_ATTR: made + 1, SEED_ATTR: seed + made + 1})
 
 
 def spent_by_study(study: optuna.Study) -> float:
@@ -131,15 +170,20 @@ def run_trials(
     budget: Budget,
     run_dir: Path,
     first: Values | None = None,
+    replicate_seed: int | None = None,
 ) -> list[optuna.trial.FrozenTrial]:
     """Ask, train and tell trials until the budget is spent; `first` (the recipe's values) is
-    queued before any sampled trial. Returns the finished trials."""
+    queued before any sampled trial. With `replicate_seed`, a budget too short for the sampler
+    to learn anything is spent on replicates of `first` seeded from `replicate_seed + 1` on.
+    Returns the finished trials."""
     if first is not None:  # once per study, whichever worker comes first
         study.enqueue_trial(first, user_attrs={"recipe": True}, skip_if_exists=True)
     while _room_for_another(study, budget):
+        if first is not None and replicate_seed is not None:
+            _queue_replicate(study, budget, first, replicate_seed)
         trial = study.ask()
         trial.set_user_attr(WORKER_ATTR, worker_id())
-        values = suggest(trial, space)
+        values = trial_values(trial, suggest(trial, space))
         trial_dir = run_dir / "trials" / str(trial.number)
         left = budget.left()
         console.print(f"[bold]trial {trial.number}[/] {_shown(values)}")

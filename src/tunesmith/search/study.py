@@ -18,6 +18,7 @@ from tunesmith.config import Config
 from tunesmith.errors import TunesmithError
 
 STUDY_FILE = "study.db"
+STARTUP_TRIALS = 5  # TPE's random draws before it models anything
 CONFIG_ATTR = "tunesmith_config"  # the study's searched config, to refuse a different one
 
 
@@ -89,7 +90,8 @@ def make_sampler(seed: int, kind: str = "tpe") -> optuna.samplers.BaseSampler:
     with warnings.catch_warnings():  # `group` is marked experimental; it has been since 2.8
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(
-            seed=seed, multivariate=True, group=True, n_startup_trials=5, constant_liar=True
+            seed=seed, multivariate=True, group=True, n_startup_trials=STARTUP_TRIALS,
+            constant_liar=True
         )
 
 
