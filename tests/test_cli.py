@@ -84,7 +84,13 @@ def test_metrics_file_follows_the_schema(which: str, threshold: float,
                                       "best_params"}
     assert metrics["search"]["trials_completed"] == 1
     assert metrics["wall_s"] > 0
-    assert metrics["versions"] == {"tunesmith": tunesmith.__version__, "torch": torch.__version__}
+    import sklearn
+    import transformers
+
+    versions = metrics["versions"]
+    assert versions["tunesmith"] == tunesmith.__version__ and versions["torch"] == torch.__version__
+    assert versions["transformers"] == transformers.__version__
+    assert versions["scikit-learn"] == sklearn.__version__
     splits = read_json(run.run_dir / "splits.json")
     assert metrics["test_rows"] == splits["parts"]["test"]["rows"]
 

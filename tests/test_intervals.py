@@ -5,9 +5,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.metrics import (
+    average_precision_score,
+    log_loss,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    top_k_accuracy_score,
+)
 
-from tunesmith.evaluate.intervals import bootstrap_intervals, scored_with_intervals
-from tunesmith.evaluate.metrics import task_metrics
+from tunesmith.evaluate.intervals import (
+    bootstrap_intervals,
+    bootstrap_values,
+    paired_differences,
+    scored_with_intervals,
+)
+from tunesmith.evaluate.metrics import evaluation_metrics, per_class
 
 RESAMPLES = 200
 
@@ -17,18 +29,26 @@ def flat(intervals: dict[str, tuple[float, float]]) -> dict[str, float]:
             for end, value in zip(("low", "high"), pair, strict=True)}
 
 
+def reference_values(
+    kind: str, outputs: np.ndarray, targets: np.ndarray, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """The evaluation metrics (scikit-learn's) on each resample, the same rows drawn as the
+    vectorized bootstrap draws them (one block: one matrix of indices from the seeded
+    generator)."""
+    drawn = np.random.default_rng(seed).integers(0, len(targets), size=(RESAMPLES, len(targets)))
+    values: dict[str, list[float]] = {}
+    for rows in drawn:
+        for name, value in evaluation_metrics(kind, outputs[rows], targets[rows]).items():
+            values.setdefault(name, []).append(value)
+    return {name: np.asarray(v) for name, v in values.items()}
+
+
 def reference(
     kind: str, outputs: np.ndarray, targets: np.ndarray
 ) -> dict[str, tuple[float, float]]:
-    """scikit-learn's metrics on each resample, the same rows drawn as the vectorized bootstrap
-    draws them (one block: one matrix of indices from the seeded generator)."""
-    drawn = np.random.default_rng(0).integers(0, len(targets), size=(RESAMPLES, len(targets)))
-    values: dict[str, list[float]] = {}
-    for rows in drawn:
-        for name, value in task_metrics(kind, outputs[rows], targets[rows]).items():
-            values.setdefault(name, []).append(value)
     return {name: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5)))
-            for name, v in values.items()}
+            for name, v in reference_values(kind, outputs, targets).items()
+            if name not in {"auroc", "mean_average_precision"}}  # approximated, and none
 
 
 def classification(rows: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -39,12 +59,78 @@ def classification(rows: int, classes: int, seed: int) -> tuple[np.ndarray, np.n
     return logits, targets
 
 
-@pytest.mark.parametrize("classes", [2, 7])
+@pytest.mark.parametrize("classes", [2, 7, 12])
 def test_classification_intervals_match_scikit_learn_on_every_resample(classes: int) -> None:
     logits, targets = classification(300, classes, seed=classes)
     logits[:, -1] -= 5.0  # a class seldom predicted: some resamples see it only as a truth
     got = bootstrap_intervals("classification", logits, targets, resamples=RESAMPLES)
-    assert flat(got) == pytest.approx(flat(reference("classification", logits, targets)), abs=1e-9)
+    auroc = got.pop("auroc")
+    expected = reference("classification", logits, targets)
+    assert set(got) == set(expected) >= {"accuracy", "balanced_accuracy", "log_loss", "ece"}
+    assert ("top_5_accuracy" in got) == (classes >= 10)
+    assert flat(got) == pytest.approx(flat(expected), abs=1e-9)
+    # AUROC's resamples are DeLong's linearization: close to the exact ones
+    exact = reference_values("classification", logits, targets)["auroc"]
+    assert auroc == pytest.approx((np.percentile(exact, 2.5), np.percentile(exact, 97.5)),
+                                  abs=0.01)
+
+
+def test_the_evaluation_metrics_are_scikit_learns() -> None:
+    logits, targets = classification(400, 12, seed=3)
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    metrics = evaluation_metrics("classification", logits, targets)
+    assert metrics["log_loss"] == pytest.approx(log_loss(targets, probabilities))
+    assert metrics["auroc"] == pytest.approx(roc_auc_score(targets, probabilities,
+                                                           multi_class="ovr"))
+    assert metrics["top_5_accuracy"] == pytest.approx(top_k_accuracy_score(targets, logits, k=5))
+    binary_logits, binary = classification(300, 2, seed=4)
+    assert evaluation_metrics("classification", binary_logits, binary)["auroc"] == pytest.approx(
+        roc_auc_score(binary, binary_logits[:, 1] - binary_logits[:, 0]))
+    table = per_class("classification", logits, targets, [f"c{i}" for i in range(12)])
+    precision, recall, f1, support = precision_recall_fscore_support(
+        targets, logits.argmax(axis=1), labels=list(range(12)), zero_division=0)
+    assert [row["label"] for row in table] == [f"c{i}" for i in range(12)]
+    assert [row["f1"] for row in table] == pytest.approx(list(f1))
+    assert [row["precision"] for row in table] == pytest.approx(list(precision))
+    assert [row["recall"] for row in table] == pytest.approx(list(recall))
+    assert [row["support"] for row in table] == list(support)
+    rng = np.random.default_rng(5)
+    truth = (rng.random((150, 3)) < 0.4).astype(float)
+    scores = rng.normal(size=(150, 3)) + 1.5 * (truth - 0.5)
+    assert evaluation_metrics("multilabel", scores, truth)["mean_average_precision"] == (
+        pytest.approx(average_precision_score(truth, scores, average="macro")))
+
+
+def test_expected_calibration_error_is_the_gap_between_confidence_and_accuracy() -> None:
+    # Every row 90% sure (one bin); 3 of 4 right: the gap is 0.15. Half at 0.6 and right, half
+    # at 0.9 and wrong: (|0.6 - 1| + |0.9 - 0|) / 2.
+    sure = np.log(np.array([[0.9, 0.1]] * 4))
+    assert evaluation_metrics("classification", sure, np.array([0, 0, 0, 1]))["ece"] == (
+        pytest.approx(0.15))
+    mixed = np.log(np.array([[0.6, 0.4], [0.6, 0.4], [0.1, 0.9], [0.1, 0.9]]))
+    assert evaluation_metrics("classification", mixed, np.array([0, 0, 0, 0]))["ece"] == (
+        pytest.approx((0.4 + 0.9) / 2))
+
+
+def test_a_paired_bootstrap_sees_a_gain_that_separate_intervals_cannot() -> None:
+    # b is a with 12 of its 500 right answers made wrong: a gain of 2.4 points, well inside each
+    # model's own interval (about ±3.5 points), but every resample sees a ahead of b.
+    logits, targets = classification(500, 2, seed=6)
+    right = np.flatnonzero(logits.argmax(axis=1) == targets)[:12]
+    worse = logits.copy()
+    worse[right] = worse[right][:, ::-1]
+    low, high = paired_differences("classification", logits, worse, targets)["accuracy"]
+    assert 0.0 <= low < 0.024 < high <= 0.05
+    a = bootstrap_intervals("classification", logits, targets)["accuracy"]
+    b = bootstrap_intervals("classification", worse, targets)["accuracy"]
+    assert a[0] < b[1]  # alone, the intervals overlap
+    # the paired differences are the differences of scikit-learn's metrics on the same resamples
+    differences = (bootstrap_values("classification", logits, targets, resamples=RESAMPLES)
+                   ["accuracy"] - bootstrap_values("classification", worse, targets,
+                                                   resamples=RESAMPLES)["accuracy"])
+    expected = (reference_values("classification", logits, targets)["accuracy"]
+                - reference_values("classification", worse, targets)["accuracy"])
+    assert differences == pytest.approx(expected, abs=1e-12)
 
 
 def test_regression_intervals_match_scikit_learn_on_every_resample() -> None:
@@ -60,6 +146,7 @@ def test_multilabel_intervals_match_scikit_learn_on_every_resample() -> None:
     targets = (rng.random((200, 4)) < 0.3).astype(float)
     logits = rng.normal(size=(200, 4)) + 2.0 * (targets - 0.5)
     got = bootstrap_intervals("multilabel", logits, targets, resamples=RESAMPLES)
+    assert "mean_average_precision" not in got
     assert flat(got) == pytest.approx(flat(reference("multilabel", logits, targets)), abs=1e-6)
 
 
@@ -80,7 +167,10 @@ def test_the_95_interval_covers_a_known_accuracy_in_about_95_of_100_sets() -> No
 def test_scores_carry_the_value_and_its_interval_around_it() -> None:
     logits, targets = classification(400, 3, seed=5)
     scores = scored_with_intervals("classification", logits, targets)
-    for name, value in task_metrics("classification", logits, targets).items():
+    metrics = evaluation_metrics("classification", logits, targets)
+    assert set(scores) == set(metrics)
+    for name, value in metrics.items():
         low, high = scores[name]["ci95"]
         assert scores[name]["value"] == value and low < value < high
-        assert 0.02 < high - low < 0.15  # about 4 standard errors of a proportion on 400 rows
+        if name in {"accuracy", "balanced_accuracy", "macro_f1"}:
+            assert 0.02 < high - low < 0.15  # about 4 standard errors of a proportion, 400 rows

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -31,8 +31,11 @@ from tunesmith.console import console
 from tunesmith.data import DataReport, TaskData, inspect_data, load_task_data
 from tunesmith.data.sources import Examples
 from tunesmith.errors import TunesmithError
-from tunesmith.evaluate import collect_logits, majority_baseline, objective_for
+from tunesmith.evaluate import collect_logits, objective_for
+from tunesmith.evaluate.baselines import Baseline, baseline_record
+from tunesmith.evaluate.calibration import Calibration, calibrate, scaled
 from tunesmith.evaluate.intervals import scored_with_intervals
+from tunesmith.evaluate.metrics import per_class
 from tunesmith.export import Predictor, load_predictor, save_bundle
 from tunesmith.io import atomic_write, write_json, write_text
 from tunesmith.models import Backbone, TaskModel, absolute_spec, build_backbone, make_head
@@ -44,7 +47,8 @@ from tunesmith.models.registry import parse_spec, source_modalities
 from tunesmith.models.scratch import ScratchShape
 from tunesmith.models.strategies import Strategy, check_fits_backbone
 from tunesmith.models.weights import load_weights
-from tunesmith.report import summary_table
+from tunesmith.report import baselines_ahead, summary_table
+from tunesmith.report.html import write_report
 from tunesmith.search import (
     DataProfile,
     check_fits,
@@ -356,7 +360,14 @@ def fit(
     # each with its interval: the noise next to the result.
     outputs = {"test": predict_part(model, chosen, chosen.data.test, result),
                "val": kept.val_outputs or predict_part(model, chosen, chosen.data.val, result)}
-    scores = {name: scored_with_intervals(chosen.kind, *pair, seed=chosen.config.seed)
+    # A classifier's probabilities are calibrated on validation (one temperature, which the
+    # bundle applies); what is scored is what the bundle predicts.
+    calibration = calibrate(*outputs["val"]) if chosen.kind == "classification" else None
+    if calibration is not None:
+        outputs = {name: (scaled(o, calibration.temperature), t)
+                   for name, (o, t) in outputs.items()}
+    seed = given.seed
+    scores = {name: scored_with_intervals(chosen.kind, *pair, seed=seed)
               for name, pair in outputs.items()}
     save_bundle(
         model,
@@ -365,12 +376,31 @@ def fit(
         classes=chosen.data.classes,
         head={k: v for k, v in _head_spec(chosen).items() if k != "in_features"},
         inputs=_bundle_inputs(chosen),
+        temperature=None if calibration is None else calibration.temperature,
     )
-    metrics = _metrics_record(chosen, result, scores, time.perf_counter() - started,
-                              search=search_record)
+    baselines = baseline_record(chosen.kind, run_baselines(chosen),
+                                model_val=_val_part(outputs["val"], chosen.data),
+                                model_test=outputs["test"], seed=seed)
+    metrics = _metrics_record(
+        chosen, result, scores, time.perf_counter() - started, search=search_record,
+        baselines=baselines, calibration=calibration,
+        classes_table=None if chosen.kind == "regression" else per_class(
+            chosen.kind, *outputs["test"], chosen.data.classes))
+    write_predictions_record(run_dir, chosen, outputs)
     write_json(run_dir / "metrics.json", metrics)
     console.print(summary_table(metrics, str(run_dir)))
+    for line in baselines_ahead(metrics):
+        console.print(f"[yellow]{line}[/]")
+    console.print(f"report: {write_report(run_dir)}")
     return RunSummary(run_dir, metrics)
+
+
+def _val_part(val: tuple[np.ndarray, np.ndarray], data: TaskData
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """The model's outputs on the val part's rows: out-of-fold outputs cover train+val (pooled:
+    the train rows first), so the val part's are the last rows."""
+    outputs, targets = val
+    return outputs[len(outputs) - len(data.val):], targets[len(targets) - len(data.val):]
 
 
 def train_candidate(
@@ -991,9 +1021,96 @@ def evaluate_part(
     return objective_for(prepared.kind).score(*predict_part(model, prepared, part, result))
 
 
+def run_baselines(prepared: Prepared) -> list[Baseline]:
+    """The majority, classic and linear-probe baselines, fitted on the train part (see
+    `tunesmith.evaluate.baselines`)."""
+    from tunesmith.evaluate.baselines import (
+        Parts,
+        boosted_trees,
+        fitted,
+        linear_model,
+        majority,
+        pixels,
+        text_model,
+    )
+    from tunesmith.train.stages import backbone_features
+
+    data, kind = prepared.data, prepared.kind
+    targets = np.asarray(data.targets(data.train))
+    classes = len(data.classes)
+    found = [majority(kind, Parts(data.train, data.val, data.test, targets, classes))]
+    modality = data.train.modality
+    with console.status("baselines"):
+        if modality == "text":
+            parts = Parts(data.train.inputs, data.val.inputs, data.test.inputs, targets, classes)
+            found.append(fitted("tfidf_logistic", "TF-IDF of words and word pairs + logistic "
+                                "regression", kind, parts, text_model(targets)))
+        elif modality == "image":
+            train, val, test = (pixels(part.inputs) for part in (data.train, data.val, data.test))
+            parts = Parts(train, val, test, targets, classes)
+            found.append(fitted("pixel_logistic", "logistic regression on 16x16 pixels", kind,
+                                parts, linear_model))
+        else:
+            train, val, test = (np.asarray(prepared.inputs(part))
+                                for part in (data.train, data.val, data.test))
+            parts = Parts(train, val, test, targets, classes)
+            found.append(fitted("gradient_boosting", "histogram gradient boosting", kind, parts,
+                                boosted_trees))
+        if not is_scratch(prepared.config):
+            model = task_model(prepared)
+            precision = resolve_precision(prepared.config.train.precision, default_device())
+            train, val, test = (backbone_features(model, eval_batches(
+                prepared.backbone, prepared.inputs(part), data.targets(part),
+                batch_size=EVAL_BATCH_SIZE), precision=precision)[0]
+                for part in (data.train, data.val, data.test))
+            del model
+            found.append(fitted("linear_probe", "a linear model on the frozen pretrained "
+                                "features", kind, Parts(train, val, test, targets, classes),
+                                linear_model))
+    return found
+
+
+PREDICTIONS = "predictions.npz"  # the chosen model's val and test outputs, for the report
+TEST_PREDICTIONS = "test_predictions.csv"
+
+
+def write_predictions_record(
+    run_dir: Path, prepared: Prepared, outputs: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> None:
+    """The outputs the metrics were computed from (arrays), and the test rows as a table: id,
+    input, label and prediction (with its probability)."""
+    import pandas as pd
+
+    arrays = {f"{name}_{what}": np.asarray(array) for name, pair in outputs.items()
+              for what, array in zip(("outputs", "targets"), pair, strict=True)}
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as handle:  # a handle: savez would add .npz to a temporary name
+            np.savez_compressed(handle, **cast(dict[str, Any], arrays))
+
+    atomic_write(run_dir / PREDICTIONS, write)
+    test, (test_outputs, _) = prepared.data.test, outputs["test"]
+    table = pd.DataFrame({"id": test.ids})
+    if test.inputs:
+        table["input"] = test.inputs
+    kind, classes = prepared.kind, prepared.data.classes
+    table["label"] = ["|".join(v) if kind == "multilabel" else v for v in test.labels]
+    if kind == "classification":
+        log_probs = test_outputs - np.logaddexp.reduce(test_outputs, axis=1, keepdims=True)
+        table["predicted"] = [classes[i] for i in test_outputs.argmax(axis=1)]
+        table["probability"] = np.exp(log_probs.max(axis=1)).round(6)
+    elif kind == "multilabel":
+        table["predicted"] = ["|".join(classes[j] for j in np.flatnonzero(row > 0))
+                              for row in test_outputs]
+    else:
+        table["predicted"] = test_outputs.reshape(-1)
+    write_text(run_dir / TEST_PREDICTIONS, table.to_csv(index=False))
+
+
 def _metrics_record(
     prepared: Prepared, result: TrialResult, scores: dict[str, dict[str, Any]], wall_s: float, *,
-    search: dict[str, Any] | None = None,
+    baselines: dict[str, Any], search: dict[str, Any] | None = None,
+    calibration: Calibration | None = None, classes_table: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     data = prepared.data
     train = prepared.config.train
@@ -1002,13 +1119,9 @@ def _metrics_record(
         "primary_metric": objective_for(prepared.kind).metric,
         "test": scores["test"],
         "val": scores["val"],
-        "baselines": {
-            ("mean" if prepared.kind == "regression" else "majority"): majority_baseline(
-                prepared.kind,
-                np.asarray(data.targets(data.train)),
-                np.asarray(data.targets(data.test)),
-            )
-        },
+        "per_class": classes_table,
+        "calibration": None if calibration is None else calibration.to_json(),
+        "baselines": baselines,
         "search": search or {
             "trials_completed": 1,
             "trials_pruned": 0,
@@ -1028,8 +1141,21 @@ def _metrics_record(
         },
         "wall_s": round(wall_s, 1),
         "test_rows": len(data.test),
-        "versions": {"tunesmith": __version__, "torch": torch.__version__},
+        "versions": _versions(),
     }
+
+
+def _versions() -> dict[str, str]:
+    """Of tunesmith, Python and the libraries a result depends on."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"tunesmith": __version__, "torch": torch.__version__,
+             "python": platform.python_version()}
+    for package in ("transformers", "timm", "peft", "optuna", "scikit-learn", "numpy"):
+        with contextlib.suppress(PackageNotFoundError):
+            found[package] = version(package)
+    return found
 
 
 @dataclass(frozen=True)
@@ -1080,3 +1206,77 @@ def inspect(
 
 def load(run_or_bundle: str | Path) -> Predictor:
     return load_predictor(run_or_bundle)
+
+
+def report(run_dir: str | Path) -> Path:
+    """Rebuild `report.html` of a run folder from what the folder holds."""
+    return write_report(Path(run_dir))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    source: Path  # the data scored
+    rows: int
+    scores: dict[str, Any]  # metrics.json's form: {metric: {"value", "ci95"}}
+    record: Path  # where the scores were written
+
+
+def evaluate(run_dir: str | Path, data: str | Path | None = None) -> Evaluation:
+    """Score a run's bundle on labelled data: the run's own test part (as its config splits it
+    again) or `data`, a file or folder in the training data's format and columns. The scores
+    and their intervals go to `RUN_DIR/evaluations/NAME.json`."""
+    from tunesmith.export.predictor import bundle_folder
+
+    folder = Path(run_dir)
+    if not (folder / "config.yaml").is_file():
+        raise TunesmithError(
+            f"{folder} is not a tunesmith run folder (no config.yaml)", file=folder,
+            field="RUN_DIR", fix="give the folder `tunesmith run` wrote (runs/NAME)")
+    bundle_folder(folder)  # a run that never finished has no bundle: said before any data is read
+    config = load_config(folder / "config.yaml")
+    if data is not None:
+        config = config.with_values({"data.test": str(Path(data).resolve())})
+    part = load_task_data(config).test
+    predictor = load_predictor(folder)
+    kind = predictor.kind
+    _check_labels(part, predictor, kind)
+    inputs = part.features if part.features is not None else part.inputs
+    outputs = predictor.outputs(inputs)
+    if kind == "classification":
+        outputs = scaled(outputs, predictor.temperature)
+    targets = _targets_for(part, predictor.classes, kind)
+    scores = scored_with_intervals(kind, outputs, targets, seed=config.seed)
+    name = "test" if data is None else Path(data).stem
+    record = folder / "evaluations" / f"{name}.json"
+    write_json(record, {"data": str(part.source), "rows": len(part), "scores": scores})
+    return Evaluation(part.source, len(part), scores, record)
+
+
+def _check_labels(part: Examples, predictor: Predictor, kind: str) -> None:
+    if kind == "regression":
+        return
+    known = set(predictor.classes)
+    seen = {label for labels in part.labels for label in
+            (labels if kind == "multilabel" else [labels])}
+    unknown = sorted(str(label) for label in seen - known)
+    if unknown:
+        raise TunesmithError(
+            f"the evaluation data has labels the model never saw: {', '.join(unknown[:10])}"
+            + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""),
+            file=part.source, field="data.label_column",
+            fix="evaluate on data labelled with the model's classes ("
+            + ", ".join(predictor.classes[:10]) + (", ..." if len(predictor.classes) > 10 else "")
+            + "), or fine-tune on these labels")
+
+
+def _targets_for(part: Examples, classes: list[str], kind: str) -> np.ndarray:
+    if kind == "regression":
+        return np.asarray(part.labels, dtype=np.float64)
+    index = {name: i for i, name in enumerate(classes)}
+    if kind == "multilabel":
+        vectors = np.zeros((len(part), len(classes)), dtype=np.float32)
+        for row, names in enumerate(part.labels):
+            vectors[row, [index[n] for n in names]] = 1.0
+        return vectors
+    return np.asarray([index[label] for label in part.labels])
+

@@ -210,6 +210,44 @@ def predict(
         typer.echo(f"wrote {len(table)} predictions to {out}")
 
 
+RunDirArg = Annotated[Path, typer.Argument(help="A run folder (runs/NAME).")]
+
+
+@app.command()
+def evaluate(
+    run_dir: RunDirArg,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Labelled data in the training data's format and columns (default: "
+                     "the run's own test part)."),
+    ] = None,
+) -> None:
+    """Score a run's model on labelled data, with 95% bootstrap intervals."""
+    from rich.table import Table
+
+    from tunesmith.api import evaluate as evaluate_run
+    from tunesmith.console import console
+
+    found = evaluate_run(run_dir, data)
+    table = Table(title=f"{found.source} ({found.rows} rows)", header_style="bold")
+    table.add_column("metric")
+    table.add_column("value [95% interval]", justify="right")
+    for name, score in found.scores.items():
+        interval = score.get("ci95")
+        table.add_row(name, f"{score['value']:.4f}" + (
+            f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else ""))
+    console.print(table)
+    typer.echo(f"scores written to {found.record}")
+
+
+@app.command()
+def report(run_dir: RunDirArg) -> None:
+    """Rebuild a run's self-contained report.html from its run folder."""
+    from tunesmith.api import report as build_report
+
+    typer.echo(f"report: {build_report(run_dir)}")
+
+
 def main() -> None:
     try:
         app()

@@ -1,9 +1,18 @@
-"""95% confidence intervals of the task metrics, by a seeded percentile bootstrap.
+"""95% confidence intervals of the evaluation metrics, by a seeded percentile bootstrap, and
+paired intervals of the difference between two models scored on the same rows.
 
 Each resample draws the rows with replacement; a metric's interval is the 2.5th and 97.5th
-percentile of its value over the resamples. The resamples are vectorized: every metric here is
-a function of sums over rows (a confusion matrix, error moments, per-label counts), so a block
-of resamples is one index matrix, one gather and one sum, however many rows there are.
+percentile of its value over the resamples. The resamples are vectorized: each metric is a
+function of sums over rows (a confusion matrix, per-row losses and hits, error moments, per-label
+counts), so a block of resamples is one index matrix, one gather and one sum, however many rows
+there are. Two exceptions:
+- AUROC is not a sum over rows; its resampled values are DeLong's linearization (each row's
+  structural component: the share of the other class it outranks), exact on the full sample and
+  first-order on a resample, for up to `AUROC_INTERVAL_CLASSES` classes;
+- mean average precision (multilabel) gets no interval.
+
+The resamples depend only on the number of rows, the count and the seed, so two models scored on
+the same rows with the same seed are scored on the same resamples: `paired_differences`.
 """
 
 from __future__ import annotations
@@ -12,30 +21,80 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import log_softmax
+
+from tunesmith.evaluate.metrics import (
+    ECE_BINS,
+    TOP_K,
+    TOP_K_FROM_CLASSES,
+    auroc_classes,
+    confidence_bins,
+    top_k_hits,
+)
 
 RESAMPLES = 1000
 LEVEL = 0.95
 BLOCK_CELLS = 4_000_000  # resamples x rows gathered at once (about 32 MB of indices)
+AUROC_INTERVAL_CLASSES = 100
 
 Metrics = dict[str, np.ndarray]  # metric name -> its value on each resample
+
+
+def bootstrap_values(
+    kind: str, outputs: np.ndarray, targets: np.ndarray, *, resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> Metrics:
+    """{metric: its value on each resample} for the metrics `evaluation_metrics` reports (those
+    with an interval)."""
+    plan = _plan(kind, outputs, targets)
+    values: dict[str, list[np.ndarray]] = {}
+    for drawn in _resamples(len(targets), resamples, seed):
+        counts = sums = None
+        if plan.cells is not None:
+            size, cells = len(drawn), plan.cells
+            offsets = np.arange(size, dtype=np.int64)[:, None] * cells.size
+            counts = np.bincount((cells.codes[drawn] + offsets).ravel(),
+                                 minlength=size * cells.size).reshape(size, cells.size)
+        if plan.rows is not None:  # how often each row was drawn, times the rows
+            times = _times(drawn)
+            sums = times.astype(plan.rows.dtype) @ plan.rows
+            if plan.coarse is not None:
+                coarse = times.astype(np.float32) @ plan.coarse
+                sums = np.concatenate([sums, coarse.astype(sums.dtype)], axis=1)
+        for name, value in plan.summarize(counts, sums).items():
+            values.setdefault(name, []).append(value)
+    return {name: np.concatenate(parts) for name, parts in values.items()}
 
 
 def bootstrap_intervals(
     kind: str, outputs: np.ndarray, targets: np.ndarray, *, resamples: int = RESAMPLES,
     seed: int = 0,
 ) -> dict[str, tuple[float, float]]:
-    """{metric: (low, high)} for the metrics `tunesmith.evaluate.metrics.task_metrics` reports."""
-    rows, summarize = _row_statistics(kind, outputs, targets)
-    values: dict[str, list[np.ndarray]] = {}
-    for sums in _resampled_sums(rows, resamples, seed):
-        for name, value in summarize(sums).items():
-            values.setdefault(name, []).append(value)
+    """{metric: (low, high)}, the 95% percentile interval of each."""
+    values = bootstrap_values(kind, outputs, targets, resamples=resamples, seed=seed)
+    return {name: _percentiles(value) for name, value in values.items()}
+
+
+def paired_differences(
+    kind: str, outputs: np.ndarray, other: np.ndarray, targets: np.ndarray, *,
+    resamples: int = RESAMPLES, seed: int = 0,
+) -> dict[str, tuple[float, float]]:
+    """{metric: (low, high)}: the 95% interval of metric(outputs) - metric(other), the two scored
+    on the same resampled rows (a paired bootstrap: what the rows share cancels out)."""
+    first = bootstrap_values(kind, outputs, targets, resamples=resamples, seed=seed)
+    second = bootstrap_values(kind, other, targets, resamples=resamples, seed=seed)
+    return differences(first, second)
+
+
+def differences(first: Metrics, second: Metrics) -> dict[str, tuple[float, float]]:
+    """The 95% interval of each metric's difference, from two models' values on the same
+    resamples (`bootstrap_values` with the same rows and seed)."""
+    return {name: _percentiles(first[name] - second[name]) for name in first if name in second}
+
+
+def _percentiles(values: np.ndarray) -> tuple[float, float]:
     tail = (1.0 - LEVEL) / 2 * 100
-    return {
-        name: (float(np.percentile(np.concatenate(parts), tail)),
-               float(np.percentile(np.concatenate(parts), 100 - tail)))
-        for name, parts in values.items()
-    }
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
 
 
 def standard_error(low: float, high: float) -> float:
@@ -50,32 +109,39 @@ class _Cells:
     codes: np.ndarray
     size: int
 
-    def __len__(self) -> int:
-        return len(self.codes)
+
+Summarize = Callable[[np.ndarray | None, np.ndarray | None], Metrics]
 
 
-def _resampled_sums(rows: np.ndarray | _Cells, resamples: int, seed: int) -> Iterator[np.ndarray]:
-    """Blocks of (resamples, statistics): each resample's column sums of `rows` (n, k), or its
-    counts of each category."""
-    count = len(rows)
+@dataclass(frozen=True)
+class _Plan:
+    """What a resample sums: category counts, per-row statistics (n, k), or both; and how the
+    sums give each metric."""
+
+    cells: _Cells | None
+    rows: np.ndarray | None
+    summarize: Summarize
+    # more per-row statistics, summed in float32 (4x the speed) after `rows`: for those whose
+    # resampled values are approximations anyway (AUROC's)
+    coarse: np.ndarray | None = None
+
+
+def _resamples(count: int, resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """Blocks of drawn row indices (resamples in the block, count)."""
     rng = np.random.default_rng(seed)
     block = max(1, BLOCK_CELLS // max(1, count))
     for start in range(0, resamples, block):
-        size = min(block, resamples - start)
-        drawn = rng.integers(0, count, size=(size, count))
-        offsets = np.arange(size, dtype=np.int64)[:, None]
-        if isinstance(rows, _Cells):
-            cells = (rows.codes[drawn] + offsets * rows.size).ravel()
-            yield np.bincount(cells, minlength=size * rows.size).reshape(size, rows.size)
-        else:  # how often each row was drawn, times the rows: one matrix product
-            times = np.bincount((drawn + offsets * count).ravel(), minlength=size * count)
-            yield times.reshape(size, count).astype(rows.dtype) @ rows
+        yield rng.integers(0, count, size=(min(block, resamples - start), count))
 
 
-def _row_statistics(
-    kind: str, outputs: np.ndarray, targets: np.ndarray
-) -> tuple[np.ndarray | _Cells, Callable[[np.ndarray], Metrics]]:
-    """(per-row statistics (n, k), how the summed statistics give each metric)."""
+def _times(drawn: np.ndarray) -> np.ndarray:
+    """(resamples, count): how often each row was drawn in each resample."""
+    size, count = drawn.shape
+    offsets = np.arange(size, dtype=np.int64)[:, None] * count
+    return np.bincount((drawn + offsets).ravel(), minlength=size * count).reshape(size, count)
+
+
+def _plan(kind: str, outputs: np.ndarray, targets: np.ndarray) -> _Plan:
     if kind == "classification":
         return _classification(outputs, targets)
     if kind == "multilabel":
@@ -83,29 +149,93 @@ def _row_statistics(
     return _regression(outputs, targets)
 
 
-def _classification(
-    logits: np.ndarray, targets: np.ndarray
-) -> tuple[_Cells, Callable[[np.ndarray], Metrics]]:
-    classes = logits.shape[1]
+def _classification(logits: np.ndarray, targets: np.ndarray) -> _Plan:
+    classes, count = logits.shape[1], len(targets)
+    targets = targets.astype(np.int64)
     # Each row's cell of the confusion matrix (true class, predicted class): a resample's counts
     # of the cells are its confusion matrix.
-    cells = targets.astype(np.int64) * classes + logits.argmax(axis=1)
+    cells = targets * classes + logits.argmax(axis=1)
+    log_probs = log_softmax(logits.astype(np.float64), axis=1)
+    bins, confidence, correct = confidence_bins(log_probs, targets)
+    in_bin = np.eye(ECE_BINS)[bins]
+    columns = [-log_probs[np.arange(count), targets][:, None],  # log loss
+               in_bin * (confidence - correct)[:, None]]  # each bin's confidence-accuracy gap
+    top_k = classes >= TOP_K_FROM_CLASSES
+    if top_k:
+        columns.append(top_k_hits(logits, targets, TOP_K)[:, None].astype(np.float64))
+    scored = _auroc_classes(targets, classes)
+    auroc = None if scored is None else _auroc_components(log_probs, targets, scored)
+    if auroc is not None and scored is not None:
+        positives = np.bincount(targets, minlength=classes)[scored].astype(np.float64)
+        auroc_full = auroc[:, 0::2].sum(axis=0) / positives  # each class's AUROC on all rows
+    rows = np.concatenate(columns, axis=1)
 
-    def summarize(counts: np.ndarray) -> Metrics:
+    def summarize(counts: np.ndarray | None, sums: np.ndarray | None) -> Metrics:
+        assert counts is not None and sums is not None
         confusion = counts.reshape(-1, classes, classes)
         hits = np.diagonal(confusion, axis1=1, axis2=2)
         actual, called = confusion.sum(axis=2), confusion.sum(axis=1)
         present = (actual + called) > 0  # scikit-learn averages over the labels it sees
         f1 = _ratio(2 * hits, actual + called)
-        return {"accuracy": hits.sum(axis=1) / len(cells),
-                "macro_f1": (f1 * present).sum(axis=1) / present.sum(axis=1)}
+        seen = actual > 0  # balanced accuracy: the recall of each class the truth has
+        metrics = {
+            "accuracy": hits.sum(axis=1) / count,
+            "macro_f1": (f1 * present).sum(axis=1) / present.sum(axis=1),
+            "balanced_accuracy": (_ratio(hits, actual) * seen).sum(axis=1) / seen.sum(axis=1),
+            "log_loss": sums[:, 0] / count,
+            "ece": np.abs(sums[:, 1:1 + ECE_BINS]).sum(axis=1) / count,
+        }
+        at = 1 + ECE_BINS
+        if top_k:
+            metrics[f"top_{TOP_K}_accuracy"] = sums[:, at] / count
+            at += 1
+        if auroc is not None:
+            parts = sums[:, at:].reshape(len(sums), -1, 2)
+            positive = actual[:, scored]
+            per_class = (_ratio(parts[..., 0], positive)
+                         + _ratio(parts[..., 1], count - positive) - auroc_full)
+            metrics["auroc"] = np.clip(per_class.mean(axis=1), 0.0, 1.0)  # linearized: may stray
+        return metrics
 
-    return _Cells(cells, classes * classes), summarize
+    return _Plan(_Cells(cells, classes * classes), rows, summarize, coarse=auroc)
 
 
-def _multilabel(
-    logits: np.ndarray, targets: np.ndarray
-) -> tuple[np.ndarray, Callable[[np.ndarray], Metrics]]:
+def _auroc_classes(targets: np.ndarray, classes: int) -> list[int] | None:
+    """The classes whose one-vs-rest AUROCs are averaged (class 1 alone with two classes), or
+    None: no AUROC, or too many classes for its interval."""
+    present = auroc_classes(targets, classes)
+    if not present or classes > AUROC_INTERVAL_CLASSES:
+        return None
+    return [1] if classes == 2 else present
+
+
+def _auroc_components(
+    log_probs: np.ndarray, targets: np.ndarray, scored: list[int]
+) -> np.ndarray:
+    """Per row and scored class c: [positive x V10, negative x V01] (float32), where V10 is the
+    share of negatives a positive row outranks (ties half) and V01 the share of positives a
+    negative row is outranked by; each has the AUROC A as its mean. To first order a resample's
+    AUROC is mean V10 over its positives + mean V01 over its negatives - A (the U-statistic's
+    projection; DeLong et al. 1988)."""
+    binary = log_probs.shape[1] == 2
+    columns = []
+    for c in scored:
+        score = log_probs[:, 1] - log_probs[:, 0] if binary else log_probs[:, c]
+        order = np.argsort(score, kind="stable")
+        ranked, positive = score[order], targets[order] == c  # in score order: the lookups
+        pos, neg = ranked[positive], ranked[~positive]  # below walk memory in order
+        neg_left, neg_right = (np.searchsorted(neg, ranked, side) for side in ("left", "right"))
+        pos_left, pos_right = (np.searchsorted(pos, ranked, side) for side in ("left", "right"))
+        below = (neg_left + 0.5 * (neg_right - neg_left)) / len(neg)
+        above = (len(pos) - pos_right + 0.5 * (pos_right - pos_left)) / len(pos)
+        pair = np.empty((len(score), 2))
+        pair[order, 0] = np.where(positive, below, 0.0)
+        pair[order, 1] = np.where(positive, 0.0, above)
+        columns += [pair[:, 0], pair[:, 1]]
+    return np.stack(columns, axis=1).astype(np.float32)
+
+
+def _multilabel(logits: np.ndarray, targets: np.ndarray) -> _Plan:
     predicted = logits > 0
     truth = targets > 0.5
     labels = truth.shape[1]
@@ -113,34 +243,34 @@ def _multilabel(
         predicted & truth, predicted & ~truth, ~predicted & truth,
         (predicted == truth).all(axis=1, keepdims=True),
     ], axis=1).astype(np.float32)
+    count = len(rows)
 
-    def summarize(sums: np.ndarray) -> Metrics:
+    def summarize(counts: np.ndarray | None, sums: np.ndarray | None) -> Metrics:
+        assert sums is not None
         tp, fp, fn = (sums[:, i * labels:(i + 1) * labels] for i in range(3))
         micro = _ratio(2 * tp.sum(axis=1), 2 * tp.sum(axis=1) + fp.sum(axis=1) + fn.sum(axis=1))
         macro = _ratio(2 * tp, 2 * tp + fp + fn).mean(axis=1)
-        count = len(rows)
         return {"micro_f1": micro, "macro_f1": macro, "subset_accuracy": sums[:, -1] / count}
 
-    return rows, summarize
+    return _Plan(None, rows, summarize)
 
 
-def _regression(
-    predictions: np.ndarray, targets: np.ndarray
-) -> tuple[np.ndarray, Callable[[np.ndarray], Metrics]]:
+def _regression(predictions: np.ndarray, targets: np.ndarray) -> _Plan:
     predicted = predictions.reshape(-1).astype(np.float64)
     truth = targets.reshape(-1).astype(np.float64)
     error = predicted - truth
     rows = np.stack([error**2, np.abs(error), truth, truth**2], axis=1)
     count = len(rows)
 
-    def summarize(sums: np.ndarray) -> Metrics:
+    def summarize(counts: np.ndarray | None, sums: np.ndarray | None) -> Metrics:
+        assert sums is not None
         squared, absolute, total, total_sq = (sums[:, i] for i in range(4))
         spread = total_sq - total**2 / count  # the resample's sum of squared deviations
         r2 = 1.0 - _ratio(squared, spread, empty=np.inf)
         return {"rmse": np.sqrt(squared / count), "mae": absolute / count,
                 "r2": np.where(spread > 0, r2, 0.0)}
 
-    return rows, summarize
+    return _Plan(None, rows, summarize)
 
 
 def _ratio(top: np.ndarray, bottom: np.ndarray, *, empty: float = 0.0) -> np.ndarray:
@@ -153,9 +283,9 @@ def scored_with_intervals(
     kind: str, outputs: np.ndarray, targets: np.ndarray, *, seed: int = 0
 ) -> dict[str, dict[str, float | list[float]]]:
     """{metric: {"value": v, "ci95": [low, high]}}: metrics.json's form of a part's scores."""
-    from tunesmith.evaluate.metrics import task_metrics
+    from tunesmith.evaluate.metrics import evaluation_metrics
 
-    values = task_metrics(kind, outputs, targets)
+    values = evaluation_metrics(kind, outputs, targets)
     intervals = bootstrap_intervals(kind, outputs, targets, seed=seed) if len(targets) else {}
     return {
         name: {"value": value, **({"ci95": list(intervals[name])} if name in intervals else {})}

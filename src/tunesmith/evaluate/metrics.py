@@ -5,20 +5,35 @@
 | classification | logits (n, classes) | accuracy, macro-F1 | accuracy (higher is better) |
 | multilabel | logits (n, classes); 0 is p = 0.5 | micro-F1, macro-F1, subset accuracy | micro-F1 |
 | regression | predictions (n, 1), target units | RMSE, MAE, R² | RMSE (lower is better) |
+
+These are what every epoch and trial is scored on. The evaluation of the final model reports more
+(`evaluation_metrics`): for classification balanced accuracy, log loss, AUROC (binary, or the
+one-vs-rest macro average) and top-5 accuracy from 10 classes on; for multilabel the mean average
+precision; and a per-class table (`per_class`).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import expit, log_softmax
 from sklearn.metrics import (
     accuracy_score,
+    average_precision_score,
+    balanced_accuracy_score,
     f1_score,
     mean_absolute_error,
     mean_squared_error,
+    precision_recall_fscore_support,
     r2_score,
+    roc_auc_score,
 )
+
+TOP_K = 5
+TOP_K_FROM_CLASSES = 10  # top-5 accuracy says something only with many classes
+ECE_BINS = 15
 
 
 @dataclass(frozen=True)
@@ -90,17 +105,105 @@ def regression_metrics(predictions: np.ndarray, targets: np.ndarray) -> dict[str
     }
 
 
-def majority_baseline(
-    kind: str, train_targets: np.ndarray, test_targets: np.ndarray
-) -> dict[str, float]:
-    """What a model that ignores its input scores on the test part: the most frequent training
-    class, each label the training part mostly has, or the training mean."""
+def evaluation_metrics(kind: str, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    """What the evaluation of a final model reports for a part: `task_metrics` and the rest."""
+    metrics = task_metrics(kind, outputs, targets)
     if kind == "classification":
-        majority = np.bincount(train_targets.astype(int)).argmax()
-        return {"accuracy": float(np.mean(test_targets == majority))}
-    if kind == "multilabel":
-        usual = (train_targets.mean(axis=0) > 0.5).astype(float)
-        logits = np.where(np.broadcast_to(usual, test_targets.shape) > 0, 1.0, -1.0)
-        return multilabel_metrics(logits, test_targets)
-    mean = float(np.mean(train_targets))
-    return regression_metrics(np.full(len(test_targets), mean), test_targets)
+        metrics.update(_more_classification(outputs, targets))
+    elif kind == "multilabel":
+        average_precision = mean_average_precision(outputs, targets)
+        if average_precision is not None:
+            metrics["mean_average_precision"] = average_precision
+    return metrics
+
+
+def _more_classification(logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    targets = targets.astype(int)
+    log_probs = log_softmax(logits.astype(np.float64), axis=1)
+    classes = logits.shape[1]
+    with warnings.catch_warnings():  # "y_pred contains classes not in y_true": as intended
+        warnings.simplefilter("ignore", UserWarning)
+        balanced = float(balanced_accuracy_score(targets, logits.argmax(axis=1)))
+    metrics = {
+        "balanced_accuracy": balanced,
+        "log_loss": float(-log_probs[np.arange(len(targets)), targets].mean()),
+        "ece": expected_calibration_error(log_probs, targets),
+    }
+    auroc = auroc_ovr(log_probs, targets)
+    if auroc is not None:
+        metrics["auroc"] = auroc
+    if classes >= TOP_K_FROM_CLASSES:
+        metrics[f"top_{TOP_K}_accuracy"] = float(np.mean(top_k_hits(logits, targets, TOP_K)))
+    return metrics
+
+
+def confidence_bins(log_probs: np.ndarray, targets: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(each row's bin of its top probability among `ECE_BINS` equal bins of [0, 1], that
+    probability, whether its class is right)."""
+    confidence = np.exp(log_probs.max(axis=1))
+    correct = (log_probs.argmax(axis=1) == targets).astype(np.float64)
+    bins = np.minimum((confidence * ECE_BINS).astype(int), ECE_BINS - 1)
+    return bins, confidence, correct
+
+
+def expected_calibration_error(log_probs: np.ndarray, targets: np.ndarray) -> float:
+    """ECE (Guo et al. 2017): over 15 equal-width bins of the top probability, the row-weighted
+    gap between the mean confidence and the accuracy of each bin."""
+    bins, confidence, correct = confidence_bins(log_probs, targets.astype(int))
+    gaps = np.bincount(bins, confidence - correct, minlength=ECE_BINS)
+    return float(np.abs(gaps).sum() / max(1, len(targets)))
+
+
+def top_k_hits(logits: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
+    """Whether each row's true class is among its k highest outputs."""
+    top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+    hits: np.ndarray = (top == targets[:, None]).any(axis=1)
+    return hits
+
+
+def auroc_classes(targets: np.ndarray, classes: int) -> list[int]:
+    """The classes an AUROC can be computed for: present, and not every row's."""
+    counts = np.bincount(targets, minlength=classes)
+    return [c for c in range(classes) if 0 < counts[c] < len(targets)]
+
+
+def auroc_ovr(log_probs: np.ndarray, targets: np.ndarray) -> float | None:
+    """The area under the ROC curve: of class 1's probability with two classes, else the macro
+    average of each class against the rest (scikit-learn's `multi_class="ovr"`), over the
+    classes present in `targets`; None when fewer than two classes are present."""
+    classes = log_probs.shape[1]
+    present = auroc_classes(targets, classes)
+    if not present:
+        return None
+    if classes == 2:
+        return float(roc_auc_score(targets, log_probs[:, 1] - log_probs[:, 0]))
+    return float(np.mean([roc_auc_score(targets == c, log_probs[:, c]) for c in present]))
+
+
+def mean_average_precision(logits: np.ndarray, targets: np.ndarray) -> float | None:
+    """Average precision of each label's score, averaged over labels that have a positive."""
+    truth = targets > 0.5
+    labels = [j for j in range(truth.shape[1]) if truth[:, j].any()]
+    if not labels:
+        return None
+    scores = expit(logits.astype(np.float64))
+    return float(np.mean([average_precision_score(truth[:, j], scores[:, j]) for j in labels]))
+
+
+def per_class(
+    kind: str, outputs: np.ndarray, targets: np.ndarray, classes: list[str]
+) -> list[dict[str, float | int | str]]:
+    """Precision, recall, F1 and support of each class (each label, for multilabel)."""
+    if kind == "classification":
+        truth, predicted = targets.astype(int), outputs.argmax(axis=1)
+    else:
+        truth, predicted = (targets > 0.5).astype(int), (outputs > 0).astype(int)
+    labels = list(range(len(classes))) if kind == "classification" else None
+    precision, recall, f1, support = precision_recall_fscore_support(
+        truth, predicted, labels=labels, zero_division=0)
+    return [
+        {"label": name, "precision": float(p), "recall": float(r), "f1": float(f),
+         "support": int(n)}
+        for name, p, r, f, n in zip(classes, precision, recall, f1, support, strict=True)
+    ]

@@ -40,8 +40,10 @@ def save_bundle(
     classes: list[str],
     head: dict[str, Any],
     inputs: dict[str, Any],
+    temperature: float | None = None,
 ) -> None:
-    """Write `model` as a bundle at `folder`, replacing an old bundle only once it is complete."""
+    """Write `model` as a bundle at `folder`, replacing an old bundle only once it is complete.
+    `temperature` divides a classifier's outputs before the softmax (fitted on validation)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
@@ -56,6 +58,7 @@ def save_bundle(
             "preprocessing": model.backbone.preprocessing(),
             "inputs": inputs,
             "weights_sha256": file_sha256(staging / WEIGHTS),
+            "temperature": temperature,
             # Several models of this architecture whose averaged outputs are the prediction.
             "ensemble": {"members": len(model.members), "kind": model.kind}
             if isinstance(model, Ensemble) else None,

@@ -39,6 +39,7 @@ class Predictor:
         self.manifest = manifest
         self.classes: list[str] = list(manifest["classes"])
         self.task: str = manifest["task"]
+        self.temperature = float(manifest.get("temperature") or 1.0)
         tabular = manifest["inputs"].get("tabular")
         self.tabular = TabularEncoding.from_dict(tabular) if tabular else None
 
@@ -73,8 +74,8 @@ class Predictor:
     def predict_proba(
         self, inputs: Sequence[Any] | pd.DataFrame, *, batch_size: int = 64
     ) -> np.ndarray:
-        """Probabilities, one row per input, columns in `classes` (softmax, or one sigmoid per
-        label for multilabel)."""
+        """Probabilities, one row per input, columns in `classes` (softmax of the outputs over
+        the bundle's temperature, or one sigmoid per label for multilabel)."""
         if self.kind == "regression":
             raise TunesmithError(
                 "a regression model predicts numbers, not probabilities",
@@ -84,7 +85,7 @@ class Predictor:
         logits = torch.from_numpy(self.outputs(inputs, batch_size=batch_size))
         if self.kind == "multilabel":
             return torch.sigmoid(logits).numpy()
-        return torch.softmax(logits, dim=1).numpy()
+        return torch.softmax(logits / self.temperature, dim=1).numpy()
 
     def predict(self, inputs: Sequence[Any] | pd.DataFrame) -> list[Any]:
         """A class per input, a tuple of labels (multilabel), or a number (regression)."""

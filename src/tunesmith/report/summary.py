@@ -37,3 +37,25 @@ def _shown(score: dict[str, Any] | None) -> str:
     interval = score.get("ci95")
     shown = f"{score['value']:.4f}"
     return shown + (f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "")
+
+
+def baselines_ahead(metrics: dict[str, Any]) -> list[str]:
+    """A plain sentence for each baseline that beats the fine-tuned model on validation: by how
+    much (baseline minus model), with the paired interval of the difference."""
+    from tunesmith.evaluate.metrics import objective_for
+
+    primary = metrics["primary_metric"]
+    greater = objective_for(metrics["task"].split("-", 1)[1]).greater_is_better
+    lines = []
+    for name, baseline in metrics["baselines"].items():
+        gap = baseline.get("val_difference", {}).get(primary)
+        if gap is None or (gap["value"] >= 0 if greater else gap["value"] <= 0):
+            continue
+        interval = gap.get("ci95")
+        shown = f" (95% interval [{-interval[1]:+.4f}, {-interval[0]:+.4f}])" if interval else ""
+        lines.append(
+            f"the {name} baseline ({baseline['about']}) beats the fine-tuned model on "
+            f"validation: {primary} {baseline['val'][primary]:.4f} against "
+            f"{baseline['val'][primary] + gap['value']:.4f}, a difference of {-gap['value']:+.4f}"
+            f"{shown}")
+    return lines

@@ -1,0 +1,556 @@
+"""`report.html`: one self-contained page about a run, readable offline.
+
+Everything comes from the run folder (`config.yaml`, `metrics.json`, `data_report.json`,
+`predictions.npz`, `test_predictions.csv`, the study and the trials' `metrics.jsonl`), so
+`tunesmith report RUN_DIR` rebuilds the page at any time. Charts are Matplotlib figures embedded as
+PNG data URLs and images as thumbnails; no script, font or style is fetched. A section whose
+inputs are missing says which file is missing instead of failing the page.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from tunesmith.errors import TunesmithError
+
+REPORT = "report.html"
+WORST_ERRORS = 12
+LEARNING_CURVES = 5  # the best trials drawn
+
+
+@dataclass(frozen=True)
+class Section:
+    title: str
+    body: str  # HTML
+
+
+class Missing(Exception):
+    """A section's input is not in the run folder."""
+
+
+def write_report(run_dir: Path) -> Path:
+    """Build `run_dir/report.html` from the run folder; returns its path."""
+    from tunesmith.io import write_text
+
+    run = _Run(run_dir)
+    sections = [_section(title, build, run) for title, build in SECTIONS]
+    page = _PAGE.format(title=html.escape(f"tunesmith: {run.name}"), name=html.escape(run.name),
+                        task=html.escape(str(run.metrics.get("task", "unknown task"))),
+                        toc="".join(f'<li><a href="#s{i}">{html.escape(s.title)}</a></li>'
+                                    for i, s in enumerate(sections)),
+                        sections="".join(
+                            f'<section id="s{i}"><h2>{html.escape(s.title)}</h2>{s.body}</section>'
+                            for i, s in enumerate(sections)))
+    path = run_dir / REPORT
+    write_text(path, page)
+    return path
+
+
+class _Run:
+    """The run folder's files, each read once when a section first asks for it."""
+
+    def __init__(self, run_dir: Path) -> None:
+        if not (run_dir / "config.yaml").is_file():
+            raise TunesmithError(
+                f"{run_dir} is not a tunesmith run folder (no config.yaml)", file=run_dir,
+                field="RUN_DIR", fix="give the folder `tunesmith run` wrote (runs/NAME)")
+        self.dir = run_dir
+        self.name = run_dir.name
+        self._cache: dict[str, Any] = {}
+        try:
+            self.metrics: dict[str, Any] = self.json("metrics.json")
+        except Missing:
+            self.metrics = {}
+
+    def file(self, name: str) -> Path:
+        path = self.dir / name
+        if not path.exists():
+            raise Missing(name)
+        return path
+
+    def json(self, name: str) -> Any:
+        if name not in self._cache:
+            self._cache[name] = json.loads(self.file(name).read_text())
+        return self._cache[name]
+
+    def config(self) -> dict[str, Any]:
+        if "config" not in self._cache:
+            self._cache["config"] = yaml.safe_load(self.file("config.yaml").read_text())
+        return dict(self._cache["config"])
+
+    def predictions(self) -> dict[str, np.ndarray]:
+        from tunesmith.api import PREDICTIONS
+
+        if PREDICTIONS not in self._cache:
+            with np.load(self.file(PREDICTIONS)) as arrays:
+                self._cache[PREDICTIONS] = {k: arrays[k] for k in arrays.files}
+        return dict(self._cache[PREDICTIONS])
+
+    def needs_metrics(self) -> dict[str, Any]:
+        if not self.metrics:
+            raise Missing("metrics.json")
+        return self.metrics
+
+    @property
+    def kind(self) -> str:
+        return str(self.needs_metrics()["task"]).split("-", 1)[1]
+
+    @property
+    def classes(self) -> list[str]:
+        return [str(c) for c in self.json("data_report.json").get("classes") or []]
+
+
+def _section(title: str, build: Callable[[_Run], str], run: _Run) -> Section:
+    try:
+        return Section(title, build(run))
+    except Missing as missing:
+        return Section(title, f'<p class="missing">Not shown: {html.escape(str(missing))} is '
+                              f"missing from the run folder.</p>")
+
+
+# ------------------------------------------------------------------------------------------------
+# sections
+
+
+def _summary(run: _Run) -> str:
+    metrics = run.needs_metrics()
+    primary = metrics["primary_metric"]
+    parts = metrics.get("test_rows")
+    search = metrics.get("search", {})
+    facts = [
+        ("task", metrics["task"]),
+        ("test rows", parts),
+        ("wall time", f"{metrics.get('wall_s', 0):.0f} s"),
+        ("budget", _budget(run.config().get("search", {}))),
+        ("trials", f"{search.get('trials_completed', 0)} completed, "
+                   f"{search.get('trials_pruned', 0)} pruned"),
+        ("best trial", search.get("best_trial")),
+        ("backbone", run.config().get("model", {}).get("backbone")),
+        ("precision", metrics.get("train", {}).get("precision")),
+    ]
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in facts)
+    baselines = metrics.get("baselines", {})
+    names = list(baselines)
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    table = []
+    for metric, score in metrics["test"].items():
+        cells = []
+        for name in names:
+            baseline = baselines[name]
+            if metric not in baseline:
+                cells.append("<td>–</td>")
+                continue
+            gap = baseline.get("difference", {}).get(metric, {})
+            cells.append(f"<td>{baseline[metric]:.4f}<br><small>model {_signed(gap)}</small>"
+                         "</td>")
+        label = metric + (" (primary)" if metric == primary else "")
+        table.append(f"<tr><th>{html.escape(label)}</th><td><b>{_interval(score)}</b></td>"
+                     f"<td>{_interval(metrics['val'].get(metric))}</td>{''.join(cells)}</tr>")
+    from tunesmith.report.summary import baselines_ahead
+
+    ahead = "".join(f'<p class="warn">{html.escape(line)}</p>' for line in
+                    baselines_ahead(metrics))
+    best = search.get("best_params") or {}
+    params = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_short(v))}</td></tr>"
+                     for k, v in best.items())
+    calibration = metrics.get("calibration")
+    calibrated = ""
+    if calibration and calibration.get("fitted", True):
+        calibrated = (
+            f"<p>Probabilities are calibrated by a temperature of "
+            f"{calibration['temperature']:.3f} fitted on validation (validation ECE "
+            f"{calibration['val_ece_before']:.4f} before, {calibration['val_ece_after']:.4f} "
+            f"after); the bundle applies it.</p>")
+    elif calibration:
+        calibrated = ("<p>No temperature was fitted: validation cannot pin one down (every "
+                      "validation row is right, or the best lies at an end of the range).</p>")
+    chosen = _chosen_model(search)
+    return (
+        f'<table class="facts">{rows}</table>{ahead}'
+        f"<h3>Test metrics, with 95% bootstrap intervals, against the baselines</h3>"
+        f"<p>Each baseline cell gives its test score and the fine-tuned model's paired "
+        f"difference from it (model minus baseline, 95% interval).</p>"
+        f"<table><tr><th>metric</th><th>test</th><th>val</th>{head}</tr>{''.join(table)}"
+        f"</table>{calibrated}<p>{html.escape(chosen)}</p>"
+        + (f"<h3>Best configuration</h3><table>{params}</table>" if params else "")
+    )
+
+
+def _budget(search: dict[str, Any]) -> str:
+    if search.get("budget"):
+        return f"{search['budget']:.0f} s" if isinstance(search["budget"], int | float) else str(
+            search["budget"])
+    trials = search.get("trials") or 1
+    return f"{trials} trials" if trials > 1 else "none (the recipe alone)"
+
+
+def _chosen_model(search: dict[str, Any]) -> str:
+    soup, ensemble = search.get("soup") or {}, search.get("ensemble") or {}
+    if soup.get("used"):
+        return f"The final model is a weight soup of trials {soup['ingredients']}."
+    if ensemble.get("used"):
+        return f"The final model is an ensemble of trials {ensemble['members']}."
+    if search.get("folds", 1) > 1:
+        return (f"The final model is the ensemble of trial {search.get('best_trial')}'s "
+                f"{search['folds']} fold models.")
+    return f"The final model is trial {search.get('best_trial', 0)}'s best checkpoint."
+
+
+def _data(run: _Run) -> str:
+    report = run.json("data_report.json")
+    trained = report.get("trained_on", {})
+    rows = "".join(
+        f"<tr><th>{html.escape(name)}</th><td>{part['rows']}</td><td>"
+        + html.escape(", ".join(f"{k}: {v}" for k, v in list(part.get("label_counts", {})
+                                                              .items())[:20]))
+        + "</td></tr>" for name, part in trained.items())
+    findings = "".join(
+        f"<li><b>{html.escape(f['severity'])}</b> {html.escape(f['check'])}: "
+        f"{html.escape(f['message'])}</li>" for f in report.get("findings", []))
+    cleaning = html.escape(json.dumps(report.get("cleaning", {}), indent=1))
+    return (f"<table><tr><th>part</th><th>rows</th><th>labels</th></tr>{rows}</table>"
+            f"<h3>Findings</h3><ul>{findings or '<li>no problems found</li>'}</ul>"
+            f"<h3>Cleaning</h3><pre>{cleaning}</pre>")
+
+
+def _learning_curves(run: _Run) -> str:
+    metrics = run.needs_metrics()
+    primary = metrics["primary_metric"]
+    trials_dir = run.file("trials")
+    curves: dict[int, list[tuple[int, float, float]]] = {}
+    for folder in trials_dir.iterdir():
+        log = folder / "metrics.jsonl"
+        if not folder.name.isdigit():
+            continue
+        if not log.is_file():
+            log = folder / "fold-0" / "metrics.jsonl"
+        if not log.is_file():
+            continue
+        points = []
+        for line in log.read_text().splitlines():
+            record = json.loads(line)
+            if record.get("event") == "epoch" and f"val_{primary}" in record:
+                points.append((record["epoch"], record["train_loss"], record[f"val_{primary}"]))
+        if points:
+            curves[int(folder.name)] = points
+    if not curves:
+        raise Missing("trials/N/metrics.jsonl")
+    greater = primary not in {"rmse", "mae"}
+    best = sorted(curves, key=lambda n: max(p[2] for p in curves[n]) if greater
+                  else -min(p[2] for p in curves[n]), reverse=True)[:LEARNING_CURVES]
+    plt = _pyplot()
+
+    figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for number in best:
+        epochs, losses, scores = zip(*curves[number], strict=True)
+        loss_axis.plot(epochs, losses, marker="o", label=f"trial {number}")
+        metric_axis.plot(epochs, scores, marker="o", label=f"trial {number}")
+    loss_axis.set(title="train loss", xlabel="epoch")
+    metric_axis.set(title=f"val {primary}", xlabel="epoch")
+    metric_axis.legend(fontsize=8)
+    return _figure(figure, "learning curves")
+
+
+def _search_history(run: _Run) -> str:
+    import optuna
+
+    metrics = run.needs_metrics()
+    search = metrics.get("search", {})
+    study_name = search.get("study")
+    if study_name is None:
+        return "<p>This run trained the recipe alone: there was no search.</p>"
+    if not str(search.get("storage", "sqlite")).startswith("sqlite"):
+        return (f"<p>The study lives in {html.escape(str(search['storage']))}; trials "
+                f"{search.get('trials_completed', 0)} completed, best trial "
+                f"{search.get('best_trial')}.</p>")
+    storage = f"sqlite:///{run.file('study.db')}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError as error:
+        raise Missing(f"the study {study_name!r} in study.db") from error
+    trials = [t for t in study.get_trials(deepcopy=False) if t.value is not None]
+    if not trials:
+        raise Missing("a trial with a value in study.db")
+    plt = _pyplot()
+
+    figure, axis = plt.subplots(figsize=(7, 3.4))
+    numbers = [t.number for t in trials]
+    values = [float(t.value) for t in trials if t.value is not None]
+    axis.scatter(numbers, values, label="trial")
+    greater = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    running = np.maximum.accumulate(values) if greater else np.minimum.accumulate(values)
+    axis.step(numbers, running, where="post", color="tab:orange", label="best so far")
+    axis.set(xlabel="trial", ylabel=f"val {metrics['primary_metric']}", title="search history")
+    axis.legend(fontsize=8)
+    body = _figure(figure, "search history")
+    body += _importances(study)
+    return body
+
+
+def _importances(study: Any) -> str:
+    import optuna
+    from optuna.importance import FanovaImportanceEvaluator
+
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(complete) < 3:
+        return ("<p>Parameter importances need at least 3 completed trials; this study has "
+                f"{len(complete)}.</p>")
+    try:
+        importances = optuna.importance.get_param_importances(
+            study, evaluator=FanovaImportanceEvaluator(seed=0))
+    except (RuntimeError, ValueError) as error:  # e.g. no parameter varied across trials
+        return f"<p>Parameter importances could not be computed: {html.escape(str(error))}</p>"
+    if not importances:
+        return "<p>No parameter varied across the completed trials.</p>"
+    plt = _pyplot()
+
+    names = list(importances)[::-1]
+    figure, axis = plt.subplots(figsize=(7, 0.35 * len(names) + 1.2))
+    axis.barh(names, [importances[n] for n in names])
+    axis.set(title="parameter importances (fANOVA)", xlabel="share of the variance")
+    return _figure(figure, "parameter importances")
+
+
+def _errors_charts(run: _Run) -> str:
+    arrays = run.predictions()
+    outputs, targets = arrays["test_outputs"], arrays["test_targets"]
+    kind = run.kind
+    plt = _pyplot()
+
+    if kind == "regression":
+        figure, axis = plt.subplots(figsize=(4.8, 4.4))
+        axis.scatter(targets.reshape(-1), outputs.reshape(-1), s=8, alpha=0.6)
+        low = float(min(targets.min(), outputs.min()))
+        high = float(max(targets.max(), outputs.max()))
+        axis.plot([low, high], [low, high], color="gray", linestyle="--")
+        axis.set(xlabel="true", ylabel="predicted", title="test: predicted against true")
+        return _figure(figure, "predicted against true")
+    if kind == "multilabel":
+        raise Missing("a confusion matrix for multilabel tasks (see the per-class table)")
+    from sklearn.metrics import confusion_matrix
+
+    classes = run.classes
+    labels = list(range(outputs.shape[1]))
+    confusion = confusion_matrix(targets.astype(int), outputs.argmax(axis=1), labels=labels)
+    size = min(12.0, 2.5 + 0.45 * len(labels))
+    figure, axis = plt.subplots(figsize=(size, size * 0.85))
+    image = axis.imshow(confusion, cmap="Blues")
+    figure.colorbar(image, ax=axis)
+    if len(labels) <= 30:
+        names = classes if len(classes) == len(labels) else [str(i) for i in labels]
+        axis.set_xticks(labels, names, rotation=90, fontsize=8)
+        axis.set_yticks(labels, names, fontsize=8)
+        for i in labels:
+            for j in labels:
+                if confusion[i, j]:
+                    axis.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7,
+                              color="white" if confusion[i, j] > confusion.max() / 2 else "black")
+    axis.set(xlabel="predicted", ylabel="true", title="test confusion matrix")
+    return _figure(figure, "confusion matrix")
+
+
+def _reliability(run: _Run) -> str:
+    from tunesmith.evaluate.calibration import reliability
+
+    if run.kind != "classification":
+        raise Missing("a reliability diagram for this task (classification only)")
+    arrays = run.predictions()
+    outputs, targets = arrays["test_outputs"], arrays["test_targets"]
+    temperature = float((run.metrics.get("calibration") or {}).get("temperature", 1.0))
+    plt = _pyplot()
+
+    figure, axis = plt.subplots(figsize=(5.2, 4.4))
+    axis.plot([0, 1], [0, 1], color="gray", linestyle="--", label="perfect")
+    after = reliability(outputs, targets)
+    label = "accuracy per bin" + (f" (T = {temperature:.2f})" if temperature != 1.0 else "")
+    axis.bar([(p["low"] + p["high"]) / 2 for p in after], [p["accuracy"] for p in after],
+             width=1 / 15, alpha=0.6, edgecolor="tab:blue", label=label)
+    if temperature != 1.0:
+        before = reliability(outputs * temperature, targets)
+        axis.plot([p["confidence"] for p in before], [p["accuracy"] for p in before],
+                  marker="o", color="tab:red", label="before the temperature")
+    axis.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
+             title="test reliability (15 bins)")
+    axis.legend(fontsize=8)
+    ece = run.metrics.get("test", {}).get("ece")
+    note = f"<p>Test ECE after the temperature: {_interval(ece)}.</p>" if ece else ""
+    return _figure(figure, "reliability diagram") + note
+
+
+def _per_class(run: _Run) -> str:
+    table = run.needs_metrics().get("per_class")
+    if not table:
+        raise Missing("a per-class table (regression has none)")
+    rows = "".join(
+        f"<tr><th>{html.escape(str(r['label']))}</th><td>{r['precision']:.3f}</td>"
+        f"<td>{r['recall']:.3f}</td><td>{r['f1']:.3f}</td><td>{r['support']}</td></tr>"
+        for r in table)
+    return ("<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>"
+            f"<th>support</th></tr>{rows}</table>")
+
+
+def _worst_errors(run: _Run) -> str:
+    import pandas as pd
+
+    from tunesmith.api import TEST_PREDICTIONS
+
+    table = pd.read_csv(run.file(TEST_PREDICTIONS), dtype={"label": str, "predicted": str}
+                        if run.kind != "regression" else None, keep_default_na=False)
+    if run.kind == "regression":
+        table["error"] = (table["predicted"].astype(float) - table["label"].astype(float)).abs()
+        worst = table.sort_values("error", ascending=False).head(WORST_ERRORS)
+    else:
+        wrong = table[table["label"] != table["predicted"]]
+        if "probability" in wrong:
+            wrong = wrong.sort_values("probability", ascending=False)
+        worst = wrong.head(WORST_ERRORS)
+    if worst.empty:
+        return "<p>No test row is wrong.</p>"
+    image = run.json("data_report.json").get("task", "").startswith("image")
+    rows = []
+    for _, row in worst.iterrows():
+        shown = html.escape(str(row.get("id", "")))
+        if "input" in row:
+            shown = _thumbnail(Path(str(row["input"]))) if image else html.escape(
+                str(row["input"])[:400])
+        confidence = (f"{float(row['probability']):.3f}" if "probability" in row
+                      else f"{float(row.get('error', 0)):.4g}")
+        rows.append(f"<tr><td>{shown}</td><td>{html.escape(str(row['label']))}</td>"
+                    f"<td>{html.escape(str(row['predicted']))}</td><td>{confidence}</td></tr>")
+    last = "probability" if "probability" in worst else "absolute error"
+    return (f"<p>The test rows the model got most confidently wrong.</p><table><tr><th>input"
+            f"</th><th>label</th><th>predicted</th><th>{last}</th></tr>{''.join(rows)}</table>")
+
+
+def _thumbnail(path: Path) -> str:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            small = image.convert("RGB")
+            small.thumbnail((96, 96))
+            buffer = io.BytesIO()
+            small.save(buffer, format="PNG")
+    except OSError:
+        return f"<i>{html.escape(path.name)} (unreadable)</i>"
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return f'<img class="thumb" alt="{html.escape(path.name)}" src="data:image/png;base64,{data}">'
+
+
+def _versions(run: _Run) -> str:
+    versions = dict(run.needs_metrics().get("versions", {}))
+    import platform
+
+    versions.setdefault("python", platform.python_version())
+
+    return "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+                               for k, v in versions.items()) + "</table>"
+
+
+SECTIONS: list[tuple[str, Callable[[_Run], str]]] = [
+    ("Summary", _summary),
+    ("Data", _data),
+    ("Learning curves of the best trials", _learning_curves),
+    ("Search history and parameter importances", _search_history),
+    ("Errors", _errors_charts),
+    ("Calibration", _reliability),
+    ("Per class", _per_class),
+    ("Worst errors", _worst_errors),
+    ("Versions", _versions),
+]
+
+
+# ------------------------------------------------------------------------------------------------
+# pieces
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no screen: draw to files
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _figure(figure: Any, alt: str) -> str:
+    plt = _pyplot()
+
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=96)
+    plt.close(figure)
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return f'<img class="chart" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _interval(score: dict[str, Any] | None) -> str:
+    if not score:
+        return "–"
+    interval = score.get("ci95")
+    return f"{score['value']:.4f}" + (
+        f" <small>[{interval[0]:.4f}, {interval[1]:.4f}]</small>" if interval else "")
+
+
+def _signed(gap: dict[str, Any]) -> str:
+    if not gap:
+        return "–"
+    interval = gap.get("ci95")
+    return f"{gap['value']:+.4f}" + (
+        f" [{interval[0]:+.4f}, {interval[1]:+.4f}]" if interval else "")
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.4g}"
+    return str(value)
+
+
+# The page: plain HTML and CSS; the one script checks that every chart decoded and says so in the
+# console (a browser test reads it) and in the page's data attributes.
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 0 auto; max-width: 1100px; padding: 1em 2em;
+       color: #1d2330; line-height: 1.45; }}
+h1 {{ margin-bottom: 0; }} h2 {{ border-bottom: 2px solid #dde3ee; padding-bottom: .2em;
+       margin-top: 2em; }}
+table {{ border-collapse: collapse; margin: .6em 0; }}
+th, td {{ border: 1px solid #dde3ee; padding: .3em .6em; text-align: left;
+         vertical-align: top; }}
+th {{ background: #f4f6fa; font-weight: 600; }}
+img.chart {{ max-width: 100%; display: block; margin: .6em 0; }}
+img.thumb {{ width: 64px; height: 64px; object-fit: contain; image-rendering: pixelated; }}
+.warn {{ background: #fff4d6; border-left: 4px solid #e0a800; padding: .5em .8em; }}
+.missing {{ color: #8a5a00; font-style: italic; }}
+nav ul {{ columns: 3; }} small {{ color: #5a6376; }}
+pre {{ background: #f4f6fa; padding: .6em; overflow-x: auto; font-size: 85%; }}
+</style></head>
+<body><h1>{name}</h1><p>{task} · a tunesmith run report</p>
+<nav><ul>{toc}</ul></nav>
+{sections}
+<script>
+window.addEventListener("load", function () {{
+  var images = Array.prototype.slice.call(document.images);
+  var broken = images.filter(function (i) {{ return !(i.complete && i.naturalWidth > 0); }});
+  document.body.dataset.images = String(images.length);
+  document.body.dataset.broken = String(broken.length);
+  if (broken.length) {{ console.error("tunesmith report: " + broken.length + " images failed"); }}
+}});
+</script>
+</body></html>
+"""

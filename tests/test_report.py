@@ -1,0 +1,308 @@
+"""The evaluate and report stages of a real run: baselines fitted on the same split, calibration
+the bundle applies, the predictions the report reads, `tunesmith evaluate` and `tunesmith report`,
+and the page opened in a real browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from sklearn.datasets import load_wine
+from sklearn.ensemble import HistGradientBoostingClassifier
+
+from conftest import FinishedRun, config_dict, finish_run
+from tunesmith import api
+from tunesmith.config import load_config
+
+
+@pytest.fixture(scope="module")
+def wine_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    frame = load_wine(as_frame=True).frame.rename(columns={"target": "label"})
+    path = tmp_path_factory.mktemp("wine-data") / "wine.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def wine_raw(folder: Path, csv: Path, name: str, **train: Any) -> dict[str, Any]:
+    return config_dict(folder, data_path=csv, backbone="scratch:mlp", name=name,
+                       train_settings={"epochs": 60, "precision": "fp32", **train})
+
+
+@pytest.fixture(scope="module")
+def wine_run(tmp_path_factory: pytest.TempPathFactory, wine_csv: Path) -> FinishedRun:
+    folder = tmp_path_factory.mktemp("wine-run")
+    return finish_run(folder, wine_raw(folder, wine_csv, "wine"))
+
+
+@pytest.fixture(scope="module")
+def weak_run(tmp_path_factory: pytest.TempPathFactory, wine_csv: Path) -> FinishedRun:
+    """A network that barely trains (a learning rate of 1e-7, one epoch): boosted trees beat it,
+    and its validation rows are not all right, so a temperature is fitted."""
+    folder = tmp_path_factory.mktemp("weak-run")
+    return finish_run(folder, wine_raw(folder, wine_csv, "weak", lr=1e-7, epochs=1))
+
+
+def metrics_of(run: FinishedRun) -> dict[str, Any]:
+    return dict(json.loads((run.run_dir / "metrics.json").read_text()))
+
+
+def test_a_table_run_scores_the_majority_and_boosted_trees_on_the_same_split(
+    wine_run: FinishedRun,
+) -> None:
+    metrics = metrics_of(wine_run)
+    prepared = api.prepare(load_config(wine_run.run_dir / "config.yaml"))
+    data = prepared.data
+    train_y = np.asarray(data.targets(data.train))
+    test_y = np.asarray(data.targets(data.test))
+    baselines = metrics["baselines"]
+    assert set(baselines) == {"majority", "gradient_boosting"}  # no probe of a scratch network
+    majority = np.bincount(train_y).argmax()
+    assert baselines["majority"]["accuracy"] == pytest.approx(np.mean(test_y == majority))
+    trees = HistGradientBoostingClassifier(random_state=0).fit(
+        np.asarray(prepared.inputs(data.train)), train_y)
+    predicted = trees.predict(np.asarray(prepared.inputs(data.test)))
+    boosted = baselines["gradient_boosting"]
+    assert boosted["accuracy"] == pytest.approx(np.mean(predicted == test_y))
+    # each baseline carries the model's paired difference from it on both parts
+    model = metrics["test"]["accuracy"]["value"]
+    gap = boosted["difference"]["accuracy"]
+    assert gap["value"] == pytest.approx(model - boosted["accuracy"])
+    assert gap["ci95"][0] <= gap["value"] <= gap["ci95"][1]
+    assert set(boosted["val_difference"]) >= {"accuracy", "log_loss", "auroc"}
+    # the fuller metrics of the final model, each with its interval
+    for name in ("accuracy", "balanced_accuracy", "macro_f1", "log_loss", "auroc", "ece"):
+        low, high = metrics["test"][name]["ci95"]
+        assert low <= metrics["test"][name]["value"] <= high, name
+    assert sum(row["support"] for row in metrics["per_class"]) == metrics["test_rows"]
+
+
+def test_a_temperature_fitted_on_overconfident_outputs_undoes_the_overconfidence() -> None:
+    from tunesmith.evaluate.calibration import calibrate, fit_temperature
+
+    rng = np.random.default_rng(0)
+    honest = rng.normal(0, 1.5, size=(5000, 4))  # labels drawn from softmax(honest): calibrated
+    probabilities = np.exp(honest) / np.exp(honest).sum(axis=1, keepdims=True)
+    labels = np.array([rng.choice(4, p=row) for row in probabilities])
+    assert fit_temperature(3.0 * honest, labels) == pytest.approx(3.0, rel=0.1)
+    found = calibrate(3.0 * honest, labels)
+    assert found.val_ece_after < 0.5 * found.val_ece_before
+    # every row right: the log loss falls as T goes to 0, so no temperature is fitted
+    assert fit_temperature(np.eye(4)[labels] * 5.0, labels) == 1.0
+
+
+def test_the_temperature_fitted_on_validation_is_what_the_bundle_applies(
+    weak_run: FinishedRun,
+) -> None:
+    wine_run = weak_run
+    metrics = metrics_of(wine_run)
+    temperature = metrics["calibration"]["temperature"]
+    manifest = json.loads((wine_run.run_dir / "best" / "tunesmith.json").read_text())
+    assert manifest["temperature"] == pytest.approx(temperature) and temperature > 0
+    # fitted on validation: no other temperature gives the val outputs a lower log loss
+    arrays = np.load(wine_run.run_dir / "predictions.npz")
+    assert temperature != 1.0
+    raw_val = arrays["val_outputs"] * temperature
+    targets = arrays["val_targets"].astype(int)
+
+    def val_log_loss(t: float) -> float:
+        scaled = raw_val / t
+        scaled = scaled - np.logaddexp.reduce(scaled, axis=1, keepdims=True)
+        return float(-scaled[np.arange(len(targets)), targets].mean())
+
+    assert all(val_log_loss(temperature) <= val_log_loss(temperature * f) + 1e-9
+               for f in (0.5, 0.8, 0.95, 1.05, 1.25, 2.0))
+    assert val_log_loss(temperature) <= val_log_loss(1.0) + 1e-9  # never worse than none
+    # the bundle's probabilities are the softmax of its outputs over the temperature, and the
+    # test log loss in metrics.json is theirs
+    predictor = api.load(wine_run.run_dir)
+    data = api.prepare(load_config(wine_run.run_dir / "config.yaml")).data
+    probabilities = predictor.predict_proba(data.test.features)
+    outputs = predictor.outputs(data.test.features) / temperature
+    expected = np.exp(outputs - np.logaddexp.reduce(outputs, axis=1, keepdims=True))
+    assert probabilities == pytest.approx(expected, abs=1e-6)
+    test_y = np.asarray(data.targets(data.test))
+    log_loss = -np.mean(np.log(probabilities[np.arange(len(test_y)), test_y]))
+    assert metrics["test"]["log_loss"]["value"] == pytest.approx(log_loss, abs=1e-5)
+
+
+def test_the_test_predictions_table_is_the_bundles_predictions(wine_run: FinishedRun) -> None:
+    table = pd.read_csv(wine_run.run_dir / "test_predictions.csv", dtype={"label": str,
+                                                                          "predicted": str})
+    data = api.prepare(load_config(wine_run.run_dir / "config.yaml")).data
+    assert list(table["id"].astype(str)) == [str(i) for i in data.test.ids]
+    assert list(table["label"]) == [str(label) for label in data.test.labels]
+    assert list(table["predicted"]) == [str(p) for p in api.load(wine_run.run_dir).predict(
+        data.test.features)]
+    right = np.mean(table["label"] == table["predicted"])
+    assert right == pytest.approx(metrics_of(wine_run)["test"]["accuracy"]["value"])
+
+
+def test_text_and_image_runs_fit_their_classic_baseline_and_a_linear_probe(
+    text_run: FinishedRun, image_run: FinishedRun
+) -> None:
+    for run, classic in ((text_run, "tfidf_logistic"), (image_run, "pixel_logistic")):
+        baselines = metrics_of(run)["baselines"]
+        assert set(baselines) == {"majority", classic, "linear_probe"}
+        for name, baseline in baselines.items():
+            assert 0.0 <= baseline["accuracy"] <= 1.0 and baseline["about"], name
+            assert "accuracy" in baseline["difference"] and "accuracy" in baseline["val"]
+    # the tiny texts carry their label in cue words: TF-IDF finds them
+    assert metrics_of(text_run)["baselines"]["tfidf_logistic"]["accuracy"] >= 0.9
+
+
+def test_a_baseline_that_beats_the_model_on_validation_is_said_plainly(
+    weak_run: FinishedRun,
+) -> None:
+    weak = weak_run
+    said = re.sub(r"\s+", " ", weak.result.out + weak.result.err)
+    assert "the gradient_boosting baseline (histogram gradient boosting) beats the fine-tuned " \
+           "model on validation" in said
+    match = re.search(r"the gradient_boosting baseline [^:]*: accuracy [\d.]+ against [\d.]+, "
+                      r"a difference of \+(\d\.\d+) \(95% interval \[([+-]\d\.\d+), "
+                      r"([+-]\d\.\d+)\]\)", said)
+    assert match is not None, said[-2000:]
+    metrics = metrics_of(weak)
+    gap = metrics["baselines"]["gradient_boosting"]["val_difference"]["accuracy"]
+    assert float(match.group(1)) == pytest.approx(-gap["value"], abs=1e-4)
+    page = (weak.run_dir / "report.html").read_text()
+    assert "beats the fine-tuned model on validation" in page
+
+
+def test_evaluate_rescores_the_test_part_and_new_data(
+    wine_run: FinishedRun, wine_csv: Path, tmp_path: Path, run_cli: Any
+) -> None:
+    result = run_cli(["evaluate", wine_run.run_dir])
+    assert result.code == 0, result.err
+    record = json.loads((wine_run.run_dir / "evaluations" / "test.json").read_text())
+    test = metrics_of(wine_run)["test"]
+    assert record["scores"]["accuracy"]["value"] == pytest.approx(test["accuracy"]["value"])
+    assert record["scores"]["log_loss"]["value"] == pytest.approx(test["log_loss"]["value"],
+                                                                 abs=1e-5)
+    # new labelled data in the training format: every row scored
+    fresh = pd.read_csv(wine_csv).sample(40, random_state=1)
+    fresh_path = tmp_path / "fresh.csv"
+    fresh.to_csv(fresh_path, index=False)
+    result = run_cli(["evaluate", wine_run.run_dir, "--data", fresh_path])
+    assert result.code == 0, result.err
+    record = json.loads((wine_run.run_dir / "evaluations" / "fresh.json").read_text())
+    assert record["rows"] == 40
+    predicted = api.load(wine_run.run_dir).predict(fresh.drop(columns="label"))
+    accuracy = np.mean([str(p) == str(t) for p, t in zip(predicted, fresh["label"], strict=True)])
+    assert record["scores"]["accuracy"]["value"] == pytest.approx(accuracy)
+
+
+def test_evaluate_refuses_a_folder_that_is_not_a_run(tmp_path: Path, run_cli: Any) -> None:
+    result = run_cli(["evaluate", tmp_path])
+    assert result.code == 2
+    assert "not a tunesmith run folder" in result.err and str(tmp_path) in result.err
+
+
+def test_evaluate_refuses_labels_the_model_never_saw(
+    wine_run: FinishedRun, wine_csv: Path, tmp_path: Path, run_cli: Any
+) -> None:
+    other = pd.read_csv(wine_csv).head(30)
+    other.loc[:4, "label"] = 7
+    path = tmp_path / "other.csv"
+    other.to_csv(path, index=False)
+    result = run_cli(["evaluate", wine_run.run_dir, "--data", path])
+    assert result.code == 2, result.err
+    assert re.search(r"labels \['7'\] never occur in the training data", result.err)
+    assert "other.csv" in result.err and "data.label_column" in result.err
+
+
+def test_the_report_says_what_is_missing_instead_of_failing(
+    wine_run: FinishedRun, tmp_path: Path, run_cli: Any
+) -> None:
+    copy = tmp_path / "wine"
+    shutil.copytree(wine_run.run_dir, copy)
+    (copy / "predictions.npz").unlink()
+    (copy / "test_predictions.csv").unlink()
+    (copy / "report.html").unlink()
+    result = run_cli(["report", copy])
+    assert result.code == 0, result.err
+    page = (copy / "report.html").read_text()
+    assert "predictions.npz is missing from the run folder" in page
+    assert "test_predictions.csv is missing from the run folder" in page
+    assert "Test metrics, with 95% bootstrap intervals" in page  # the rest is there
+    assert page.count('class="chart"') == 1  # the learning curves
+    assert "trained the recipe alone: there was no search" in page
+
+
+def test_report_refuses_a_folder_that_is_not_a_run(tmp_path: Path, run_cli: Any) -> None:
+    result = run_cli(["report", tmp_path])
+    assert result.code == 2 and "not a tunesmith run folder" in result.err
+
+
+# ------------------------------------------------------------------------------------------------
+# a real browser
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium(page: Path, profile: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI runs the browser test: `make test` installs Debian's chromium")
+        pytest.skip("no chromium (make test installs it)")
+    return subprocess.run(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--enable-logging=stderr",
+         "--log-level=0", *extra, page.as_uri()],
+        capture_output=True, text=True, timeout=120, check=False)
+
+
+def decoded_images(page: Path, profile: Path) -> int:
+    """Open `page` headless; the page's own check (written to the body after load) must find
+    every image decoded, and the console no error. Returns the number of images."""
+    dom = chromium(page, profile, "--dump-dom", "--virtual-time-budget=5000")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    found = re.search(r'data-images="(\d+)" data-broken="(\d+)"', dom.stdout)
+    assert found is not None, dom.stdout[-2000:]
+    assert int(found.group(2)) == 0, "images that did not decode"
+    console_errors = [line for line in dom.stderr.splitlines()
+                      if "CONSOLE" in line and ("ERROR" in line or "Uncaught" in line)]
+    assert not console_errors, console_errors
+    return int(found.group(1))
+
+
+@pytest.fixture(scope="module")
+def searched_run(tmp_path_factory: pytest.TempPathFactory, wine_csv: Path) -> FinishedRun:
+    folder = tmp_path_factory.mktemp("searched-run")
+    raw = wine_raw(folder, wine_csv, "searched", epochs=20)
+    raw["search"] = {"trials": 4, "folds": 1, "pruner": "none",
+                     "space": {"train.lr": {"low": 1e-3, "high": 3e-2},
+                               "model.scratch.depth": [1, 2]}}
+    return finish_run(folder, raw)
+
+
+def test_the_report_renders_its_charts_in_a_real_browser(
+    searched_run: FinishedRun, image_run: FinishedRun, tmp_path: Path
+) -> None:
+    page = searched_run.run_dir / "report.html"
+    text = page.read_text()
+    # learning curves, search history, parameter importances, confusion matrix, reliability
+    assert text.count('class="chart"') == 5, re.findall(r'<p class="missing">[^<]*', text)
+    assert decoded_images(page, tmp_path / "profile-search") == 5
+    images = image_run.run_dir / "report.html"
+    thumbnails = images.read_text().count('class="thumb"')
+    assert decoded_images(images, tmp_path / "profile-image") == (
+        images.read_text().count('class="chart"') + thumbnails)
+    # a screenshot: the charts drew on it (many colours, not a blank page)
+    shot = tmp_path / "report.png"
+    result = chromium(page, tmp_path / "profile-shot", f"--screenshot={shot}",
+                      "--window-size=1200,6000", "--hide-scrollbars")
+    assert result.returncode == 0 and shot.is_file(), result.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3)
+    colours = len(np.unique(pixels[:: 7], axis=0))
+    ink = np.mean(pixels.min(axis=1) < 200)  # share of pixels darker than near-white
+    assert colours > 200 and ink > 0.03, (colours, ink)
