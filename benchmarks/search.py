@@ -3,6 +3,7 @@
     python examples/sentiment/prepare.py && python examples/digits/prepare.py
     python benchmarks/search.py [--datasets breast_cancer wine mnist5k rt2]
                                 [--budget breast_cancer=120 wine=120 mnist5k=600 rt2=600]
+                                [--arms search recipe default random]
 
 Per dataset every arm runs one after the other in this process, on the protocol's split
 (BENCHMARKS.md: 80% train / 20% test, stratified, seed 0; tunesmith keeps a tenth of the train
@@ -114,6 +115,8 @@ def tunesmith_arm(config: Path, overrides: list[str], workdir: Path, name: str) 
                        "failed": search["trials_failed"]},
             "folds": search.get("folds", 1),
             "soup_used": bool(search.get("soup", {}).get("used")),
+            "soup": search.get("soup"),
+            "replicates": [t.number for t in study.get_trials() if "replicate" in t.user_attrs],
             "best_params": search["best_params"],
             "timeline": timeline(study),
         })
@@ -167,7 +170,11 @@ def default_arm(dataset: str, config: Path, workdir: Path) -> dict[str, Any]:
             "wall_s": round(time.perf_counter() - started, 1)}
 
 
-def run_dataset(dataset: str, budget: float, workdir: Path) -> list[dict[str, Any]]:
+ARMS = ("search", "recipe", "default", "random")
+
+
+def run_dataset(dataset: str, budget: float, workdir: Path,
+                only: tuple[str, ...] = ARMS) -> list[dict[str, Any]]:
     config = CONFIGS.get(dataset) or table_config(dataset, workdir / "data")
     searched = [f"search.budget={budget}"]
     arms = {
@@ -180,13 +187,16 @@ def run_dataset(dataset: str, budget: float, workdir: Path) -> list[dict[str, An
     }
     records = []
     for arm, run in arms.items():
+        if arm not in only:
+            continue
         record = {"dataset": dataset, "arm": arm, "budget_s": budget if arm in ("search", "random")
                   else None, **run()}
         print(json.dumps(record), flush=True)
         records.append(record)
         gc.collect()
-    records.append(verdict(dataset, {r["arm"]: r for r in records}))
-    print(json.dumps(records[-1]), flush=True)
+    if set(only) == set(ARMS):  # the verdict compares every arm
+        records.append(verdict(dataset, {r["arm"]: r for r in records}))
+        print(json.dumps(records[-1]), flush=True)
     return records
 
 
@@ -236,6 +246,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=list(BUDGETS))
     parser.add_argument("--budget", nargs="*", default=[], metavar="DATASET=SECONDS")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS,
+                        help="run only these arms (no verdict unless all run)")
     args = parser.parse_args()
     budgets = dict(BUDGETS)
     for item in args.budget:
@@ -244,7 +256,8 @@ def main() -> None:
     records: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for dataset in args.datasets:
-            records += run_dataset(dataset, budgets[dataset], Path(tmp) / dataset)
+            records += run_dataset(dataset, budgets[dataset], Path(tmp) / dataset,
+                                   tuple(args.arms))
     print(table(records))
 
 

@@ -362,7 +362,8 @@ def fit(
                "val": kept.val_outputs or predict_part(model, chosen, chosen.data.val, result)}
     # A classifier's probabilities are calibrated on validation (one temperature, which the
     # bundle applies); what is scored is what the bundle predicts.
-    calibration = calibrate(*outputs["val"]) if chosen.kind == "classification" else None
+    calibration = (calibrate(*outputs["val"], test=outputs["test"])
+                   if chosen.kind == "classification" else None)
     if calibration is not None:
         outputs = {name: (scaled(o, calibration.temperature), t)
                    for name, (o, t) in outputs.items()}
@@ -1021,6 +1022,9 @@ def evaluate_part(
     return objective_for(prepared.kind).score(*predict_part(model, prepared, part, result))
 
 
+PROBE_ROWS = 5000  # training rows the linear-probe baseline is fitted on, at most
+
+
 def run_baselines(prepared: Prepared) -> list[Baseline]:
     """The majority, classic and linear-probe baselines, fitted on the train part (see
     `tunesmith.evaluate.baselines`)."""
@@ -1057,16 +1061,20 @@ def run_baselines(prepared: Prepared) -> list[Baseline]:
             found.append(fitted("gradient_boosting", "histogram gradient boosting", kind, parts,
                                 boosted_trees))
         if not is_scratch(prepared.config):
+            # The probe's forward pass is the costly part: on at most PROBE_ROWS training rows.
+            rows = np.random.default_rng(prepared.config.seed).permutation(len(data.train))
+            probed = data.train.subset(sorted(rows[:PROBE_ROWS].tolist()))
             model = task_model(prepared)
             precision = resolve_precision(prepared.config.train.precision, default_device())
             train, val, test = (backbone_features(model, eval_batches(
                 prepared.backbone, prepared.inputs(part), data.targets(part),
                 batch_size=EVAL_BATCH_SIZE), precision=precision)[0]
-                for part in (data.train, data.val, data.test))
+                for part in (probed, data.val, data.test))
             del model
-            found.append(fitted("linear_probe", "a linear model on the frozen pretrained "
-                                "features", kind, Parts(train, val, test, targets, classes),
-                                linear_model))
+            found.append(fitted(
+                "linear_probe", "a linear model on the frozen pretrained features", kind,
+                Parts(train, val, test, np.asarray(data.targets(probed)), classes),
+                linear_model))
     return found
 
 

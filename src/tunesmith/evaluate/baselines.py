@@ -7,10 +7,10 @@ Every run fits, on the training part alone, and scores on the val and test parts
 - the classic model of the modality: `tfidf_logistic` for text (TF-IDF of words and word pairs +
   logistic regression, C by cross-validation), `pixel_logistic` for images (logistic regression
   on 16x16 RGB pixels), `gradient_boosting` for tables (histogram gradient boosting);
-- `linear_probe`: a linear model on the pretrained backbone's frozen, pooled features (not for a
-  network trained from scratch).
+- `linear_probe`: a linear model on the pretrained backbone's frozen, pooled features, fitted on
+  at most 5,000 training rows (not for a network trained from scratch).
 
-Regression fits ridge regression where the table says logistic regression; multilabel fits one
+Regression fits ridge regression where logistic regression is named; multilabel fits one
 model per label. A baseline's outputs take the fine-tuned model's form (log-probabilities,
 logits, or numbers in the target's units), so the same metrics, intervals and paired differences
 apply to both.

@@ -51,19 +51,30 @@ class Calibration:
     fitted: bool  # False: validation could not pin a temperature down, so none (1) is applied
     val_ece_before: float
     val_ece_after: float
+    test_ece_before: float | None = None
+    test_ece_after: float | None = None
 
-    def to_json(self) -> dict[str, float | bool]:
+    def to_json(self) -> dict[str, float | bool | None]:
         return {"temperature": self.temperature, "fitted": self.fitted,
-                "val_ece_before": self.val_ece_before, "val_ece_after": self.val_ece_after}
+                "val_ece_before": self.val_ece_before, "val_ece_after": self.val_ece_after,
+                "test_ece_before": self.test_ece_before, "test_ece_after": self.test_ece_after}
 
 
-def calibrate(val_logits: np.ndarray, val_targets: np.ndarray) -> Calibration:
+def _ece(logits: np.ndarray, targets: np.ndarray, temperature: float) -> float:
+    return expected_calibration_error(
+        log_softmax(logits.astype(np.float64) / temperature, axis=1), targets)
+
+
+def calibrate(val_logits: np.ndarray, val_targets: np.ndarray,
+              test: tuple[np.ndarray, np.ndarray] | None = None) -> Calibration:
+    """The temperature fitted on validation, and the ECE before and after it on validation and
+    (when given, for the record only) test."""
     temperature = fit_temperature(val_logits, val_targets)
     return Calibration(
         temperature, temperature != 1.0,
-        expected_calibration_error(log_softmax(val_logits.astype(np.float64), axis=1),
-                                   val_targets),
-        expected_calibration_error(log_softmax(val_logits / temperature, axis=1), val_targets),
+        _ece(val_logits, val_targets, 1.0), _ece(val_logits, val_targets, temperature),
+        *((_ece(*test, 1.0), _ece(*test, temperature)) if test and len(test[1]) else (None,
+                                                                                   None)),
     )
 
 

@@ -386,7 +386,10 @@ def _reliability(run: _Run) -> str:
              title="test reliability (15 bins)")
     axis.legend(fontsize=8)
     ece = run.metrics.get("test", {}).get("ece")
-    note = f"<p>Test ECE after the temperature: {_interval(ece)}.</p>" if ece else ""
+    ece_before = (run.metrics.get("calibration") or {}).get("test_ece_before")
+    note = (f"<p>Test ECE (15 bins): {_interval(ece)}"
+            + (f", {ece_before:.4f} before the temperature" if ece_before is not None
+               and temperature != 1.0 else "") + ".</p>") if ece else ""
     return _figure(figure, "reliability diagram") + note
 
 
