@@ -128,6 +128,8 @@ def test_a_small_table_searches_with_five_folds_and_ships_their_ensemble(
     # the bundle is the ensemble of the five fold models and predicts what was scored
     manifest = json.loads((run_dir / "best" / "tunesmith.json").read_text())
     assert manifest["ensemble"] == {"members": 5, "kind": "classification"}
+    # no temperature from single fold models' outputs for their (softer) average
+    assert manifest["temperature"] is None and metrics["calibration"] is None
     predictor = api.load(run_dir)
     prepared = api.prepare(load_config(config))
     test = prepared.data.test

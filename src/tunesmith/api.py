@@ -361,9 +361,11 @@ def fit(
     outputs = {"test": predict_part(model, chosen, chosen.data.test, result),
                "val": kept.val_outputs or predict_part(model, chosen, chosen.data.val, result)}
     # A classifier's probabilities are calibrated on validation (one temperature, which the
-    # bundle applies); what is scored is what the bundle predicts.
+    # bundle applies); what is scored is what the bundle predicts. Not a fold ensemble's: its
+    # validation outputs are each one fold model's, sharper than the members' average it ships.
+    folded = search_record is not None and search_record.get("folds", 1) > 1
     calibration = (calibrate(*outputs["val"], test=outputs["test"])
-                   if chosen.kind == "classification" else None)
+                   if chosen.kind == "classification" and not folded else None)
     if calibration is not None:
         outputs = {name: (scaled(o, calibration.temperature), t)
                    for name, (o, t) in outputs.items()}
