@@ -9,7 +9,8 @@ there are. Two exceptions:
 - AUROC is not a sum over rows; its resampled values are DeLong's linearization (each row's
   structural component: the share of the other class it outranks), exact on the full sample and
   first-order on a resample, for up to `AUROC_INTERVAL_CLASSES` classes;
-- mean average precision (multilabel) gets no interval.
+- mean average precision (multilabel) is computed exactly on each resample from cumulative sums of
+  the drawn rows' counts in score order, a pass over the rows per label.
 
 The resamples depend only on the number of rows, the count and the seed, so two models scored on
 the same rows with the same seed are scored on the same resamples: `paired_differences`.
@@ -55,13 +56,16 @@ def bootstrap_values(
             offsets = np.arange(size, dtype=np.int64)[:, None] * cells.size
             counts = np.bincount((cells.codes[drawn] + offsets).ravel(),
                                  minlength=size * cells.size).reshape(size, cells.size)
-        if plan.rows is not None:  # how often each row was drawn, times the rows
-            times = _times(drawn)
-            sums = times.astype(plan.rows.dtype) @ plan.rows
+        times = _times(drawn) if plan.rows is not None or plan.ranked is not None else None
+        if plan.rows is not None and times is not None:  # how often each row was drawn, times
+            sums = times.astype(plan.rows.dtype) @ plan.rows  # the rows
             if plan.coarse is not None:
                 coarse = times.astype(np.float32) @ plan.coarse
                 sums = np.concatenate([sums, coarse.astype(sums.dtype)], axis=1)
-        for name, value in plan.summarize(counts, sums).items():
+        found = plan.summarize(counts, sums)
+        if plan.ranked is not None and times is not None:
+            found.update(plan.ranked(times))
+        for name, value in found.items():
             values.setdefault(name, []).append(value)
     return {name: np.concatenate(parts) for name, parts in values.items()}
 
@@ -124,6 +128,8 @@ class _Plan:
     # more per-row statistics, summed in float32 (4x the speed) after `rows`: for those whose
     # resampled values are approximations anyway (AUROC's)
     coarse: np.ndarray | None = None
+    # metrics of the rows in an order (mean average precision): from each resample's row counts
+    ranked: Callable[[np.ndarray], Metrics] | None = None
 
 
 def _resamples(count: int, resamples: int, seed: int) -> Iterator[np.ndarray]:
@@ -252,7 +258,38 @@ def _multilabel(logits: np.ndarray, targets: np.ndarray) -> _Plan:
         macro = _ratio(2 * tp, 2 * tp + fp + fn).mean(axis=1)
         return {"micro_f1": micro, "macro_f1": macro, "subset_accuracy": sums[:, -1] / count}
 
-    return _Plan(None, rows, summarize)
+    return _Plan(None, rows, summarize, ranked=_average_precisions(logits, truth))
+
+
+def _average_precisions(
+    logits: np.ndarray, truth: np.ndarray
+) -> Callable[[np.ndarray], Metrics]:
+    """Mean average precision over the labels a resample has a positive of. With each row
+    weighted by how often it was drawn, a label's AP is sum(w y P) / sum(w y) in descending score
+    order, P the precision at the end of the row's group of tied scores (scikit-learn's)."""
+    labels = [j for j in range(truth.shape[1]) if truth[:, j].any()]
+    orders, hits, ends = [], [], []
+    for j in labels:
+        order = np.argsort(-logits[:, j], kind="stable")
+        ranked = -logits[order, j]  # ascending
+        orders.append(order)
+        hits.append(truth[order, j].astype(np.float64))
+        ends.append(np.searchsorted(ranked, ranked, side="right") - 1)
+
+    def summarize(times: np.ndarray) -> Metrics:
+        total = np.zeros(len(times))
+        present = np.zeros(len(times))
+        for order, hit, end in zip(orders, hits, ends, strict=True):
+            weights = times[:, order].astype(np.float64)
+            found = weights * hit
+            true_pos, drawn = np.cumsum(found, axis=1), np.cumsum(weights, axis=1)
+            precision = _ratio(true_pos[:, end], drawn[:, end])
+            positives = true_pos[:, -1]
+            total += _ratio((found * precision).sum(axis=1), positives)
+            present += positives > 0
+        return {"mean_average_precision": _ratio(total, present)}
+
+    return summarize
 
 
 def _regression(predictions: np.ndarray, targets: np.ndarray) -> _Plan:
