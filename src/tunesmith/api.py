@@ -1262,6 +1262,33 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None) -> Evaluation:
     return Evaluation(part.source, len(part), scores, record)
 
 
+def export(run_dir: str | Path, format: str = "onnx", *, quantize: bool = False) -> Any:
+    """Export a run's bundle: `onnx` writes `RUN_DIR/model.onnx` (checked against PyTorch on the
+    run's test rows with ONNX Runtime; `quantize` adds an int8 graph scored on them) and
+    `export.json`; `safetensors` checks the bundle's weights and says where they are."""
+    from tunesmith.export.bundle import WEIGHTS
+    from tunesmith.export.onnx import export_onnx
+    from tunesmith.export.predictor import bundle_folder
+
+    folder = Path(run_dir)
+    if format not in ("onnx", "safetensors"):
+        raise TunesmithError(f"unknown export format {format!r}", field="--format",
+                             fix="use --format onnx or --format safetensors")
+    bundle = bundle_folder(folder)
+    predictor = load_predictor(folder)  # checks the weights against their checksum
+    if format == "safetensors":
+        return bundle / WEIGHTS
+    if not (folder / "config.yaml").is_file():
+        raise TunesmithError(
+            f"{folder} is not a tunesmith run folder (no config.yaml)", file=folder,
+            field="RUN_DIR", fix="give the folder `tunesmith run` wrote (runs/NAME)")
+    test = load_task_data(load_config(folder / "config.yaml")).test
+    inputs = test.features if test.features is not None else test.inputs
+    targets = _targets_for(test, predictor.classes, predictor.kind)
+    return export_onnx(predictor, folder, inputs, evaluation=(inputs, targets),
+                       quantize=quantize)
+
+
 def _check_labels(part: Examples, predictor: Predictor, kind: str) -> None:
     if kind == "regression":
         return

@@ -241,6 +241,36 @@ def evaluate(
 
 
 @app.command()
+def export(
+    run_dir: RunDirArg,
+    format: Annotated[str, typer.Option(help="onnx, or safetensors (the bundle's weights).")] = (
+        "onnx"),
+    quantize: Annotated[
+        str | None, typer.Option(help="int8: also a dynamically quantized ONNX graph.")
+    ] = None,
+) -> None:
+    """Export a run's model: an ONNX graph checked against PyTorch with ONNX Runtime."""
+    from tunesmith.api import export as export_run
+    from tunesmith.errors import TunesmithError as Error
+
+    if quantize not in (None, "int8"):
+        raise Error(f"unknown quantization {quantize!r}", field="--quantize",
+                    fix="use --quantize int8, or leave it out")
+    found = export_run(run_dir, format, quantize=quantize == "int8")
+    if format == "safetensors":
+        typer.echo(f"weights: {found}")
+        return
+    typer.echo(f"wrote {found.path}: inputs {', '.join(found.inputs)} -> {found.output}; "
+               f"ONNX Runtime matches PyTorch on {found.parity_rows} test inputs within "
+               f"{found.parity_max_abs_diff:.1e}")
+    if found.int8 is not None:
+        change = found.int8.get("change")
+        typer.echo(f"wrote {found.int8['path']}" + (
+            f": test {found.int8['metric']} {found.int8['fp32']:.4f} -> "
+            f"{found.int8['int8']:.4f} ({change:+.4f})" if change is not None else ""))
+
+
+@app.command()
 def report(run_dir: RunDirArg) -> None:
     """Rebuild a run's self-contained report.html from its run folder."""
     from tunesmith.api import report as build_report

@@ -1,0 +1,96 @@
+"""`tunesmith export --format onnx` on real runs: the graph ONNX Runtime runs gives the bundle's
+probabilities on every test row, has dynamic batch (and sequence) axes, and its int8 version is
+scored; bad exports are refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from conftest import FinishedRun
+from tunesmith import api
+from tunesmith.config import load_config
+from tunesmith.export.onnx import predict_rows
+
+
+def held_out(run: FinishedRun) -> tuple[Any, np.ndarray, list[str]]:
+    data = api.prepare(load_config(run.run_dir / "config.yaml")).data
+    test = data.test
+    inputs = test.features if test.features is not None else test.inputs
+    return inputs, np.asarray(data.targets(test)), data.classes
+
+
+@pytest.mark.parametrize("which", ["text", "image"])
+def test_the_onnx_graph_predicts_what_the_bundle_predicts_on_every_test_row(
+    which: str, text_run: FinishedRun, image_run: FinishedRun, run_cli: Any
+) -> None:
+    run = {"text": text_run, "image": image_run}[which]
+    for stale in ("model.onnx", "model.int8.onnx", "export.json"):
+        (run.run_dir / stale).unlink(missing_ok=True)
+    result = run_cli(["export", run.run_dir, "--format", "onnx", "--quantize", "int8"])
+    assert result.code == 0, result.err
+    record = json.loads((run.run_dir / "export.json").read_text())
+    inputs, targets, classes = held_out(run)
+    assert record["parity_rows"] == min(32, len(targets))
+    assert record["parity_max_abs_diff"] <= 1e-4
+    # the batch (and, for text, sequence) axes are symbolic in the graph
+    graph = onnx.load(str(run.run_dir / "model.onnx")).graph
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+            for i in graph.input}
+    assert set(dims) == set(record["inputs"])
+    for name, shape in dims.items():
+        assert shape[0] == "batch"
+        if name in ("input_ids", "attention_mask"):
+            assert shape[1] == "sequence"
+    # on every test row: ONNX Runtime's probabilities are the bundle's, and so are the labels
+    predictor = api.load(run.run_dir)
+    session = ort.InferenceSession(str(run.run_dir / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    got = predict_rows(session, predictor, inputs, record["inputs"], record["output"])
+    expected = predictor.predict_proba(inputs)
+    assert got.shape == expected.shape == (len(targets), len(classes))
+    assert np.abs(got - expected).max() <= 1e-4
+    assert [classes[i] for i in got.argmax(axis=1)] == predictor.predict(inputs)
+    # the int8 graph is scored on the test rows against the fp32 one
+    int8 = record["int8"]
+    assert (run.run_dir / "model.int8.onnx").is_file() and int8["rows"] == len(targets)
+    assert int8["fp32"] == pytest.approx(float(np.mean(got.argmax(axis=1) == targets)))
+    assert int8["change"] == pytest.approx(int8["int8"] - int8["fp32"])
+    assert f"{int8['fp32']:.4f} -> {int8['int8']:.4f}" in result.out
+
+
+def test_export_refuses_a_folder_without_a_bundle(tmp_path: Path, run_cli: Any) -> None:
+    result = run_cli(["export", tmp_path, "--format", "onnx"])
+    assert result.code == 2 and "no model bundle here" in result.err
+
+
+def test_export_refuses_an_unknown_format_or_quantization(
+    image_run: FinishedRun, run_cli: Any
+) -> None:
+    result = run_cli(["export", image_run.run_dir, "--format", "tflite"])
+    assert result.code == 2 and "unknown export format 'tflite'" in result.err
+    result = run_cli(["export", image_run.run_dir, "--quantize", "int4"])
+    assert result.code == 2 and "--quantize int8" in result.err
+
+
+def test_export_refuses_altered_weights(
+    image_run: FinishedRun, tmp_path: Path, run_cli: Any
+) -> None:
+    import shutil
+
+    copy = tmp_path / "image"
+    shutil.copytree(image_run.run_dir, copy)
+    (copy / "model.onnx").unlink(missing_ok=True)
+    weights = copy / "best" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one bit pattern of the last tensor changed
+    weights.write_bytes(bytes(data))
+    result = run_cli(["export", copy, "--format", "onnx"])
+    assert result.code == 2 and "checksum" in result.err
+    assert not (copy / "model.onnx").exists()
