@@ -94,3 +94,44 @@ def test_export_refuses_altered_weights(
     result = run_cli(["export", copy, "--format", "onnx"])
     assert result.code == 2 and "checksum" in result.err
     assert not (copy / "model.onnx").exists()
+
+
+def test_the_bundle_holds_the_backbone_in_its_own_librarys_format(
+    text_run: FinishedRun, image_run: FinishedRun
+) -> None:
+    import timm
+    import torch
+    import transformers
+    from safetensors.torch import load_file
+
+    from tunesmith.export.onnx import batches
+
+    # hf: plain transformers loads the fine-tuned encoder; its mean-pooled output is the
+    # bundle's features
+    predictor = api.load(text_run.run_dir)
+    manifest = json.loads((text_run.run_dir / "best" / "tunesmith.json").read_text())
+    assert manifest["native"]["library"] == "transformers"
+    folder = text_run.run_dir / "best" / manifest["native"]["folder"]
+    encoder = transformers.AutoModel.from_pretrained(folder).eval()
+    transformers.AutoTokenizer.from_pretrained(folder)  # the tokenizer travels with it
+    texts, _, _ = held_out(text_run)
+    batch = next(batches(predictor, texts[:8], 8))
+    with torch.no_grad():
+        hidden = encoder(input_ids=batch["input_ids"],
+                         attention_mask=batch["attention_mask"]).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        pooled = (hidden * mask).sum(1) / mask.sum(1)
+        expected = predictor.model.backbone(batch)
+    assert torch.allclose(pooled, expected, atol=1e-5)
+    # timm: the weights load into timm.create_model(name, num_classes=0) as they are
+    predictor = api.load(image_run.run_dir)
+    manifest = json.loads((image_run.run_dir / "best" / "tunesmith.json").read_text())
+    native = manifest["native"]
+    assert native["library"] == "timm"
+    network = timm.create_model(native["model"], num_classes=0)
+    network.load_state_dict(load_file(image_run.run_dir / "best" / native["file"]))
+    images, _, _ = held_out(image_run)
+    batch = next(batches(predictor, images[:4], 4))
+    with torch.no_grad():
+        assert torch.allclose(network.eval()(batch["pixel_values"]),
+                              predictor.model.backbone(batch), atol=1e-5)

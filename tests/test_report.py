@@ -306,3 +306,20 @@ def test_the_report_renders_its_charts_in_a_real_browser(
     colours = len(np.unique(pixels[:: 7], axis=0))
     ink = np.mean(pixels.min(axis=1) < 200)  # share of pixels darker than near-white
     assert colours > 200 and ink > 0.03, (colours, ink)
+
+
+def test_the_bundle_carries_a_model_card_with_the_measured_numbers(
+    wine_run: FinishedRun,
+) -> None:
+    card = (wine_run.run_dir / "best" / "README.md").read_text()
+    metrics = metrics_of(wine_run)
+    accuracy = metrics["test"]["accuracy"]
+    low, high = accuracy["ci95"]
+    assert f"| accuracy (primary) | {accuracy['value']:.4f} [{low:.4f}, {high:.4f}] |" in card
+    assert "`scratch:mlp`" in card and f"{metrics['test_rows']} rows" in card
+    boosted = metrics["baselines"]["gradient_boosting"]
+    row = f"| gradient_boosting (histogram gradient boosting) | {boosted['accuracy']:.4f} |"
+    assert row in card
+    assert "## Intended use and limitations" in card
+    # fewer than 30 test rows per class: the card says their scores say little
+    assert "Classes with fewer than 30 test rows" in card

@@ -37,6 +37,7 @@ from tunesmith.evaluate.calibration import Calibration, calibrate, scaled
 from tunesmith.evaluate.intervals import scored_with_intervals
 from tunesmith.evaluate.metrics import per_class
 from tunesmith.export import Predictor, load_predictor, save_bundle
+from tunesmith.export.card import write_model_card
 from tunesmith.io import atomic_write, write_json, write_text
 from tunesmith.models import Backbone, TaskModel, absolute_spec, build_backbone, make_head
 from tunesmith.models.ensemble import Ensemble
@@ -391,6 +392,8 @@ def fit(
             chosen.kind, *outputs["test"], chosen.data.classes))
     write_predictions_record(run_dir, chosen, outputs)
     write_json(run_dir / "metrics.json", metrics)
+    write_model_card(run_dir / "best", metrics, chosen.config.model_dump(mode="json"),
+                     _data_report(chosen.data))
     console.print(summary_table(metrics, str(run_dir)))
     for line in baselines_ahead(metrics):
         console.print(f"[yellow]{line}[/]")

@@ -5,6 +5,9 @@
       tunesmith.json      task, classes, backbone architecture, head shape, preprocessing,
                           inputs (text column, or the fitted tabular encoding), checksum
       backbone/           for hf: backbones, the config and tokenizer or image processor files
+      README.md           the model card (data, metrics with intervals, baselines, use, limits)
+      hf/                 for hf: backbones, the fine-tuned network as `save_pretrained` writes it
+      timm.safetensors    for timm: backbones, the network's weights as timm names them
 
 The bundle is written into a temporary folder and renamed into place, so a crash never leaves a
 half-written `best/`.
@@ -49,6 +52,9 @@ def save_bundle(
     try:
         backbone_info = model.backbone.save_architecture(staging / "backbone")
         save_model(model, str(staging / WEIGHTS))
+        # The fine-tuned backbone in its own library's format too (one network: not for an
+        # ensemble, whose members differ).
+        native = None if isinstance(model, Ensemble) else model.backbone.save_native(staging)
         manifest = {
             "format_version": FORMAT_VERSION,
             "task": task,
@@ -59,6 +65,7 @@ def save_bundle(
             "inputs": inputs,
             "weights_sha256": file_sha256(staging / WEIGHTS),
             "temperature": temperature,
+            "native": native,
             # Several models of this architecture whose averaged outputs are the prediction.
             "ensemble": {"members": len(model.members), "kind": model.kind}
             if isinstance(model, Ensemble) else None,

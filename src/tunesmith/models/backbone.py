@@ -43,6 +43,11 @@ class Backbone(nn.Module):
         """Write what rebuilding needs into `folder`; return the JSON-able description."""
         raise NotImplementedError
 
+    def save_native(self, folder: Path) -> dict[str, str] | None:
+        """Write the fine-tuned network in its library's own format into `folder`, for people who
+        load it without tunesmith; None where there is none (the bundle alone)."""
+        return None
+
     def blocks(self) -> list[Block]:
         """The network's parameters cut into blocks, from the input to the output."""
         return ordered_blocks(self.network)

@@ -30,8 +30,24 @@ PROCESSOR_FILE = "preprocessor_config.json"
 IMAGENET_DEFAULT = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}  # ViT's own default
 
 
+HF_FOLDER = "hf"  # the bundle's save_pretrained folder
+
+
 class HFBackbone(Backbone):
     """What text and vision models share: the transformers network and how it is saved."""
+
+    def save_native(self, folder: Path) -> dict[str, str]:
+        """`hf/`: the fine-tuned network as `save_pretrained` writes it, with its tokenizer or
+        image processor, which plain `transformers.AutoModel.from_pretrained` loads (the encoder;
+        the head is tunesmith's, in model.safetensors)."""
+        target = folder / HF_FOLDER
+        cast(Any, self.network).save_pretrained(target, safe_serialization=True)
+        self.save_preprocessor(target)
+        return {"library": "transformers", "folder": HF_FOLDER,
+                "load": f"transformers.AutoModel.from_pretrained('{HF_FOLDER}')"}
+
+    def save_preprocessor(self, folder: Path) -> None:
+        raise NotImplementedError
 
     def save_config(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -86,8 +102,11 @@ class HFTextBackbone(HFBackbone):
 
     def save_architecture(self, folder: Path) -> dict[str, Any]:
         self.save_config(folder)
-        self.tokenizer.save_pretrained(folder)
+        self.save_preprocessor(folder)
         return {"source": "hf", "folder": folder.name, "max_length": self.max_length}
+
+    def save_preprocessor(self, folder: Path) -> None:
+        self.tokenizer.save_pretrained(folder)
 
 
 class HFVisionBackbone(HFBackbone):
@@ -121,11 +140,16 @@ class HFVisionBackbone(HFBackbone):
         return {"kind": "image", "size": self.image_size, **stats}
 
     def save_architecture(self, folder: Path) -> dict[str, Any]:
-        import json
 
         self.save_config(folder)
-        (folder / PROCESSOR_FILE).write_text(json.dumps(self.processor, indent=2) + "\n")
+        self.save_preprocessor(folder)
         return {"source": "hf", "folder": folder.name, "image_size": self.image_size}
+
+    def save_preprocessor(self, folder: Path) -> None:
+        import json
+
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / PROCESSOR_FILE).write_text(json.dumps(self.processor, indent=2) + "\n")
 
 
 def _vision_features(config: Any) -> int:

@@ -17,6 +17,8 @@ from tunesmith.models.backbone import Backbone
 from tunesmith.models.depthwise import use_fast_depthwise
 from tunesmith.models.weights import load_weights
 
+TIMM_WEIGHTS = "timm.safetensors"
+
 
 class TimmBackbone(Backbone):
     modality = "image"
@@ -61,6 +63,17 @@ class TimmBackbone(Backbone):
 
     def save_architecture(self, folder: Path) -> dict[str, Any]:
         return {"source": "timm", "name": self.name, "image_size": self.image_size}
+
+    def save_native(self, folder: Path) -> dict[str, str]:
+        """`timm.safetensors`: the network's weights, which `timm.create_model(name,
+        num_classes=0)` loads as they are (its pooled features; the head is tunesmith's)."""
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in self.network.state_dict().items()},
+                  str(folder / TIMM_WEIGHTS))
+        return {"library": "timm", "file": TIMM_WEIGHTS, "model": self.name,
+                "load": f"timm.create_model({self.name!r}, num_classes=0).load_state_dict("
+                        f"safetensors.torch.load_file('{TIMM_WEIGHTS}'))"}
 
 
 def create(name: str, *, field: str) -> torch.nn.Module:
