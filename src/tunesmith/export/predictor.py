@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from tunesmith.console import progress
-from tunesmith.data.images import check_images
+from tunesmith.data.image_scan import scan_images
 from tunesmith.data.sources import IMAGE_SUFFIXES, read_table
 from tunesmith.data.tabular import TabularEncoding
 from tunesmith.errors import TunesmithError
@@ -121,7 +121,13 @@ def load_predictor(path: str | Path) -> Predictor:
 @dataclass(frozen=True)
 class PredictionInputs:
     sources: list[str]  # where each input came from: "file.csv:row" or an image path
-    inputs: list[Any] | pd.DataFrame  # texts, image paths, or the table rows
+    inputs: list[Any] | pd.DataFrame  # texts, image paths, or the table rows (the good ones)
+    errors: dict[int, str] = field(default_factory=dict)  # source position -> why it is skipped
+
+    @property
+    def good(self) -> list[int]:
+        """The positions in `sources` of the inputs that are predicted, in order."""
+        return [i for i in range(len(self.sources)) if i not in self.errors]
 
 
 def gather_inputs(predictor: Predictor, paths: Sequence[Path]) -> PredictionInputs:
@@ -129,6 +135,7 @@ def gather_inputs(predictor: Predictor, paths: Sequence[Path]) -> PredictionInpu
     sources: list[str] = []
     texts_or_images: list[str] = []
     tables: list[pd.DataFrame] = []
+    errors: dict[int, str] = {}
     for path in paths:
         if not path.exists():
             raise TunesmithError("input not found", file=path, fix="pass existing files or folders")
@@ -142,19 +149,38 @@ def gather_inputs(predictor: Predictor, paths: Sequence[Path]) -> PredictionInpu
             tables.append(table)
         else:
             images = _image_files(path)
-            check_images(images, field="INPUT")
-            sources += images
-            texts_or_images += images
-    inputs: list[Any] | pd.DataFrame = (
-        pd.concat(tables, ignore_index=True) if tables else texts_or_images
-    )
-    if len(inputs) == 0:
+            scan = scan_images(images)
+            for image, readable, error in zip(images, scan.readable, scan.errors, strict=True):
+                if not readable:  # reported in its own output row; the rest goes on
+                    errors[len(sources)] = f"cannot read the image: {error}"
+                else:
+                    texts_or_images.append(image)
+                sources.append(image)
+    if not sources:
         raise TunesmithError(
             "the inputs hold nothing to predict",
             file=", ".join(map(str, paths)),
             fix="pass a file with rows or a folder with images",
         )
-    return PredictionInputs(sources, inputs)
+    if tables:
+        table = pd.concat(tables, ignore_index=True)
+        assert predictor.tabular is not None
+        bad = _unreadable_rows(table, predictor.tabular.numeric)
+        errors.update(bad)
+        return PredictionInputs(sources, table.drop(index=list(bad)).reset_index(drop=True),
+                                errors)
+    return PredictionInputs(sources, texts_or_images, errors)
+
+
+def _unreadable_rows(table: pd.DataFrame, numeric: list[str]) -> dict[int, str]:
+    """Rows with a value in a numeric feature column that is not a number: {row: why}."""
+    bad: dict[int, str] = {}
+    for column in numeric:
+        values = table[column]
+        parsed = pd.to_numeric(values, errors="coerce")
+        for row in np.flatnonzero(parsed.isna().to_numpy() & values.notna().to_numpy()):
+            bad.setdefault(int(row), f"column {column!r}: {values.iloc[row]!r} is not a number")
+    return bad
 
 
 def _table(path: Path, modality: str) -> pd.DataFrame:
@@ -209,22 +235,29 @@ def _image_files(path: Path) -> list[str]:
 
 
 def predictions_table(predictor: Predictor, batch: PredictionInputs) -> pd.DataFrame:
-    """One row per input: where it came from, the prediction and (classes) each probability."""
-    table = pd.DataFrame({"input": batch.sources})
+    """One row per input: where it came from, the prediction and (classes) each probability; an
+    input that could not be read has its reason in `error` and no prediction."""
+    good = pd.DataFrame({"input": [batch.sources[i] for i in batch.good]})
     if predictor.kind == "regression":
-        table["prediction"] = predictor.predict(batch.inputs)
-        return table
-    probabilities = predictor.predict_proba(batch.inputs)
-    if predictor.kind == "multilabel":
-        table["labels"] = [
-            "|".join(predictor.classes[k] for k in np.flatnonzero(row >= MULTILABEL_THRESHOLD))
-            for row in probabilities
-        ]
-    else:
-        table["label"] = [predictor.classes[i] for i in probabilities.argmax(axis=1)]
-    for column, name in enumerate(predictor.classes):
-        table[f"p_{name}"] = probabilities[:, column].round(6)
-    return table
+        good["prediction"] = predictor.predict(batch.inputs) if len(good) else []
+    elif len(good):
+        probabilities = predictor.predict_proba(batch.inputs)
+        if predictor.kind == "multilabel":
+            good["labels"] = [
+                "|".join(predictor.classes[k] for k in np.flatnonzero(row >= MULTILABEL_THRESHOLD))
+                for row in probabilities
+            ]
+        else:
+            good["label"] = [predictor.classes[i] for i in probabilities.argmax(axis=1)]
+        for column, name in enumerate(predictor.classes):
+            good[f"p_{name}"] = probabilities[:, column].round(6)
+    if not batch.errors:
+        return good
+    good.index = pd.Index(batch.good)
+    table = good.reindex(range(len(batch.sources)))
+    table["input"] = batch.sources
+    table["error"] = [batch.errors.get(i, "") for i in range(len(batch.sources))]
+    return table.reset_index(drop=True)
 
 
 def write_predictions(table: pd.DataFrame, out: Path) -> None:

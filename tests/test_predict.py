@@ -1,0 +1,85 @@
+"""`tunesmith predict` on inputs with bad rows: an unreadable image or a row with a number column
+that holds text is reported in its own output row and the rest is predicted; an empty file is an
+error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from sklearn.datasets import load_wine
+
+from conftest import FinishedRun, config_dict, finish_run
+from tunesmith import api
+
+
+def test_an_unreadable_image_is_reported_in_its_row_and_the_rest_predicted(
+    image_run: FinishedRun, image_folder: Path, tmp_path: Path, run_cli: Any
+) -> None:
+    good = sorted((image_folder / "vertical").iterdir())[:2]
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for image in good:
+        (folder / image.name).write_bytes(image.read_bytes())
+    (folder / "broken.png").write_bytes(b"not an image at all")
+    out = tmp_path / "predictions.csv"
+    result = run_cli(["predict", image_run.run_dir, folder, "--out", out])
+    assert result.code == 0, result.err
+    table = pd.read_csv(out, keep_default_na=False)
+    assert len(table) == 3
+    broken = table[table["input"].str.endswith("broken.png")].iloc[0]
+    assert broken["error"].startswith("cannot read the image") and broken["label"] == ""
+    rest = table[table["error"] == ""]
+    expected = api.load(image_run.run_dir).predict([str(folder / p.name) for p in good])
+    assert sorted(zip(rest["input"].map(lambda p: Path(p).name), rest["label"], strict=True)) == (
+        sorted(zip([p.name for p in good], expected, strict=True)))
+
+
+@pytest.fixture(scope="module")
+def table_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[FinishedRun, pd.DataFrame]:
+    folder = tmp_path_factory.mktemp("table-run")
+    frame = load_wine(as_frame=True).frame.rename(columns={"target": "label"})
+    frame.to_csv(folder / "wine.csv", index=False)
+    raw = config_dict(folder, data_path=folder / "wine.csv", backbone="scratch:mlp",
+                      name="wine", train_settings={"epochs": 20, "precision": "fp32"})
+    return finish_run(folder, raw), frame
+
+
+def test_a_table_row_with_text_in_a_number_column_is_reported_and_the_rest_predicted(
+    table_run: tuple[FinishedRun, pd.DataFrame], tmp_path: Path, run_cli: Any
+) -> None:
+    run, frame = table_run
+    rows = frame.drop(columns="label").head(5).astype(object)
+    rows.loc[2, "alcohol"] = "lots"
+    path = tmp_path / "rows.csv"
+    rows.to_csv(path, index=False)
+    out = tmp_path / "predictions.csv"
+    result = run_cli(["predict", run.run_dir, path, "--out", out])
+    assert result.code == 0, result.err
+    table = pd.read_csv(out, keep_default_na=False, dtype={"label": str})
+    assert len(table) == 5
+    assert table.loc[2, "error"] == "column 'alcohol': 'lots' is not a number"
+    assert table.loc[2, "label"] == ""
+    kept = frame.drop(columns="label").head(5).drop(index=2)
+    expected = [str(label) for label in api.load(run.run_dir).predict(kept)]
+    assert list(table.drop(index=2)["label"]) == expected
+    assert (table.drop(index=2)["error"] == "").all()
+
+
+def test_an_empty_input_file_is_a_clear_error(
+    table_run: tuple[FinishedRun, pd.DataFrame], image_run: FinishedRun, tmp_path: Path,
+    run_cli: Any,
+) -> None:
+    run, frame = table_run
+    path = tmp_path / "empty.csv"
+    frame.drop(columns="label").head(0).to_csv(path, index=False)
+    result = run_cli(["predict", run.run_dir, path])
+    assert result.code == 2
+    assert "empty.csv" in result.err and "header but no rows" in result.err
+    # and a folder without images, for an image model
+    empty = tmp_path / "no-images"
+    empty.mkdir()
+    result = run_cli(["predict", image_run.run_dir, empty])
+    assert result.code == 2 and "nothing to predict" in result.err and "no-images" in result.err
