@@ -323,3 +323,19 @@ def test_the_bundle_carries_a_model_card_with_the_measured_numbers(
     assert "## Intended use and limitations" in card
     # fewer than 30 test rows per class: the card says their scores say little
     assert "Classes with fewer than 30 test rows" in card
+
+
+def test_a_baseline_sure_enough_to_round_a_probability_to_zero_keeps_finite_outputs() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from tunesmith.evaluate.baselines import Parts, fitted
+    from tunesmith.evaluate.metrics import evaluation_metrics
+
+    # Two far-apart clusters and almost no regularization: predict_proba gives exact zeros.
+    train = np.array([[-50.0], [-49.0], [49.0], [50.0]])
+    targets = np.array([0, 0, 1, 1])
+    far = np.array([[-1000.0], [1000.0]])
+    made = fitted("sure", "a nearly unregularized logistic regression", "classification",
+                  Parts(train, far, far, targets, 2), lambda kind: LogisticRegression(C=1e6))
+    assert np.isfinite(made.test).all()
+    assert evaluation_metrics("classification", made.test, np.array([0, 1]))["auroc"] == 1.0

@@ -35,7 +35,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 PIXELS = 16  # images are shrunk to PIXELS x PIXELS RGB for the classic baseline
-PROBABILITY_FLOOR = 1e-7  # for a class the training part lacks
+PROBABILITY_FLOOR = 1e-7  # for a class the training part lacks, or one rounded to 0
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,9 @@ def _outputs(estimator: Any, kind: str, part: Any, classes: int) -> np.ndarray:
         odds = logit(np.clip(probabilities, PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR))
         return np.asarray(odds, dtype=np.float32)
     full = np.full((len(probabilities), classes), PROBABILITY_FLOOR)
-    full[:, np.asarray(estimator.classes_, dtype=int)] = probabilities
+    # a floor under what a confident model rounds to 0: its log stays finite
+    full[:, np.asarray(estimator.classes_, dtype=int)] = np.maximum(probabilities,
+                                                                    PROBABILITY_FLOOR)
     return np.asarray(np.log(full / full.sum(axis=1, keepdims=True)), dtype=np.float32)
 
 
