@@ -39,6 +39,10 @@ class Missing(Exception):
     """A section's input is not in the run folder."""
 
 
+class NotShown(Exception):
+    """A section that does not apply to this run (its message says why)."""
+
+
 def write_report(run_dir: Path) -> Path:
     """Build `run_dir/report.html` from the run folder; returns its path."""
     from tunesmith.io import write_text
@@ -117,6 +121,8 @@ def _section(title: str, build: Callable[[_Run], str], run: _Run) -> Section:
     except Missing as missing:
         return Section(title, f'<p class="missing">Not shown: {html.escape(str(missing))} is '
                               f"missing from the run folder.</p>")
+    except NotShown as reason:
+        return Section(title, f"<p>{html.escape(str(reason))}</p>")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -126,11 +132,10 @@ def _section(title: str, build: Callable[[_Run], str], run: _Run) -> Section:
 def _summary(run: _Run) -> str:
     metrics = run.needs_metrics()
     primary = metrics["primary_metric"]
-    parts = metrics.get("test_rows")
     search = metrics.get("search", {})
     facts = [
         ("task", metrics["task"]),
-        ("test rows", parts),
+        ("test rows", metrics.get("test_rows")),
         ("wall time", f"{metrics.get('wall_s', 0):.0f} s"),
         ("budget", _budget(run.config().get("search", {}))),
         ("trials", f"{search.get('trials_completed', 0)} completed, "
@@ -280,10 +285,10 @@ def _search_history(run: _Run) -> str:
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError as error:
-        raise Missing(f"the study {study_name!r} in study.db") from error
+        raise NotShown(f"study.db holds no study named {study_name!r}.") from error
     trials = [t for t in study.get_trials(deepcopy=False) if t.value is not None]
     if not trials:
-        raise Missing("a trial with a value in study.db")
+        raise NotShown("No trial of the study finished with a value.")
     plt = _pyplot()
 
     figure, axis = plt.subplots(figsize=(7, 3.4))
@@ -339,7 +344,7 @@ def _errors_charts(run: _Run) -> str:
         axis.set(xlabel="true", ylabel="predicted", title="test: predicted against true")
         return _figure(figure, "predicted against true")
     if kind == "multilabel":
-        raise Missing("a confusion matrix for multilabel tasks (see the per-class table)")
+        raise NotShown("A multilabel task has no confusion matrix; see the per-class table.")
     from sklearn.metrics import confusion_matrix
 
     classes = run.classes
@@ -366,7 +371,7 @@ def _reliability(run: _Run) -> str:
     from tunesmith.evaluate.calibration import reliability
 
     if run.kind != "classification":
-        raise Missing("a reliability diagram for this task (classification only)")
+        raise NotShown("Calibration is measured for single-label classification only.")
     arrays = run.predictions()
     outputs, targets = arrays["test_outputs"], arrays["test_targets"]
     temperature = float((run.metrics.get("calibration") or {}).get("temperature", 1.0))
@@ -396,7 +401,7 @@ def _reliability(run: _Run) -> str:
 def _per_class(run: _Run) -> str:
     table = run.needs_metrics().get("per_class")
     if not table:
-        raise Missing("a per-class table (regression has none)")
+        raise NotShown("A regression has no classes.")
     rows = "".join(
         f"<tr><th>{html.escape(str(r['label']))}</th><td>{r['precision']:.3f}</td>"
         f"<td>{r['recall']:.3f}</td><td>{r['f1']:.3f}</td><td>{r['support']}</td></tr>"
