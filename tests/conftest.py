@@ -142,6 +142,17 @@ def write_image_folder(folder: Path, per_class: int, *, seed: int) -> Path:
 
 
 @pytest.fixture(scope="session")
+def wine_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """scikit-learn's wine table (178 rows, 13 features, 3 classes) as a CSV with `label`."""
+    from sklearn.datasets import load_wine
+
+    frame = load_wine(as_frame=True).frame.rename(columns={"target": "label"})
+    path = tmp_path_factory.mktemp("wine") / "wine.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
 def text_table() -> pd.DataFrame:
     return make_texts(300, seed=0)
 

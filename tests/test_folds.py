@@ -22,14 +22,6 @@ from tunesmith.models.ensemble import Ensemble
 from tunesmith.search.folds import fold_count, make_folds, out_of_fold, pooled
 
 
-@pytest.fixture(scope="module")
-def wine_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    frame = load_wine(as_frame=True).frame.rename(columns={"target": "label"})
-    path = tmp_path_factory.mktemp("wine") / "wine.csv"
-    frame.to_csv(path, index=False)
-    return path
-
-
 def wine_config(folder: Path, csv: Path, **search: Any) -> Path:
     return write_yaml(folder / "wine.yaml", config_dict(
         folder, data_path=csv, backbone="scratch:mlp", name="wine",

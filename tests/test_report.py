@@ -16,20 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from sklearn.datasets import load_wine
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from conftest import FinishedRun, config_dict, finish_run
 from tunesmith import api
 from tunesmith.config import load_config
-
-
-@pytest.fixture(scope="module")
-def wine_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    frame = load_wine(as_frame=True).frame.rename(columns={"target": "label"})
-    path = tmp_path_factory.mktemp("wine-data") / "wine.csv"
-    frame.to_csv(path, index=False)
-    return path
 
 
 def wine_raw(folder: Path, csv: Path, name: str, **train: Any) -> dict[str, Any]:

@@ -17,7 +17,6 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from sklearn.datasets import load_wine
 
 from conftest import config_dict, write_yaml
 from tunesmith import api
@@ -25,15 +24,6 @@ from tunesmith.config import load_config
 from tunesmith.errors import TunesmithError
 
 SMALL_SPACE = {"train.lr": {"low": 1e-3, "high": 3e-2}, "model.scratch.depth": [1, 2]}
-
-
-@pytest.fixture(scope="module")
-def wine_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    data = load_wine(as_frame=True)
-    frame = data.frame.rename(columns={"target": "label"})
-    path = tmp_path_factory.mktemp("wine") / "wine.csv"
-    frame.to_csv(path, index=False)
-    return path
 
 
 def wine_config(folder: Path, csv: Path, name: str = "wine", **search: Any) -> Path:

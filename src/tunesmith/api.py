@@ -28,17 +28,17 @@ from accelerate.utils import set_seed
 from tunesmith import __version__
 from tunesmith.config import Config, inspect_options, load_config
 from tunesmith.console import console
-from tunesmith.data import DataReport, TaskData, inspect_data, load_task_data
+from tunesmith.data import DataReport, TaskData, inspect_data, label_targets, load_task_data
 from tunesmith.data.sources import Examples
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import collect_logits, objective_for
 from tunesmith.evaluate.baselines import Baseline, baseline_record
 from tunesmith.evaluate.calibration import Calibration, calibrate, scaled
-from tunesmith.evaluate.intervals import scored_with_intervals
+from tunesmith.evaluate.intervals import bootstrap_values, scored_with_intervals
 from tunesmith.evaluate.metrics import per_class
 from tunesmith.export import Predictor, load_predictor, save_bundle
 from tunesmith.export.card import write_model_card
-from tunesmith.io import atomic_write, write_json, write_text
+from tunesmith.io import atomic_write, require_run_folder, write_json, write_text
 from tunesmith.models import Backbone, TaskModel, absolute_spec, build_backbone, make_head
 from tunesmith.models.ensemble import Ensemble
 from tunesmith.models.hf import HFTextBackbone
@@ -371,7 +371,10 @@ def fit(
         outputs = {name: (scaled(o, calibration.temperature), t)
                    for name, (o, t) in outputs.items()}
     seed = given.seed
-    scores = {name: scored_with_intervals(chosen.kind, *pair, seed=seed)
+    resampled = {name: bootstrap_values(chosen.kind, *pair, seed=seed) if len(pair[1]) else {}
+                 for name, pair in outputs.items()}
+    scores = {name: scored_with_intervals(chosen.kind, *pair, seed=seed,
+                                          resampled=resampled[name])
               for name, pair in outputs.items()}
     save_bundle(
         model,
@@ -382,9 +385,11 @@ def fit(
         inputs=_bundle_inputs(chosen),
         temperature=None if calibration is None else calibration.temperature,
     )
-    baselines = baseline_record(chosen.kind, run_baselines(chosen),
-                                model_val=_val_part(outputs["val"], chosen.data),
-                                model_test=outputs["test"], seed=seed)
+    model_val = _val_part(outputs["val"], chosen.data)
+    baselines = baseline_record(
+        chosen.kind, run_baselines(chosen), model_val=model_val, model_test=outputs["test"],
+        seed=seed, model_resampled={"test": resampled["test"]} | (
+            {"val": resampled["val"]} if len(model_val[1]) == len(outputs["val"][1]) else {}))
     metrics = _metrics_record(
         chosen, result, scores, time.perf_counter() - started, search=search_record,
         baselines=baselines, calibration=calibration,
@@ -1241,10 +1246,7 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None) -> Evaluation:
     from tunesmith.export.predictor import bundle_folder
 
     folder = Path(run_dir)
-    if not (folder / "config.yaml").is_file():
-        raise TunesmithError(
-            f"{folder} is not a tunesmith run folder (no config.yaml)", file=folder,
-            field="RUN_DIR", fix="give the folder `tunesmith run` wrote (runs/NAME)")
+    require_run_folder(folder)
     bundle_folder(folder)  # a run that never finished has no bundle: said before any data is read
     config = load_config(folder / "config.yaml")
     if data is not None:
@@ -1281,10 +1283,7 @@ def export(run_dir: str | Path, format: str = "onnx", *, quantize: bool = False)
     predictor = load_predictor(folder)  # checks the weights against their checksum
     if format == "safetensors":
         return bundle / WEIGHTS
-    if not (folder / "config.yaml").is_file():
-        raise TunesmithError(
-            f"{folder} is not a tunesmith run folder (no config.yaml)", file=folder,
-            field="RUN_DIR", fix="give the folder `tunesmith run` wrote (runs/NAME)")
+    require_run_folder(folder)
     test = load_task_data(load_config(folder / "config.yaml")).test
     inputs = test.features if test.features is not None else test.inputs
     targets = _targets_for(test, predictor.classes, predictor.kind)
@@ -1310,13 +1309,5 @@ def _check_labels(part: Examples, predictor: Predictor, kind: str) -> None:
 
 
 def _targets_for(part: Examples, classes: list[str], kind: str) -> np.ndarray:
-    if kind == "regression":
-        return np.asarray(part.labels, dtype=np.float64)
-    index = {name: i for i, name in enumerate(classes)}
-    if kind == "multilabel":
-        vectors = np.zeros((len(part), len(classes)), dtype=np.float32)
-        for row, names in enumerate(part.labels):
-            vectors[row, [index[n] for n in names]] = 1.0
-        return vectors
-    return np.asarray([index[label] for label in part.labels])
-
+    """`part`'s targets against the bundle's classes (the ones its outputs are in)."""
+    return np.asarray(label_targets(part.labels, classes, kind))

@@ -51,3 +51,14 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
         handle.write(json.dumps(record) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def require_run_folder(path: Path) -> Path:
+    """`path`, if it is a run folder (`tunesmith run` wrote its config.yaml there)."""
+    from tunesmith.errors import TunesmithError
+
+    if not (path / "config.yaml").is_file():
+        raise TunesmithError(
+            f"{path} is not a tunesmith run folder (no config.yaml)", file=path,
+            field="RUN_DIR", fix="give the folder `tunesmith run` wrote (runs/NAME)")
+    return path

@@ -67,15 +67,21 @@ class TaskData:
 
     def targets(self, part: Examples) -> list[Any]:
         """Class indices (classification), 0/1 vectors (multilabel) or numbers (regression)."""
-        if self.spec.kind == "regression":
-            return list(part.labels)
-        index = {name: i for i, name in enumerate(self.classes)}
-        if self.spec.kind == "multilabel":
-            vectors = np.zeros((len(part), len(self.classes)), dtype=np.float32)
-            for row, names in enumerate(part.labels):
-                vectors[row, [index[name] for name in names]] = 1.0
-            return list(vectors)
-        return [index[label] for label in part.labels]
+        return label_targets(part.labels, self.classes, self.spec.kind)
+
+
+def label_targets(labels: list[Any], classes: list[str], kind: str) -> list[Any]:
+    """`labels` as targets against `classes`: class indices (classification), 0/1 vectors
+    (multilabel) or the numbers themselves (regression)."""
+    if kind == "regression":
+        return list(labels)
+    index = {name: i for i, name in enumerate(classes)}
+    if kind == "multilabel":
+        vectors = np.zeros((len(labels), len(classes)), dtype=np.float32)
+        for row, names in enumerate(labels):
+            vectors[row, [index[name] for name in names]] = 1.0
+        return list(vectors)
+    return [index[label] for label in labels]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -160,15 +160,19 @@ def pixels(paths: list[str]) -> np.ndarray:
 def baseline_record(
     kind: str, baselines: list[Baseline], *, model_val: tuple[np.ndarray, np.ndarray],
     model_test: tuple[np.ndarray, np.ndarray], seed: int,
+    model_resampled: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """metrics.json's `baselines`: per baseline its test metrics (as DESIGN's schema has them),
     what it is, its val metrics, and the fine-tuned model's paired difference from it on each
-    part (model minus baseline, with a 95% interval)."""
+    part (model minus baseline, with a 95% interval). `model_resampled` holds the model's
+    `bootstrap_values` of a part (same rows, same seed) where the caller computed them."""
     from tunesmith.evaluate.intervals import bootstrap_values, differences
     from tunesmith.evaluate.metrics import evaluation_metrics
 
     parts = {"val": model_val, "test": model_test}
-    resampled = {name: bootstrap_values(kind, *pair, seed=seed) if len(pair[1]) else {}
+    given = model_resampled or {}  # the model's bootstrap values of a part, if made already
+    resampled = {name: given[name] if name in given else
+                 bootstrap_values(kind, *pair, seed=seed) if len(pair[1]) else {}
                  for name, pair in parts.items()}
     model_scores = {name: evaluation_metrics(kind, *pair) if len(pair[1]) else {}
                     for name, pair in parts.items()}

@@ -317,13 +317,17 @@ def _ratio(top: np.ndarray, bottom: np.ndarray, *, empty: float = 0.0) -> np.nda
 
 
 def scored_with_intervals(
-    kind: str, outputs: np.ndarray, targets: np.ndarray, *, seed: int = 0
+    kind: str, outputs: np.ndarray, targets: np.ndarray, *, seed: int = 0,
+    resampled: Metrics | None = None,
 ) -> dict[str, dict[str, float | list[float]]]:
-    """{metric: {"value": v, "ci95": [low, high]}}: metrics.json's form of a part's scores."""
+    """{metric: {"value": v, "ci95": [low, high]}}: metrics.json's form of a part's scores;
+    `resampled`, `bootstrap_values` of the same outputs when the caller has them already."""
     from tunesmith.evaluate.metrics import evaluation_metrics
 
     values = evaluation_metrics(kind, outputs, targets)
-    intervals = bootstrap_intervals(kind, outputs, targets, seed=seed) if len(targets) else {}
+    if resampled is None and len(targets):
+        resampled = bootstrap_values(kind, outputs, targets, seed=seed)
+    intervals = {name: _percentiles(v) for name, v in (resampled or {}).items()}
     return {
         name: {"value": value, **({"ci95": list(intervals[name])} if name in intervals else {})}
         for name, value in values.items()

@@ -140,7 +140,6 @@ class HFVisionBackbone(HFBackbone):
         return {"kind": "image", "size": self.image_size, **stats}
 
     def save_architecture(self, folder: Path) -> dict[str, Any]:
-
         self.save_config(folder)
         self.save_preprocessor(folder)
         return {"source": "hf", "folder": folder.name, "image_size": self.image_size}

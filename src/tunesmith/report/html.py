@@ -22,8 +22,6 @@ from typing import Any
 import numpy as np
 import yaml
 
-from tunesmith.errors import TunesmithError
-
 REPORT = "report.html"
 WORST_ERRORS = 12
 LEARNING_CURVES = 5  # the best trials drawn
@@ -65,11 +63,9 @@ class _Run:
     """The run folder's files, each read once when a section first asks for it."""
 
     def __init__(self, run_dir: Path) -> None:
-        if not (run_dir / "config.yaml").is_file():
-            raise TunesmithError(
-                f"{run_dir} is not a tunesmith run folder (no config.yaml)", file=run_dir,
-                field="RUN_DIR", fix="give the folder `tunesmith run` wrote (runs/NAME)")
-        self.dir = run_dir
+        from tunesmith.io import require_run_folder
+
+        self.dir = require_run_folder(run_dir)
         self.name = run_dir.name
         self._cache: dict[str, Any] = {}
         try:
