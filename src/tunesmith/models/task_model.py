@@ -13,7 +13,6 @@ from torch import nn
 
 from tunesmith.models.backbone import Backbone
 from tunesmith.models.blocks import Block
-from tunesmith.models.dropout import use_fast_dropout
 
 
 def head_block(head: nn.Module) -> Block:
@@ -28,7 +27,6 @@ class TaskModel(nn.Module):
         self.head = head
         self.frozen: list[nn.Module] = []  # a plain list: not registered as submodules
         self.fixed: list[nn.Parameter] = []  # never trained, whichever blocks are
-        use_fast_dropout(self)  # the same dropout, its CPU mask drawn faster: see dropout.py
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         output: torch.Tensor = self.head(self.backbone(inputs))
