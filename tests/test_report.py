@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +209,31 @@ def test_evaluate_refuses_labels_the_model_never_saw(
     assert result.code == 2, result.err
     assert re.search(r"labels \['7'\] never occur in the training data", result.err)
     assert "other.csv" in result.err and "data.label_column" in result.err
+
+
+def test_tunesmith_report_rebuilds_the_page_without_loading_torch(
+    wine_run: FinishedRun, tmp_path: Path
+) -> None:
+    """The report reads the run folder's files: its command must not pay for torch, timm and
+    the model registry (ten seconds of imports on two cores)."""
+    copy = tmp_path / "wine"
+    shutil.copytree(wine_run.run_dir, copy)
+    (copy / "report.html").unlink()
+    code = (
+        "import sys\n"
+        "from tunesmith.cli import main\n"
+        f"sys.argv = ['tunesmith', 'report', {str(copy)!r}]\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as done:\n"
+        "    assert not done.code, done.code\n"
+        "print(sorted(m for m in ('torch', 'timm', 'transformers') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
+    assert "Test metrics" in (copy / "report.html").read_text()
 
 
 def test_the_report_says_what_is_missing_instead_of_failing(

@@ -38,7 +38,14 @@ from tunesmith.evaluate.intervals import bootstrap_values, scored_with_intervals
 from tunesmith.evaluate.metrics import per_class
 from tunesmith.export import Predictor, load_predictor, save_bundle
 from tunesmith.export.card import write_model_card
-from tunesmith.io import atomic_write, require_run_folder, write_json, write_text
+from tunesmith.io import (
+    PREDICTIONS,
+    TEST_PREDICTIONS,
+    atomic_write,
+    require_run_folder,
+    write_json,
+    write_text,
+)
 from tunesmith.models import Backbone, TaskModel, absolute_spec, build_backbone, make_head
 from tunesmith.models.ensemble import Ensemble
 from tunesmith.models.hf import HFTextBackbone
@@ -1088,8 +1095,6 @@ def run_baselines(prepared: Prepared) -> list[Baseline]:
     return found
 
 
-PREDICTIONS = "predictions.npz"  # the chosen model's val and test outputs, for the report
-TEST_PREDICTIONS = "test_predictions.csv"
 
 
 def write_predictions_record(

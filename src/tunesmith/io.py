@@ -53,6 +53,10 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
         os.fsync(handle.fileno())
 
 
+PREDICTIONS = "predictions.npz"  # the chosen model's val and test outputs, for the report
+TEST_PREDICTIONS = "test_predictions.csv"
+
+
 def require_run_folder(path: Path) -> Path:
     """`path`, if it is a run folder (`tunesmith run` wrote its config.yaml there)."""
     from tunesmith.errors import TunesmithError

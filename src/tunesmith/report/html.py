@@ -90,7 +90,7 @@ class _Run:
         return dict(self._cache["config"])
 
     def predictions(self) -> dict[str, np.ndarray]:
-        from tunesmith.api import PREDICTIONS
+        from tunesmith.io import PREDICTIONS
 
         if PREDICTIONS not in self._cache:
             with np.load(self.file(PREDICTIONS)) as arrays:
@@ -409,7 +409,7 @@ def _per_class(run: _Run) -> str:
 def _worst_errors(run: _Run) -> str:
     import pandas as pd
 
-    from tunesmith.api import TEST_PREDICTIONS
+    from tunesmith.io import TEST_PREDICTIONS
 
     table = pd.read_csv(run.file(TEST_PREDICTIONS), dtype={"label": str, "predicted": str}
                         if run.kind != "regression" else None, keep_default_na=False)
