@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import throughput  # the example configs
@@ -45,7 +46,6 @@ def bundle(config: Path, workdir: Path, name: str) -> Path:
 
 def forward_flops(predictor: Any, inputs: Any) -> float:
     """FLOPs of the model's forward pass per row, over the prediction batches of `inputs`."""
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
@@ -76,8 +76,8 @@ def measure(name: str, config: Path, workdir: Path, gflops: float) -> dict[str, 
     eager_rate, onnx_rate = rows / min(eager_s), rows / min(onnx_s)
     result = {
         "model": name, "rows": rows,
-        "eager_samples_per_s": round(rows / min(eager_s), 1),
-        "onnx_samples_per_s": round(rows / min(onnx_s), 1),
+        "eager_samples_per_s": round(eager_rate, 1),
+        "onnx_samples_per_s": round(onnx_rate, 1),
         "onnx_over_eager": round(min(eager_s) / min(onnx_s), 2),
         "labels_identical": bool(np.array_equal(eager.argmax(axis=1), graph.argmax(axis=1))),
         "max_abs_diff": float(np.abs(eager - graph).max()),
@@ -92,8 +92,6 @@ def measure(name: str, config: Path, workdir: Path, gflops: float) -> dict[str, 
 
 
 def main() -> None:
-    import torch
-
     gflops, _ = throughput.matmul_rate(torch.float32)
     print(json.dumps({"fp32_matmul_gflops": round(gflops, 1)}), flush=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1095,8 +1095,6 @@ def run_baselines(prepared: Prepared) -> list[Baseline]:
     return found
 
 
-
-
 def write_predictions_record(
     run_dir: Path, prepared: Prepared, outputs: dict[str, tuple[np.ndarray, np.ndarray]]
 ) -> None:

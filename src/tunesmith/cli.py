@@ -1,4 +1,5 @@
-"""The command line. It only wires arguments to `tunesmith.api`; no computing happens here."""
+"""The command line. It only wires arguments to `tunesmith.api` (`report` to the report module,
+which needs no torch); no computing happens here."""
 
 from __future__ import annotations
 
