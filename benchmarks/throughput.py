@@ -128,6 +128,7 @@ def tunesmith_arm(config: Path, overrides: list[str], workdir: Path, name: str) 
         "val_accuracy_by_epoch": [round(line["val_accuracy"], 4) for line in epochs],
         "best_val_accuracy": round(metrics["val"]["accuracy"]["value"], 4),
         "test_accuracy": round(metrics["test"]["accuracy"]["value"], 4),
+        "precision": metrics["train"]["precision"],
         "run_wall_s": round(wall, 1),
         "run_dir": str(summary.run_dir),
     }
@@ -211,6 +212,7 @@ def trainer_arm(
     output = trainer.train()
     record: dict[str, Any] = {
         "samples_per_s": round(float(output.metrics["train_samples_per_second"]), 1),
+        "precision": "bf16" if bf16 else "fp32",
         "steps": int(output.global_step),
         "train_wall_s": round(time.perf_counter() - started, 1),
     }
@@ -250,12 +252,17 @@ def text(workdir: Path, machine: dict[str, Any], trainer_epochs: float) -> list[
     ours["over_trainer_bf16"] = round(ours["samples_per_s"] / bf16["samples_per_s"], 2)
     ours["val_accuracy_minus_trainer"] = round(ours["val_accuracy"] - peer["val_accuracy"], 4)
     records.append({"arm": "text: tunesmith", **ours})
+    return with_mfu(records, machine)
+
+
+def with_mfu(records: list[dict[str, Any]], machine: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each record's model FLOP utilization against the fp32 and bf16 matrix-product rates;
+    against an emulated bf16 rate (a CPU without bf16 units) the ratio means nothing: None."""
+    fast_bf16 = torch.cuda.is_available() or machine["cpu_bf16_is_fast"]
     for record in records:
-        record["mfu_fp32"] = round(mfu(record["flops_per_sample"], record["samples_per_s"],
-                                       machine["fp32_gflops"]), 3)
-        # Against an emulated bf16 rate (a CPU without bf16 units) the ratio means nothing.
-        record["mfu_bf16"] = round(mfu(record["flops_per_sample"], record["samples_per_s"],
-                                       machine["bf16_gflops"]), 3) if fast_bf16 else None
+        rate = record["flops_per_sample"], record["samples_per_s"]
+        record["mfu_fp32"] = round(mfu(*rate, machine["fp32_gflops"]), 3)
+        record["mfu_bf16"] = round(mfu(*rate, machine["bf16_gflops"]), 3) if fast_bf16 else None
     return records
 
 
@@ -349,6 +356,7 @@ def plain_image_arm(
     flops = training_flops(model.train(), forward)
     return {
         "samples_per_s": round(samples / seconds, 1),
+        "precision": "fp32",
         "epochs": epochs,
         **accuracy,
         "flops_per_sample": flops,
@@ -364,10 +372,7 @@ def image(workdir: Path, machine: dict[str, Any], epochs: int) -> list[dict[str,
     ours["flops_per_sample"] = tunesmith_flops(IMAGE_CONFIG, overrides)
     ours["over_plain_loop"] = round(ours["samples_per_s"] / peer["samples_per_s"], 2)
     records = [{"arm": "image: plain PyTorch loop", **peer}, {"arm": "image: tunesmith", **ours}]
-    for record in records:
-        record["mfu_fp32"] = round(mfu(record["flops_per_sample"], record["samples_per_s"],
-                                       machine["fp32_gflops"]), 3)
-    return records
+    return with_mfu(records, machine)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -422,8 +427,8 @@ def memory(workdir: Path, trials: int) -> list[dict[str, Any]]:
 
 
 def table(records: list[dict[str, Any]]) -> str:
-    lines = ["| arm | samples/s | ratio | val accuracy | MFU (fp32 / bf16 rate) |",
-             "|---|---|---|---|---|"]
+    lines = ["| arm | precision | samples/s | ratio | val accuracy | MFU (fp32 / bf16 rate) |",
+             "|---|---|---|---|---|---|"]
     for r in records:
         if "samples_per_s" not in r:
             continue
@@ -432,7 +437,7 @@ def table(records: list[dict[str, Any]]) -> str:
             ratio = f"{ratio} (fp32 Trainer) / {r['over_trainer_bf16']} (bf16 Trainer)"
         mfus = "–" if "mfu_fp32" not in r else f"{r['mfu_fp32']:.3f}" + (
             f" / {r['mfu_bf16']:.3f}" if r.get("mfu_bf16") else "")
-        lines.append(f"| {r['arm']} | {r['samples_per_s']} | {ratio} | "
+        lines.append(f"| {r['arm']} | {r.get('precision', '–')} | {r['samples_per_s']} | {ratio} | "
                      f"{r.get('val_accuracy', '–')} | {mfus} |")
     return "\n".join(lines)
 
