@@ -174,7 +174,8 @@ def test_test_labels_absent_from_train(text_config: Callable[..., Path], text_cs
     test_table.loc[[2, 7], "label"] = "neutral"
     test_path = bad_csv(tmp_path, test_table)
     expected = (test_path, "data.label_column",
-                "test labels ['neutral'] never occur in the training data")
+                "test labels ['neutral'] never occur in the training data",
+                "keep to the training data's label values in test: drop or relabel")
     config = text_config(data={"test": str(test_path)})
     assert_user_error(run_cli(["validate", config]), *expected)
     assert_inspect_error(*inspect_cli(run_cli, text_csv, "--test", test_path), *expected)

@@ -209,6 +209,7 @@ def test_evaluate_refuses_labels_the_model_never_saw(
     assert result.code == 2, result.err
     assert re.search(r"labels \['7'\] never occur in the training data", result.err)
     assert "other.csv" in result.err and "data.label_column" in result.err
+    assert "drop or relabel the rows with the others" in result.err
 
 
 def test_tunesmith_report_rebuilds_the_page_without_loading_torch(

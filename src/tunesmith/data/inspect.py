@@ -311,7 +311,8 @@ def _unseen_label_findings(other: PartScan, unseen: list[str]) -> list[Finding]:
             f"{other.name} labels {unseen[:EXAMPLES]} never occur in the training data",
             field="data.label_column",
             count=len(unseen),
-            fix="make sure train and test use the same label values",
+            fix=f"keep to the training data's label values in {other.name}: drop or relabel "
+            "the rows with the others (a model cannot predict a class it never trained on)",
         )
     ]
 
