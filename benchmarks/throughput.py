@@ -104,6 +104,11 @@ def training_flops(model: torch.nn.Module, forward: Any) -> float:
     return 3 * float(counter.get_total_flops()) / samples
 
 
+def bf16_is_fast(machine: dict[str, Any]) -> bool:
+    """Whether bf16 runs on real matrix units here (a GPU, or a CPU whose bf16 beats fp32)."""
+    return torch.cuda.is_available() or bool(machine["cpu_bf16_is_fast"])
+
+
 def mfu(flops_per_sample: float, samples_per_s: float, gflops: float) -> float:
     return flops_per_sample * samples_per_s / (gflops * 1e9)
 
@@ -241,7 +246,7 @@ def text(workdir: Path, machine: dict[str, Any], trainer_epochs: float) -> list[
     records = []
     peer = trainer_arm(parts, workdir, bf16=False, epochs=trainer_epochs)
     records.append({"arm": "text: HF Trainer fp32", **peer})
-    fast_bf16 = torch.cuda.is_available() or cpu_bf16_is_fast()
+    fast_bf16 = bf16_is_fast(machine)
     bf16 = trainer_arm(parts, workdir, bf16=True, epochs=trainer_epochs,
                        max_steps=-1 if fast_bf16 else BF16_PROBE_STEPS)
     note = "" if fast_bf16 else f"{BF16_PROBE_STEPS} steps: bf16 is emulated on this CPU"
@@ -258,7 +263,7 @@ def text(workdir: Path, machine: dict[str, Any], trainer_epochs: float) -> list[
 def with_mfu(records: list[dict[str, Any]], machine: dict[str, Any]) -> list[dict[str, Any]]:
     """Each record's model FLOP utilization against the fp32 and bf16 matrix-product rates;
     against an emulated bf16 rate (a CPU without bf16 units) the ratio means nothing: None."""
-    fast_bf16 = torch.cuda.is_available() or machine["cpu_bf16_is_fast"]
+    fast_bf16 = bf16_is_fast(machine)
     for record in records:
         rate = record["flops_per_sample"], record["samples_per_s"]
         record["mfu_fp32"] = round(mfu(*rate, machine["fp32_gflops"]), 3)
