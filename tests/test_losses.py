@@ -249,6 +249,20 @@ def test_classification_macro_f1_counts_a_class_never_predicted_as_zero() -> Non
     assert constant["macro_f1"] == pytest.approx((2 / 3 + 0.0) / 2)
 
 
+def test_classification_metrics_agree_with_scikit_learn_on_random_parts() -> None:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    rng = np.random.default_rng(0)
+    for rows, classes in [(7, 2), (50, 3), (200, 10), (5, 10)]:  # the last misses most classes
+        logits = rng.normal(size=(rows, classes))
+        targets = rng.integers(0, max(2, classes // 3), size=rows)
+        predicted = logits.argmax(1)
+        metrics = task_metrics("classification", logits, targets)
+        assert metrics["accuracy"] == pytest.approx(accuracy_score(targets, predicted))
+        assert metrics["macro_f1"] == pytest.approx(
+            f1_score(targets, predicted, average="macro", zero_division=0))
+
+
 def test_multilabel_f1_thresholds_logits_at_zero() -> None:
     logits = np.array([[2.0, -1.0, 0.0], [0.5, 0.1, -3.0], [-0.2, 1.0, 4.0], [-1.0, -1.0, 0.3]])
     targets = np.array([[1, 0, 1], [1, 0, 0], [0, 1, 1], [0, 1, 1]], dtype=float)

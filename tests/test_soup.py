@@ -111,6 +111,27 @@ def test_greedy_ensemble_keeps_members_that_help_and_is_used_only_when_better() 
     assert alone.members == (1,) and not alone.improves
 
 
+def test_replicates_are_averaged_uniformly_and_used_when_not_below_their_mean() -> None:
+    import numpy as np
+
+    from tunesmith.evaluate.metrics import objective_for
+    from tunesmith.search.selection import combine, uniform_ensemble
+
+    objective = objective_for("classification")
+    targets = np.array([0, 1, 0, 1])
+    a = np.array([[2.0, 0.0], [0.0, 2.0], [0.0, 0.2], [0.0, 2.0]])  # 3/4: row 2 wrong, unsure
+    b = np.array([[2.0, 0.0], [0.3, 0.0], [2.0, 0.0], [0.0, 2.0]])  # 3/4: row 1 wrong, unsure
+    c = np.array([[0.0, 0.1], [0.0, 2.0], [2.0, 0.0], [0.0, 2.0]])  # 3/4: row 0 wrong, unsure
+    chosen = uniform_ensemble([(4, 0.75, b), (2, 0.75, a), (7, 0.75, c)], targets, objective)
+    assert chosen.members == (2, 4, 7)  # all of them, none picked out by validation
+    np.testing.assert_allclose(chosen.outputs, combine([a, b, c], "classification"), rtol=1e-6)
+    assert chosen.score == 1.0 and chosen.improves  # each is outvoted where it is wrong
+    wrong = np.array([[0.0, 3.0], [3.0, 0.0], [0.0, 3.0], [3.0, 0.0]])  # 0/4, and confident
+    worse = uniform_ensemble([(0, 0.75, a), (1, 0.0, wrong)], targets, objective)
+    assert worse.best_single == 0.75 and worse.score == 0.0  # below the mean, 0.375: not used
+    assert not worse.improves
+
+
 def test_trials_within_noise_are_those_within_two_standard_errors() -> None:
     from tunesmith.evaluate.metrics import objective_for
     from tunesmith.search.selection import within_noise

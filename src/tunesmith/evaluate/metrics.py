@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import expit, log_softmax
 from sklearn.metrics import (
-    accuracy_score,
     average_precision_score,
     balanced_accuracy_score,
     f1_score,
@@ -78,10 +77,25 @@ def task_metrics(kind: str, outputs: np.ndarray, targets: np.ndarray) -> dict[st
 
 
 def classification_metrics(logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    """Accuracy and macro-F1 from one confusion matrix: they score every epoch of every trial,
+    and scikit-learn's argument checks cost more than the counting on a small part."""
     predicted = logits.argmax(axis=1)
+    truth = np.asarray(targets).astype(np.int64).reshape(-1)
+    if len(truth) == 0:
+        return {"accuracy": 0.0, "macro_f1": 0.0}
+    classes = int(max(logits.shape[1], truth.max() + 1))
+    confusion = np.bincount(truth * classes + predicted, minlength=classes * classes).reshape(
+        classes, classes)
+    hits = np.diag(confusion).astype(np.float64)
+    true_rows, predicted_rows = confusion.sum(axis=1), confusion.sum(axis=0)
+    # As scikit-learn: the classes present in the targets or the predictions, an F1 of 0 where
+    # a class has no true or predicted rows.
+    present = (true_rows + predicted_rows) > 0
+    f1 = np.divide(2 * hits, true_rows + predicted_rows, out=np.zeros(classes),
+                   where=present)
     return {
-        "accuracy": float(accuracy_score(targets, predicted)),
-        "macro_f1": float(f1_score(targets, predicted, average="macro", zero_division=0)),
+        "accuracy": float(hits.sum() / len(truth)),
+        "macro_f1": float(f1[present].mean()),
     }
 
 

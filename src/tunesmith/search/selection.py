@@ -8,6 +8,16 @@ validation interval); in order of validation score, each is added to the average
 the average's validation score better (a member costs a forward pass at every prediction), so
 the ensemble is used only when it beats the best single trial. It works on the members'
 validation outputs alone: nothing is recomputed.
+
+Replicates of one configuration (the recipe trained again with other seeds) are another matter:
+they are exchangeable by construction, so validation has nothing to choose between them, and a
+greedy pick among them follows the noise. They are averaged uniformly, all of them
+(`uniform_ensemble`, the deep ensembles of Lakshminarayanan et al. 2017), and the average is used
+when it scores at least the mean of its members: the best member's score is the maximum of a few
+noisy draws, a biased yardstick. Over 15 sets of 4 of 6 MiniLM replicates on Rotten Tomatoes, the
+uniform average scored 0.813 on test on average, the greedy pick 0.812 (with a validation score
+1.9 points above its test score, against 1.1 for the uniform one) and the best replicate on
+validation 0.805.
 """
 
 from __future__ import annotations
@@ -76,3 +86,19 @@ def within_noise(scores: dict[int, float], best: int, error: float, objective: O
     close = [n for n, s in scores.items() if sign * (scores[best] - s) <= 2 * error]
     close.sort(key=lambda n: (-sign * scores[n], n))
     return ([best] + [n for n in close if n != best])[:limit]
+
+
+def uniform_ensemble(
+    candidates: Sequence[tuple[int, float, np.ndarray]],
+    targets: np.ndarray,
+    objective: Objective,
+) -> Selection:
+    """All `candidates` (replicates of one configuration) averaged with equal weight; used when
+    the average scores at least its members' mean score."""
+    sign = 1.0 if objective.greater_is_better else -1.0
+    ordered = sorted(candidates, key=lambda c: (-sign * c[1], c[0]))
+    outputs = combine([c[2] for c in ordered], objective.kind)
+    score = objective.score(outputs, targets)[objective.metric]
+    mean = float(np.mean([c[1] for c in ordered]))
+    better = len(ordered) > 1 and sign * score >= sign * mean
+    return Selection(tuple(c[0] for c in ordered), outputs, score, ordered[0][1], better)
