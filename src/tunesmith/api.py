@@ -540,6 +540,7 @@ def _ensemble_within_noise(
     where they are the recipe and its replicates, a greedy selection otherwise; their models;
     the trials within noise); None with a single scored trial."""
     from tunesmith.evaluate.intervals import bootstrap_intervals, standard_error
+    from tunesmith.search.run import is_recipe_or_replicate
     from tunesmith.search.selection import greedy_ensemble, uniform_ensemble, within_noise
 
     assert kept.prepared is not None and kept.model is not None and kept.result is not None
@@ -570,16 +571,9 @@ def _ensemble_within_noise(
         models[number] = other.model
     if len(candidates) < 2:
         return None, models, close
-    if all(_is_recipe_replicate(by_number[number]) for number, _, _ in candidates):
+    if all(is_recipe_or_replicate(by_number[number]) for number, _, _ in candidates):
         return uniform_ensemble(candidates, targets, objective), models, close
     return greedy_ensemble(candidates, targets, objective), models, close
-
-
-def _is_recipe_replicate(trial: Any) -> bool:
-    """Whether a trial is the recipe or one of its replicates (the recipe with another seed)."""
-    from tunesmith.search.run import REPLICATE_ATTR
-
-    return bool(trial.user_attrs.get("recipe")) or REPLICATE_ATTR in trial.user_attrs
 
 
 def _same_architecture(a: _Kept, b: _Kept) -> bool:

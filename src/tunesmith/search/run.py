@@ -110,6 +110,11 @@ def trial_values(trial: optuna.trial.FrozenTrial | optuna.Trial, values: Values)
     return values if seed is None else {**values, "seed": int(seed)}
 
 
+def is_recipe_or_replicate(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial trains the recipe's values: the recipe itself or one of its replicates."""
+    return bool(trial.user_attrs.get("recipe")) or REPLICATE_ATTR in trial.user_attrs
+
+
 def replicates_fit(finished_trials: int, left: float, recipe_wall: float) -> bool:
     """Whether the trials done and those the time left holds, at the recipe's pace, are no more
     than the sampler draws at random before it models anything."""
