@@ -478,3 +478,43 @@ def test_trials_release_their_models_and_memory_between_trials(
     # before each trial, at most the best model so far is alive: the others were let go
     assert max(live) <= 1 and live[0] == 0
     assert max(resident[2:]) <= 1.05 * resident[1]
+
+
+def test_replicates_of_the_recipe_are_souped_uniformly_when_not_below_their_mean(
+    tmp_path: Path, text_config: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # However long the trials take here, the trials after the recipe are its replicates.
+    monkeypatch.setattr("tunesmith.search.run.replicates_fit", lambda *args: True)
+    from safetensors.torch import load_file
+
+    config = text_config("replicas", search={"budget": 600, "trials": 3, "folds": 1})
+    assert api.prepare(load_config(config)).config.model.head.init == "zeros"  # one init for all
+    summary = api.fit(config)
+    trials = study_of(summary.run_dir, "replicas").get_trials()
+    assert [t.user_attrs.get("replicate") for t in trials] == [None, 1, 2]
+    assert [t.user_attrs.get("seed") for t in trials] == [None, 1, 2]
+    values = {t.number: t.value for t in trials}
+    assert len(set(values.values())) > 1 or len({t.user_attrs["best_epoch"] for t in trials}) > 1
+    metrics = json.loads((summary.run_dir / "metrics.json").read_text())
+    soup = metrics["search"]["soup"]
+    best = metrics["search"]["best_trial"]
+    assert soup["uniform"] is True and soup["ingredients"][0] == best
+    assert set(soup["ingredients"]) <= {0, 1, 2} and len(soup["ingredients"]) >= 2
+    assert soup["best_single_val"] == pytest.approx(values[best])
+    mean = np.mean([values[n] for n in soup["ingredients"]])
+    assert soup["ingredients_mean_val"] == pytest.approx(mean)
+    assert 0 < soup["val_standard_error"] < 0.2
+    assert soup["used"] == (soup["val"] >= mean - soup["val_standard_error"])
+    bundle = load_file(summary.run_dir / "best" / "model.safetensors")
+    states = [load_file(summary.run_dir / "trials" / str(n) / "best.safetensors")
+              for n in soup["ingredients"]]
+    if soup["used"]:  # the bundle holds the average of the ingredients' best weights
+        assert metrics["val"]["accuracy"]["value"] == pytest.approx(soup["val"])
+        for key, tensor in bundle.items():
+            if tensor.is_floating_point():
+                expected = sum(s[key].float() for s in states) / len(states)
+                assert np.allclose(tensor.float().numpy(), expected.numpy(), atol=1e-6), key
+    else:  # the replicates' uniform ensemble, or the best trial alone
+        ensemble = metrics["search"]["ensemble"]
+        chosen = ensemble["val"] if ensemble["used"] else values[best]
+        assert metrics["val"]["accuracy"]["value"] == pytest.approx(chosen)

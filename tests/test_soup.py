@@ -1,12 +1,13 @@
 """The greedy soup: ingredients in order of validation score, each kept only if the average does
-not get worse, the soup used only when it beats the best trial."""
+not get worse, the soup used only when it beats the best trial; the uniform soup of replicates,
+used unless it falls below their mean by more than a standard error; ensembles of outputs."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tunesmith.search.soup import average, compatible, greedy_soup
+from tunesmith.search.soup import average, compatible, greedy_soup, uniform_soup
 
 
 def state(value: float, *, shape: tuple[int, ...] = (2,)) -> dict[str, torch.Tensor]:
@@ -53,6 +54,32 @@ def test_weights_of_another_architecture_are_skipped_and_lower_is_better_works()
                        greater_is_better=False)
     assert soup.ingredients == (0, 2) and soup.improves and soup.score == 0.0
     assert not compatible(state(1.0), state(1.0, shape=(3,)))
+
+
+def test_the_uniform_soup_of_replicates_averages_all_and_is_used_within_a_standard_error() -> None:
+    # A score best at w=2; replicates (number, val, w): their mean val is 0.80.
+    def score(mixed: dict[str, torch.Tensor]) -> float:
+        return 0.82 - abs(float(mixed["w"][0]) - 2.0) / 10
+
+    replicas = [(3, 0.78, lambda: state(3.0)), (0, 0.84, lambda: state(1.0)),
+                (5, 0.78, lambda: state(2.0))]  # average w = 2: scores 0.82, above the mean
+    soup = uniform_soup(replicas, score)
+    assert soup.ingredients == (0, 3, 5)  # all of them, best first: none picked out
+    assert torch.allclose(soup.state["w"], torch.full((2,), 2.0))
+    assert soup.score == pytest.approx(0.82) and soup.best_single == 0.84 and soup.improves
+    # an average below the members' mean: used only within the tolerance (one standard error)
+    far = [(0, 0.84, lambda: state(1.0)), (1, 0.84, lambda: state(7.0))]  # w=4: scores 0.62
+    assert not uniform_soup(far, score).improves
+    assert not uniform_soup(far, score, tolerance=0.2).improves  # 0.62 < 0.84 - 0.2
+    assert uniform_soup(far, score, tolerance=0.25).improves
+    # an error to minimize: the tolerance works the other way
+    low = [(0, 0.10, lambda: state(1.0)), (1, 0.20, lambda: state(2.0))]  # mean 0.15
+    assert uniform_soup(low, lambda m: 0.17, greater_is_better=False, tolerance=0.03).improves
+    assert not uniform_soup(low, lambda m: 0.19, greater_is_better=False, tolerance=0.03).improves
+    assert uniform_soup(low, lambda m: 0.19, greater_is_better=False).ingredients == (0, 1)
+    with pytest.raises(ValueError, match="replicates"):
+        uniform_soup([(0, 0.9, lambda: state(1.0)), (1, 0.9, lambda: state(1.0, shape=(3,)))],
+                     score)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,6 +157,11 @@ def test_replicates_are_averaged_uniformly_and_used_when_not_below_their_mean() 
     worse = uniform_ensemble([(0, 0.75, a), (1, 0.0, wrong)], targets, objective)
     assert worse.best_single == 0.75 and worse.score == 0.0  # below the mean, 0.375: not used
     assert not worse.improves
+    # within a tolerance of the mean (a standard error of the validation score) it is used
+    assert not uniform_ensemble([(0, 0.75, a), (1, 0.0, wrong)], targets, objective,
+                                tolerance=0.3).improves
+    assert uniform_ensemble([(0, 0.75, a), (1, 0.0, wrong)], targets, objective,
+                            tolerance=0.4).improves
 
 
 def test_trials_within_noise_are_those_within_two_standard_errors() -> None:

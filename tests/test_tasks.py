@@ -141,8 +141,10 @@ def test_multilabel_texts_train_and_predict_label_sets(tiny_bert: Path, tmp_path
                       train_settings={"epochs": 6, "batch_size": 16, "lr": 2e-3,
                                       "head_lr": 5e-3, "precision": "fp32"},
                       data={"split": {"val": 0.2}},
-                      # The tiny BERT is random: its embeddings have the cue words to learn.
-                      model={"freeze_embeddings": False})
+                      # The tiny BERT is random: its embeddings have the cue words to learn,
+                      # and a random head lets them learn from the first step (the recipe's
+                      # zero head waits for pretrained features to train it first).
+                      model={"freeze_embeddings": False, "head": {"init": "xavier_uniform"}})
     run = finish_run(tmp_path, raw)
     metrics = json.loads((run.run_dir / "metrics.json").read_text())
     assert metrics["task"] == "text-multilabel" and metrics["primary_metric"] == "micro_f1"

@@ -14,7 +14,7 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, cast
@@ -500,19 +500,26 @@ def _search(given: Config, recipe: Prepared, *, resume: bool) -> tuple[_Kept, di
               "folds": len(folds) or 1}
     if folds:  # the fold models predict together; a soup of them would mix unrelated weights
         return kept, record
-    soup = _greedy_soup(kept, trials, best, objective)
+    kept.val_outputs = predict_part(kept.model, kept.prepared, kept.prepared.data.val,
+                                    kept.result)
+    error = _val_error(given, recipe, kept, objective)
+    soup = (_replicate_soup(kept, trials, best, objective, error)
+            or _greedy_soup(kept, trials, best, objective))
     if soup is not None:
         record["soup"] = {"ingredients": list(soup.ingredients), "val": soup.score,
                           "best_single_val": soup.best_single, "used": soup.improves}
+        if _all_replicates(trials, soup.ingredients):
+            record["soup"].update({
+                "uniform": True, "val_standard_error": error,
+                "ingredients_mean_val": float(np.mean(
+                    [_val_score(trials, n, objective) for n in soup.ingredients]))})
         if soup.improves:
             kept.model.load_state_dict(soup.state)
             kept.val_outputs = predict_part(kept.model, kept.prepared, kept.prepared.data.val,
                                             kept.result)
             kept.result = replace(kept.result, best_val=objective.score(*kept.val_outputs))
             return kept, record
-    kept.val_outputs = predict_part(kept.model, kept.prepared, kept.prepared.data.val,
-                                    kept.result)
-    chosen = _ensemble_within_noise(given, recipe, kept, trials, best, objective)
+    chosen = _ensemble_within_noise(given, recipe, kept, trials, best, objective, error)
     if chosen is not None:
         selection, models, close = chosen
         record["ensemble"] = {"within_noise": close, "used": False}
@@ -532,14 +539,37 @@ def _search(given: Config, recipe: Prepared, *, resume: bool) -> tuple[_Kept, di
 ENSEMBLE_CANDIDATES = 5  # the most trials an ensemble of trials within noise averages
 
 
+def _val_error(given: Config, recipe: Prepared, kept: _Kept, objective: Any) -> float:
+    """The standard error of the best trial's validation score, from its bootstrap interval."""
+    from tunesmith.evaluate.intervals import bootstrap_intervals, standard_error
+
+    assert kept.val_outputs is not None
+    outputs, targets = kept.val_outputs
+    low, high = bootstrap_intervals(recipe.kind, outputs, targets, seed=given.seed)[
+        objective.metric]
+    return standard_error(low, high)
+
+
+def _val_score(trials: list[Any], number: int, objective: Any) -> float:
+    trial = next(t for t in trials if t.number == number)
+    return float(trial.user_attrs["val"][objective.metric])
+
+
+def _all_replicates(trials: list[Any], numbers: Any) -> bool:
+    from tunesmith.search.run import is_recipe_or_replicate
+
+    by_number = {t.number: t for t in trials}
+    return all(is_recipe_or_replicate(by_number[n]) for n in numbers)
+
+
 def _ensemble_within_noise(
-    given: Config, recipe: Prepared, kept: _Kept, trials: list[Any], best: Any, objective: Any
+    given: Config, recipe: Prepared, kept: _Kept, trials: list[Any], best: Any, objective: Any,
+    error: float,
 ) -> tuple[Any, dict[int, TaskModel], list[int]] | None:
     """(the ensemble of the trials validation cannot tell from the best, within two standard
-    errors, whose models share its architecture (None without any): all of them, uniformly,
-    where they are the recipe and its replicates, a greedy selection otherwise; their models;
-    the trials within noise); None with a single scored trial."""
-    from tunesmith.evaluate.intervals import bootstrap_intervals, standard_error
+    errors (`error`: one), whose models share its architecture (None without any): all of them,
+    uniformly, where they are the recipe and its replicates, a greedy selection otherwise; their
+    models; the trials within noise); None with a single scored trial."""
     from tunesmith.search.run import is_recipe_or_replicate
     from tunesmith.search.selection import greedy_ensemble, uniform_ensemble, within_noise
 
@@ -550,9 +580,7 @@ def _ensemble_within_noise(
     if len(scores) < 2 or kept.val_outputs is None:
         return None
     outputs, targets = kept.val_outputs
-    low, high = bootstrap_intervals(recipe.kind, outputs, targets, seed=given.seed)[metric]
-    close = within_noise(scores, best.number, standard_error(low, high), objective,
-                         limit=ENSEMBLE_CANDIDATES)
+    close = within_noise(scores, best.number, error, objective, limit=ENSEMBLE_CANDIDATES)
     assert isinstance(kept.model, TaskModel)
     candidates = [(best.number, scores[best.number], outputs)]
     models: dict[int, TaskModel] = {best.number: kept.model}
@@ -572,7 +600,8 @@ def _ensemble_within_noise(
     if len(candidates) < 2:
         return None, models, close
     if all(is_recipe_or_replicate(by_number[number]) for number, _, _ in candidates):
-        return uniform_ensemble(candidates, targets, objective), models, close
+        return (uniform_ensemble(candidates, targets, objective, tolerance=error), models,
+                close)
     return greedy_ensemble(candidates, targets, objective), models, close
 
 
@@ -608,38 +637,86 @@ def _folds(recipe: Prepared) -> list[Any]:
 SOUP_CANDIDATES = 5  # the best trials tried as ingredients
 
 
+def _replicate_soup(kept: _Kept, trials: list[Any], best: Any, objective: Any,
+                    error: float) -> Any:
+    """Where the best trial is the recipe or one of its replicates: the uniform soup of it and
+    the other replicates within two standard errors (`error`: one) of it on validation, used
+    unless it scores below their mean by more than one standard error; None with fewer than two
+    such trials (the greedy soup then looks at all trials)."""
+    from tunesmith.search.run import is_recipe_or_replicate
+    from tunesmith.search.selection import within_noise
+    from tunesmith.search.soup import uniform_soup
+
+    if not is_recipe_or_replicate(best):
+        return None
+    metric = objective.metric
+    run_dir = kept.prepared.config.run_dir if kept.prepared is not None else None
+    assert run_dir is not None
+    scores = {t.number: float(t.user_attrs["val"][metric]) for t in trials
+              if metric in t.user_attrs.get("val", {}) and is_recipe_or_replicate(t)
+              and (t.number == best.number or _best_weights(run_dir, t.number).is_file())}
+    close = within_noise(scores, best.number, error, objective, limit=SOUP_CANDIDATES)
+    if len(close) < 2:
+        return None
+    return _soup_of(kept, best, [(n, scores[n]) for n in close[1:]], objective,
+                    lambda candidates, score: uniform_soup(
+                        candidates, score, greater_is_better=objective.greater_is_better,
+                        tolerance=error))
+
+
+def _best_weights(run_dir: Path, number: int) -> Path:
+    from tunesmith.train.checkpoint import BEST
+
+    return run_dir / "trials" / str(number) / BEST
+
+
 def _greedy_soup(kept: _Kept, trials: list[Any], best: Any, objective: Any) -> Any:
     """The greedy soup of the top trials whose weights can be averaged with the best's (same
     backbone and architecture), or None with fewer than two such trials."""
-    from safetensors.torch import load_file
-
     from tunesmith.search.soup import greedy_soup
-    from tunesmith.train.checkpoint import BEST
+
+    assert kept.prepared is not None
+    metric = objective.metric
+    run_dir = kept.prepared.config.run_dir
+    scored = sorted((t for t in trials if metric in t.user_attrs.get("val", {})
+                     and t.number != best.number and _best_weights(run_dir, t.number).is_file()),
+                    key=lambda t: t.user_attrs["val"][metric], reverse=objective.greater_is_better)
+    others = [(t.number, float(t.user_attrs["val"][metric])) for t in scored[: SOUP_CANDIDATES - 1]]
+    if not others:
+        return None
+    return _soup_of(kept, best, others, objective,
+                    lambda candidates, score: greedy_soup(
+                        candidates, score, greater_is_better=objective.greater_is_better))
+
+
+def _soup_of(kept: _Kept, best: Any, others: list[tuple[int, float]], objective: Any,
+             make: Callable[[list[Any], Callable[[dict[str, torch.Tensor]], float]], Any]) -> Any:
+    """`make(candidates, score)` over the best trial (its weights in memory) and `others`
+    ((trial number, validation score), weights from their best checkpoints), each average scored
+    on the val part; the kept model is left with the best trial's weights."""
+    from safetensors.torch import load_file
 
     assert kept.prepared is not None and kept.model is not None and kept.result is not None
     model, prepared, result = kept.model, kept.prepared, kept.result
-    metric = objective.metric
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     run_dir = prepared.config.run_dir
-    scored = sorted((t for t in trials if metric in t.user_attrs.get("val", {})
-                     and t.number != best.number
-                     and (run_dir / "trials" / str(t.number) / BEST).is_file()),
-                    key=lambda t: t.user_attrs["val"][metric], reverse=objective.greater_is_better)
-    others = [(t.number, float(t.user_attrs["val"][metric]),
-               lambda t=t: load_file(run_dir / "trials" / str(t.number) / BEST))
-              for t in scored[: SOUP_CANDIDATES - 1]]
-    if not others:
-        return None
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def loader(number: int) -> Callable[[], dict[str, torch.Tensor]]:
+        if number == best.number:
+            return lambda: best_state
+        return lambda: load_file(_best_weights(run_dir, number))
+
+    candidates = [(number, value, loader(number)) for number, value in
+                  [(best.number, float(best.user_attrs["val"][objective.metric])), *others]]
 
     def score(state: dict[str, torch.Tensor]) -> float:
         model.load_state_dict(state)
-        return evaluate_part(model, prepared, prepared.data.val, result)[metric]
+        return float(evaluate_part(model, prepared, prepared.data.val, result)[objective.metric])
 
-    soup = greedy_soup([(best.number, float(best.user_attrs["val"][metric]),
-                         lambda: best_state), *others],
-                       score, greater_is_better=objective.greater_is_better)
-    model.load_state_dict(best_state)
-    return soup
+    try:
+        return make(candidates, score)
+    finally:
+        model.load_state_dict(best_state)
 
 
 

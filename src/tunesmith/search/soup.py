@@ -4,6 +4,10 @@ Fine-tuned models that start from the same pretrained weights and share an archi
 in one basin, where their uniform average is better than each. The greedy soup takes the trials
 in order of validation score and adds each to the average only if the average's validation score
 does not get worse; the soup is used only when it beats the best single trial on validation.
+
+Replicates of the recipe (the same configuration and initialization, other seeds) are souped
+uniformly instead (`uniform_soup`): validation cannot rank exchangeable runs, so all of them go
+in, as in the paper's uniform soup of fine-tunes from one shared initialization.
 """
 
 from __future__ import annotations
@@ -71,3 +75,28 @@ def greedy_soup(
             soup_score = trial_score
     better = len(kept) > 1 and sign * soup_score > sign * best_score
     return Soup(tuple(kept), average(states), soup_score, best_score, better)
+
+
+def uniform_soup(
+    candidates: Sequence[tuple[int, float, Callable[[], State]]],
+    score: Callable[[State], float],
+    *,
+    greater_is_better: bool = True,
+    tolerance: float = 0.0,
+) -> Soup:
+    """All `candidates` (replicates of one configuration: the same initialization, other seeds)
+    averaged with equal weight, the paper's uniform soup. Validation cannot choose between
+    exchangeable runs, and each one's score is the best of its epochs on those same rows, a
+    yardstick biased upwards; so the soup is used unless it scores below its ingredients' mean by
+    more than `tolerance` (a standard error of the validation score): what that rules out is
+    weights that do not average (runs that left the basin), which fall by far more."""
+    sign = 1.0 if greater_is_better else -1.0
+    ordered = sorted(candidates, key=lambda c: (-sign * c[1], c[0]))
+    states = [load() for _, _, load in ordered]
+    if any(not compatible(states[0], state) for state in states[1:]):
+        raise ValueError("replicates whose weights differ in names, shapes or dtypes")
+    state = average(states)
+    soup_score = score(state)
+    mean = sum(c[1] for c in ordered) / len(ordered)
+    used = len(ordered) > 1 and sign * soup_score >= sign * mean - tolerance
+    return Soup(tuple(c[0] for c in ordered), state, soup_score, ordered[0][1], used)
