@@ -11,7 +11,8 @@ part for validation, or cross-validates on all of it where the data is small) an
 searches, the same wall-time budget:
 
   search   `tunesmith run` with `search.budget`: seeded multivariate TPE, Hyperband pruning over
-           epochs, 5-fold scored trials for small tables, a greedy soup; trial 0 is the recipe.
+           epochs, 5-fold scored trials for small tables; trial 0 is the recipe, and a budget of
+           a few trials is spent on its replicates, souped uniformly (else a greedy soup).
   recipe   `tunesmith run` of the recipe alone (the search's trial 0, trained on its own).
   default  the fine-tune a practitioner writes from the docs, on the whole train part: rt2 the
            Hugging Face Trainer with its defaults (fp32, lr 5e-5, batch 8, 3 epochs, max length
