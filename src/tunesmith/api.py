@@ -503,16 +503,18 @@ def _search(given: Config, recipe: Prepared, *, resume: bool) -> tuple[_Kept, di
     kept.val_outputs = predict_part(kept.model, kept.prepared, kept.prepared.data.val,
                                     kept.result)
     error = _val_error(given, recipe, kept, objective)
-    soup = (_replicate_soup(kept, trials, best, objective, error)
-            or _greedy_soup(kept, trials, best, objective))
+    soup = _replicate_soup(kept, trials, best, objective, error)
+    uniform = soup is not None
+    if soup is None:
+        soup = _greedy_soup(kept, trials, best, objective)
     if soup is not None:
         record["soup"] = {"ingredients": list(soup.ingredients), "val": soup.score,
                           "best_single_val": soup.best_single, "used": soup.improves}
-        if _all_replicates(trials, soup.ingredients):
-            record["soup"].update({
-                "uniform": True, "val_standard_error": error,
-                "ingredients_mean_val": float(np.mean(
-                    [_val_score(trials, n, objective) for n in soup.ingredients]))})
+        if uniform:
+            scores = {t.number: t.user_attrs["val"][objective.metric] for t in trials
+                      if t.number in soup.ingredients}
+            record["soup"].update({"uniform": True, "val_standard_error": error,
+                                   "ingredients_mean_val": float(np.mean(list(scores.values())))})
         if soup.improves:
             kept.model.load_state_dict(soup.state)
             kept.val_outputs = predict_part(kept.model, kept.prepared, kept.prepared.data.val,
@@ -548,18 +550,6 @@ def _val_error(given: Config, recipe: Prepared, kept: _Kept, objective: Any) -> 
     low, high = bootstrap_intervals(recipe.kind, outputs, targets, seed=given.seed)[
         objective.metric]
     return standard_error(low, high)
-
-
-def _val_score(trials: list[Any], number: int, objective: Any) -> float:
-    trial = next(t for t in trials if t.number == number)
-    return float(trial.user_attrs["val"][objective.metric])
-
-
-def _all_replicates(trials: list[Any], numbers: Any) -> bool:
-    from tunesmith.search.run import is_recipe_or_replicate
-
-    by_number = {t.number: t for t in trials}
-    return all(is_recipe_or_replicate(by_number[n]) for n in numbers)
 
 
 def _ensemble_within_noise(
@@ -649,9 +639,8 @@ def _replicate_soup(kept: _Kept, trials: list[Any], best: Any, objective: Any,
 
     if not is_recipe_or_replicate(best):
         return None
-    metric = objective.metric
-    run_dir = kept.prepared.config.run_dir if kept.prepared is not None else None
-    assert run_dir is not None
+    assert kept.prepared is not None
+    metric, run_dir = objective.metric, kept.prepared.config.run_dir
     scores = {t.number: float(t.user_attrs["val"][metric]) for t in trials
               if metric in t.user_attrs.get("val", {}) and is_recipe_or_replicate(t)
               and (t.number == best.number or _best_weights(run_dir, t.number).is_file())}
