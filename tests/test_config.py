@@ -208,3 +208,31 @@ def test_mixup_is_the_recipe_only_for_large_image_sets_unless_given(
     resolved = resolve(config, profile, num_features=32, preprocessing=preprocessing,
                        backbone="timm:m", shape=None)
     assert resolved.data.augment.mixup == expected
+
+
+@pytest.mark.parametrize(
+    ("backbone", "modality", "given", "patience", "precision"),
+    [("scratch:mlp", "tabular", {}, 20, "fp32"),
+     ("scratch:mlp", "tabular", {"patience": None, "precision": "bf16"}, None, "bf16"),
+     ("scratch:mlp", "tabular", {"patience": 5}, 5, "fp32"),
+     ("timm:m", "image", {}, None, "auto")],
+)
+def test_a_network_from_scratch_stops_after_20_stale_evaluations_and_a_table_trains_in_fp32(
+    backbone: str, modality: str, given: dict[str, Any], patience: int | None, precision: str
+) -> None:
+    from tunesmith.config import config_from_dict
+    from tunesmith.search import resolve
+    from tunesmith.train.precision import default_device, resolve_precision
+
+    config = config_from_dict(
+        {"name": "m", "data": {"train": "d"}, "model": {"backbone": backbone}, "train": given},
+        source="c.yaml", base_dir=Path("."))
+    profile = DataProfile(modality=modality, train_rows=150, classes=3,  # type: ignore[arg-type]
+                          median_image_side=32 if modality == "image" else None)
+    preprocessing = {"size": 64} if modality == "image" else {}
+    resolved = resolve(config, profile, num_features=13, preprocessing=preprocessing,
+                       backbone=backbone, shape=None)
+    assert resolved.train.patience == patience
+    # A pretrained backbone keeps what the hardware probe says; a table's MLP is fp32.
+    expected = resolve_precision("auto", default_device()) if precision == "auto" else precision
+    assert resolved.train.precision == expected

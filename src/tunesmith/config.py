@@ -214,8 +214,9 @@ class TrainConfig(_Strict):
     schedule: Schedule = "auto"  # of the learning rate after warm-up; auto: cosine
     # Gradients of this many batches are summed before each optimizer step.
     accumulate: Annotated[int, Field(gt=0)] = 1
-    # Stop after this many evaluations without a better validation score; null: never.
-    patience: Annotated[int, Field(gt=0)] | None = None
+    # Stop after this many evaluations without a better validation score; null: never; auto:
+    # 20 for a network from scratch (its 200-epoch schedules mostly peak early), else never.
+    patience: Annotated[int, Field(gt=0)] | Auto | None = "auto"
     grad_clip: PositiveFloat | None = 1.0
     loss: Loss = "auto"
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] | Auto = "auto"

@@ -121,7 +121,24 @@ def _train_defaults(config: Config, profile: DataProfile, strategy: Strategy) ->
         "class_weights": "none",
         "probe_epochs": probe_epochs(profile, 64),
         "probe_lr": 1e-3,
+        "patience": SCRATCH_PATIENCE if scratch else None,
     }
+
+
+# A network from scratch trains for about 3,000 steps (at most 200 epochs) and on a small table
+# peaks long before (breast cancer's best epoch is 7 of 200, wine's 27): stopping 20 evaluations
+# after the best keeps the same weights and trains them in a sixth of the time (6.8 s to 1.0 s,
+# 2.7 s to 0.7 s, with fp32 below).
+SCRATCH_PATIENCE = 20
+
+
+def _precision(config: Config, profile: DataProfile) -> str:
+    """A table's MLP multiplies matrices of a batch by a few hundred units: too small for bf16's
+    matrix units to pay for the casts around every layer (a 32-row step of a 256-wide MLP takes
+    3.8 ms under bf16 autocast here, 2.3 ms in fp32), so `auto` trains it in fp32."""
+    if config.train.precision == "auto" and is_scratch(config) and profile.modality == "tabular":
+        return "fp32"
+    return resolve_precision(config.train.precision, default_device())
 
 
 def loader_workers(modality: str) -> int:
@@ -239,7 +256,7 @@ def resolve(
     """`config` with every `auto` replaced by the recipe's value."""
     strategy = Strategy.parse("full" if config.model.strategy == "auto" else config.model.strategy)
     train = _fill(config.train, _train_defaults(config, profile, strategy))
-    train["precision"] = resolve_precision(config.train.precision, default_device())
+    train["precision"] = _precision(config, profile)
     if train["ema"] == "auto":
         train["ema"] = ema_decay(profile.train_rows, int(train["batch_size"]))
     if train["workers"] == "auto":
