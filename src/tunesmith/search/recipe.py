@@ -345,7 +345,7 @@ def train_settings(
         momentum=train.momentum,
         schedule=str(train.schedule),
         accumulate=train.accumulate,
-        patience=train.patience,
+        patience=None if train.patience is None else int(train.patience),
         layer_decay=float(train.layer_decay),
         ema_decay=None if train.ema is None else float(train.ema),
         time_budget=train.time_budget,
