@@ -72,6 +72,7 @@ from tunesmith.search.folds import fold_count
 from tunesmith.search.run import trial_values
 from tunesmith.train import Batches, TrialResult, fine_tune
 from tunesmith.train.checkpoint import Checkpoint, require_checkpoint
+from tunesmith.train.heap import frozen_heap
 from tunesmith.train.loop import Reporter
 from tunesmith.train.precision import autocast_for, default_device, resolve_precision
 
@@ -824,9 +825,10 @@ def _run_study(
     # Replicates soup with the recipe; fold models are ensembled, not souped, and the random
     # sampler is the baseline the search is compared with.
     replicate = not folds and given.search.sampler == "tpe"
-    trials = run_trials(study, space, train, objective=objective, budget=budget,
-                        run_dir=run_dir, first=first,
-                        replicate_seed=given.seed if replicate else None)
+    with frozen_heap():  # the data and libraries outlive every trial: collections skip them
+        trials = run_trials(study, space, train, objective=objective, budget=budget,
+                            run_dir=run_dir, first=first,
+                            replicate_seed=given.seed if replicate else None)
     return study, trials, kept, budget
 
 

@@ -38,6 +38,7 @@ from tunesmith.models.losses import LossSettings, make_loss
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.budget import Clock, fit_plan
 from tunesmith.train.ema import WeightAverage
+from tunesmith.train.heap import frozen_heap
 from tunesmith.train.logs import RunLog, truncate_log
 from tunesmith.train.optim import Plan, make_optimizer, make_scheduler, parameter_groups
 from tunesmith.train.precision import default_device, resolve_precision
@@ -185,16 +186,17 @@ def train_trial(
     resume: ckpt.Checkpoint | None = None,
 ) -> TrialResult:
     """Train `model` in place; on return it holds the best-on-validation weights."""
-    run = _setup(model, train_loader, settings, trial_dir, before_epoch)
-    train_loader = run.accelerator.prepare_data_loader(train_loader)
-    if resume is not None:
-        _restore(run, resume, train_loader)
-    try:
-        with _memory_hint(settings):
-            _epochs(run, train_loader, val_batches, reporter, before_epoch)
-    finally:
-        run.log.close()
-    return _finish(run)
+    with frozen_heap():
+        run = _setup(model, train_loader, settings, trial_dir, before_epoch)
+        train_loader = run.accelerator.prepare_data_loader(train_loader)
+        if resume is not None:
+            _restore(run, resume, train_loader)
+        try:
+            with _memory_hint(settings):
+                _epochs(run, train_loader, val_batches, reporter, before_epoch)
+        finally:
+            run.log.close()
+        return _finish(run)
 
 
 def _epochs(
