@@ -129,7 +129,8 @@ def test_a_time_budget_ends_the_search_and_is_kept(tmp_path: Path, wine_csv: Pat
 def _loop_trials(tmp_path: Path, *, seconds: float, trials: int, trial_s: float,
                  replicate_seed: int | None) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """The search loop on a real in-memory study, each trial taking `trial_s` seconds of wall
-    time; (values trained, user attributes) of each trial in order."""
+    time, or what is left of the budget (then cut short, as the training loop's time budget
+    cuts it); (values trained, user attributes) of each trial in order."""
     from optuna.distributions import FloatDistribution
 
     from tunesmith.evaluate.metrics import objective_for
@@ -144,8 +145,11 @@ def _loop_trials(tmp_path: Path, *, seconds: float, trials: int, trial_s: float,
 
     def train(values: dict[str, Any], trial_dir: Path, reporter: Any, left: Any) -> TrialResult:
         trained.append(values)
-        time.sleep(trial_s)
-        return TrialResult(best_epoch=0, best_val={"accuracy": 0.5}, precision="fp32")
+        cut = left is not None and left < trial_s
+        time.sleep(max(0.0, left) if cut else trial_s)
+        reporter.trial.set_user_attr("cut_short", cut)  # what this fake trial knows of itself
+        return TrialResult(best_epoch=0, best_val={"accuracy": 0.5}, precision="fp32",
+                           stopped="time budget" if cut else None)
 
     run_trials(study, space, train, objective=objective_for("classification"),
                budget=Budget(seconds, trials), run_dir=tmp_path, first={"train.lr": 1e-3},
@@ -165,6 +169,16 @@ def test_a_budget_of_few_trials_is_spent_on_seeded_replicates_of_the_recipe(
     for number, (values, attrs) in enumerate(replicates, start=1):
         assert values == {"train.lr": 1e-3, "seed": 7 + number}
         assert attrs["replicate"] == number and attrs["seed"] == 7 + number
+
+
+def test_no_replicate_starts_in_less_time_than_a_whole_one_takes(tmp_path: Path) -> None:
+    # 1.35 s of 0.5 s trials: after the recipe and one replicate about 0.35 s are left, more
+    # than half a trial (which a sampled trial may take) but less than a whole replicate, which
+    # would be cut short: a squeezed schedule is another recipe, and it would dilute the soup.
+    trials = _loop_trials(tmp_path, seconds=1.35, trials=10, trial_s=0.5, replicate_seed=7)
+    assert len(trials) >= 2
+    assert [attrs.get("replicate") for _, attrs in trials] == [None, *range(1, len(trials))]
+    assert not any(attrs["cut_short"] for _, attrs in trials)
 
 
 def test_a_budget_of_many_trials_or_the_random_baseline_draws_from_the_space(

@@ -36,6 +36,8 @@ WALL_ATTR = "wall_s"
 RETRY_ATTR = "retry_of"
 REPLICATE_ATTR = "replicate"  # the how-manieth replicate of the recipe a trial is
 SEED_ATTR = "seed"  # a replicate's training seed, laid over the config's
+STOPPED_ATTR = "stopped"  # why a trial ended before its schedule: pruned, early stopping, ...
+TIME_CUT = "time budget"  # ... or the time left, its schedule shortened to fit
 
 
 class OptunaReporter:
@@ -121,23 +123,29 @@ def replicates_fit(finished_trials: int, left: float, recipe_wall: float) -> boo
     return finished_trials + left / max(recipe_wall, 1e-9) <= STARTUP_TRIALS
 
 
-def _queue_replicate(study: optuna.Study, budget: Budget, first: Values, seed: int) -> None:
+def _queue_replicate(study: optuna.Study, budget: Budget, first: Values, seed: int) -> bool:
     """With a budget this short every trial after the recipe would be one of the sampler's
     random draws, judged by one noisy validation score. A replicate of the recipe with another
     seed is a safer use of the time: it starts from the same weights with the same architecture,
     so it soups with the recipe, and a weight average of such runs beats each of them (Wortsman
-    et al. 2022, "Model soups"). Queued one at a time, as long as the budget stays this short."""
+    et al. 2022, "Model soups"). Queued one at a time, as long as the budget stays this short.
+    Returns False when the budget is this short but what is left of it does not hold a whole
+    replicate: one cut short would be another recipe (its schedule squeezed), and its weights
+    would dilute the soup, so the search ends there."""
     left = budget.left()
     if left is None or study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        return
+        return True
     done = finished(study)
     walls = [t.user_attrs[WALL_ATTR] for t in done
              if t.user_attrs.get("recipe") and t.state == TrialState.COMPLETE
              and WALL_ATTR in t.user_attrs]
     if not walls or not replicates_fit(len(done), left, walls[0]):
-        return
+        return True
+    if left < walls[0]:
+        return False
     made = sum(REPLICATE_ATTR in t.user_attrs for t in study.get_trials(deepcopy=False))
     study.enqueue_trial(first, user_attrs={REPLICATE_ATTR: made + 1, SEED_ATTR: seed + made + 1})
+    return True
 
 
 def spent_by_study(study: optuna.Study) -> float:
@@ -161,8 +169,12 @@ def _room_for_another(study: optuna.Study, budget: Budget) -> bool:
     left = budget.left()
     if left is None:
         return True
-    # A trial shorter than half the quickest one so far would be cut too short to compare.
-    walls = [t.user_attrs[WALL_ATTR] for t in finished(study) if WALL_ATTR in t.user_attrs]
+    # A trial shorter than half the quickest whole one so far would be cut too short to
+    # compare. Pruned trials and those the budget cut are not whole: their walls say nothing of
+    # what a trial takes (and a cut trial's would let ever shorter ones follow it).
+    walls = [t.user_attrs[WALL_ATTR] for t in finished(study)
+             if t.state == TrialState.COMPLETE and WALL_ATTR in t.user_attrs
+             and t.user_attrs.get(STOPPED_ATTR) != TIME_CUT]
     return left > (0.5 * min(walls) if walls else 0.0)
 
 
@@ -184,8 +196,9 @@ def run_trials(
     if first is not None:  # once per study, whichever worker comes first
         study.enqueue_trial(first, user_attrs={"recipe": True}, skip_if_exists=True)
     while _room_for_another(study, budget):
-        if first is not None and replicate_seed is not None:
-            _queue_replicate(study, budget, first, replicate_seed)
+        if first is not None and replicate_seed is not None and not _queue_replicate(
+                study, budget, first, replicate_seed):
+            break
         trial = study.ask()
         trial.set_user_attr(WORKER_ATTR, worker_id())
         values = trial_values(trial, suggest(trial, space))
@@ -208,6 +221,8 @@ def run_trials(
             continue
         trial.set_user_attr(WALL_ATTR, time.perf_counter() - started)
         trial.set_user_attr("best_epoch", result.best_epoch)
+        if result.stopped is not None:
+            trial.set_user_attr(STOPPED_ATTR, result.stopped)
         trial.set_user_attr("val", {k: float(v) for k, v in result.best_val.items()})
         score = result.best_val.get(objective.metric)
         if result.stopped == "pruned":
