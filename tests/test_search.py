@@ -532,3 +532,30 @@ def test_replicates_of_the_recipe_are_souped_uniformly_when_not_below_their_mean
         ensemble = metrics["search"]["ensemble"]
         chosen = ensemble["val"] if ensemble["used"] else values[best]
         assert metrics["val"]["accuracy"]["value"] == pytest.approx(chosen)
+
+
+def test_a_soup_of_batch_norm_replicates_has_its_own_statistics(
+    tmp_path: Path, image_config: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("tunesmith.search.run.replicates_fit", lambda *args: True)
+    from safetensors.torch import load_file
+
+    config = image_config("bn-replicas", search={"budget": 600, "trials": 3, "folds": 1})
+    summary = api.fit(config)
+    metrics = json.loads((summary.run_dir / "metrics.json").read_text())
+    soup = metrics["search"]["soup"]
+    assert soup["uniform"] is True and len(soup["ingredients"]) >= 2
+    bundle = load_file(summary.run_dir / "best" / "model.safetensors")
+    states = [load_file(summary.run_dir / "trials" / str(n) / "best.safetensors")
+              for n in soup["ingredients"]]
+    norms = [key for key in bundle if key.endswith("running_mean")]
+    assert norms  # test_resnet normalizes with batch norm
+    averaged = {key: sum(s[key].float() for s in states) / len(states) for key in bundle
+                if bundle[key].is_floating_point()}
+    if soup["used"]:  # averaged weights; statistics measured again, not averaged
+        for key, expected in averaged.items():
+            if "running_" not in key:
+                assert np.allclose(bundle[key].float().numpy(), expected.numpy(), atol=1e-6), key
+        moved = [float((bundle[key] - averaged[key]).abs().max()) for key in norms]
+        assert max(moved) > 1e-3
+        assert metrics["val"]["accuracy"]["value"] == pytest.approx(soup["val"])

@@ -6,8 +6,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
-from tunesmith.search.soup import average, compatible, greedy_soup, uniform_soup
+from tunesmith.search.soup import (
+    average,
+    compatible,
+    greedy_soup,
+    recalibrate_norms,
+    uniform_soup,
+)
 
 
 def state(value: float, *, shape: tuple[int, ...] = (2,)) -> dict[str, torch.Tensor]:
@@ -172,3 +179,72 @@ def test_trials_within_noise_are_those_within_two_standard_errors() -> None:
     assert within_noise(scores, 1, 0.02, objective_for("classification")) == [1, 4, 2, 0]
     rmse = {0: 1.0, 1: 1.2, 2: 1.5}
     assert within_noise(rmse, 0, 0.1, objective_for("regression")) == [0, 1]
+
+
+class Normed(nn.Module):
+    """A layer, a ReLU, dropout and batch norm, fed a batch as the task models are: a dict."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.linear, self.drop, self.norm = nn.Linear(3, 4), nn.Dropout(0.5), nn.BatchNorm1d(4)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.norm(self.drop(self.linear(batch["x"]).relu()))
+
+    def activations(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.linear(rows).relu().detach()
+
+
+def batches_of(rows: torch.Tensor, size: int) -> list[dict[str, torch.Tensor]]:
+    return [{"x": rows[i:i + size], "labels": torch.zeros(size)} for i in range(0, len(rows), size)]
+
+
+def trained_statistics(model: Normed, rows: torch.Tensor) -> None:
+    """Running statistics as training leaves them: many momentum updates on these rows."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(200):
+            model.norm(model.activations(rows))
+    model.eval()
+
+
+def test_a_soups_batch_norm_statistics_are_those_of_its_own_activations() -> None:
+    rows = torch.randn(64, 3) * torch.tensor([1.0, 3.0, 0.5]) + torch.tensor([2.0, -1.0, 0.0])
+    a, b = Normed(0), Normed(1)
+    for model in (a, b):
+        trained_statistics(model, rows)
+    soup = Normed(2)
+    soup.load_state_dict(average([a.state_dict(), b.state_dict()]))
+    soup.eval()
+    weights = {k: v.detach().clone() for k, v in soup.named_parameters()}
+    activations = soup.activations(rows)
+    # The averaged statistics are not the averaged network's (a ReLU lies between weights and
+    # norm): its activations are off-centre and off-scale.
+    assert (soup.norm.running_mean - activations.mean(0)).abs().max() > 0.1
+    assert (soup.norm.running_var / activations.var(0)).log().abs().max() > 0.2
+
+    made = []
+    assert recalibrate_norms(soup, lambda: made.append(1) or batches_of(rows, 16))
+    # The mean of four equal batches' means and unbiased variances, dropout left out (p = 0.5
+    # would have scaled and zeroed activations); the weights, momentum and mode as they were.
+    chunks = activations.split(16)
+    expected_mean = torch.stack([c.mean(0) for c in chunks]).mean(0)
+    expected_var = torch.stack([c.var(0, unbiased=True) for c in chunks]).mean(0)
+    assert torch.allclose(soup.norm.running_mean, expected_mean, atol=1e-5)
+    assert torch.allclose(soup.norm.running_var, expected_var, atol=1e-4)
+    assert torch.allclose(soup.norm.running_mean, activations.mean(0), atol=1e-5)
+    assert all(torch.equal(v, dict(soup.named_parameters())[k]) for k, v in weights.items())
+    assert soup.norm.num_batches_tracked.item() == 4
+    assert soup.norm.momentum == 0.1 and not soup.training and made == [1]
+
+
+def test_a_model_without_batch_norm_is_left_alone_and_no_batches_are_made() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def batches() -> list[dict[str, torch.Tensor]]:
+        raise AssertionError("no batch norm: the training rows need not be read")
+
+    assert recalibrate_norms(model, batches) is False
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

@@ -517,7 +517,7 @@ def _search(given: Config, recipe: Prepared, *, resume: bool) -> tuple[_Kept, di
             record["soup"].update({"uniform": True, "val_standard_error": error,
                                    "ingredients_mean_val": float(np.mean(list(scores.values())))})
         if soup.improves:
-            kept.model.load_state_dict(soup.state)
+            _load_soup(kept.model, soup.state, kept.prepared)
             kept.val_outputs = predict_part(kept.model, kept.prepared, kept.prepared.data.val,
                                             kept.result)
             kept.result = replace(kept.result, best_val=objective.score(*kept.val_outputs))
@@ -700,13 +700,27 @@ def _soup_of(kept: _Kept, best: Any, others: list[tuple[int, float]], objective:
                   [(best.number, float(best.user_attrs["val"][objective.metric])), *others]]
 
     def score(state: dict[str, torch.Tensor]) -> float:
-        model.load_state_dict(state)
+        _load_soup(model, state, prepared)
         return float(evaluate_part(model, prepared, prepared.data.val, result)[objective.metric])
 
     try:
         return make(candidates, score)
     finally:
         model.load_state_dict(best_state)
+
+
+def _load_soup(
+    model: TaskModel | Ensemble, state: dict[str, torch.Tensor], prepared: Prepared
+) -> None:
+    """Averaged weights into `model`, its batch-norm statistics estimated again on the training
+    rows (without augmentation): averaged statistics are not the soup's own."""
+    from tunesmith.search.soup import recalibrate_norms
+
+    model.load_state_dict(state)
+    data = prepared.data
+    recalibrate_norms(model, lambda: eval_batches(
+        prepared.backbone, prepared.inputs(data.train), data.targets(data.train),
+        batch_size=EVAL_BATCH_SIZE).loader)
 
 
 

@@ -8,14 +8,22 @@ does not get worse; the soup is used only when it beats the best single trial on
 Replicates of the recipe (the same configuration and initialization, other seeds) are souped
 uniformly instead (`uniform_soup`): validation cannot rank exchangeable runs, so all of them go
 in, as in the paper's uniform soup of fine-tunes from one shared initialization.
+
+A network with batch norm needs one more step. Averaging the ingredients' running means and
+variances does not give the statistics of the averaged network's activations (their layers feed
+one another), so the soup's normalization is off and it scores far below its ingredients: the
+uniform soup of four EfficientNet-Lite0 replicates on MNIST-5k scored 0.963 on validation against
+their mean of 0.987. As stochastic weight averaging does (Izmailov et al. 2018, `update_bn`),
+`recalibrate_norms` estimates them again with a forward pass over the training rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 State = dict[str, torch.Tensor]
 
@@ -100,3 +108,32 @@ def uniform_soup(
     mean = sum(c[1] for c in ordered) / len(ordered)
     used = len(ordered) > 1 and sign * soup_score >= sign * mean - tolerance
     return Soup(tuple(c[0] for c in ordered), state, soup_score, ordered[0][1], used)
+
+
+@torch.no_grad()
+def recalibrate_norms(
+    model: nn.Module, batches: Callable[[], Iterable[dict[str, torch.Tensor]]]
+) -> bool:
+    """Estimate every batch-norm layer's running statistics again: the mean, over the batches
+    `batches()` makes (their inputs; labels are ignored), of each layer's batch statistics, with
+    everything else in eval mode (no dropout, no stochastic depth). The weights do not change.
+    Returns whether the model has any such layer (if not, nothing is run)."""
+    norms = [module for module in model.modules()
+             if isinstance(module, nn.modules.batchnorm._BatchNorm)
+             and module.track_running_stats]
+    if not norms:
+        return False
+    was_training = model.training
+    momenta = [norm.momentum for norm in norms]
+    model.eval()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over all batches, not an exponential one
+        norm.train()
+    device = next(model.parameters()).device
+    for batch in batches():
+        model({name: tensor.to(device) for name, tensor in batch.items() if name != "labels"})
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    model.train(was_training)
+    return True
