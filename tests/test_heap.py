@@ -50,6 +50,21 @@ def test_blocks_nest_and_only_the_outermost_thaws() -> None:
     assert gc.get_freeze_count() == 0
 
 
+def test_a_programs_own_freeze_is_left_as_it_is() -> None:
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        made_inside = None
+        with frozen_heap():
+            made_inside = cycle()
+            assert gc.get_freeze_count() == frozen  # nothing more frozen
+        assert gc.get_freeze_count() == frozen  # and nothing of the program's thawed
+        gc.collect()
+        assert made_inside() is None
+    finally:
+        gc.unfreeze()
+
+
 def test_a_training_run_trains_with_the_heap_frozen_and_thaws_it(
     text_config: Callable[..., Path], tmp_path: Path
 ) -> None:

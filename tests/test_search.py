@@ -126,71 +126,107 @@ def test_a_time_budget_ends_the_search_and_is_kept(tmp_path: Path, wine_csv: Pat
     assert wall < 25 + max(t.user_attrs["wall_s"] for t in trials) + 15
 
 
-def _loop_trials(tmp_path: Path, *, seconds: float, trials: int, trial_s: float,
-                 replicate_seed: int | None) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """The search loop on a real in-memory study, each trial taking `trial_s` seconds of wall
-    time, or what is left of the budget (then cut short, as the training loop's time budget
-    cuts it); (values trained, user attributes) of each trial in order."""
+class FakeClock:
+    """`time` as the search loop reads it: a clock that moves only when a fake trial trains."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def _loop_trials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, seconds: float, trials: int,
+    trial_s: float | list[float], replicate_seed: int | None,
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The search loop on a real in-memory study and a fake clock, trial k taking `trial_s`
+    seconds (or `trial_s[k]`, the last repeated), or what is left of the budget (then cut short,
+    as the training loop's time budget cuts it); (values trained, user attributes) of each trial
+    in order."""
     from optuna.distributions import FloatDistribution
 
     from tunesmith.evaluate.metrics import objective_for
-    from tunesmith.search.run import Budget, run_trials
+    from tunesmith.search import run
     from tunesmith.search.space import Param, Space
     from tunesmith.search.study import make_sampler
     from tunesmith.train import TrialResult
 
+    clock = FakeClock()
+    monkeypatch.setattr(run, "time", clock)
+    durations = trial_s if isinstance(trial_s, list) else [trial_s]
     study = optuna.create_study(direction="maximize", sampler=make_sampler(0))
     space = Space((Param("train.lr", FloatDistribution(1e-4, 1e-1, log=True)),))
     trained: list[dict[str, Any]] = []
 
     def train(values: dict[str, Any], trial_dir: Path, reporter: Any, left: Any) -> TrialResult:
+        wanted = durations[min(len(trained), len(durations) - 1)]
         trained.append(values)
-        cut = left is not None and left < trial_s
-        time.sleep(max(0.0, left) if cut else trial_s)
+        cut = left is not None and left < wanted
+        clock.now += max(0.0, left) if cut else wanted
         reporter.trial.set_user_attr("cut_short", cut)  # what this fake trial knows of itself
         return TrialResult(best_epoch=0, best_val={"accuracy": 0.5}, precision="fp32",
                            stopped="time budget" if cut else None)
 
-    run_trials(study, space, train, objective=objective_for("classification"),
-               budget=Budget(seconds, trials), run_dir=tmp_path, first={"train.lr": 1e-3},
-               replicate_seed=replicate_seed)
+    run.run_trials(study, space, train, objective=objective_for("classification"),
+                   budget=run.Budget(seconds, trials, started=clock.now), run_dir=tmp_path,
+                   first={"train.lr": 1e-3}, replicate_seed=replicate_seed)
     return list(zip(trained, [t.user_attrs for t in study.get_trials()], strict=True))
 
 
+def replicates(trials: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[int | None]:
+    return [attrs.get("replicate") for _, attrs in trials]
+
+
 def test_a_budget_of_few_trials_is_spent_on_seeded_replicates_of_the_recipe(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A 0.5 s trial in a 1.6 s budget: 1 done + 1.1 s left holds about 3 trials, fewer than the
-    # sampler's 5 random draws, so the trials after the recipe repeat it with seeds 8, 9, ...
-    trials = _loop_trials(tmp_path, seconds=1.6, trials=4, trial_s=0.5, replicate_seed=7)
-    assert len(trials) >= 2
-    (recipe, recipe_attrs), *replicates = trials
+    # 0.5 s trials in a 1.6 s budget: 1 done + 1.1 s left holds about 3 trials, fewer than the
+    # sampler's 5 random draws, so the trials after the recipe repeat it with seeds 8, 9; then
+    # 0.1 s is left, too little for any trial.
+    trials = _loop_trials(tmp_path, monkeypatch, seconds=1.6, trials=4, trial_s=0.5,
+                          replicate_seed=7)
+    assert replicates(trials) == [None, 1, 2]
+    (recipe, recipe_attrs), *others = trials
     assert recipe == {"train.lr": 1e-3} and recipe_attrs["recipe"] is True
-    for number, (values, attrs) in enumerate(replicates, start=1):
+    for number, (values, attrs) in enumerate(others, start=1):
         assert values == {"train.lr": 1e-3, "seed": 7 + number}
         assert attrs["replicate"] == number and attrs["seed"] == 7 + number
 
 
-def test_no_replicate_starts_in_less_time_than_a_whole_one_takes(tmp_path: Path) -> None:
-    # 1.35 s of 0.5 s trials: after the recipe and one replicate about 0.35 s are left, more
-    # than half a trial (which a sampled trial may take) but less than a whole replicate, which
+def test_no_replicate_starts_in_less_time_than_a_whole_one_takes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 1.35 s of 0.5 s trials: after the recipe and one replicate 0.35 s are left, more than
+    # half a trial (which a sampled trial may take) but less than a whole replicate, which
     # would be cut short: a squeezed schedule is another recipe, and it would dilute the soup.
-    trials = _loop_trials(tmp_path, seconds=1.35, trials=10, trial_s=0.5, replicate_seed=7)
-    assert len(trials) >= 2
-    assert [attrs.get("replicate") for _, attrs in trials] == [None, *range(1, len(trials))]
+    trials = _loop_trials(tmp_path, monkeypatch, seconds=1.35, trials=10, trial_s=0.5,
+                          replicate_seed=7)
+    assert replicates(trials) == [None, 1]
+    assert not any(attrs["cut_short"] for _, attrs in trials)
+
+
+def test_the_pace_of_replicates_is_their_quickest_whole_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The recipe's 0.8 s hold one-off costs; replicates take 0.5 s. After two of them 0.55 s
+    # are left: a third fits at their pace (it would not at the recipe's).
+    trials = _loop_trials(tmp_path, monkeypatch, seconds=1.85, trials=10,
+                          trial_s=[0.8, 0.5], replicate_seed=7)
+    assert replicates(trials) == [None, 1, 2]
     assert not any(attrs["cut_short"] for _, attrs in trials)
 
 
 def test_a_budget_of_many_trials_or_the_random_baseline_draws_from_the_space(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # 100 s of 0.01 s trials holds thousands: the sampler draws; and without replicate_seed (the
     # random-search baseline, fold searches) a short budget draws too.
     for seconds, trial_s, seed in ((100.0, 0.01, 7), (1.6, 0.5, None)):
-        trials = _loop_trials(tmp_path, seconds=seconds, trials=3, trial_s=trial_s,
-                              replicate_seed=seed)
+        trials = _loop_trials(tmp_path, monkeypatch, seconds=seconds, trials=3,
+                              trial_s=trial_s, replicate_seed=seed)
         drawn = [values for values, attrs in trials[1:]]
-        assert len(drawn) >= 1 and all(set(values) == {"train.lr"} for values in drawn)
+        assert len(drawn) == 2 and all(set(values) == {"train.lr"} for values in drawn)
         assert all(values["train.lr"] != 1e-3 for values in drawn)
         assert all("replicate" not in attrs for _, attrs in trials)
 
@@ -552,10 +588,10 @@ def test_a_soup_of_batch_norm_replicates_has_its_own_statistics(
     assert norms  # test_resnet normalizes with batch norm
     averaged = {key: sum(s[key].float() for s in states) / len(states) for key in bundle
                 if bundle[key].is_floating_point()}
-    if soup["used"]:  # averaged weights; statistics measured again, not averaged
-        for key, expected in averaged.items():
-            if "running_" not in key:
-                assert np.allclose(bundle[key].float().numpy(), expected.numpy(), atol=1e-6), key
-        moved = [float((bundle[key] - averaged[key]).abs().max()) for key in norms]
-        assert max(moved) > 1e-3
-        assert metrics["val"]["accuracy"]["value"] == pytest.approx(soup["val"])
+    assert soup["used"]  # the stripes are easy: every replicate and the soup score 1.0
+    for key, expected in averaged.items():  # averaged weights ...
+        if "running_" not in key:
+            assert np.allclose(bundle[key].float().numpy(), expected.numpy(), atol=1e-6), key
+    moved = [float((bundle[key] - averaged[key]).abs().max()) for key in norms]
+    assert max(moved) > 1e-3  # ... with statistics measured again, not averaged
+    assert metrics["val"]["accuracy"]["value"] == pytest.approx(soup["val"])

@@ -183,3 +183,33 @@ def test_the_random_sampler_baseline_draws_uniformly_and_repeats_for_a_seed() ->
     # uniform: each tenth of the range gets about a tenth of 200 draws
     counts = np.histogram(first, bins=10, range=(0.0, 1.0))[0]
     assert counts.min() >= 8 and counts.max() <= 34
+
+
+def test_pruning_waits_for_the_random_start_and_tpe_models_trials_of_every_bracket() -> None:
+    from optuna.pruners import _filter_study
+
+    from tunesmith.search.study import STARTUP_TRIALS, make_pruner, make_sampler
+
+    # One Hyperband bracket (2 epochs): at epoch 1 a trial far behind the first one is one
+    # successive halving stops, but not before STARTUP_TRIALS trials have completed.
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(0),
+                                pruner=make_pruner("hyperband", max_epochs=2))
+    verdicts = []
+    for number in range(STARTUP_TRIALS + 2):
+        trial = study.ask()
+        value = 0.9 if number == 0 else 0.5 - 0.05 * number  # each one further behind
+        trial.report(value, 1)
+        verdicts.append(trial.should_prune())
+        if verdicts[-1]:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            trial.report(value, 2)
+            study.tell(trial, value)
+    assert verdicts == [False] * STARTUP_TRIALS + [True, True]
+    # The sampler is shown the whole study, not the current trial's bracket of it.
+    frozen = study.trials[-1]
+    assert _filter_study(study, frozen) is study
+    bare = optuna.create_study(pruner=optuna.pruners.HyperbandPruner(max_resource=30))
+    bare.enqueue_trial({})
+    bare_trial = bare.ask()
+    assert _filter_study(bare, bare.trials[bare_trial.number]) is not bare  # Optuna's own way

@@ -13,6 +13,7 @@ from tunesmith.search.soup import (
     compatible,
     greedy_soup,
     recalibrate_norms,
+    trained_norms,
     uniform_soup,
 )
 
@@ -248,3 +249,38 @@ def test_a_model_without_batch_norm_is_left_alone_and_no_batches_are_made() -> N
 
     assert recalibrate_norms(model, batches) is False
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_only_the_norms_the_runs_trained_are_measured_again_and_single_rows_are_skipped() -> None:
+    # Two "runs" of one network whose first norm was frozen (the same statistics in both) and
+    # whose second trained (different ones): only the second is measured again.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 4), nn.BatchNorm1d(4))
+    a = {k: v.clone() for k, v in net.state_dict().items()}
+    b = {k: v.clone() for k, v in a.items()}
+    b["3.running_mean"] += 1.0
+    assert trained_norms([a, b]) == {"3"} and trained_norms([a, a]) == frozenset()
+    other_shape = {k: v.clone() for k, v in b.items() if not k.startswith("3.")}
+    assert trained_norms([a, other_shape]) == frozenset()  # never in a soup with `a`
+
+    class Dict(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            return self.net(batch["x"])
+
+    model = Dict()
+    model.load_state_dict({f"net.{k}": v for k, v in average([a, b]).items()})
+    model.train()
+    frozen_before = model.net[1].running_mean.clone()
+    rows = torch.randn(33, 3)  # batches of 16, 16 and 1: the last has no variance
+    assert recalibrate_norms(model, lambda: batches_of(rows, 16), layers={"net.3"})
+    assert torch.equal(model.net[1].running_mean, frozen_before)  # the frozen norm as it was
+    with torch.no_grad():
+        inner = model.net[2](model.net[1].eval()(model.net[0](rows[:32])))
+    expected = torch.stack([c.mean(0) for c in inner.split(16)]).mean(0)
+    assert torch.allclose(model.net[3].running_mean, expected, atol=1e-5)
+    assert model.net[3].num_batches_tracked.item() == 2
+    assert model.training  # put back in the mode it came in

@@ -517,7 +517,7 @@ def _search(given: Config, recipe: Prepared, *, resume: bool) -> tuple[_Kept, di
             record["soup"].update({"uniform": True, "val_standard_error": error,
                                    "ingredients_mean_val": float(np.mean(list(scores.values())))})
         if soup.improves:
-            _load_soup(kept.model, soup.state, kept.prepared)
+            kept.model.load_state_dict(soup.state)
             kept.val_outputs = predict_part(kept.model, kept.prepared, kept.prepared.data.val,
                                             kept.result)
             kept.result = replace(kept.result, best_val=objective.score(*kept.val_outputs))
@@ -683,8 +683,11 @@ def _soup_of(kept: _Kept, best: Any, others: list[tuple[int, float]], objective:
              make: Callable[[list[Any], Callable[[dict[str, torch.Tensor]], float]], Any]) -> Any:
     """`make(candidates, score)` over the best trial (its weights in memory) and `others`
     ((trial number, validation score), weights from their best checkpoints), each average scored
-    on the val part; the kept model is left with the best trial's weights."""
+    on the val part; the kept model is left with the best trial's weights. A soup of networks
+    with batch norm is scored, and returned, with the statistics of its own activations."""
     from safetensors.torch import load_file
+
+    from tunesmith.search.soup import trained_norms
 
     assert kept.prepared is not None and kept.model is not None and kept.result is not None
     model, prepared, result = kept.model, kept.prepared, kept.result
@@ -698,30 +701,46 @@ def _soup_of(kept: _Kept, best: Any, others: list[tuple[int, float]], objective:
 
     candidates = [(number, value, loader(number)) for number, value in
                   [(best.number, float(best.user_attrs["val"][objective.metric])), *others]]
+    norms = trained_norms([load() for _, _, load in candidates])
 
     def score(state: dict[str, torch.Tensor]) -> float:
-        _load_soup(model, state, prepared)
+        _load_soup(model, state, prepared, result, norms)
         return float(evaluate_part(model, prepared, prepared.data.val, result)[objective.metric])
 
     try:
-        return make(candidates, score)
+        soup = make(candidates, score)
+        if soup.improves and norms:  # what ships is what was scored
+            _load_soup(model, soup.state, prepared, result, norms)
+            soup = replace(soup, state={k: v.detach().clone()
+                                        for k, v in model.state_dict().items()})
+        return soup
     finally:
         model.load_state_dict(best_state)
 
 
-def _load_soup(
-    model: TaskModel | Ensemble, state: dict[str, torch.Tensor], prepared: Prepared
-) -> None:
-    """Averaged weights into `model`, its batch-norm statistics estimated again on the training
-    rows (without augmentation): averaged statistics are not the soup's own."""
+RECALIBRATION_ROWS = 2048  # training rows a soup's batch-norm statistics are measured on, at most
+
+
+def _load_soup(model: TaskModel | Ensemble, state: dict[str, torch.Tensor], prepared: Prepared,
+               result: TrialResult, norms: frozenset[str]) -> None:
+    """Averaged weights into `model`; the batch-norm layers among `norms` (those the ingredients
+    trained) measure their statistics again on a seeded sample of the training rows, without
+    augmentation, as the model is evaluated: averaged statistics are not the soup's own."""
     from tunesmith.search.soup import recalibrate_norms
 
     model.load_state_dict(state)
-    data = prepared.data
-    recalibrate_norms(model, lambda: eval_batches(
-        prepared.backbone, prepared.inputs(data.train), data.targets(data.train),
-        batch_size=EVAL_BATCH_SIZE).loader)
-
+    if not norms:
+        return
+    train = prepared.data.train
+    chosen = np.random.default_rng(prepared.config.seed).permutation(len(train))
+    part = train.subset(sorted(chosen[:RECALIBRATION_ROWS].tolist()))
+    device = next(model.parameters()).device
+    recalibrate_norms(
+        model,
+        lambda: eval_batches(prepared.backbone, prepared.inputs(part),
+                             prepared.data.targets(part), batch_size=EVAL_BATCH_SIZE).loader,
+        layers=norms, autocast=autocast_for(result.precision, device),
+    )
 
 
 def _study_record(study: Any, given: Config) -> dict[str, Any]:

@@ -136,12 +136,12 @@ def _queue_replicate(study: optuna.Study, budget: Budget, first: Values, seed: i
     if left is None or study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         return True
     done = finished(study)
-    walls = [t.user_attrs[WALL_ATTR] for t in done
-             if t.user_attrs.get("recipe") and t.state == TrialState.COMPLETE
-             and WALL_ATTR in t.user_attrs]
-    if not walls or not replicates_fit(len(done), left, walls[0]):
+    # The pace of the recipe's whole runs; the first one's wall also holds one-off costs (the
+    # model read from disk, caches filled), so the quickest.
+    walls = _whole_walls([t for t in done if is_recipe_or_replicate(t)])
+    if not walls or not replicates_fit(len(done), left, min(walls)):
         return True
-    if left < walls[0]:
+    if left < min(walls):
         return False
     made = sum(REPLICATE_ATTR in t.user_attrs for t in study.get_trials(deepcopy=False))
     study.enqueue_trial(first, user_attrs={REPLICATE_ATTR: made + 1, SEED_ATTR: seed + made + 1})
@@ -170,12 +170,22 @@ def _room_for_another(study: optuna.Study, budget: Budget) -> bool:
     if left is None:
         return True
     # A trial shorter than half the quickest whole one so far would be cut too short to
-    # compare. Pruned trials and those the budget cut are not whole: their walls say nothing of
-    # what a trial takes (and a cut trial's would let ever shorter ones follow it).
-    walls = [t.user_attrs[WALL_ATTR] for t in finished(study)
-             if t.state == TrialState.COMPLETE and WALL_ATTR in t.user_attrs
-             and t.user_attrs.get(STOPPED_ATTR) != TIME_CUT]
-    return left > (0.5 * min(walls) if walls else 0.0)
+    # compare. Pruned trials and those the budget cut are not whole: a cut trial's wall would let
+    # ever shorter ones follow it; with no whole trial yet, the longest of them is the least a
+    # whole one takes.
+    whole = _whole_walls(finished(study))
+    if whole:
+        return left > 0.5 * min(whole)
+    partial = [t.user_attrs[WALL_ATTR] for t in finished(study) if WALL_ATTR in t.user_attrs]
+    return left > (0.5 * max(partial) if partial else 0.0)
+
+
+def _whole_walls(trials: list[optuna.trial.FrozenTrial]) -> list[float]:
+    """The wall times of the trials that ran their schedule (or stopped early on their own):
+    completed, not cut by the time budget."""
+    return [t.user_attrs[WALL_ATTR] for t in trials
+            if t.state == TrialState.COMPLETE and WALL_ATTR in t.user_attrs
+            and t.user_attrs.get(STOPPED_ATTR) != TIME_CUT]
 
 
 def run_trials(

@@ -19,8 +19,10 @@ their mean of 0.987. As stochastic weight averaging does (Izmailov et al. 2018, 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import contextlib
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -110,30 +112,57 @@ def uniform_soup(
     return Soup(tuple(c[0] for c in ordered), state, soup_score, ordered[0][1], used)
 
 
+def trained_norms(states: Sequence[State]) -> frozenset[str]:
+    """The batch-norm layers (module names) whose running statistics differ between the first of
+    `states` and those that can be averaged with it: the ones their runs trained. A layer every ingredient kept as it was (a frozen block, a probed
+    backbone) has the same statistics in all; averaging those is exact, and the layers above it
+    were trained on what they normalize to, so they are kept."""
+    first, *rest = states
+    others = [state for state in rest if compatible(first, state)]  # others never share a soup
+    layers = [key.removesuffix(".running_mean") for key in first if key.endswith(".running_mean")]
+    return frozenset(
+        layer for layer in layers
+        if any(not torch.equal(first[f"{layer}.{stat}"], other[f"{layer}.{stat}"])
+               for other in others for stat in ("running_mean", "running_var"))
+    )
+
+
 @torch.no_grad()
 def recalibrate_norms(
-    model: nn.Module, batches: Callable[[], Iterable[dict[str, torch.Tensor]]]
+    model: nn.Module,
+    batches: Callable[[], Iterable[dict[str, torch.Tensor]]],
+    *,
+    layers: Container[str] | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> bool:
-    """Estimate every batch-norm layer's running statistics again: the mean, over the batches
-    `batches()` makes (their inputs; labels are ignored), of each layer's batch statistics, with
-    everything else in eval mode (no dropout, no stochastic depth). The weights do not change.
-    Returns whether the model has any such layer (if not, nothing is run)."""
-    norms = [module for module in model.modules()
+    """Estimate the running statistics of the batch-norm layers named in `layers` (None: all)
+    again: the mean, over the batches `batches()` makes (their inputs; labels are ignored; a
+    batch of one row has no variance and is skipped), of each layer's batch statistics, with
+    everything else in eval mode (no dropout, no stochastic depth, the other norms as they are)
+    and the forward pass under `autocast`, as the model is evaluated. The weights do not change.
+    Returns whether there was any such layer (if not, nothing is run)."""
+    norms = [module for name, module in model.named_modules()
              if isinstance(module, nn.modules.batchnorm._BatchNorm)
-             and module.track_running_stats]
+             and module.track_running_stats and (layers is None or name in layers)]
     if not norms:
         return False
     was_training = model.training
     momenta = [norm.momentum for norm in norms]
-    model.eval()
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # a cumulative average over all batches, not an exponential one
-        norm.train()
     device = next(model.parameters()).device
-    for batch in batches():
-        model({name: tensor.to(device) for name, tensor in batch.items() if name != "labels"})
-    for norm, momentum in zip(norms, momenta, strict=True):
-        norm.momentum = momentum
-    model.train(was_training)
+    try:
+        model.eval()
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a cumulative average over all batches, not an exponential one
+            norm.train()
+        for batch in batches():
+            inputs = {name: tensor.to(device) for name, tensor in batch.items()
+                      if name != "labels"}
+            if len(next(iter(inputs.values()))) > 1:
+                with autocast():
+                    model(inputs)
+    finally:
+        for norm, momentum in zip(norms, momenta, strict=True):
+            norm.momentum = momentum
+        model.train(was_training)
     return True

@@ -23,8 +23,12 @@ _depth = 0  # how many `frozen_heap` blocks are open: only the outermost freezes
 def frozen_heap() -> Iterator[None]:
     """Within the block, the objects that existed at its start are not collected (nor walked);
     everything made inside it is collected as usual. Blocks nest: a run inside a search keeps the
-    search's frozen set, and only the outermost block puts it back."""
+    search's frozen set, and only the outermost block puts it back. Where the program has frozen
+    objects itself (`gc.get_freeze_count()` above 0 outside any block), the block does nothing."""
     global _depth
+    if _depth == 0 and gc.get_freeze_count() > 0:
+        yield  # the program's own freeze: thawing at the end would thaw its objects too
+        return
     if _depth == 0:
         gc.collect()  # what is garbage already goes now, not at the end of the block
         gc.freeze()
