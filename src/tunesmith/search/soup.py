@@ -114,9 +114,10 @@ def uniform_soup(
 
 def trained_norms(states: Sequence[State]) -> frozenset[str]:
     """The batch-norm layers (module names) whose running statistics differ between the first of
-    `states` and those that can be averaged with it: the ones their runs trained. A layer every ingredient kept as it was (a frozen block, a probed
-    backbone) has the same statistics in all; averaging those is exact, and the layers above it
-    were trained on what they normalize to, so they are kept."""
+    `states` and those that can be averaged with it: the ones their runs trained. A layer every
+    ingredient kept as it was (a frozen block, a probed backbone) has the same statistics in
+    all; averaging those is exact, and the layers above it were trained on what they normalize
+    to, so they are kept."""
     first, *rest = states
     others = [state for state in rest if compatible(first, state)]  # others never share a soup
     layers = [key.removesuffix(".running_mean") for key in first if key.endswith(".running_mean")]
