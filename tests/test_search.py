@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,11 +140,14 @@ class FakeClock:
 def _loop_trials(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, seconds: float, trials: int,
     trial_s: float | list[float], replicate_seed: int | None,
+    other_worker: Callable[[optuna.Study, int], None] | None = None,
+    study: optuna.Study | None = None,
 ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """The search loop on a real in-memory study and a fake clock, trial k taking `trial_s`
     seconds (or `trial_s[k]`, the last repeated), or what is left of the budget (then cut short,
-    as the training loop's time budget cuts it); (values trained, user attributes) of each trial
-    in order."""
+    as the training loop's time budget cuts it); `other_worker(study, k)` acts on the study
+    before the k-th training, as a worker sharing it would. (values trained, user attributes)
+    of each trial trained, in order."""
     from optuna.distributions import FloatDistribution
 
     from tunesmith.evaluate.metrics import objective_for
@@ -155,13 +159,18 @@ def _loop_trials(
     clock = FakeClock()
     monkeypatch.setattr(run, "time", clock)
     durations = trial_s if isinstance(trial_s, list) else [trial_s]
-    study = optuna.create_study(direction="maximize", sampler=make_sampler(0))
+    if study is None:
+        study = optuna.create_study(direction="maximize", sampler=make_sampler(0))
     space = Space((Param("train.lr", FloatDistribution(1e-4, 1e-1, log=True)),))
     trained: list[dict[str, Any]] = []
+    numbers: list[int] = []
 
     def train(values: dict[str, Any], trial_dir: Path, reporter: Any, left: Any) -> TrialResult:
+        if other_worker is not None:
+            other_worker(study, len(trained))
         wanted = durations[min(len(trained), len(durations) - 1)]
         trained.append(values)
+        numbers.append(reporter.trial.number)
         cut = left is not None and left < wanted
         clock.now += max(0.0, left) if cut else wanted
         reporter.trial.set_user_attr("cut_short", cut)  # what this fake trial knows of itself
@@ -171,7 +180,8 @@ def _loop_trials(
     run.run_trials(study, space, train, objective=objective_for("classification"),
                    budget=run.Budget(seconds, trials, started=clock.now), run_dir=tmp_path,
                    first={"train.lr": 1e-3}, replicate_seed=replicate_seed)
-    return list(zip(trained, [t.user_attrs for t in study.get_trials()], strict=True))
+    attrs = {t.number: t.user_attrs for t in study.get_trials()}
+    return [(values, attrs[number]) for values, number in zip(trained, numbers, strict=True)]
 
 
 def replicates(trials: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[int | None]:
@@ -215,6 +225,32 @@ def test_the_pace_of_replicates_is_their_quickest_whole_run(
                           trial_s=[0.8, 0.5], replicate_seed=7)
     assert replicates(trials) == [None, 1, 2]
     assert not any(attrs["cut_short"] for _, attrs in trials)
+
+
+def test_what_two_workers_both_queued_trains_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Workers sharing a study each look before they queue the recipe or a replicate; two that
+    # look at once both queue it. Here two workers queued the recipe before this loop looks (it
+    # queues none then), and while it trains two others queue the first replicate (seed 8)
+    # each: each trains once, and the later copies are dropped naming the trial that trained.
+    from tunesmith.search.study import make_sampler
+
+    def other_workers(study: optuna.Study, trained: int) -> None:
+        if trained == 0:
+            for _ in range(2):
+                study.enqueue_trial({"train.lr": 1e-3}, user_attrs={"replicate": 1, "seed": 8})
+
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(0))
+    for _ in range(2):
+        study.enqueue_trial({"train.lr": 1e-3}, user_attrs={"recipe": True})
+    trials = _loop_trials(tmp_path, monkeypatch, seconds=1.6, trials=4, trial_s=0.5,
+                          replicate_seed=7, other_worker=other_workers, study=study)
+    assert replicates(trials) == [None, 1, 2]
+    assert [values.get("seed") for values, _ in trials] == [None, 8, 9]
+    dropped = {t.number: t.user_attrs["duplicate_of"] for t in study.get_trials()
+               if t.state == optuna.trial.TrialState.FAIL}
+    assert dropped == {1: 0, 3: 2}
 
 
 def test_a_budget_of_many_trials_or_the_random_baseline_draws_from_the_space(
@@ -390,9 +426,13 @@ def test_two_workers_share_one_study_without_duplicate_or_lost_trials(
     outputs = [worker.communicate(timeout=600)[0] for worker in workers]
     assert [worker.returncode for worker in workers] == [0, 0], outputs
     study = optuna.load_study(study_name=study_name, storage=opened)
-    trials = study.get_trials()
-    assert sorted(t.number for t in trials) == list(range(6))  # none lost, none twice
+    # A recipe both workers queued at once is dropped by the one holding the later copy.
+    every = study.get_trials()
+    assert sorted(t.number for t in every) == list(range(len(every)))  # none lost
+    trials = [t for t in every if "duplicate_of" not in t.user_attrs]
+    assert len(trials) == 6
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert all(t.state == optuna.trial.TrialState.FAIL for t in every if t not in trials)
     workers_seen = {t.user_attrs["worker"] for t in trials}
     assert len(workers_seen) == 2  # both did trials
     assert sum(t.user_attrs.get("recipe", False) for t in trials) == 1  # the recipe once

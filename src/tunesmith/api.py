@@ -69,7 +69,7 @@ from tunesmith.search import (
     train_settings,
 )
 from tunesmith.search.folds import fold_count
-from tunesmith.search.run import trial_values
+from tunesmith.search.run import DUPLICATE_ATTR, trial_values
 from tunesmith.train import Batches, TrialResult, fine_tune
 from tunesmith.train.checkpoint import Checkpoint, require_checkpoint
 from tunesmith.train.heap import frozen_heap
@@ -757,7 +757,8 @@ def _load_soup(model: TaskModel | Ensemble, state: dict[str, torch.Tensor], prep
 
 
 def _study_record(study: Any, given: Config) -> dict[str, Any]:
-    states = [t.state.name for t in study.get_trials(deepcopy=False)]
+    states = [t.state.name for t in study.get_trials(deepcopy=False)
+              if DUPLICATE_ATTR not in t.user_attrs]  # dropped before training: not a trial
     return {
         "trials_completed": states.count("COMPLETE"),
         "trials_pruned": states.count("PRUNED"),

@@ -36,6 +36,7 @@ WALL_ATTR = "wall_s"
 RETRY_ATTR = "retry_of"
 REPLICATE_ATTR = "replicate"  # the how-manieth replicate of the recipe a trial is
 SEED_ATTR = "seed"  # a replicate's training seed, laid over the config's
+DUPLICATE_ATTR = "duplicate_of"  # a queued trial another worker queued too, and trained
 STOPPED_ATTR = "stopped"  # why a trial ended before its schedule: pruned, early stopping, ...
 TIME_CUT = "time budget"  # ... or the time left, its schedule shortened to fit
 
@@ -143,9 +144,34 @@ def _queue_replicate(study: optuna.Study, budget: Budget, first: Values, seed: i
         return True
     if left < min(walls):
         return False
-    made = sum(REPLICATE_ATTR in t.user_attrs for t in study.get_trials(deepcopy=False))
+    made = max((int(t.user_attrs[REPLICATE_ATTR]) for t in study.get_trials(deepcopy=False)
+                if REPLICATE_ATTR in t.user_attrs), default=0)
     study.enqueue_trial(first, user_attrs={REPLICATE_ATTR: made + 1, SEED_ATTR: seed + made + 1})
     return True
+
+
+def _claim(trial: optuna.trial.FrozenTrial | optuna.Trial) -> tuple[Any, ...] | None:
+    """What a queued trial stands for, the same for every worker that queues it: the recipe,
+    the n-th replicate, or the retry of trial n. Sampled trials claim nothing."""
+    attrs = trial.user_attrs
+    if RETRY_ATTR in attrs:
+        return ("retry", attrs[RETRY_ATTR])
+    if REPLICATE_ATTR in attrs:
+        return ("replicate", attrs[REPLICATE_ATTR])
+    return ("recipe",) if attrs.get("recipe") else None
+
+
+def duplicate_of(study: optuna.Study, trial: optuna.Trial) -> int | None:
+    """The earlier trial that claims what `trial` claims, if any. Workers sharing a study each
+    check before they queue the recipe or a replicate, and two that check at once both queue it;
+    the storage hands each queued trial to one worker only, so the lower number is the one that
+    trains and the other is dropped here, by whichever worker holds it."""
+    claim = _claim(trial)
+    if claim is None:
+        return None
+    earlier = (t for t in study.get_trials(deepcopy=False)
+               if t.number < trial.number and t.state != TrialState.FAIL and _claim(t) == claim)
+    return next((t.number for t in earlier), None)
 
 
 def spent_by_study(study: optuna.Study) -> float:
@@ -211,6 +237,11 @@ def run_trials(
             break
         trial = study.ask()
         trial.set_user_attr(WORKER_ATTR, worker_id())
+        twin = duplicate_of(study, trial)
+        if twin is not None:
+            trial.set_user_attr(DUPLICATE_ATTR, twin)
+            study.tell(trial, state=TrialState.FAIL)
+            continue
         values = trial_values(trial, suggest(trial, space))
         trial_dir = run_dir / "trials" / str(trial.number)
         left = budget.left()
