@@ -377,14 +377,16 @@ def test_a_killed_search_resumes_keeping_finished_trials_and_retrying_the_interr
 def test_small_tables_search_without_reading_the_data_again(
     tmp_path: Path, wine_csv: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from tunesmith import candidate
+
     reads = []
-    original = api.load_task_data
+    original = candidate.load_task_data
 
     def counting(config: Any) -> Any:
         reads.append(config)
         return original(config)
 
-    monkeypatch.setattr(api, "load_task_data", counting)
+    monkeypatch.setattr(candidate, "load_task_data", counting)
     api.fit(wine_config(tmp_path, wine_csv, trials=3, pruner="none"))
     assert len(reads) == 1
 
@@ -550,10 +552,11 @@ def test_trials_release_their_models_and_memory_between_trials(
 ) -> None:
     import gc
 
+    from tunesmith import searching
     from tunesmith.models import TaskModel
 
     live, resident = [], []
-    original = api.train_candidate
+    original = searching.train_candidate
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         gc.collect()
@@ -562,7 +565,7 @@ def test_trials_release_their_models_and_memory_between_trials(
             resident.append(int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(api, "train_candidate", counting)
+    monkeypatch.setattr(searching, "train_candidate", counting)
     api.fit(wine_config(tmp_path, wine_csv, trials=10, pruner="none"))
     assert len(live) == 10
     # before each trial, at most the best model so far is alive: the others were let go
