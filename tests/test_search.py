@@ -138,8 +138,8 @@ class FakeClock:
 
 
 def _loop_trials(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, seconds: float, trials: int,
-    trial_s: float | list[float], replicate_seed: int | None,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, seconds: float | None, trials: int,
+    trial_s: float | list[float], replicate_seed: int | None = None,
     other_worker: Callable[[optuna.Study, int], None] | None = None,
     study: optuna.Study | None = None,
 ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -251,6 +251,66 @@ def test_what_two_workers_both_queued_trains_once(
     dropped = {t.number: t.user_attrs["duplicate_of"] for t in study.get_trials()
                if t.state == optuna.trial.TrialState.FAIL}
     assert dropped == {1: 0, 3: 2}
+
+
+def test_two_workers_asking_for_the_last_trial_at_once_do_not_overrun_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # search.trials is 2. After the recipe this loop counts one trial and asks for another; a
+    # second worker, past the same count, asked a moment before: its trial is number 1, this
+    # loop's number 2, and the trials before 2 fill the limit, so this loop drops it and stops.
+    from tunesmith.search.study import make_sampler
+
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(0))
+    ask, asked = study.ask, []
+
+    def another_worker_asks_first(*args: Any, **kwargs: Any) -> optuna.Trial:
+        asked.append(True)
+        if len(asked) == 2:
+            ask()
+        return ask(*args, **kwargs)
+
+    monkeypatch.setattr(study, "ask", another_worker_asks_first)
+    trials = _loop_trials(tmp_path, monkeypatch, seconds=None, trials=2, trial_s=0.5,
+                          study=study)
+    assert len(trials) == 1 and trials[0][1]["recipe"] is True
+    states = {t.number: (t.state.name, t.user_attrs.get("over_limit")) for t in study.get_trials()}
+    assert states == {0: ("COMPLETE", None), 1: ("RUNNING", None), 2: ("FAIL", 2)}
+
+
+def test_what_counts_against_the_limit_is_the_same_for_every_worker() -> None:
+    # Each worker decides alone whether the trial it drew is over search.trials, from the
+    # trials numbered before it: done, pruned or under way, but not failed, not waiting in the
+    # queue, and not a later copy of a queued trial (its worker drops it, marked yet or not).
+    from tunesmith.search.run import over_limit
+
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(direction="maximize", storage=storage)
+    recipe = {"train.lr": 1e-3}
+    study.tell(study.ask(), 0.5)  # 0: done
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)  # 1: its training failed
+    for _ in range(2):
+        study.enqueue_trial(recipe, user_attrs={"recipe": True})
+    study.ask(), study.ask()  # 2 and its copy 3, both drawn
+    study.enqueue_trial(recipe, user_attrs={"replicate": 1})  # 4: waiting in the queue
+    # 5: a worker that asked before 4 was queued, whose trial reached the storage after it
+    storage.create_new_trial(storage.get_study_id_from_name(study.study_name))
+
+    def filled(limits: tuple[int, ...] = (1, 2, 3)) -> dict[int, list[bool]]:
+        return {t.number: [over_limit(study, t, limit) for limit in limits]
+                for t in study.get_trials()}
+
+    assert filled() == {
+        0: [False, False, False],  # nothing before it
+        1: [True, False, False],  # 0
+        2: [True, False, False],  # 0 (1 failed)
+        3: [True, True, False],  # 0, 2
+        4: [True, True, False],  # 0, 2 (3 is a copy of 2)
+        5: [True, True, False],  # 0, 2 (4 waits)
+    }
+    drawn = study.ask()
+    assert drawn.number == 4
+    assert filled()[5] == [True, True, True]  # 0, 2, 4
 
 
 def test_a_budget_of_many_trials_or_the_random_baseline_draws_from_the_space(
@@ -431,7 +491,8 @@ def test_two_workers_share_one_study_without_duplicate_or_lost_trials(
     # A recipe both workers queued at once is dropped by the one holding the later copy.
     every = study.get_trials()
     assert sorted(t.number for t in every) == list(range(len(every)))  # none lost
-    trials = [t for t in every if "duplicate_of" not in t.user_attrs]
+    trials = [t for t in every if "duplicate_of" not in t.user_attrs
+              and "over_limit" not in t.user_attrs]
     assert len(trials) == 6
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     assert all(t.state == optuna.trial.TrialState.FAIL for t in every if t not in trials)

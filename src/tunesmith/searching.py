@@ -44,7 +44,7 @@ from tunesmith.models.ensemble import Ensemble
 from tunesmith.models.inputs import eval_batches
 from tunesmith.models.weights import load_weights
 from tunesmith.search import is_scratch, strategy_plan, train_settings
-from tunesmith.search.run import DUPLICATE_ATTR, trial_values
+from tunesmith.search.run import trial_values, was_dropped
 from tunesmith.train import TrialResult
 from tunesmith.train.heap import frozen_heap
 from tunesmith.train.loop import Reporter
@@ -349,7 +349,7 @@ def _load_soup(model: TaskModel | Ensemble, state: dict[str, torch.Tensor], prep
 
 def study_record(study: Any, given: Config) -> dict[str, Any]:
     states = [t.state.name for t in study.get_trials(deepcopy=False)
-              if DUPLICATE_ATTR not in t.user_attrs]  # dropped before training: not a trial
+              if not was_dropped(t)]  # dropped before training: not a trial
     return {
         "trials_completed": states.count("COMPLETE"),
         "trials_pruned": states.count("PRUNED"),

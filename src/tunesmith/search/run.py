@@ -37,6 +37,7 @@ RETRY_ATTR = "retry_of"
 REPLICATE_ATTR = "replicate"  # the how-manieth replicate of the recipe a trial is
 SEED_ATTR = "seed"  # a replicate's training seed, laid over the config's
 DUPLICATE_ATTR = "duplicate_of"  # a queued trial another worker queued too, and trained
+OVER_LIMIT_ATTR = "over_limit"  # a trial asked for when other workers' trials filled the limit
 STOPPED_ATTR = "stopped"  # why a trial ended before its schedule: pruned, early stopping, ...
 TIME_CUT = "time budget"  # ... or the time left, its schedule shortened to fit
 
@@ -174,6 +175,35 @@ def duplicate_of(study: optuna.Study, trial: optuna.Trial) -> int | None:
     return next((t.number for t in earlier), None)
 
 
+def over_limit(study: optuna.Study, trial: optuna.Trial, limit: int) -> bool:
+    """Whether the trials numbered before `trial` already fill `search.trials`. Workers count
+    before they ask, and two that count at once both ask; the storage numbers trials in the
+    order they were asked, so the later one is dropped here, by the rule every worker applies
+    alike: a trial counts if it is done, pruned or under way and is not a later copy of a
+    queued trial (whose worker drops it, marked or not yet)."""
+    kept, claims = 0, set()
+    for earlier in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if earlier.number >= trial.number:
+            break
+        if earlier.state in (TrialState.FAIL, TrialState.WAITING):
+            continue
+        claim = _claim(earlier)
+        if claim is not None:
+            if claim in claims:
+                continue
+            claims.add(claim)
+        kept += 1
+        if kept >= limit:
+            return True
+    return False
+
+
+def was_dropped(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a failed trial was dropped before training (a copy of a queued trial, or one over
+    the trial limit), rather than failed by its training."""
+    return DUPLICATE_ATTR in trial.user_attrs or OVER_LIMIT_ATTR in trial.user_attrs
+
+
 def spent_by_study(study: optuna.Study) -> float:
     """Training seconds the study's finished trials recorded."""
     return float(sum(t.user_attrs.get(WALL_ATTR, 0.0) for t in study.get_trials(deepcopy=False)))
@@ -242,6 +272,10 @@ def run_trials(
             trial.set_user_attr(DUPLICATE_ATTR, twin)
             study.tell(trial, state=TrialState.FAIL)
             continue
+        if budget.trials is not None and over_limit(study, trial, budget.trials):
+            trial.set_user_attr(OVER_LIMIT_ATTR, budget.trials)
+            study.tell(trial, state=TrialState.FAIL)
+            break
         values = trial_values(trial, suggest(trial, space))
         trial_dir = run_dir / "trials" / str(trial.number)
         left = budget.left()
