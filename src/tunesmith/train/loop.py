@@ -478,12 +478,30 @@ def _validate(run: _Run, batches: EvalBatches) -> dict[str, float]:
     """The validation metrics, of the averaged weights when a weight average is kept."""
     with run.average.applied() if run.average else contextlib.nullcontext():
         val = _evaluate(run, batches)
-        if run.objective.better(val[run.objective.metric], run.best.score):
+        if _improves(run.objective, val, run.best):
             run.best = _keep_best(run, val)
             run.stale = 0
         else:
             run.stale += 1
     return val
+
+
+# A tie in the objective is broken by a validation loss lower by more than this fraction (less
+# is the noise of a run that has stopped learning, and would hold off early stopping for ever).
+LOSS_TIE_BREAK = 1e-3
+
+
+def _improves(objective: Objective, val: dict[str, float], best: _Best) -> bool:
+    """A better validation objective, or the same one at a lower validation loss. On a few
+    dozen rows accuracy moves a row at a time and ties for many epochs while the loss still
+    falls (breast cancer's 46 validation rows: 0.978 from epoch 7 to 27 as the loss went from
+    0.096 to 0.059); the first of the tied epochs is the least trained of them (the recipe
+    alone scored 0.912 on test from epoch 7, 0.965 from epoch 26)."""
+    score = val[objective.metric]
+    if objective.better(score, best.score):
+        return True
+    lowest = best.metrics.get("loss", math.inf)
+    return score == best.score and val["loss"] < lowest * (1 - LOSS_TIE_BREAK)
 
 
 def _evaluate(run: _Run, batches: EvalBatches) -> dict[str, float]:
