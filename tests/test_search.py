@@ -365,6 +365,40 @@ def test_a_journal_file_holds_the_study(tmp_path: Path, wine_csv: Path) -> None:
     study = optuna.load_study(study_name="wine",
                               storage=JournalStorage(JournalFileBackend(str(journal))))
     assert len(study.get_trials()) == 2
+    # The run folder keeps a copy of the study as its search ended, and the report draws the
+    # search history from it.
+    copy = optuna.load_study(study_name="wine",
+                             storage=f"sqlite:///{summary.run_dir / 'study-snapshot.db'}")
+    assert [(t.number, t.state, t.value, t.params) for t in copy.get_trials()] == [
+        (t.number, t.state, t.value, t.params) for t in study.get_trials()]
+    report = (summary.run_dir / "report.html").read_text()
+    assert 'alt="search history"' in report and "study-snapshot.db" in report
+
+
+def test_the_snapshot_of_a_shared_study_holds_every_workers_trials_as_it_stands(
+    tmp_path: Path, wine_csv: Path
+) -> None:
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    from tunesmith.search.study import snapshot
+
+    journal = tmp_path / "shared.journal"
+    config = load_config(wine_config(tmp_path, wine_csv, trials=2, storage=f"journal:{journal}"))
+    study = optuna.create_study(study_name="wine", direction="maximize",
+                                storage=JournalStorage(JournalFileBackend(str(journal))))
+    for worker, value in (("a", 0.5), ("b", 0.75)):
+        trial = study.ask()
+        trial.set_user_attr("worker", worker)
+        study.tell(trial, value)
+    path = snapshot(study, config, tmp_path)
+    copied = optuna.load_study(study_name="wine", storage=f"sqlite:///{path}")
+    assert [(t.value, t.user_attrs["worker"]) for t in copied.get_trials()] == [
+        (0.5, "a"), (0.75, "b")]
+    study.tell(study.ask(), 0.9)  # a later snapshot replaces the copy, it does not add to it
+    again = snapshot(study, config, tmp_path)
+    copied = optuna.load_study(study_name="wine", storage=f"sqlite:///{again}")
+    assert [t.value for t in copied.get_trials()] == [0.5, 0.75, 0.9]
+    assert copied.best_value == 0.9
 
 
 def test_a_study_made_by_another_config_is_refused_naming_what_differs(

@@ -45,6 +45,7 @@ from tunesmith.models.inputs import eval_batches
 from tunesmith.models.weights import load_weights
 from tunesmith.search import is_scratch, strategy_plan, train_settings
 from tunesmith.search.run import trial_values, was_dropped
+from tunesmith.search.study import keeps_its_own_study, snapshot
 from tunesmith.train import TrialResult
 from tunesmith.train.heap import frozen_heap
 from tunesmith.train.loop import Reporter
@@ -79,6 +80,8 @@ def search_stage(given: Config, recipe: Prepared, *, resume: bool) -> tuple[Kept
     from tunesmith.search.run import best_trial
 
     study, trials, kept, budget = _run_study(given, recipe, resume=resume)
+    if not keeps_its_own_study(given) and PartialState().is_main_process:
+        snapshot(study, given, recipe.config.run_dir)  # for the report: every worker's trials
     objective = objective_for(recipe.kind)
     best = best_trial(trials, objective)
     folds = _folds(recipe)

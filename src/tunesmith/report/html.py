@@ -267,21 +267,29 @@ def _learning_curves(run: _Run) -> str:
 def _search_history(run: _Run) -> str:
     import optuna
 
+    from tunesmith.search.study import SNAPSHOT_FILE, STUDY_FILE
+
     metrics = run.needs_metrics()
     search = metrics.get("search", {})
     study_name = search.get("study")
     if study_name is None:
         return "<p>This run trained the recipe alone: there was no search.</p>"
-    if not str(search.get("storage", "sqlite")).startswith("sqlite"):
-        return (f"<p>The study lives in {html.escape(str(search['storage']))}; trials "
-                f"{search.get('trials_completed', 0)} completed, best trial "
-                f"{search.get('best_trial')}.</p>")
-    storage = f"sqlite:///{run.file('study.db')}"
+    shared = not str(search.get("storage", "sqlite")).startswith("sqlite")
+    where = ""
+    if shared:
+        where = (f"<p>The study lives in {html.escape(str(search['storage']))}; shown is the copy "
+                 f"of it taken as this run's search ended ({SNAPSHOT_FILE}), the trials of every "
+                 "worker.</p>")
+        if not (run.dir / SNAPSHOT_FILE).is_file():  # a run made before runs kept the copy
+            return (f"<p>The study lives in {html.escape(str(search['storage']))}; trials "
+                    f"{search.get('trials_completed', 0)} completed, best trial "
+                    f"{search.get('best_trial')}.</p>")
+    file = SNAPSHOT_FILE if shared else STUDY_FILE
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
+        study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{run.file(file)}")
     except KeyError as error:
-        raise NotShown(f"study.db holds no study named {study_name!r}.") from error
+        raise NotShown(f"{file} holds no study named {study_name!r}.") from error
     trials = [t for t in study.get_trials(deepcopy=False) if t.value is not None]
     if not trials:
         raise NotShown("No trial of the study finished with a value.")
@@ -296,7 +304,7 @@ def _search_history(run: _Run) -> str:
     axis.step(numbers, running, where="post", color="tab:orange", label="best so far")
     axis.set(xlabel="trial", ylabel=f"val {metrics['primary_metric']}", title="search history")
     axis.legend(fontsize=8)
-    body = _figure(figure, "search history")
+    body = where + _figure(figure, "search history")
     body += _importances(study)
     return body
 
