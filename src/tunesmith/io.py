@@ -55,6 +55,8 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 PREDICTIONS = "predictions.npz"  # the chosen model's val and test outputs, for the report
 TEST_PREDICTIONS = "test_predictions.csv"
+STUDY_FILE = "study.db"  # a search's Optuna study (SQLite) when search.storage is not set
+SNAPSHOT_FILE = "study-snapshot.db"  # a copy of a shared study, as the run's search ended
 
 
 def require_run_folder(path: Path) -> Path:

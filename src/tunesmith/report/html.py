@@ -267,7 +267,7 @@ def _learning_curves(run: _Run) -> str:
 def _search_history(run: _Run) -> str:
     import optuna
 
-    from tunesmith.search.study import SNAPSHOT_FILE, STUDY_FILE
+    from tunesmith.io import SNAPSHOT_FILE, STUDY_FILE
 
     metrics = run.needs_metrics()
     search = metrics.get("search", {})

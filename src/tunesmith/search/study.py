@@ -16,9 +16,8 @@ import optuna
 
 from tunesmith.config import Config
 from tunesmith.errors import TunesmithError
+from tunesmith.io import SNAPSHOT_FILE, STUDY_FILE, atomic_write
 
-STUDY_FILE = "study.db"
-SNAPSHOT_FILE = "study-snapshot.db"  # a copy of a study kept elsewhere, as a run's search ended
 STARTUP_TRIALS = 5  # TPE's random draws before it models anything
 CONFIG_ATTR = "tunesmith_config"  # the study's searched config, to refuse a different one
 
@@ -36,8 +35,6 @@ def snapshot(study: optuna.Study, config: Config, run_dir: Path) -> Path:
     """Copy a study kept in PostgreSQL or a journal into the run folder's `SNAPSHOT_FILE`
     (SQLite), as it stands now: every worker's trials. The report reads its history from there,
     and the copy outlives the server. Written whole, then renamed into place."""
-    from tunesmith.io import atomic_write
-
     path = run_dir / SNAPSHOT_FILE
     source = open_storage(storage_url(config, run_dir), source=config.source)
     atomic_write(path, lambda tmp: optuna.copy_study(
