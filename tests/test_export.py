@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -111,6 +112,35 @@ def test_a_newer_format_is_refused(text_bundle: tuple[TaskModel, Path], tmp_path
     (folder / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(TunesmithError, match="is newer than this tunesmith reads"):
         load_bundle(folder)
+
+
+@pytest.mark.parametrize(("damage", "message", "field"), [
+    (lambda text, manifest: text[: len(text) // 2], "is not valid JSON", None),
+    (lambda text, manifest: json.dumps({**manifest, "format_version": "2.1"}),
+     "no whole-number format_version (found '2.1')", "format_version"),
+    (lambda text, manifest: json.dumps([manifest]), "no whole-number format_version",
+     "format_version"),
+    (lambda text, manifest: json.dumps({k: v for k, v in manifest.items()
+                                        if k != "weights_sha256"}),
+     "lacks weights_sha256", "weights_sha256"),
+    (lambda text, manifest: json.dumps({k: v for k, v in manifest.items() if k != "classes"}),
+     "lacks classes", "classes"),
+])
+def test_a_damaged_manifest_is_a_clear_error_naming_the_file(
+    text_bundle: tuple[TaskModel, Path], tmp_path: Path, run_cli: Any,
+    damage: Any, message: str, field: str | None,
+) -> None:
+    folder = copy_bundle(text_bundle[1], tmp_path)
+    text = (folder / MANIFEST).read_text()
+    (folder / MANIFEST).write_text(damage(text, json.loads(text)))
+    with pytest.raises(TunesmithError) as caught:
+        load_bundle(folder)
+    assert message in caught.value.message
+    assert caught.value.file == str(folder / MANIFEST) and caught.value.field == field
+    inputs = tmp_path / "texts.csv"
+    inputs.write_text("text\na fine film\n")
+    result = run_cli(["predict", folder, inputs])
+    assert result.code == 2 and message in result.err and "Traceback" not in result.err
 
 
 def test_a_folder_without_a_bundle_is_refused(tmp_path: Path) -> None:

@@ -135,3 +135,39 @@ def test_the_bundle_holds_the_backbone_in_its_own_librarys_format(
     with torch.no_grad():
         assert torch.allclose(network.eval()(batch["pixel_values"]),
                               predictor.model.backbone(batch), atol=1e-5)
+
+
+def test_a_regression_graph_is_checked_in_the_targets_units_and_a_failed_one_not_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """float32 carries about 7 digits: outputs near 3e5 differ by steps of 0.03 however exact
+    the graph, so a regression's numbers are compared relative to their size."""
+    from sklearn.datasets import load_diabetes
+
+    from conftest import config_dict, finish_run
+    from tunesmith.errors import TunesmithError
+    from tunesmith.export import onnx as exporter
+
+    table = load_diabetes(as_frame=True).frame.rename(columns={"target": "label"})
+    table["label"] *= 1000  # targets from 25,000 to 346,000
+    table.to_csv(tmp_path / "diabetes.csv", index=False)
+    run = finish_run(tmp_path, config_dict(
+        tmp_path, data_path=tmp_path / "diabetes.csv", backbone="scratch:mlp", name="big",
+        train_settings={"epochs": 20, "precision": "fp32"}))
+    record = api.export(run.run_dir, "onnx")
+    predictor = api.load(run.run_dir)
+    inputs, _, _ = held_out(run)
+    expected = predictor.outputs(inputs)
+    assert np.abs(expected).max() > 5e4  # the model predicts in the targets' units
+    assert record.parity_allowed == pytest.approx(1e-4 * np.abs(expected[:32]).max(), rel=0.5)
+    assert record.parity_max_abs_diff <= record.parity_allowed
+    session = ort.InferenceSession(record.path, providers=["CPUExecutionProvider"])
+    got = predict_rows(session, predictor, inputs, record.inputs, record.output)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    # A graph that fails the check is refused and the one exported before stays in place.
+    before = (run.run_dir / "model.onnx").read_bytes()
+    monkeypatch.setattr(exporter, "_parity", lambda *args: (0.5, 1e-4, 32))
+    with pytest.raises(TunesmithError, match=r"differ from PyTorch's by up to 5\.00e-01"):
+        api.export(run.run_dir, "onnx")
+    assert (run.run_dir / "model.onnx").read_bytes() == before
+    assert not [p for p in run.run_dir.iterdir() if p.name.startswith(".model.onnx")]

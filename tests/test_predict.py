@@ -4,6 +4,7 @@ error."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ def test_a_table_row_with_text_in_a_number_column_is_reported_and_the_rest_predi
     run, frame = table_run
     rows = frame.drop(columns="label").head(5).astype(object)
     rows.loc[2, "alcohol"] = "lots"
+    rows.loc[3, "malic_acid"] = "inf"  # a number, but not one the model can read
     path = tmp_path / "rows.csv"
     rows.to_csv(path, index=False)
     out = tmp_path / "predictions.csv"
@@ -61,11 +63,27 @@ def test_a_table_row_with_text_in_a_number_column_is_reported_and_the_rest_predi
     table = pd.read_csv(out, keep_default_na=False, dtype={"label": str})
     assert len(table) == 5
     assert table.loc[2, "error"] == "column 'alcohol': 'lots' is not a number"
-    assert table.loc[2, "label"] == ""
-    kept = frame.drop(columns="label").head(5).drop(index=2)
+    assert table.loc[3, "error"] == "column 'malic_acid': 'inf' is not finite"
+    assert table.loc[2, "label"] == table.loc[3, "label"] == ""
+    kept = frame.drop(columns="label").head(5).drop(index=[2, 3])
     expected = [str(label) for label in api.load(run.run_dir).predict(kept)]
-    assert list(table.drop(index=2)["label"]) == expected
-    assert (table.drop(index=2)["error"] == "").all()
+    assert list(table.drop(index=[2, 3])["label"]) == expected
+    assert (table.drop(index=[2, 3])["error"] == "").all()
+    # JSONL is strict JSON: the unpredicted rows' label and probabilities are null, not NaN
+    out = tmp_path / "predictions.jsonl"
+    assert run_cli(["predict", run.run_dir, path, "--out", out]).code == 0
+
+    def strict(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    lines = [json.loads(line, parse_constant=strict) for line in out.read_text().splitlines()]
+    assert [line["label"] for line in lines] == [*expected[:2], None, None, *expected[2:]]
+    assert lines[3]["p_0"] is None and lines[3]["error"].endswith("is not finite")
+    assert abs(sum(lines[0][f"p_{k}"] for k in range(3)) - 1.0) < 1e-5
+    # an output named for no format is refused before anything is predicted
+    result = run_cli(["predict", run.run_dir, path, "--out", tmp_path / "predictions.json"])
+    assert result.code == 2 and "--out" in result.err and ".csv or a .jsonl" in result.err
+    assert not (tmp_path / "predictions.json").exists()
 
 
 def test_an_empty_input_file_is_a_clear_error(

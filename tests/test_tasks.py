@@ -16,8 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 import tunesmith
+import tunesmith.api
+import tunesmith.config
 from conftest import FILLER, NEGATIVE, POSITIVE, CliResult, config_dict, finish_run
 
 Cli = Callable[[Sequence[str | Path]], CliResult]
@@ -87,7 +90,7 @@ def test_a_row_missing_a_feature_column_is_refused(cancer_run: tuple[Any, pd.Dat
     assert "feature column(s) ['mean radius']" in result.err and str(csv) in result.err
 
 
-def test_regression_predicts_in_the_targets_units(tmp_path: Path) -> None:
+def test_regression_predicts_in_the_targets_units(tmp_path: Path, run_cli: Cli) -> None:
     from sklearn.datasets import load_diabetes
 
     table = sklearn_table(load_diabetes, tmp_path / "diabetes.csv")
@@ -113,6 +116,16 @@ def test_regression_predicts_in_the_targets_units(tmp_path: Path) -> None:
     assert float(scale.mean) == pytest.approx(table["label"].mean(), rel=0.05)
     with pytest.raises(tunesmith.errors.TunesmithError, match="predicts numbers"):
         predictor.predict_proba(table.drop(columns=["label"]).head(2))
+    # The split stratified on the targets' quantiles is recorded by that name, and the resolved
+    # config names the method that makes it again: the commands that read it back accept it.
+    assert splits["method"] == "quantile-stratified"
+    resolved = yaml.safe_load((run.run_dir / "config.yaml").read_text())
+    assert resolved["data"]["split"]["method"] == "stratified"
+    again = tunesmith.api.prepare(tunesmith.config.load_config(run.run_dir / "config.yaml"))
+    assert again.data.splits["parts"] == splits["parts"]
+    for command in (["evaluate", run.run_dir], ["export", run.run_dir, "--format", "onnx"]):
+        result = run_cli(command)
+        assert result.code == 0, result.err
 
 
 def multilabel_texts(rows: int, *, seed: int) -> list[dict[str, Any]]:
@@ -163,10 +176,17 @@ def test_multilabel_texts_train_and_predict_label_sets(tiny_bert: Path, tmp_path
     probabilities = predictor.predict_proba(["superb film"])
     assert probabilities.shape == (1, 2)  # a sigmoid per label, not a softmax over them
     assert probabilities[0, predictor.classes.index("good")] > 0.5 > probabilities[0, 0]
+    # split iteratively stratified, recorded so; the commands that read the config back run
+    assert json.loads((run.run_dir / "splits.json").read_text())["method"] == (
+        "iterative-stratified")
+    for command in (["evaluate", run.run_dir], ["export", run.run_dir, "--format", "onnx"]):
+        result = run_cli(command)
+        assert result.code == 0, result.err
 
 
 PYTHON_NET = '''
 import torch
+import yaml
 from torch import nn
 
 

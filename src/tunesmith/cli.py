@@ -195,12 +195,15 @@ def predict(
 ) -> None:
     """Predict labels and class probabilities with a trained bundle."""
     from tunesmith.export.predictor import (
+        check_out,
         gather_inputs,
         load_predictor,
         predictions_table,
         write_predictions,
     )
 
+    if out is not None:
+        check_out(out)
     predictor = load_predictor(run_dir)
     batch = gather_inputs(predictor, inputs)
     table = predictions_table(predictor, batch)

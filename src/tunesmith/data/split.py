@@ -41,6 +41,13 @@ _COLUMN_ALIASES = {
 }
 
 
+def config_method(method: str) -> str:
+    """The `data.split.method` that makes a recorded split again: the stratified split of
+    multilabel rows and of numbers is recorded by its own name (splits.json), but a config names
+    every variant `stratified`, which picks the one the labels call for."""
+    return "stratified" if method in ("iterative-stratified", "quantile-stratified") else method
+
+
 @dataclass(frozen=True)
 class Splits:
     """Row indices of each part and the method that made them (as recorded in splits.json).

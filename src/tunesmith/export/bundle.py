@@ -86,7 +86,13 @@ def _swap_into_place(staging: Path, folder: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+# What every bundle's tunesmith.json holds, and loading reads.
+REQUIRED_KEYS = ("task", "classes", "backbone", "head", "inputs", "weights_sha256")
+
+
 def read_manifest(folder: Path) -> dict[str, Any]:
+    """The bundle's tunesmith.json, checked: valid JSON of this format version with every
+    required key (a damaged or hand-edited file is a clear error, not a traceback)."""
     path = folder / MANIFEST
     if not path.is_file():
         raise TunesmithError(
@@ -94,8 +100,31 @@ def read_manifest(folder: Path) -> dict[str, Any]:
             file=folder,
             fix="pass a run folder (runs/NAME) or its best/ folder",
         )
-    manifest: dict[str, Any] = json.loads(path.read_text())
-    if int(manifest.get("format_version", 0)) < FORMAT_VERSION:
+    try:
+        manifest: Any = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise TunesmithError(
+            f"tunesmith.json is not valid JSON ({error})",
+            file=path,
+            fix="restore the bundle from the run folder, or run the config again",
+        ) from None
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise TunesmithError(
+            f"tunesmith.json has no whole-number format_version (found {version!r})",
+            file=path,
+            field="format_version",
+            fix="restore the bundle from the run folder, or run the config again",
+        )
+    missing = [key for key in REQUIRED_KEYS if key not in manifest]
+    if missing:
+        raise TunesmithError(
+            f"tunesmith.json lacks {', '.join(missing)}",
+            file=path,
+            field=missing[0],
+            fix="restore the bundle from the run folder, or run the config again",
+        )
+    if version < FORMAT_VERSION:
         raise TunesmithError(
             f"bundle format {manifest.get('format_version')} was written by an older tunesmith "
             f"(this one reads {FORMAT_VERSION})",
@@ -103,7 +132,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
             field="format_version",
             fix="run the config again with this version to write a new bundle",
         )
-    if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
+    if version > FORMAT_VERSION:
         raise TunesmithError(
             f"bundle format {manifest['format_version']} is newer than this tunesmith reads "
             f"({FORMAT_VERSION})",
@@ -111,7 +140,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
             field="format_version",
             fix="upgrade tunesmith to the version that wrote the bundle",
         )
-    return manifest
+    return dict(manifest)
 
 
 def load_bundle(folder: Path) -> tuple[TaskModel | Ensemble, dict[str, Any]]:

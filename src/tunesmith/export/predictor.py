@@ -165,21 +165,30 @@ def gather_inputs(predictor: Predictor, paths: Sequence[Path]) -> PredictionInpu
     if tables:
         table = pd.concat(tables, ignore_index=True)
         assert predictor.tabular is not None
-        bad = _unreadable_rows(table, predictor.tabular.numeric)
+        bad = _unreadable_rows(table, predictor.tabular)
         errors.update(bad)
         return PredictionInputs(sources, table.drop(index=list(bad)).reset_index(drop=True),
                                 errors)
     return PredictionInputs(sources, texts_or_images, errors)
 
 
-def _unreadable_rows(table: pd.DataFrame, numeric: list[str]) -> dict[int, str]:
-    """Rows with a value in a numeric feature column that is not a number: {row: why}."""
+def _unreadable_rows(table: pd.DataFrame, encoding: TabularEncoding) -> dict[int, str]:
+    """Rows the encoding would refuse, {row: why}: a value in a numeric feature column that is
+    not a finite number, or an empty cell where the bundle does not impute."""
     bad: dict[int, str] = {}
-    for column in numeric:
+    for column in encoding.numeric:
         values = table[column]
         parsed = pd.to_numeric(values, errors="coerce")
         for row in np.flatnonzero(parsed.isna().to_numpy() & values.notna().to_numpy()):
             bad.setdefault(int(row), f"column {column!r}: {values.iloc[row]!r} is not a number")
+        finite = parsed.to_numpy(dtype=np.float64, na_value=np.nan)
+        for row in np.flatnonzero(np.isinf(finite)):
+            bad.setdefault(int(row), f"column {column!r}: {values.iloc[row]!r} is not finite")
+    if encoding.impute == "none":
+        for column in [*encoding.numeric, *encoding.categorical]:
+            for row in np.flatnonzero(table[column].isna().to_numpy()):
+                bad.setdefault(int(row), f"column {column!r} is empty and the model was "
+                                         "trained without imputation")
     return bad
 
 
@@ -260,10 +269,25 @@ def predictions_table(predictor: Predictor, batch: PredictionInputs) -> pd.DataF
     return table.reset_index(drop=True)
 
 
+OUT_SUFFIXES = (".csv", ".jsonl")
+
+
+def check_out(out: Path) -> None:
+    """Predictions are written as CSV or JSONL, named so; checked before predicting."""
+    if out.suffix.lower() not in OUT_SUFFIXES:
+        raise TunesmithError(
+            f"cannot write predictions as {out.suffix or 'a file without a suffix'}",
+            file=out, field="--out", fix="name a .csv or a .jsonl file",
+        )
+
+
 def write_predictions(table: pd.DataFrame, out: Path) -> None:
+    """CSV, or JSONL with an unpredicted row's missing values as null (strict JSON)."""
     from tunesmith.io import write_text
 
+    check_out(out)
     if out.suffix.lower() == ".jsonl":
-        write_text(out, "".join(json.dumps(row) + "\n" for row in table.to_dict("records")))
+        rows = table.astype(object).where(table.notna(), None).to_dict("records")
+        write_text(out, "".join(json.dumps(row, allow_nan=False) + "\n" for row in rows))
     else:
         write_text(out, table.to_csv(index=False))

@@ -17,6 +17,7 @@ from typing import Any
 
 from tunesmith.config import Config, HeadConfig, PeftConfig, ScratchConfig, TrainConfig
 from tunesmith.data.sources import Modality
+from tunesmith.data.split import config_method
 from tunesmith.errors import TunesmithError
 from tunesmith.models.losses import DEFAULT_LOSS, LossSettings, check_loss
 from tunesmith.models.scratch import ScratchShape
@@ -269,7 +270,7 @@ def resolve(
             "test": config.path(given.test) if given.test else None,
             "val": config.path(given.val) if given.val else None,
             "format": profile.source_format,
-            "split": given.split.model_copy(update={"method": profile.split_method}),
+            "split": given.split.model_copy(update={"method": config_method(profile.split_method)}),
             "clean": given.clean.model_copy(
                 update={"impute": "median" if given.clean.impute == "auto" else given.clean.impute}
             ),
