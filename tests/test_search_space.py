@@ -89,6 +89,24 @@ def test_conditional_parameters_are_drawn_only_where_they_apply() -> None:
     assert "model.peft.r" not in full
 
 
+def test_conditions_read_the_values_the_user_fixed() -> None:
+    """A user who fixes the strategy to LoRA gets its rank and alpha searched (not the layer-wise
+    decay of full fine-tuning); one who fixes two head layers gets their width searched."""
+    draws = []
+    for model in ({"strategy": "lora"}, {"head": {"layers": 2}}):
+        space = search_space(context(TEXT), config(model=model))
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        draws.append([suggest(study.ask(), space) for _ in range(8)])
+        trial_zero = recipe_values(space, RECIPE)
+        draws[-1].append(trial_zero)
+    lora, two_layers = draws
+    assert all({"model.peft.r", "model.peft.alpha"} <= set(d) for d in lora)
+    assert not any("train.layer_decay" in d for d in lora)
+    assert len({d["model.peft.r"] for d in lora}) > 1  # searched, not one value
+    assert all({"model.head.hidden", "model.head.activation"} <= set(d) for d in two_layers)
+    assert len({d["model.head.hidden"] for d in two_layers}) > 1
+
+
 def test_a_value_the_user_gave_is_fixed_and_not_searched() -> None:
     given = config(train={"lr": 3e-5}, model={"strategy": "lora"}, data={"augment": {"mixup": 0.0}})
     space = search_space(context(IMAGE), given)

@@ -273,10 +273,10 @@ def _settable(config: Config, key: str) -> bool:
 
 def suggest(trial: optuna.Trial | optuna.trial.FixedTrial, space: Space) -> Values:
     """One draw from the space, as {dotted config key: value}; conditional parameters are drawn
-    only where they apply."""
+    only where they apply, judged on the values drawn before them and those the user fixed."""
     values: Values = {}
     for param in space.params:
-        if not param.applies(values):
+        if not param.applies({**space.fixed, **values}):
             continue
         values[param.key] = _draw(trial, param.key, param.distribution)
     return values
@@ -296,7 +296,7 @@ def recipe_values(space: Space, recipe: Config) -> Values:
     distribution (a user's narrowed range may exclude the recipe's value)."""
     values: Values = {}
     for param in space.params:
-        if not param.applies(values):
+        if not param.applies({**space.fixed, **values}):
             continue
         if param.key == "model.backbone":
             values[param.key] = param.distribution.choices[0]  # type: ignore[attr-defined]
