@@ -401,6 +401,56 @@ def test_the_snapshot_of_a_shared_study_holds_every_workers_trials_as_it_stands(
     assert copied.best_value == 0.9
 
 
+def test_the_final_model_is_chosen_among_the_trials_whose_weights_are_here(
+    tmp_path: Path, wine_csv: Path, run_cli: Any
+) -> None:
+    """Workers on other machines write their trials' weights to their own disks: the run that
+    chooses the final model picks among the trials its folder holds and names the others."""
+    journal = tmp_path / "shared.journal"
+
+    def machine(name: str, trials: int) -> Path:
+        folder = tmp_path / name
+        return wine_config(folder, wine_csv, trials=trials, pruner="none",
+                           storage=f"journal:{journal}", study="shared")
+
+    other = run_cli(["search", machine("b", 2)])  # trials 0 and 1, under b/runs
+    assert other.code == 0, other.err
+    summary = api.fit(machine("a", 4))  # trials 2 and 3, under a/runs
+    search = summary.metrics["search"]
+    assert search["trials_elsewhere"] == [0, 1]
+    assert search["best_trial"] in (2, 3)
+    snapshot = summary.run_dir / "study-snapshot.db"
+    study = optuna.load_study(study_name="shared", storage=f"sqlite:///{snapshot}")
+    local = {t.number: t.user_attrs["val"]["accuracy"] for t in study.trials if t.number >= 2}
+    assert local[search["best_trial"]] == max(local.values())
+    # A run whose folder holds none of the study's trials says where they are, before anything
+    # is evaluated.
+    result = run_cli(["run", machine("c", 4)])
+    assert result.code == 2
+    assert "output_dir" in result.err and "were trained by workers whose run folders" in result.err
+
+
+def test_a_linear_probe_trained_by_an_earlier_process_is_rebuilt_from_its_head(
+    text_config: Any
+) -> None:
+    """A linear probe keeps the head alone (the backbone is the pretrained one); rebuilt from its
+    files it scores on validation what it scored when trained."""
+    from tunesmith.candidate import predict_part
+    from tunesmith.searching import trained_trial
+
+    config = load_config(text_config(model={"strategy": "linear-probe"},
+                                     search={"trials": 2, "folds": 1}))
+    summary = api.fit(config)
+    trial = study_of(summary.run_dir, config.name).trials[0]
+    assert not (summary.run_dir / "trials" / "0" / "best.safetensors").exists()
+    recipe = api.prepare(config)
+    kept = trained_trial(config, recipe, trial, [])
+    assert kept.model is not None and kept.prepared is not None and kept.result is not None
+    outputs, targets = predict_part(kept.model, kept.prepared, kept.prepared.data.val, kept.result)
+    accuracy = float(np.mean(outputs.argmax(axis=1) == targets))
+    assert accuracy == pytest.approx(trial.user_attrs["val"]["accuracy"])
+
+
 def test_a_study_made_by_another_config_is_refused_naming_what_differs(
     tmp_path: Path, wine_csv: Path
 ) -> None:

@@ -39,7 +39,7 @@ from tunesmith.console import console
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import objective_for
 from tunesmith.io import write_text
-from tunesmith.models import TaskModel
+from tunesmith.models import ProbeModel, TaskModel
 from tunesmith.models.ensemble import Ensemble
 from tunesmith.models.inputs import eval_batches
 from tunesmith.models.weights import load_weights
@@ -83,8 +83,9 @@ def search_stage(given: Config, recipe: Prepared, *, resume: bool) -> tuple[Kept
     if not keeps_its_own_study(given) and PartialState().is_main_process:
         snapshot(study, given, recipe.config.run_dir)  # for the report: every worker's trials
     objective = objective_for(recipe.kind)
-    best = best_trial(trials, objective)
     folds = _folds(recipe)
+    trials, elsewhere = _weights_here(given, recipe.config.run_dir, trials, folds)
+    best = best_trial(trials, objective)
     if best.number != kept.number:  # trained by an earlier run or another worker: from its files
         kept = trained_trial(given, recipe, best, folds)
     assert kept.prepared is not None and kept.model is not None and kept.result is not None
@@ -93,6 +94,8 @@ def search_stage(given: Config, recipe: Prepared, *, resume: bool) -> tuple[Kept
               "backbone_probes": study.user_attrs.get("backbone_probes", {}),
               "best_params": dict(best.params), "spent_s": round(budget.spent(), 1),
               "folds": len(folds) or 1}
+    if elsewhere:
+        record["trials_elsewhere"] = elsewhere
     if folds:  # the fold models predict together; a soup of them would mix unrelated weights
         return kept, record
     kept.val_outputs = predict_part(kept.model, kept.prepared, kept.prepared.data.val,
@@ -144,6 +147,33 @@ def search_stage(given: Config, recipe: Prepared, *, resume: bool) -> tuple[Kept
         if "ensemble" in record:
             record["ensemble"]["used"] = False
     return kept, record
+
+
+def _weights_here(given: Config, run_dir: Path, trials: list[Any], folds: list[Any]
+                  ) -> tuple[list[Any], list[int]]:
+    """The finished trials whose best weights this run folder holds, and the numbers of those it
+    does not: trials of workers on other machines that write to their own disks. The final model
+    is chosen among the first; when a better trial is elsewhere, the run says so."""
+    def here(trial: Any) -> bool:
+        folder = run_dir / "trials" / str(trial.number)
+        parts = [folder / f"fold-{k}" for k in range(len(folds))] if folds else [folder]
+        return all(_trained_weights(part) is not None for part in parts)
+
+    local = [t for t in trials if here(t)]
+    elsewhere = sorted(t.number for t in trials if not here(t))
+    if elsewhere and not local:
+        raise TunesmithError(
+            f"no trial of the study trained its weights into {run_dir / 'trials'}: trials "
+            f"{', '.join(map(str, elsewhere[:8]))} were trained by workers whose run folders "
+            "are elsewhere", file=given.source, field="output_dir",
+            fix="give every worker the same output_dir on a shared file system, or run "
+            "tunesmith run where trials were trained")
+    if elsewhere:
+        console.print(f"[yellow]trials {', '.join(map(str, elsewhere[:8]))} were trained "
+                      f"elsewhere (their weights are not under {run_dir / 'trials'}): the final "
+                      "model is chosen among this folder's trials; share output_dir between "
+                      "workers to choose among all[/]")
+    return local, elsewhere
 
 
 ENSEMBLE_CANDIDATES = 5  # the most trials an ensemble of trials within noise averages
@@ -259,6 +289,18 @@ def _replicate_soup(kept: Kept, trials: list[Any], best: Any, objective: Any,
                     lambda candidates, score: uniform_soup(
                         candidates, score, greater_is_better=objective.greater_is_better,
                         tolerance=error))
+
+
+def _trained_weights(folder: Path) -> Path | None:
+    """A trial's (or fold's) best weights: the whole model's, or a linear probe's head alone
+    (its backbone is the pretrained one); None when the folder holds neither."""
+    from tunesmith.train.checkpoint import BEST
+    from tunesmith.train.loop import best_weights_name
+
+    for name in (BEST, best_weights_name("probe")):
+        if (folder / name).is_file():
+            return folder / name
+    return None
 
 
 def _best_weights(run_dir: Path, number: int) -> Path:
@@ -667,7 +709,12 @@ def trained_trial(given: Config, recipe: Prepared, trial: Any, folds: list[Any])
 
     def rebuilt(prepared: Prepared, folder: Path) -> TaskModel:
         model = task_model(prepared)
-        load_weights(model, folder / BEST, field="--resume", architecture="the trial's model")
+        weights = _trained_weights(folder) or folder / BEST  # BEST: its error names the file
+        if weights.name == BEST:
+            load_weights(model, weights, field="--resume", architecture="the trial's model")
+        else:  # a linear probe: the pretrained backbone under the probed head
+            load_weights(ProbeModel(model.head), weights, field="--resume",
+                         architecture="the trial's head")
         return model
 
     if not folds:
