@@ -496,11 +496,14 @@ def test_a_killed_search_resumes_keeping_finished_trials_and_retrying_the_interr
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "CI": "1"},
     )
     deadline = time.time() + 240
+    log = run_dir / "trials" / "1" / "metrics.jsonl"
     while time.time() < deadline:  # kill it inside trial 1, after trial 0 finished
-        if (run_dir / "study.db").is_file() and (run_dir / "trials" / "1").is_dir():
+        if (run_dir / "study.db").is_file() and log.is_file() and log.stat().st_size:
             break
         time.sleep(0.2)
+    time.sleep(1.0)  # a second of training steps
     process.send_signal(signal.SIGKILL)
+    killed_at = time.time()
     process.wait()
     before = study_of(run_dir, "killed").get_trials()
     assert before[0].state == optuna.trial.TrialState.COMPLETE
@@ -516,6 +519,10 @@ def test_a_killed_search_resumes_keeping_finished_trials_and_retrying_the_interr
     assert states.count("COMPLETE") == 3
     metrics = json.loads((summary.run_dir / "metrics.json").read_text())
     assert metrics["search"]["trials_failed"] == 1
+    # The budget counts what the interrupted trial ran: its start to its last step's log line.
+    ran = killed_at - before[1].datetime_start.timestamp()
+    assert 0.5 * ran <= after[1].user_attrs["wall_s"] <= ran
+    assert metrics["search"]["spent_s"] >= sum(t.user_attrs["wall_s"] for t in after)
 
 
 def test_small_tables_search_without_reading_the_data_again(

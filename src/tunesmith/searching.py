@@ -455,6 +455,7 @@ def _run_study(
     from tunesmith.search.space import recipe_values, search_space
     from tunesmith.search.study import open_study
 
+    started = time.perf_counter()  # the budget counts the step timing and backbone probes too
     run_dir = recipe.config.run_dir
     objective = objective_for(recipe.kind)
     folds = _folds(recipe)
@@ -476,13 +477,14 @@ def _run_study(
     if probes:
         study.set_user_attr("backbone_probes", probes)
     if resume:
-        for number in retry_interrupted(study):
+        for number in retry_interrupted(study, run_dir):
             console.print(f"[yellow]trial {number} was interrupted[/]: marked failed, retried")
     search = given.search
     reserve = 0.0 if search.budget is None else final_reserve(search.budget)
     budget = Budget(
         None if search.budget is None else search.budget - reserve, search.trials,
         spent_before=spent_by_study(study) if resume and not own_budget else 0.0,
+        started=started,
     )
     kept = Kept()
 

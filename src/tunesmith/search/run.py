@@ -92,20 +92,37 @@ def _alive(worker: str) -> bool:
     return True
 
 
-def retry_interrupted(study: optuna.Study) -> list[int]:
+def retry_interrupted(study: optuna.Study, run_dir: Path | None = None) -> list[int]:
     """Trials left running by a process of this machine that is gone (a killed run): marked
-    failed, and their values queued again. Returns their numbers."""
+    failed, and their values queued again. Returns their numbers. The time each ran, from its
+    start to the last file its folder under `run_dir` wrote, is recorded as its wall time, so a
+    resumed search counts it against the budget."""
     retried = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get(WORKER_ATTR)
         if worker is None or _alive(worker):
             continue
+        if run_dir is not None:
+            ran = _ran_for(trial, run_dir / "trials" / str(trial.number))
+            study._storage.set_trial_user_attr(trial._trial_id, WALL_ATTR, ran)
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         kept = {k: trial.user_attrs[k] for k in (REPLICATE_ATTR, SEED_ATTR, "recipe")
                 if k in trial.user_attrs}
         study.enqueue_trial(trial.params, user_attrs={**kept, RETRY_ATTR: trial.number})
         retried.append(trial.number)
     return retried
+
+
+def _ran_for(trial: optuna.trial.FrozenTrial, folder: Path) -> float:
+    """Seconds from a trial's start to the last write in its folder (metrics.jsonl takes a line
+    per optimizer step), 0 when it wrote nothing."""
+    if trial.datetime_start is None or not folder.is_dir():
+        return 0.0
+    last = max((path.stat().st_mtime for path in folder.rglob("*") if path.is_file()),
+               default=None)
+    if last is None:
+        return 0.0
+    return max(0.0, last - trial.datetime_start.timestamp())
 
 
 def trial_values(trial: optuna.trial.FrozenTrial | optuna.Trial, values: Values) -> Values:
@@ -205,7 +222,8 @@ def was_dropped(trial: optuna.trial.FrozenTrial) -> bool:
 
 
 def spent_by_study(study: optuna.Study) -> float:
-    """Training seconds the study's finished trials recorded."""
+    """Training seconds the study's trials recorded: the finished ones', and what interrupted
+    ones ran before the kill (see `retry_interrupted`)."""
     return float(sum(t.user_attrs.get(WALL_ATTR, 0.0) for t in study.get_trials(deepcopy=False)))
 
 
