@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -595,6 +596,43 @@ def test_two_workers_share_one_study_without_duplicate_or_lost_trials(
     for trial in trials:
         assert (trials_dir / str(trial.number) / "config.yaml").is_file()
     assert study.best_trial.value == max(t.value for t in trials)
+
+
+def test_a_trial_whose_worker_went_silent_is_failed_and_queued_again(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker on another machine that dies leaves its trial running; in PostgreSQL its
+    heartbeats stop, and after the grace period the next worker fails the trial and queues its
+    values again. A trial whose worker still beats is left alone."""
+    from tunesmith.search import run
+    from tunesmith.search import study as studies
+
+    monkeypatch.setattr(studies, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(studies, "HEARTBEAT_GRACE_S", 3)
+    storage = studies.open_storage(_postgres_url(), source="test")
+    name = f"silent-{os.getpid()}-{time.time_ns()}"
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    lr = {"train.lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}
+    dead = study.ask(lr)
+    dead.set_user_attr(run.WORKER_ATTR, "gpu-node-7:4242")  # another machine: no pid to check
+    dead.set_user_attr(run.REPLICATE_ATTR, 2)
+    alive = study.ask(lr)
+    alive.set_user_attr(run.WORKER_ATTR, "gpu-node-8:4242")
+    storage.record_heartbeat(dead._trial_id)  # it beat once, then its machine died
+    with run.heartbeat(study, alive):
+        assert run.fail_silent_workers_trials(study) == []  # within the grace period
+        time.sleep(4.5)
+        assert run.retry_interrupted(study) == [dead.number]
+    trials = study.get_trials()
+    assert trials[dead.number].state == optuna.trial.TrialState.FAIL
+    assert trials[alive.number].state == optuna.trial.TrialState.RUNNING
+    queued = [t for t in trials if t.state == optuna.trial.TrialState.WAITING]
+    assert len(queued) == 1 and queued[0].user_attrs[run.RETRY_ATTR] == dead.number
+    assert queued[0].user_attrs[run.REPLICATE_ATTR] == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        retry = study.ask(lr)
+    assert retry.number == queued[0].number and retry.params == dead.params
 
 
 OPEN_STORAGE = """

@@ -12,10 +12,13 @@ than on the sampler's first random draws (see `_queue_replicate`); the final sta
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,11 +109,56 @@ def retry_interrupted(study: optuna.Study, run_dir: Path | None = None) -> list[
             ran = _ran_for(trial, run_dir / "trials" / str(trial.number))
             study._storage.set_trial_user_attr(trial._trial_id, WALL_ATTR, ran)
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        kept = {k: trial.user_attrs[k] for k in (REPLICATE_ATTR, SEED_ATTR, "recipe")
-                if k in trial.user_attrs}
-        study.enqueue_trial(trial.params, user_attrs={**kept, RETRY_ATTR: trial.number})
+        requeue(study, trial)
         retried.append(trial.number)
-    return retried
+    return retried + fail_silent_workers_trials(study)
+
+
+def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Queue a failed trial's values again, as the recipe or replicate it was, marked a retry."""
+    kept = {k: trial.user_attrs[k] for k in (REPLICATE_ATTR, SEED_ATTR, "recipe")
+            if k in trial.user_attrs}
+    study.enqueue_trial(trial.params, user_attrs={**kept, RETRY_ATTR: trial.number})
+
+
+def fail_silent_workers_trials(study: optuna.Study) -> list[int]:
+    """Running trials whose worker stopped sending heartbeats (a machine that died: PostgreSQL
+    studies, see `tunesmith.search.study.HEARTBEAT_S`): failed and queued again, by the storage's
+    callback. Returns their numbers; none for storages without heartbeats."""
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    if not running:
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    still = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    return sorted(running - still)
+
+
+@contextlib.contextmanager
+def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
+    """While a trial trains, tell a storage with heartbeats that its worker is alive, from a
+    thread (a long epoch must not look like a dead machine)."""
+    storage = study._storage
+    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    if not interval:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _ran_for(trial: optuna.trial.FrozenTrial, folder: Path) -> float:
@@ -280,10 +328,14 @@ def run_trials(
     if first is not None:  # once per study, whichever worker comes first
         study.enqueue_trial(first, user_attrs={"recipe": True}, skip_if_exists=True)
     while _room_for_another(study, budget):
+        for number in fail_silent_workers_trials(study):
+            console.print(f"[yellow]trial {number}'s worker went silent[/]: failed, queued again")
         if first is not None and replicate_seed is not None and not _queue_replicate(
                 study, budget, first, replicate_seed):
             break
-        trial = study.ask()
+        with warnings.catch_warnings():  # the loop beats for its trials itself (`heartbeat`)
+            warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used")
+            trial = study.ask()
         trial.set_user_attr(WORKER_ATTR, worker_id())
         twin = duplicate_of(study, trial)
         if twin is not None:
@@ -300,7 +352,8 @@ def run_trials(
         console.print(f"[bold]trial {trial.number}[/] {_shown(values)}")
         started = time.perf_counter()
         try:
-            result = train(values, trial_dir, OptunaReporter(trial), left)
+            with heartbeat(study, trial):
+                result = train(values, trial_dir, OptunaReporter(trial), left)
         except TunesmithError:
             study.tell(trial, state=TrialState.FAIL)
             raise

@@ -19,6 +19,9 @@ from tunesmith.errors import TunesmithError
 from tunesmith.io import SNAPSHOT_FILE, STUDY_FILE, atomic_write
 
 STARTUP_TRIALS = 5  # TPE's random draws before it models anything
+# A PostgreSQL worker's running trial records a heartbeat this often; one silent for the grace
+# period is taken for a dead machine's: failed and queued again (`fail_silent_workers_trials`).
+HEARTBEAT_S, HEARTBEAT_GRACE_S = 30, 300
 CONFIG_ATTR = "tunesmith_config"  # the study's searched config, to refuse a different one
 
 
@@ -73,14 +76,28 @@ def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
     IF NOT EXISTS). Once one has made them the others find them, so such an error is retried."""
     from sqlalchemy.exc import IntegrityError, ProgrammingError
 
+    # SQLite serves one machine, whose dead workers their process ids tell; its writes lock the
+    # file, which a heartbeat thread would contend for.
+    heartbeats: dict[str, Any] = {} if url.startswith("sqlite") else {
+        "heartbeat_interval": HEARTBEAT_S, "grace_period": HEARTBEAT_GRACE_S,
+        "heartbeat_stale_trial_callback": _requeue}
     for attempt in range(attempts):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+            with warnings.catch_warnings():  # heartbeats are an experimental argument
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs={"pool_pre_ping": True}, **heartbeats)
         except (IntegrityError, ProgrammingError):
             if attempt == attempts - 1:
                 raise
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def _requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    from tunesmith.search.run import requeue
+
+    requeue(study, trial)
 
 
 def _first_line(error: BaseException) -> str:
