@@ -190,6 +190,19 @@ def test_evaluate_rescores_the_test_part_and_new_data(
     predicted = api.load(wine_run.run_dir).predict(fresh.drop(columns="label"))
     accuracy = np.mean([str(p) == str(t) for p, t in zip(predicted, fresh["label"], strict=True)])
     assert record["scores"]["accuracy"]["value"] == pytest.approx(accuracy)
+    # Other data of the same name, or named test, never overwrites an evaluation: it is numbered.
+    (tmp_path / "other").mkdir()
+    for name, rows in (("fresh", 30), ("test", 20)):
+        path = tmp_path / "other" / f"{name}.csv"
+        fresh.head(rows).to_csv(path, index=False)
+        assert run_cli(["evaluate", wine_run.run_dir, "--data", path]).code == 0
+    kept = {p.name: json.loads(p.read_text())["rows"]
+            for p in (wine_run.run_dir / "evaluations").iterdir()}
+    assert kept == {"test.json": metrics_of(wine_run)["test_rows"], "fresh.json": 40,
+                    "fresh-2.json": 30, "test-2.json": 20}
+    # the same data again brings its own evaluation up to date
+    assert run_cli(["evaluate", wine_run.run_dir, "--data", fresh_path]).code == 0
+    assert len(list((wine_run.run_dir / "evaluations").iterdir())) == 4
 
 
 def test_evaluate_refuses_a_folder_that_is_not_a_run(tmp_path: Path, run_cli: Any) -> None:

@@ -474,10 +474,20 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None) -> Evaluation:
         outputs = scaled(outputs, predictor.temperature)
     targets = _targets_for(part, predictor.classes, kind)
     scores = scored_with_intervals(kind, outputs, targets, seed=config.seed)
-    name = "test" if data is None else Path(data).stem
-    record = folder / "evaluations" / f"{name}.json"
+    record = _evaluation_file(folder / "evaluations", "test" if data is None else Path(data).stem,
+                              str(part.source))
     write_json(record, {"data": str(part.source), "rows": len(part), "scores": scores})
     return Evaluation(part.source, len(part), scores, record)
+
+
+def _evaluation_file(folder: Path, name: str, source: str) -> Path:
+    """`NAME.json`, or `NAME-2.json`, ... when that holds another data source's scores: a new
+    evaluation never overwrites one of other data (the same data's is brought up to date)."""
+    path, count = folder / f"{name}.json", 1
+    while path.is_file() and json.loads(path.read_text()).get("data") != source:
+        count += 1
+        path = folder / f"{name}-{count}.json"
+    return path
 
 
 def export(run_dir: str | Path, format: str = "onnx", *, quantize: bool = False) -> Any:
