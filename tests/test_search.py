@@ -19,6 +19,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+import torch
 
 from conftest import config_dict, write_yaml
 from tunesmith import api
@@ -810,6 +811,25 @@ def test_replicates_of_the_recipe_are_souped_uniformly_when_not_below_their_mean
         ensemble = metrics["search"]["ensemble"]
         chosen = ensemble["val"] if ensemble["used"] else values[best]
         assert metrics["val"]["accuracy"]["value"] == pytest.approx(chosen)
+
+
+def test_replicates_of_a_network_from_scratch_are_ensembled_not_souped(
+    tmp_path: Path, wine_csv: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each replicate draws its first weights from its own seed: averaging the weights of such
+    networks averages unrelated units, so their outputs are averaged instead."""
+    monkeypatch.setattr("tunesmith.search.run.replicates_fit", lambda *args: True)
+    from safetensors.torch import load_file
+
+    summary = api.fit(wine_config(tmp_path, wine_csv, budget=600, trials=3, pruner="none"))
+    trials = study_of(summary.run_dir).get_trials()
+    assert [t.user_attrs.get("replicate") for t in trials] == [None, 1, 2]
+    first, second = (load_file(summary.run_dir / "trials" / str(n) / "best.safetensors")
+                     for n in (0, 1))
+    assert any(not torch.equal(first[k], second[k]) for k in first)  # other weights
+    search = summary.metrics["search"]
+    assert "soup" not in search
+    assert "ensemble" in search  # the replicates within noise were weighed as an ensemble
 
 
 def test_a_soup_of_batch_norm_replicates_has_its_own_statistics(
