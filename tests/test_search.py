@@ -821,15 +821,23 @@ def test_replicates_of_a_network_from_scratch_are_ensembled_not_souped(
     monkeypatch.setattr("tunesmith.search.run.replicates_fit", lambda *args: True)
     from safetensors.torch import load_file
 
+    from tunesmith import searching
+
+    asked = []
+    original = searching._replicate_soup
+    monkeypatch.setattr(searching, "_replicate_soup",
+                        lambda *args: asked.append(args) or original(*args))
     summary = api.fit(wine_config(tmp_path, wine_csv, budget=600, trials=3, pruner="none"))
+    assert not asked  # no uniform soup of the replicates is even tried
     trials = study_of(summary.run_dir).get_trials()
     assert [t.user_attrs.get("replicate") for t in trials] == [None, 1, 2]
     first, second = (load_file(summary.run_dir / "trials" / str(n) / "best.safetensors")
                      for n in (0, 1))
     assert any(not torch.equal(first[k], second[k]) for k in first)  # other weights
     search = summary.metrics["search"]
-    assert "soup" not in search
-    assert "ensemble" in search  # the replicates within noise were weighed as an ensemble
+    assert not search.get("soup", {}).get("uniform")  # no uniform soup of unrelated units
+    if not search.get("soup", {}).get("used"):  # a greedy soup better on validation is kept
+        assert "ensemble" in search  # the replicates within noise are weighed as an ensemble
 
 
 def test_a_soup_of_batch_norm_replicates_has_its_own_statistics(

@@ -101,14 +101,15 @@ def search_stage(given: Config, recipe: Prepared, *, resume: bool) -> tuple[Kept
     kept.val_outputs = predict_part(kept.model, kept.prepared, kept.prepared.data.val,
                                     kept.result)
     error = _val_error(given, recipe, kept, objective)
-    # Weights average only between networks that start from the same weights: a pretrained
-    # backbone's (its head zero-initialized, or drawn with the config's seed). A network from
-    # scratch draws its first weights from each trial's seed (replicates differ in it), so its
-    # trials are ensembled, not souped.
-    soup = None if is_scratch(recipe.config) else _replicate_soup(kept, trials, best, objective,
-                                                                  error)
+    # The replicates' uniform soup averages runs that start from the same weights: a pretrained
+    # backbone's, under a head zero-initialized or drawn with the config's seed. A network from
+    # scratch draws all its first weights from the seed, which each replicate changes: averaging
+    # such networks averages unrelated units, so its replicates are ensembled instead. (The
+    # greedy soup, which keeps an ingredient only where validation improves, still looks.)
+    soup: Any = None if is_scratch(recipe.config) else _replicate_soup(
+        kept, trials, best, objective, error)
     uniform = soup is not None
-    if soup is None and not is_scratch(recipe.config):
+    if soup is None:
         soup = _greedy_soup(kept, trials, best, objective)
     if soup is not None:
         record["soup"] = {"ingredients": list(soup.ingredients), "val": soup.score,
