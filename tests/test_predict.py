@@ -25,11 +25,15 @@ def test_an_unreadable_image_is_reported_in_its_row_and_the_rest_predicted(
     for image in good:
         (folder / image.name).write_bytes(image.read_bytes())
     (folder / "broken.png").write_bytes(b"not an image at all")
+    (folder / "album.png").mkdir()  # a folder named like an image: its images count, not it
+    (folder / "album.png" / good[0].name).write_bytes(good[0].read_bytes())
     out = tmp_path / "predictions.csv"
     result = run_cli(["predict", image_run.run_dir, folder, "--out", out])
     assert result.code == 0, result.err
     table = pd.read_csv(out, keep_default_na=False)
-    assert len(table) == 3
+    assert len(table) == 4
+    assert not table["input"].str.endswith("album.png").any()
+    table = table[~table["input"].str.contains("album.png")]
     broken = table[table["input"].str.endswith("broken.png")].iloc[0]
     assert broken["error"].startswith("cannot read the image") and broken["label"] == ""
     rest = table[table["error"] == ""]

@@ -233,7 +233,8 @@ def _read_rows(path: Path, predictor: Predictor) -> pd.DataFrame:
 
 def _image_files(path: Path) -> list[str]:
     if path.is_dir():
-        return [str(p) for p in sorted(path.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+        return [str(p) for p in sorted(path.rglob("*"))
+                if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]  # not a folder a.jpg/
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise TunesmithError(
             "this model reads images, not tables or text",
