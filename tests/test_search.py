@@ -385,19 +385,18 @@ def test_the_snapshot_of_a_shared_study_holds_every_workers_trials_as_it_stands(
     from tunesmith.search.study import snapshot
 
     journal = tmp_path / "shared.journal"
-    config = load_config(wine_config(tmp_path, wine_csv, trials=2, storage=f"journal:{journal}"))
     study = optuna.create_study(study_name="wine", direction="maximize",
                                 storage=JournalStorage(JournalFileBackend(str(journal))))
     for worker, value in (("a", 0.5), ("b", 0.75)):
         trial = study.ask()
         trial.set_user_attr("worker", worker)
         study.tell(trial, value)
-    path = snapshot(study, config, tmp_path)
+    path = snapshot(study, tmp_path)
     copied = optuna.load_study(study_name="wine", storage=f"sqlite:///{path}")
     assert [(t.value, t.user_attrs["worker"]) for t in copied.get_trials()] == [
         (0.5, "a"), (0.75, "b")]
     study.tell(study.ask(), 0.9)  # a later snapshot replaces the copy, it does not add to it
-    again = snapshot(study, config, tmp_path)
+    again = snapshot(study, tmp_path)
     copied = optuna.load_study(study_name="wine", storage=f"sqlite:///{again}")
     assert [t.value for t in copied.get_trials()] == [0.5, 0.75, 0.9]
     assert copied.best_value == 0.9

@@ -81,7 +81,7 @@ def search_stage(given: Config, recipe: Prepared, *, resume: bool) -> tuple[Kept
 
     study, trials, kept, budget = _run_study(given, recipe, resume=resume)
     if not keeps_its_own_study(given) and PartialState().is_main_process:
-        snapshot(study, given, recipe.config.run_dir)  # for the report: every worker's trials
+        snapshot(study, recipe.config.run_dir)  # for the report: every worker's trials
     objective = objective_for(recipe.kind)
     folds = _folds(recipe)
     trials, elsewhere = _weights_here(given, recipe.config.run_dir, trials, folds)
@@ -165,8 +165,9 @@ def _weights_here(given: Config, run_dir: Path, trials: list[Any], folds: list[A
         parts = [folder / f"fold-{k}" for k in range(len(folds))] if folds else [folder]
         return all(_trained_weights(part) is not None for part in parts)
 
-    local = [t for t in trials if here(t)]
-    elsewhere = sorted(t.number for t in trials if not here(t))
+    found = {t.number: here(t) for t in trials}
+    local = [t for t in trials if found[t.number]]
+    elsewhere = sorted(number for number, is_here in found.items() if not is_here)
     if elsewhere and not local:
         raise TunesmithError(
             f"no trial of the study trained its weights into {run_dir / 'trials'}: trials "
@@ -717,12 +718,12 @@ def trained_trial(given: Config, recipe: Prepared, trial: Any, folds: list[Any])
 
     def rebuilt(prepared: Prepared, folder: Path) -> TaskModel:
         model = task_model(prepared)
-        weights = _trained_weights(folder) or folder / BEST  # BEST: its error names the file
-        if weights.name == BEST:
-            load_weights(model, weights, field="--resume", architecture="the trial's model")
-        else:  # a linear probe: the pretrained backbone under the probed head
-            load_weights(ProbeModel(model.head), weights, field="--resume",
-                         architecture="the trial's head")
+        weights = _trained_weights(folder)
+        if weights is not None and weights.name != BEST:  # a linear probe: the pretrained
+            load_weights(ProbeModel(model.head), weights, field="--resume",  # backbone under
+                         architecture="the trial's head")  # the probed head
+        else:  # a missing file's error names it
+            load_weights(model, folder / BEST, field="--resume", architecture="the trial's model")
         return model
 
     if not folds:

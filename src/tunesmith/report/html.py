@@ -274,17 +274,14 @@ def _search_history(run: _Run) -> str:
     study_name = search.get("study")
     if study_name is None:
         return "<p>This run trained the recipe alone: there was no search.</p>"
-    shared = not str(search.get("storage", "sqlite")).startswith("sqlite")
-    where = ""
-    if shared:
-        where = (f"<p>The study lives in {html.escape(str(search['storage']))}; shown is the copy "
-                 f"of it taken as this run's search ended ({SNAPSHOT_FILE}), the trials of every "
-                 "worker.</p>")
-        if not (run.dir / SNAPSHOT_FILE).is_file():  # a run made before runs kept the copy
-            return (f"<p>The study lives in {html.escape(str(search['storage']))}; trials "
-                    f"{search.get('trials_completed', 0)} completed, best trial "
-                    f"{search.get('best_trial')}.</p>")
-    file = SNAPSHOT_FILE if shared else STUDY_FILE
+    lives = f"<p>The study lives in {html.escape(str(search.get('storage')))}"
+    copied = (run.dir / SNAPSHOT_FILE).is_file()  # a study kept elsewhere, copied as it ended
+    if not copied and not str(search.get("storage", "sqlite")).startswith("sqlite"):
+        return (f"{lives}; trials {search.get('trials_completed', 0)} completed, best trial "
+                f"{search.get('best_trial')}.</p>")  # a run made before runs kept the copy
+    where = (f"{lives}; shown is the copy of it taken as this run's search ended "
+             f"({SNAPSHOT_FILE}), the trials of every worker.</p>") if copied else ""
+    file = SNAPSHOT_FILE if copied else STUDY_FILE
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{run.file(file)}")

@@ -125,6 +125,8 @@ def fail_silent_workers_trials(study: optuna.Study) -> list[int]:
     """Running trials whose worker stopped sending heartbeats (a machine that died: PostgreSQL
     studies, see `tunesmith.search.study.HEARTBEAT_S`): failed and queued again, by the storage's
     callback. Returns their numbers; none for storages without heartbeats."""
+    if not _heartbeat_interval(study):
+        return []
     running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     if not running:
         return []
@@ -135,12 +137,18 @@ def fail_silent_workers_trials(study: optuna.Study) -> list[int]:
     return sorted(running - still)
 
 
+def _heartbeat_interval(study: optuna.Study) -> int | None:
+    """Seconds between a running trial's heartbeats in this study's storage; None: it keeps none
+    (SQLite, a journal)."""
+    interval = getattr(study._storage, "get_heartbeat_interval", lambda: None)()
+    return int(interval) if interval else None
+
+
 @contextlib.contextmanager
 def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
     """While a trial trains, tell a storage with heartbeats that its worker is alive, from a
     thread (a long epoch must not look like a dead machine)."""
-    storage = study._storage
-    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    storage, interval = study._storage, _heartbeat_interval(study)
     if not interval:
         yield
         return

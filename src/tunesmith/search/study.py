@@ -34,14 +34,14 @@ def keeps_its_own_study(config: Config) -> bool:
     return config.search.storage is None
 
 
-def snapshot(study: optuna.Study, config: Config, run_dir: Path) -> Path:
+def snapshot(study: optuna.Study, run_dir: Path) -> Path:
     """Copy a study kept in PostgreSQL or a journal into the run folder's `SNAPSHOT_FILE`
     (SQLite), as it stands now: every worker's trials. The report reads its history from there,
     and the copy outlives the server. Written whole, then renamed into place."""
     path = run_dir / SNAPSHOT_FILE
-    source = open_storage(storage_url(config, run_dir), source=config.source)
     atomic_write(path, lambda tmp: optuna.copy_study(
-        from_study_name=study.study_name, from_storage=source, to_storage=f"sqlite:///{tmp}"))
+        from_study_name=study.study_name, from_storage=study._storage,
+        to_storage=f"sqlite:///{tmp}"))
     return path
 
 
