@@ -486,8 +486,9 @@ def test_a_wrong_or_unreachable_storage_is_a_clear_error(
 def test_a_killed_search_resumes_keeping_finished_trials_and_retrying_the_interrupted_one(
     tmp_path: Path, wine_csv: Path
 ) -> None:
+    # Trials of a few seconds, none stopped early: the kill lands a second into trial 1.
     raw = config_dict(tmp_path, data_path=wine_csv, backbone="scratch:mlp", name="killed",
-                      train_settings={"epochs": 60, "precision": "fp32"},
+                      train_settings={"epochs": 200, "patience": None, "precision": "fp32"},
                       search={"folds": 1, "trials": 3, "pruner": "none",
                               "space": {"train.lr": {"low": 1e-3, "high": 3e-2}}})
     config = write_yaml(tmp_path / "killed.yaml", raw)
