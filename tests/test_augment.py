@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 
 from tunesmith.data.augment import (
     PRESETS,
     MixingCollate,
     Preset,
+    _augmentations,
+    _mean_fill,
     batch_mixer,
     collate_with,
     image_transform,
 )
+from tunesmith.data.images import ImageFiles
+from tunesmith.data.order import Draw, drawing_from
 
 SIZE = 24
 MEAN = (0.485, 0.456, 0.406)
@@ -267,3 +273,48 @@ def test_transform_pickles_for_worker_processes() -> None:
     expected = original(image)
     torch.manual_seed(0)
     assert torch.equal(restored(image), expected)
+
+
+def whole_transform(mean: tuple[float, ...], std: tuple[float, ...], preset: Preset,
+                    *, train: bool) -> v2.Compose:
+    """The per-image transform as it was before the float steps moved to the batch: every step,
+    image by image."""
+    channels = v2.RGB() if len(mean) == 3 else v2.Grayscale(num_output_channels=1)
+    steps = (_augmentations(SIZE, preset, flip=True, fill=_mean_fill(mean)) if train
+             else [v2.Resize((SIZE, SIZE), antialias=True)])
+    return v2.Compose([v2.PILToTensor(), channels, *steps, v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize(list(mean), list(std))])
+
+
+@pytest.mark.parametrize(("train", "preset", "stats"), [
+    (False, "light", (MEAN, STD)), (False, "none", ((0.5,), (0.25,))),
+    (True, "light", (MEAN, STD)), (True, "medium", ((0.5,), (0.25,))),
+])
+def test_a_batch_finished_at_once_matches_each_image_transformed_whole(
+    tmp_path: Path, train: bool, preset: Preset, stats: tuple[tuple[float, ...], ...]
+) -> None:
+    """The float conversion and normalization run once per batch, for speed; the pixels are
+    exactly those of transforming each image whole, augmentation draws included."""
+    rng = np.random.default_rng(1)
+    paths = []
+    for index, side in enumerate((40, 17, 64, 33, 24)):
+        path = tmp_path / f"{index}.png"
+        Image.fromarray(rng.integers(0, 256, (side, side + index, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    mean, std = stats
+    files = ImageFiles(paths, list(range(len(paths))),
+                       image_transform(SIZE, mean, std, train=train, preset=preset))
+    draws = [Draw(row, seed=100 + row) for row in range(len(paths))]
+    batch = files.collate([files[draw] for draw in draws])["pixel_values"]
+
+    reference = whole_transform(mean, std, preset, train=train)
+    expected = []
+    for draw in draws:
+        with drawing_from(draw.seed):
+            expected.append(reference(Image.open(paths[draw]).convert("RGB")))
+    assert batch.shape == (len(paths), len(mean), SIZE, SIZE)
+    assert batch.dtype == torch.float32
+    assert torch.equal(batch, torch.stack(expected))
+    if train:  # the draws are the examples' own: another seed gives other pixels
+        with drawing_from(7):
+            assert not torch.equal(reference(Image.open(paths[0]).convert("RGB")), expected[0])

@@ -1,4 +1,4 @@
-"""Image examples: decoded, converted to one mode and transformed on access."""
+"""Image examples: decoded, converted to one mode and transformed on access, finished per batch."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from tunesmith.data.augment import Transform
+from tunesmith.data.augment import ImagePipeline
 from tunesmith.data.features import stack_targets
 from tunesmith.data.image_scan import open_image, scan_images
 from tunesmith.data.order import drawing_from
@@ -34,11 +34,16 @@ Example = tuple[torch.Tensor, Any, int | None]
 
 
 class ImageFiles(Dataset[Example]):
-    """Images decoded and transformed on access; a `Draw` index (`tunesmith.data.order`) makes
-    its random augmentation a function of the draw's seed."""
+    """Images decoded and put through the pipeline's per-image part on access, and through its
+    per-batch part by `collate`; a `Draw` index (`tunesmith.data.order`) makes its random
+    augmentation a function of the draw's seed."""
 
     def __init__(
-        self, paths: Sequence[str], targets: Sequence[Any], transform: Transform, mode: str = "RGB"
+        self,
+        paths: Sequence[str],
+        targets: Sequence[Any],
+        transform: ImagePipeline,
+        mode: str = "RGB",
     ) -> None:
         self.paths = list(paths)
         self.targets = list(targets)
@@ -52,12 +57,11 @@ class ImageFiles(Dataset[Example]):
         image = open_image(self.paths[index], self.mode)
         seed: int | None = getattr(index, "seed", None)
         with drawing_from(seed):
-            pixels = self.transform(image)
+            pixels = self.transform.per_image(image)
         return pixels, self.targets[index], seed
 
-
-def image_collate(items: list[Example]) -> dict[str, torch.Tensor]:
-    return {
-        "pixel_values": torch.stack([item[0] for item in items]),
-        "labels": stack_targets([item[1] for item in items]),
-    }
+    def collate(self, items: list[Example]) -> dict[str, torch.Tensor]:
+        return {
+            "pixel_values": self.transform.per_batch(torch.stack([item[0] for item in items])),
+            "labels": stack_targets([item[1] for item in items]),
+        }

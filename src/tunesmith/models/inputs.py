@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from tunesmith.config import AugmentConfig
 from tunesmith.data.augment import batch_mixer, collate_with, image_transform
 from tunesmith.data.features import FeatureRows, feature_collate
-from tunesmith.data.images import ImageFiles, image_collate
+from tunesmith.data.images import ImageFiles
 from tunesmith.data.order import ShuffledBatches, loader_generator
 from tunesmith.data.text import LengthGroupedSampler, TokenizedTexts, pad_collate, sorted_batches
 from tunesmith.models.backbone import Backbone
@@ -63,7 +63,7 @@ def _collate(backbone: Backbone, dataset: Any) -> Any:
     if isinstance(dataset, TokenizedTexts):
         assert isinstance(backbone, HFTextBackbone)
         return pad_collate(backbone.pad_id)
-    return feature_collate if isinstance(dataset, FeatureRows) else image_collate
+    return feature_collate if isinstance(dataset, FeatureRows) else dataset.collate
 
 
 def train_batches(
