@@ -599,18 +599,21 @@ def test_two_workers_share_one_study_without_duplicate_or_lost_trials(
     assert study.best_trial.value == max(t.value for t in trials)
 
 
+@pytest.mark.parametrize("kind", ["postgresql", "journal"])
 def test_a_trial_whose_worker_went_silent_is_failed_and_queued_again(
-    monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
-    """A worker on another machine that dies leaves its trial running; in PostgreSQL its
-    heartbeats stop, and after the grace period the next worker fails the trial and queues its
-    values again. A trial whose worker still beats is left alone."""
+    """A worker on another machine that dies leaves its trial running; its heartbeats stop
+    (PostgreSQL's own, or those the workers record in a journal), and after the grace period
+    the next worker fails the trial and queues its values again. A trial whose worker still
+    beats is left alone."""
     from tunesmith.search import run
     from tunesmith.search import study as studies
 
     monkeypatch.setattr(studies, "HEARTBEAT_S", 1)
     monkeypatch.setattr(studies, "HEARTBEAT_GRACE_S", 3)
-    storage = studies.open_storage(_postgres_url(), source="test")
+    url = _postgres_url() if kind == "postgresql" else f"journal:{tmp_path / 'shared.journal'}"
+    storage = studies.open_storage(url, source="test")
     name = f"silent-{os.getpid()}-{time.time_ns()}"
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
     lr = {"train.lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}
@@ -619,11 +622,13 @@ def test_a_trial_whose_worker_went_silent_is_failed_and_queued_again(
     dead.set_user_attr(run.REPLICATE_ATTR, 2)
     alive = study.ask(lr)
     alive.set_user_attr(run.WORKER_ATTR, "gpu-node-8:4242")
-    storage.record_heartbeat(dead._trial_id)  # it beat once, then its machine died
+    with run.heartbeat(study, dead):  # it beat, then its machine died
+        pass
     with run.heartbeat(study, alive):
         assert run.fail_silent_workers_trials(study) == []  # within the grace period
         time.sleep(4.5)
         assert run.retry_interrupted(study) == [dead.number]
+        assert run.fail_silent_workers_trials(study) == []  # failed once, queued once
     trials = study.get_trials()
     assert trials[dead.number].state == optuna.trial.TrialState.FAIL
     assert trials[alive.number].state == optuna.trial.TrialState.RUNNING
@@ -634,6 +639,35 @@ def test_a_trial_whose_worker_went_silent_is_failed_and_queued_again(
         warnings.simplefilter("ignore")
         retry = study.ask(lr)
     assert retry.number == queued[0].number and retry.params == dead.params
+
+
+def test_a_journal_trial_that_never_beat_counts_from_its_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that died between asking for its trial and its first heartbeat: the trial's
+    start stands in for the heartbeat it never recorded. A second worker's copy of the study
+    sees the same and queues nothing twice."""
+    from tunesmith.search import run
+    from tunesmith.search import study as studies
+
+    monkeypatch.setattr(studies, "HEARTBEAT_GRACE_S", 2)
+    url = f"journal:{tmp_path / 'shared.journal'}"
+    study = optuna.create_study(study_name="s", storage=studies.open_storage(url, source="t"))
+    lr = {"train.lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}
+    silent = study.ask(lr)
+    silent.set_user_attr(run.WORKER_ATTR, "gpu-node-7:4242")
+    assert run.fail_silent_workers_trials(study) == []
+    time.sleep(2.5)
+    other = optuna.load_study(study_name="s", storage=studies.open_storage(url, source="t"))
+    stale = other.get_trials()[silent.number]  # both workers see the trial running and silent
+    assert run.fail_silent_workers_trials(study) == [silent.number]
+    # The other worker read the trial list before that: its write comes second and loses, so
+    # it queues nothing again.
+    monkeypatch.setattr(other, "get_trials", lambda **_: [stale])
+    assert run.fail_silent_workers_trials(other) == []
+    monkeypatch.undo()
+    states = [t.state for t in other.get_trials()]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
 
 
 OPEN_STORAGE = """

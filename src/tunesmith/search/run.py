@@ -29,6 +29,7 @@ from optuna.trial import TrialState
 from tunesmith.console import console
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate.metrics import Objective
+from tunesmith.search import study as studies
 from tunesmith.search.space import Space, Values, suggest
 from tunesmith.search.study import STARTUP_TRIALS
 from tunesmith.train import TrialResult
@@ -43,6 +44,9 @@ DUPLICATE_ATTR = "duplicate_of"  # a queued trial another worker queued too, and
 OVER_LIMIT_ATTR = "over_limit"  # a trial asked for when other workers' trials filled the limit
 STOPPED_ATTR = "stopped"  # why a trial ended before its schedule: pruned, early stopping, ...
 TIME_CUT = "time budget"  # ... or the time left, its schedule shortened to fit
+# A journal keeps no heartbeats of its own: its workers record theirs as this system attribute
+# of their running trial (Unix seconds).
+HEARTBEAT_ATTR = "tunesmith:heartbeat"
 
 
 class OptunaReporter:
@@ -123,25 +127,55 @@ def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
 
 def fail_silent_workers_trials(study: optuna.Study) -> list[int]:
     """Running trials whose worker stopped sending heartbeats (a machine that died: PostgreSQL
-    studies, see `tunesmith.search.study.HEARTBEAT_S`): failed and queued again, by the storage's
-    callback. Returns their numbers; none for storages without heartbeats."""
+    and journal studies, see `tunesmith.search.study.HEARTBEAT_S`): failed and queued again.
+    Returns their numbers; none for storages without heartbeats (SQLite)."""
     if not _heartbeat_interval(study):
         return []
-    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if not running:
         return []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-    still = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    return sorted(running - still)
+    if _keeps_heartbeats(study):  # the storage knows; its callback queues them again
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        still = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        return sorted({t.number for t in running} - still)
+    failed = []
+    for trial in running:
+        if time.time() - _last_heartbeat(trial) <= studies.HEARTBEAT_GRACE_S:
+            continue
+        try:
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker failed it first, and queued it again
+        requeue(study, trial)
+        failed.append(trial.number)
+    return failed
+
+
+def _last_heartbeat(trial: optuna.trial.FrozenTrial) -> float:
+    """When a journal trial's worker last said it was alive (Unix seconds): its last heartbeat,
+    or its start if it has none yet."""
+    beat = trial.system_attrs.get(HEARTBEAT_ATTR)
+    if beat is not None:
+        return float(beat)
+    assert trial.datetime_start is not None  # a running trial has started
+    return trial.datetime_start.timestamp()
+
+
+def _keeps_heartbeats(study: optuna.Study) -> bool:
+    """Whether the storage records heartbeats itself (PostgreSQL: Optuna's RDB heartbeats)."""
+    return bool(getattr(study._storage, "get_heartbeat_interval", lambda: None)())
 
 
 def _heartbeat_interval(study: optuna.Study) -> int | None:
     """Seconds between a running trial's heartbeats in this study's storage; None: it keeps none
-    (SQLite, a journal)."""
-    interval = getattr(study._storage, "get_heartbeat_interval", lambda: None)()
-    return int(interval) if interval else None
+    (SQLite, whose workers share one machine and are told apart by process id)."""
+    from optuna.storages.journal import JournalStorage
+
+    if _keeps_heartbeats(study):
+        return int(study._storage.get_heartbeat_interval())  # type: ignore[attr-defined]
+    return studies.HEARTBEAT_S if isinstance(study._storage, JournalStorage) else None
 
 
 @contextlib.contextmanager
@@ -152,11 +186,18 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
     if not interval:
         yield
         return
+    native = _keeps_heartbeats(study)
     stop = threading.Event()
 
     def beat() -> None:
         while True:
-            storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+            try:
+                if native:
+                    storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+                else:
+                    storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, time.time())
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return  # failed by another worker that took this one for dead
             if stop.wait(interval):
                 return
 
