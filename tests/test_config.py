@@ -236,3 +236,66 @@ def test_a_network_from_scratch_stops_after_20_stale_evaluations_and_a_table_tra
     # A pretrained backbone keeps what the hardware probe says; a table's MLP is fp32.
     expected = resolve_precision("auto", default_device()) if precision == "auto" else precision
     assert resolved.train.precision == expected
+
+
+@pytest.mark.parametrize("name", [".", "..", "a/b", "/tmp/elsewhere", "a\\b", " "])
+def test_a_run_name_that_is_not_one_folder_name_is_refused(
+    text_config: Callable[..., Path], name: str
+) -> None:
+    """`name: .` made output_dir itself the run folder: the earlier runs in it were moved aside
+    as one 'previous run'; an absolute name escaped output_dir."""
+    with pytest.raises(TunesmithError) as caught:
+        load_config(text_config(), [f"name={name!r}"])
+    assert "name: " in caught.value.message and "one plain folder name" in caught.value.message
+
+
+@pytest.mark.parametrize(("data", "field", "words"), [
+    ({"encoding": "utf-9"}, "data.encoding", "unknown text encoding"),
+    ({"delimiter": "::"}, "data.delimiter", "one character"),
+    ({"delimiter": ""}, "data.delimiter", "one character"),
+    ({"feature_columns": ["x", "label"]}, "data", "lists the label column 'label'"),
+    ({"text_column": "label"}, "data", "text_column and label_column are both 'label'"),
+])
+def test_data_settings_that_cannot_work_are_refused(
+    text_config: Callable[..., Path], data: dict[str, Any], field: str, words: str
+) -> None:
+    with pytest.raises(TunesmithError) as caught:
+        load_config(text_config(data=data))
+    assert f"  {field}: " in caught.value.message and words in caught.value.message
+
+
+def test_a_key_written_twice_is_refused_not_dropped(tmp_path: Path) -> None:
+    """YAML keeps the last of two equal keys; the first section's settings vanished."""
+    path = tmp_path / "twice.yaml"
+    path.write_text("name: x\ndata: {train: a.csv, label_column: cat}\nmodel: {backbone: x}\n"
+                    "data: {train: a.csv}\n")
+    with pytest.raises(TunesmithError) as caught:
+        load_config(path)
+    assert "found the key 'data' twice" in caught.value.message
+    assert caught.value.file == str(path)
+    merged = tmp_path / "merged.yaml"  # a YAML merge key may still override what it merges
+    merged.write_text("base: &base {train: a.csv, label_column: cat}\nname: x\n"
+                      "data: {<<: *base, label_column: kind}\nmodel: {backbone: x}\n")
+    with pytest.raises(TunesmithError) as caught:
+        load_config(merged)
+    assert "base: unknown key" in caught.value.message  # read, merged, then validated
+
+
+def test_a_config_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "latin.yaml"
+    path.write_bytes("name: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(TunesmithError) as caught:
+        load_config(path)
+    assert "not UTF-8" in caught.value.message and caught.value.file == str(path)
+
+
+@pytest.mark.parametrize(("overrides", "words"), [
+    (["train.lr=[1"], "cannot read the value of override 'train.lr=[1'"),
+    (["train=1", "train.lr=1"], "sets a key inside 'train'"),
+])
+def test_overrides_that_cannot_be_read_are_named(
+    text_config: Callable[..., Path], overrides: list[str], words: str
+) -> None:
+    with pytest.raises(TunesmithError) as caught:
+        load_config(text_config(), overrides)
+    assert words in caught.value.message

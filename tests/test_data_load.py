@@ -26,6 +26,7 @@ from tunesmith.config import AugmentConfig, load_config
 from tunesmith.data import TaskData, load_task_data
 from tunesmith.data.scan import Columns, PartScan, scan_part
 from tunesmith.data.sources import Source, open_source
+from tunesmith.errors import TunesmithError
 from tunesmith.models.inputs import eval_batches, train_batches
 
 # ----------------------------------------------------------------------------------------------
@@ -731,3 +732,24 @@ def test_augmentation_reaches_training_batches_only(image_config: Callable[..., 
     plain = pixels(train_loader("none"))
     assert torch.equal(plain, evaluated[0])
     assert not torch.equal(first, evaluated[0])
+
+
+def test_a_numeric_label_column_read_as_text_has_missing_labels_and_one_class_per_number(
+    tmp_path: Path,
+) -> None:
+    """In a CSV every label is text: `nan` in a column of numbers is a missing label (as NaN is
+    in JSON), not a third class, and `1.0` is the class `1`."""
+    table = unique_texts(60, seed=3).assign(label=["0", "1"] * 30)
+    table.loc[5, "label"] = "1.0"
+    table.to_csv(path := tmp_path / "numbers.csv", index=False)
+    report = api.inspect(path)
+    assert report.classes == ["0", "1"]
+    assert report.to_json()["parts"]["train"]["label_counts"] == {"0": 30, "1": 30}
+    table.loc[[3, 9], "label"] = ["nan", "NA"]
+    table.to_csv(path, index=False)
+    with pytest.raises(TunesmithError) as caught:
+        load(tmp_path, path)
+    assert "2 row(s) have no label (data rows 4, 10)" in caught.value.message
+    words = unique_texts(60, seed=4).assign(label=["none", "some"] * 30)  # words stay classes
+    words.to_csv(path, index=False)
+    assert api.inspect(path).classes == ["none", "some"]

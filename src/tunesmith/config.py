@@ -10,7 +10,9 @@ folder that holds the config file, so a config works from any working directory.
 
 from __future__ import annotations
 
+import codecs
 import os
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
@@ -23,6 +25,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    model_validator,
 )
 
 from tunesmith.errors import TunesmithError
@@ -86,6 +89,30 @@ def seconds(value: Any) -> Any:
     return value
 
 
+def check_delimiter(value: str) -> str:
+    if len(value) != 1:
+        raise ValueError("the delimiter must be one character, e.g. ',' or ';' (or \\t for tab)")
+    return value
+
+
+def check_encoding(value: str) -> str:
+    try:
+        codecs.lookup(value)
+    except LookupError:
+        raise ValueError("unknown text encoding; use e.g. utf-8, latin-1 or cp1252") from None
+    return value
+
+
+def check_name(value: str) -> str:
+    """A run's name is one folder inside `output_dir`: not a path, not `.` or `..`."""
+    if not value.strip() or value in (".", "..") or "/" in value or "\\" in value:
+        raise ValueError(
+            "the run's name must be one plain folder name (the run folder is output_dir/name); "
+            "put the folder in output_dir"
+        )
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -131,8 +158,9 @@ class DataConfig(_Strict):
     test: Path | None = None  # a predefined test part; otherwise split off from train
     val: Path | None = None  # a predefined validation part; otherwise split off from train
     format: DataFormat = "auto"  # from the suffix, or the folder's contents
-    delimiter: str | None = None  # CSV only; null: "," for .csv and tab for .tsv
-    encoding: str = "utf-8"
+    # CSV only; null: "," for .csv and tab for .tsv
+    delimiter: Annotated[str, AfterValidator(check_delimiter)] | None = None
+    encoding: Annotated[str, AfterValidator(check_encoding)] = "utf-8"
     text_column: str = "text"
     image_column: str = "image"  # image manifests: the column of image paths
     label_column: str = "label"
@@ -143,6 +171,22 @@ class DataConfig(_Strict):
     split: SplitConfig = SplitConfig()
     clean: CleanConfig = CleanConfig()
     augment: AugmentConfig = AugmentConfig()
+
+    @model_validator(mode="after")
+    def _label_is_not_an_input(self) -> DataConfig:
+        label = self.label_column
+        if label in (self.feature_columns or []):
+            raise ValueError(
+                f"feature_columns lists the label column {label!r}: a model given its answer "
+                "learns nothing it can use on new rows; remove it from feature_columns"
+            )
+        for name in ("text_column", "image_column"):
+            if getattr(self, name) == label and name in self.model_fields_set:
+                raise ValueError(
+                    f"{name} and label_column are both {label!r}; the input and the label "
+                    "must be different columns"
+                )
+        return self
 
 
 class HeadConfig(_Strict):
@@ -272,7 +316,7 @@ class SearchConfig(_Strict):
 
 
 class Config(_Strict):
-    name: str
+    name: Annotated[str, AfterValidator(check_name)]
     task: Task = "auto"
     data: DataConfig
     model: ModelConfig
@@ -342,10 +386,29 @@ def parse_overrides(overrides: list[str], *, source: str = "--set") -> dict[str,
             )
         node = nested
         parts = key.strip().split(".")
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw) if raw else None
+            if not isinstance(node, dict):
+                raise TunesmithError(
+                    f"override {item!r} sets a key inside {'.'.join(parts[: depth + 1])!r}, "
+                    "which another override set to a value",
+                    file=source,
+                    fix="set either the section's keys or the section itself, not both",
+                )
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw else None
+        except yaml.YAMLError as error:
+            raise TunesmithError(
+                f"cannot read the value of override {item!r}: {_first_line(error)}",
+                file=source,
+                fix="quote the value, e.g. --set 'data.train=\"my [1].csv\"', or close "
+                "its brackets",
+            ) from None
     return nested
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -415,6 +478,27 @@ def _is_union_branch(part: Any) -> bool:
     )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key written twice in one mapping is an error: PyYAML keeps the
+    last and drops the first without a word, and a config would silently lose a setting."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:  # as written: `<<` merges are not expanded yet
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # the loader itself refuses it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark,
+                    f"found the key {key!r} twice: keep one", key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read, merge overrides into and validate the YAML config at `path`."""
     path = Path(path)
@@ -423,7 +507,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
             "config file not found", file=path, fix="pass the path of an existing YAML config"
         )
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+    except UnicodeDecodeError as error:
+        raise TunesmithError(
+            f"not UTF-8 text: byte {error.start} cannot be read as UTF-8",
+            file=path,
+            fix="save the config as UTF-8",
+        ) from None
     except yaml.YAMLError as error:
         raise TunesmithError(
             f"not valid YAML: {error}", file=path, fix="correct the YAML syntax"

@@ -17,7 +17,14 @@ import pandas as pd
 
 from tunesmith.data.image_scan import ImageScan, scan_images
 from tunesmith.data.sources import ID_COLUMN, IMAGE_COLUMN, Modality, Source, label_names
-from tunesmith.data.task import LabelKind, class_text, is_missing, label_set
+from tunesmith.data.task import (
+    NAN_WORDS,
+    LabelKind,
+    class_text,
+    is_missing,
+    label_set,
+    numeric_class,
+)
 from tunesmith.errors import TunesmithError
 
 MISSING, UNSEEN = -1, -2  # class codes of a row without a label / with a label train never has
@@ -116,6 +123,8 @@ class _LabelReader:
         self.rows += len(values)
 
     def finish(self) -> Labels:
+        if self.kind == "classification":
+            self._read_numbers_as_numbers()
         classes = label_names(list(self.vocabulary))
         order = np.array([self.vocabulary[name] for name in classes], dtype=np.int32)
         remap = np.full(len(classes) + 1, -1, dtype=np.int32)
@@ -131,6 +140,24 @@ class _LabelReader:
                 sets[rows, remap[local]] = 1
             return Labels("multilabel", classes, codes, sets=sets)
         return Labels("classification", classes, np.where(codes < 0, -1, remap[codes]))
+
+    def _read_numbers_as_numbers(self) -> None:
+        """Class labels that are all numbers, read as text (a CSV's): `nan` and the like are
+        missing labels rather than a class, and `1` and `1.0` are one class, as in JSON."""
+        names = {name: numeric_class(name) for name in self.vocabulary}
+        if not any(names.values()) or any(
+            name is None and original.lower() not in NAN_WORDS
+            for original, name in names.items()
+        ):
+            return
+        merged: dict[str, int] = {}
+        recode = np.full(len(self.vocabulary) + 1, -1, dtype=np.int32)  # -1 stays missing
+        for original, code in self.vocabulary.items():
+            name = names[original]
+            if name is not None:
+                recode[code] = merged.setdefault(name, len(merged))
+        self.codes = [recode[codes] for codes in self.codes]
+        self.vocabulary = merged
 
 
 @dataclass

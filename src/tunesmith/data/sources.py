@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -543,9 +544,17 @@ def read_table(path: Path, *, field: str) -> pd.DataFrame:
 
 
 def label_names(labels: list[str]) -> list[str]:
-    """The sorted unique labels: numerically when every label is a number."""
+    """The sorted unique labels: numerically when every label is a finite number."""
     unique = set(labels)
+    numbers = {label: _finite(label) for label in unique}
+    if all(number is not None for number in numbers.values()):
+        return sorted(unique, key=lambda label: (numbers[label], label))
+    return sorted(unique)
+
+
+def _finite(label: str) -> float | None:
     try:
-        return sorted(unique, key=float)
+        number = float(label)
     except ValueError:
-        return sorted(unique)
+        return None
+    return number if math.isfinite(number) else None

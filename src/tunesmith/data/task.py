@@ -61,6 +61,20 @@ def class_text(value: Any) -> str:
     return str(value).strip()
 
 
+def numeric_class(name: str) -> str | None:
+    """A class name written as a finite number, as `class_text` names that number (`1.0` and
+    `01` are `1`); None when it is not one."""
+    try:
+        return str(int(name))
+    except ValueError:
+        pass
+    try:
+        number = float(name)
+    except ValueError:
+        return None
+    return class_text(number) if math.isfinite(number) else None
+
+
 def label_set(value: Any, delimiter: str | None) -> tuple[str, ...]:
     """A multilabel value as a sorted tuple of class names (empty for no labels)."""
     if isinstance(value, list | tuple | np.ndarray):
