@@ -176,3 +176,41 @@ def test_resuming_a_finished_run_changes_nothing(text_config: Callable[..., Path
     result = run_cli(["run", config, "--resume"])
     assert result.code == 0 and "finished already" in result.err
     assert (run_dir / "metrics.json").read_text() == before
+
+
+def test_a_run_killed_after_early_stopping_resumes_to_the_same_end(
+    text_config: Callable[..., Path], run_cli: Cli
+) -> None:
+    """Killed after training stopped early (its last checkpoint is the stop), before the model
+    card and the report: the resumed run trains nothing more, ends as the unbroken run did, and
+    writes what was missing. The kill is laid down by removing what the run writes after its
+    last checkpoint: its metrics, card, report and predictions."""
+    train = {"epochs": 30, "patience": 1, "checkpoint_steps": 5}
+    reference = text_config("reference", train=train)
+    assert run_cli(["run", reference]).code == 0
+    first = reference.parent / "runs" / "reference"
+    assert json.loads((first / "metrics.json").read_text())["train"]["stopped"] == "early stopping"
+
+    config = text_config("killed", train=train)
+    assert run_cli(["run", config]).code == 0
+    second = config.parent / "runs" / "killed"
+    card = second / "best" / "README.md"
+    for name in ("metrics.json", "report.html", "predictions.npz", "test_predictions.csv"):
+        (second / name).unlink()
+    card.unlink()
+    result = run_cli(["run", config, "--resume"])
+    assert result.code == 0, result.err[-3000:]
+    assert "resumed from" in result.err and "finished already" not in result.err
+    assert comparable(second) == comparable(first)  # no epoch trained after the stop
+    assert_same_weights(first, second)
+    # The training time counts the process that trained, not only the one that resumed.
+    last = sorted((second / "trials/0/checkpoints/train").glob("step-*"))[-1]
+    spent = json.loads((last / "state.json").read_text())["spent_s"]
+    assert json.loads((second / "metrics.json").read_text())["train"]["wall_s"] >= round(spent, 1)
+    assert card.is_file() and (second / "report.html").is_file()
+
+    (second / "report.html").unlink()  # killed after its metrics, before its report
+    result = run_cli(["run", config, "--resume"])
+    assert result.code == 0 and "finished already" not in result.err
+    assert (second / "report.html").is_file()
+    assert comparable(second) == comparable(first)

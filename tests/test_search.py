@@ -21,8 +21,8 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import config_dict, write_yaml
-from tunesmith import api
+from conftest import config_dict, logged, write_yaml
+from tunesmith import api, searching
 from tunesmith.config import load_config
 from tunesmith.errors import TunesmithError
 
@@ -525,6 +525,17 @@ def test_a_killed_search_resumes_keeping_finished_trials_and_retrying_the_interr
     ran = killed_at - before[1].datetime_start.timestamp()
     assert 0.5 * ran <= after[1].user_attrs["wall_s"] <= ran
     assert metrics["search"]["spent_s"] >= sum(t.user_attrs["wall_s"] for t in after)
+    # The train section tells the chosen trial's training, whichever process trained it; trial
+    # 0's, rebuilt from its files as when it is chosen, tells what the killed process did.
+    chosen = metrics["search"]["best_trial"]
+    epochs = logged(run_dir / "trials" / str(chosen))
+    assert metrics["train"]["steps"] == epochs[-1]["step"] > 0
+    assert metrics["train"]["samples_per_s"] > 0
+    given = load_config(config)
+    rebuilt = searching.trained_trial(given, api.prepare(given), after[0], []).result
+    assert rebuilt is not None
+    assert rebuilt.steps == logged(run_dir / "trials" / "0")[-1]["step"] > 0
+    assert rebuilt.train_samples_per_s > 0 and rebuilt.wall_s == after[0].user_attrs["wall_s"]
 
 
 def test_small_tables_search_without_reading_the_data_again(

@@ -57,7 +57,7 @@ from tunesmith.io import (
 )
 from tunesmith.models.inputs import eval_batches
 from tunesmith.report import baselines_ahead, summary_table
-from tunesmith.report.html import write_report
+from tunesmith.report.html import REPORT, write_report
 from tunesmith.search import is_scratch, train_settings
 from tunesmith.searching import Kept, WorkerSummary, search_stage, search_worker, searches
 from tunesmith.train import TrialResult
@@ -127,7 +127,7 @@ def fit(
     searching = searches(given)
     if resume:
         _check_resumable(prepared)
-        if (run_dir / "metrics.json").is_file():
+        if _finished(run_dir):
             console.print(f"[green]{run_dir} finished already[/]; nothing to resume")
             return RunSummary(run_dir, json.loads((run_dir / "metrics.json").read_text()))
     elif processes.is_main_process:
@@ -197,6 +197,13 @@ def fit(
         console.print(f"[yellow]{line}[/]")
     console.print(f"report: {write_report(run_dir)}")
     return RunSummary(run_dir, metrics)
+
+
+def _finished(run_dir: Path) -> bool:
+    """Whether a run wrote everything it writes: its metrics, then its model card and report
+    (a run killed between them resumes to write them, evaluating its trained model again)."""
+    return all((run_dir / name).is_file()
+               for name in ("metrics.json", "best/README.md", REPORT))
 
 
 def _val_part(val: tuple[np.ndarray, np.ndarray], data: TaskData

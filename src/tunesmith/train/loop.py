@@ -206,7 +206,9 @@ def _epochs(
     reporter: Reporter | None,
     before_epoch: EpochHook | None,
 ) -> None:
-    while run.result.steps < run.plan.total_steps:
+    # A run restored from the checkpoint of its last evaluation may have stopped there already
+    # (early stopping, the time budget): it ends where it would have ended unbroken.
+    while run.result.stopped is None and run.result.steps < run.plan.total_steps:
         if before_epoch is not None:
             before_epoch(run.epoch.index, run.epochs)
         epoch_started, step_s = time.perf_counter(), run.clock.step_s
@@ -358,6 +360,7 @@ def _restore(run: _Run, checkpoint: ckpt.Checkpoint, loader: DataLoader[Any]) ->
     weights = checkpoint.best_weights()
     run.best = _Best(best["score"], best["epoch"], best["metrics"], weights)
     run.stale = int(state["stale"])
+    run.result.stopped = state.get("stopped")  # absent from checkpoints before it was kept
     run.result.steps = checkpoint.step
     run.result.history = list(state["history"])
     run.result.resumed_from = checkpoint.step
@@ -591,7 +594,7 @@ def _finish(run: _Run) -> TrialResult:
     if run.best.state is not None:
         _plain(run).load_state_dict(run.best.state)
     result.best_epoch, result.best_val = run.best.epoch, run.best.metrics
-    result.wall_s = time.perf_counter() - run.started
+    result.wall_s = run.spent_before + time.perf_counter() - run.started
     run.accelerator.free_memory()
     return result
 
@@ -637,6 +640,7 @@ def _checkpoint(run: _Run) -> None:
         "rng": rng_plain,
         "best": {"score": run.best.score, "epoch": run.best.epoch, "metrics": run.best.metrics},
         "stale": run.stale,
+        "stopped": run.result.stopped,
         "history": run.result.history,
         "spent_s": run.spent_before + time.perf_counter() - run.started,
         "time_budget": run.settings.time_budget,

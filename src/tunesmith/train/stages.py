@@ -99,6 +99,8 @@ def fine_tune(
     strategy = plan.strategy
     started = time.perf_counter()
     resumed_stage = resume.state["stage"] if resume is not None else None
+    # What the resumed stage had run before its checkpoint (an earlier stage's time is lost).
+    before = float(resume.state["spent_s"]) if resume is not None else 0.0
     if strategy.probes and resumed_stage != "train":
         assert plan.probe is not None
         probed = train_probe(
@@ -112,7 +114,7 @@ def fine_tune(
         resume = None
         if not strategy.fine_tunes:
             freeze_bottom(model, 0)  # the returned model is a plain one, every weight trainable
-            probed.wall_s = time.perf_counter() - started  # the features' pass included
+            probed.wall_s = before + time.perf_counter() - started  # the features' pass too
             return probed
     if strategy.name == "lp-ft":
         # The probed head is already good, so it moves at the backbone's rate instead of the
@@ -140,7 +142,7 @@ def fine_tune(
         merge_adapter(model)
     model.fixed = []
     freeze_bottom(model, 0)  # the returned model is a plain one, every weight trainable
-    result.wall_s = time.perf_counter() - started  # every stage
+    result.wall_s = before + time.perf_counter() - started  # every stage
     return result
 
 
