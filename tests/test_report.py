@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from conftest import FinishedRun, config_dict, finish_run
+from conftest import FinishedRun, config_dict, finish_run, logged
 from tunesmith import api
 from tunesmith.config import load_config
 
@@ -271,6 +271,99 @@ def test_the_report_says_what_is_missing_instead_of_failing(
 def test_report_refuses_a_folder_that_is_not_a_run(tmp_path: Path, run_cli: Any) -> None:
     result = run_cli(["report", tmp_path])
     assert result.code == 2 and "not a tunesmith run folder" in result.err
+
+
+@pytest.fixture(scope="module")
+def lpft_run(tmp_path_factory: pytest.TempPathFactory, wine_csv: Path) -> FinishedRun:
+    """lp-ft: 6 epochs of a linear probe, then 4 of the full fine-tune, in one metrics.jsonl."""
+    folder = tmp_path_factory.mktemp("lpft-run")
+    raw = wine_raw(folder, wine_csv, "lpft", epochs=4, probe_epochs=6)
+    raw["model"]["strategy"] = "lp-ft"
+    return finish_run(folder, raw)
+
+
+@pytest.fixture(scope="module")
+def regression_run(tmp_path_factory: pytest.TempPathFactory, wine_csv: Path) -> FinishedRun:
+    """The wine table's alcohol content (12.37, 14.23, ...) as a regression target."""
+    folder = tmp_path_factory.mktemp("regression-run")
+    raw = wine_raw(folder, wine_csv, "alcohol", epochs=5)
+    raw["data"]["label_column"] = "alcohol"
+    return finish_run(folder, raw)
+
+
+def drawn_curves(run: FinishedRun, monkeypatch: pytest.MonkeyPatch) -> tuple[str, dict[str, Any]]:
+    """The learning-curves section of `run`, and what its figure drew: per axis title, each
+    line's (label, x, y)."""
+    from tunesmith.report import html as report_html
+
+    drawn: dict[str, Any] = {}
+    embed = report_html._figure
+
+    def capture(figure: Any, alt: str) -> str:
+        for axis in figure.axes:
+            drawn[axis.get_title()] = [(line.get_label(), list(line.get_xdata()),
+                                        list(line.get_ydata())) for line in axis.lines]
+        return embed(figure, alt)
+
+    monkeypatch.setattr(report_html, "_figure", capture)
+    return report_html._learning_curves(report_html._Run(run.run_dir)), drawn
+
+
+def test_the_learning_curves_draw_each_stage_of_lp_ft_as_its_own_line(
+    lpft_run: FinishedRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    epochs = logged(lpft_run.run_dir / "trials" / "0")
+    probe = [r for r in epochs if r["stage"] == "probe"]
+    train = [r for r in epochs if r["stage"] == "train"]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3, 4, 5, 6, 1, 2, 3, 4]  # joined: a zig-zag
+    body, drawn = drawn_curves(lpft_run, monkeypatch)
+    for title, key in (("train loss", "train_loss"), ("val accuracy", "val_accuracy")):
+        (probe_label, probe_x, probe_y), (train_label, train_x, train_y) = drawn[title]
+        assert (probe_label, train_label) == ("trial 0 probe", "trial 0 train"), title
+        # the fine-tune's epochs come after the probe's
+        assert probe_x == [1, 2, 3, 4, 5, 6] and train_x == [7, 8, 9, 10], title
+        assert probe_y == pytest.approx([r[key] for r in probe]), title
+        assert train_y == pytest.approx([r[key] for r in train]), title
+    assert "each its own line: probe, then train." in body
+    assert 'alt="learning curves"' in (lpft_run.run_dir / "report.html").read_text()
+
+
+def test_the_learning_curves_of_a_run_of_one_stage_are_one_line_per_trial(
+    regression_run: FinishedRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    epochs = logged(regression_run.run_dir / "trials" / "0")
+    assert {r["stage"] for r in epochs} == {"train"} and len(epochs) == 5
+    body, drawn = drawn_curves(regression_run, monkeypatch)
+    (label, x, y), = drawn["val rmse"]
+    assert (label, x) == ("trial 0", [1, 2, 3, 4, 5])
+    assert y == pytest.approx([r["val_rmse"] for r in epochs])
+    assert body.startswith('<img class="chart"')  # no note on stages: nothing to explain
+
+
+def test_the_worst_errors_of_a_regression_show_ids_as_written_and_rounded_numbers(
+    regression_run: FinishedRun,
+) -> None:
+    page = (regression_run.run_dir / "report.html").read_text()
+    section = re.search(r"<h2>Worst errors</h2>(.*?)</section>", page)
+    assert section is not None
+    cells = re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td>"
+                       r"</tr>", section.group(1))
+    written = pd.read_csv(regression_run.run_dir / "test_predictions.csv", dtype=str)
+    assert len(cells) == min(12, len(written))
+    rows = written.set_index("id")
+    errors = []
+    for shown_id, label, predicted, error in cells:
+        assert shown_id in rows.index, shown_id  # "25", not "25.0"
+        row = rows.loc[shown_id]
+        truth, guess = float(row["label"]), float(row["predicted"])
+        for cell, value in ((label, truth), (predicted, guess), (error, abs(guess - truth))):
+            # four significant digits, as the rest of the page: 13.01, not 13.012346
+            assert len(re.sub(r"\D", "", cell).lstrip("0")) <= 4, cell
+            assert float(cell) == pytest.approx(value, rel=5e-4), cell
+        errors.append(abs(guess - truth))
+    assert errors == sorted(errors, reverse=True)
+    assert max(errors) == pytest.approx(
+        (written["predicted"].astype(float) - written["label"].astype(float)).abs().max())
 
 
 # ------------------------------------------------------------------------------------------------

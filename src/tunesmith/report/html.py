@@ -226,12 +226,57 @@ def _data(run: _Run) -> str:
             f"<h3>Cleaning</h3><pre>{cleaning}</pre>")
 
 
+_Points = list[tuple[int, float, float]]  # (epoch, train loss, val primary metric)
+
+
 def _learning_curves(run: _Run) -> str:
     metrics = run.needs_metrics()
     primary = metrics["primary_metric"]
-    trials_dir = run.file("trials")
-    curves: dict[int, list[tuple[int, float, float]]] = {}
-    for folder in trials_dir.iterdir():
+    curves = _stage_curves(run, primary)
+    if not curves:
+        raise Missing("trials/N/metrics.jsonl")
+    greater = primary not in {"rmse", "mae"}
+
+    def score(number: int) -> float:
+        # The trial's value is its last stage's best (the probe of lp-ft only starts the model).
+        last = [p[2] for p in list(curves[number].values())[-1]]
+        return max(last) if greater else -min(last)
+
+    best = sorted(curves, key=score, reverse=True)[:LEARNING_CURVES]
+    plt = _pyplot()
+
+    figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for number in best:
+        stages = curves[number]
+        colour, done = None, 0  # a trial's stages share its colour, each after the one before
+        for index, (stage, points) in enumerate(stages.items()):
+            epochs, losses, scores = zip(*points, strict=True)
+            epochs = tuple(done + epoch for epoch in epochs)
+            done = epochs[-1]
+            last = index == len(stages) - 1  # solid; the earlier stages dashed and hollow
+            style = {"marker": "o", "linestyle": "-" if last else "--",
+                     "markerfacecolor": None if last else "white",
+                     "label": f"trial {number}" + (f" {stage}" if len(stages) > 1 else "")}
+            (line,) = loss_axis.plot(epochs, losses, color=colour, **style)
+            colour = line.get_color()
+            metric_axis.plot(epochs, scores, color=colour, **style)
+    staged = next((list(curves[n]) for n in best if len(curves[n]) > 1), None)
+    across = "" if staged is None else " (" + ", then ".join(staged) + ")"
+    loss_axis.set(title="train loss", xlabel=f"epoch{across}")
+    metric_axis.set(title=f"val {primary}", xlabel=f"epoch{across}")
+    metric_axis.legend(fontsize=8)
+    note = "" if staged is None else (
+        "<p>The strategy trains in stages, each its own line: "
+        f"{html.escape(', then '.join(staged))}. A stage's epochs are drawn after those of the "
+        "stage before it.</p>")
+    return note + _figure(figure, "learning curves")
+
+
+def _stage_curves(run: _Run, primary: str) -> dict[int, dict[str, _Points]]:
+    """Each trial's epoch records, split by the stage that logged them, in the order they ran
+    (lp-ft logs `probe` epochs 1..N, then `train` epochs 1..M: one line would zig-zag)."""
+    curves: dict[int, dict[str, _Points]] = {}
+    for folder in run.file("trials").iterdir():
         log = folder / "metrics.jsonl"
         if not folder.name.isdigit():
             continue
@@ -239,29 +284,15 @@ def _learning_curves(run: _Run) -> str:
             log = folder / "fold-0" / "metrics.jsonl"
         if not log.is_file():
             continue
-        points = []
+        stages: dict[str, _Points] = {}
         for line in log.read_text().splitlines():
             record = json.loads(line)
             if record.get("event") == "epoch" and f"val_{primary}" in record:
-                points.append((record["epoch"], record["train_loss"], record[f"val_{primary}"]))
-        if points:
-            curves[int(folder.name)] = points
-    if not curves:
-        raise Missing("trials/N/metrics.jsonl")
-    greater = primary not in {"rmse", "mae"}
-    best = sorted(curves, key=lambda n: max(p[2] for p in curves[n]) if greater
-                  else -min(p[2] for p in curves[n]), reverse=True)[:LEARNING_CURVES]
-    plt = _pyplot()
-
-    figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for number in best:
-        epochs, losses, scores = zip(*curves[number], strict=True)
-        loss_axis.plot(epochs, losses, marker="o", label=f"trial {number}")
-        metric_axis.plot(epochs, scores, marker="o", label=f"trial {number}")
-    loss_axis.set(title="train loss", xlabel="epoch")
-    metric_axis.set(title=f"val {primary}", xlabel="epoch")
-    metric_axis.legend(fontsize=8)
-    return _figure(figure, "learning curves")
+                stages.setdefault(str(record.get("stage", "train")), []).append(
+                    (record["epoch"], record["train_loss"], record[f"val_{primary}"]))
+        if stages:
+            curves[int(folder.name)] = stages
+    return curves
 
 
 def _search_history(run: _Run) -> str:
@@ -416,8 +447,10 @@ def _worst_errors(run: _Run) -> str:
 
     from tunesmith.io import TEST_PREDICTIONS
 
-    table = pd.read_csv(run.file(TEST_PREDICTIONS), dtype={"label": str, "predicted": str}
-                        if run.kind != "regression" else None, keep_default_na=False)
+    # ids as written (row numbers would read as ints, "007" as 7); a classifier's labels too
+    as_written = dict.fromkeys(["id"] if run.kind == "regression" else ["id", "label",
+                                                                          "predicted"], str)
+    table = pd.read_csv(run.file(TEST_PREDICTIONS), dtype=as_written, keep_default_na=False)
     if run.kind == "regression":
         table["error"] = (table["predicted"].astype(float) - table["label"].astype(float)).abs()
         worst = table.sort_values("error", ascending=False).head(WORST_ERRORS)
@@ -430,15 +463,16 @@ def _worst_errors(run: _Run) -> str:
         return "<p>No test row is wrong.</p>"
     image = run.json("data_report.json").get("task", "").startswith("image")
     rows = []
-    for _, row in worst.iterrows():
+    # Rows as records, not iterrows: its Series would make a regression's ids floats (25.0).
+    for row in worst.to_dict("records"):
         shown = html.escape(str(row.get("id", "")))
         if "input" in row:
             shown = _thumbnail(Path(str(row["input"]))) if image else html.escape(
                 str(row["input"])[:400])
         confidence = (f"{float(row['probability']):.3f}" if "probability" in row
-                      else f"{float(row.get('error', 0)):.4g}")
-        rows.append(f"<tr><td>{shown}</td><td>{html.escape(str(row['label']))}</td>"
-                    f"<td>{html.escape(str(row['predicted']))}</td><td>{confidence}</td></tr>")
+                      else _number(float(row.get("error", 0))))
+        rows.append(f"<tr><td>{shown}</td><td>{html.escape(_number(row['label']))}</td>"
+                    f"<td>{html.escape(_number(row['predicted']))}</td><td>{confidence}</td></tr>")
     last = "probability" if "probability" in worst else "absolute error"
     return (f"<p>The test rows the model got most confidently wrong.</p><table><tr><th>input"
             f"</th><th>label</th><th>predicted</th><th>{last}</th></tr>{''.join(rows)}</table>")
@@ -520,6 +554,14 @@ def _signed(gap: dict[str, Any]) -> str:
     interval = gap.get("ci95")
     return f"{gap['value']:+.4f}" + (
         f" [{interval[0]:+.4f}, {interval[1]:+.4f}]" if interval else "")
+
+
+def _number(value: Any) -> str:
+    """A float to four significant digits, but every digit of its whole part (245310, not
+    2.453e+05); anything else (an int, a class name) as it is."""
+    if not isinstance(value, float) or not math.isfinite(value):
+        return str(value)
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
 
 
 def _short(value: Any) -> str:
