@@ -128,17 +128,21 @@ def killed_text_run(text_config: Callable[..., Path], tmp_path: Path) -> tuple[P
     return config, trial
 
 
+@pytest.mark.parametrize("damaged", ["tensors.safetensors", "best.safetensors"])
 def test_a_corrupted_checkpoint_falls_back_to_the_one_before(
     killed_text_run: tuple[Path, Path], text_config: Callable[..., Path], run_cli: Cli,
+    damaged: str,
 ) -> None:
     config, trial = killed_text_run
-    newest = trial / "checkpoints" / "train" / "step-00000020" / "tensors.safetensors"
+    newest = trial / "checkpoints" / "train" / "step-00000020" / damaged
     data = bytearray(newest.read_bytes())
     data[len(data) // 2] ^= 0xFF
+    newest.unlink()  # this checkpoint's copy alone (the best weights may be a shared hard link)
     newest.write_bytes(bytes(data))
     result = run_cli(["run", config, "--resume"])
     assert result.code == 0, result.err[-3000:]
     assert "step-00000020 cannot be read" in result.err and "checksum" in result.err
+    assert damaged in result.err
     assert "resumed from" in result.err and "step-00000015" in result.err
     reference = text_config("reference", train={"epochs": 4, "checkpoint_steps": 5})
     assert run_cli(["run", reference]).code == 0

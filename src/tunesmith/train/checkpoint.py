@@ -5,7 +5,9 @@
       state.json            everything else: position in the data order, schedule, optimizer
                             hyperparameters, Python and NumPy RNG states, best score so far,
                             the config's fingerprint and the tensors file's checksum
-      best.safetensors      the best weights as they were then (a hard link when possible)
+      best.safetensors      the best weights as they were then (a hard link when possible:
+                            checkpoints taken while the best stayed the same share one file;
+                            its checksum is in state.json too)
 
 A checkpoint is written into a temporary folder and renamed into place, so a kill leaves either
 the old set or the new one. The newest two are kept: when the newest cannot be read (a truncated
@@ -182,6 +184,7 @@ def save_checkpoint(
             "version": VERSION,
             "step": step,
             "tensors_sha256": file_sha256(staging / TENSORS),
+            "best_sha256": file_sha256(staging / BEST) if (staging / BEST).is_file() else None,
             **state,
         }
         (staging / STATE).write_text(json.dumps(record) + "\n")
@@ -202,6 +205,9 @@ def _read(folder: Path) -> Checkpoint:
         raise ValueError(f"not a {FORMAT} version {VERSION} checkpoint")
     if file_sha256(folder / TENSORS) != state["tensors_sha256"]:
         raise ValueError("tensors.safetensors does not match its checksum (truncated or altered)")
+    best = state.get("best_sha256")  # absent from checkpoints written before it was kept
+    if best is not None and file_sha256(folder / BEST) != best:
+        raise ValueError(f"{BEST} does not match its checksum (truncated or altered)")
     return Checkpoint(folder, state, load_file(folder / TENSORS))
 
 
