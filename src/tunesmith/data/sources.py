@@ -21,9 +21,11 @@ rest of the disk.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
 import hashlib
+import json
 import math
 import os
 from collections.abc import Iterator
@@ -129,6 +131,8 @@ class Source:
         }
         offset = 0
         for frame in readers[self.format](self, chunk_rows):
+            if len(frame) == 0:  # a JSON lines file of blank lines: "no rows", not "no columns"
+                continue
             if ID_COLUMN not in frame.columns:  # data row numbers, counted from 1 as editors do
                 ids = [str(i) for i in range(offset + 1, offset + len(frame) + 1)]
                 frame.insert(0, ID_COLUMN, ids)
@@ -222,20 +226,27 @@ def _decode_error(source: Source, error: UnicodeDecodeError) -> TunesmithError:
     )
 
 
+def _text_encoding(source: Source) -> str:
+    """The codec to read `source` with: UTF-8 as `utf-8-sig`, which drops the byte-order mark
+    Excel and Notepad write. pandas drops it from a CSV by itself but the csv module does not (the
+    first column would be '\ufefftext'), and pandas' JSON reader fails on it."""
+    return "utf-8-sig" if codecs.lookup(source.encoding).name == "utf-8" else source.encoding
+
+
 def _csv_header(source: Source) -> list[str]:
     try:
-        with source.path.open(encoding=source.encoding, newline="") as handle:
+        with source.path.open(encoding=_text_encoding(source), newline="") as handle:
             return next(csv.reader(handle, delimiter=_csv_delimiter(source)), [])
     except UnicodeDecodeError as error:
         raise _decode_error(source, error) from None
 
 
-def _check_header(source: Source, header: list[str]) -> None:
+def _check_header(source: Source, header: list[str], *, where: str = "header") -> None:
     duplicated = sorted({name for name in header if header.count(name) > 1})
     if duplicated:
         raise source.error(
-            f"the header names column(s) {duplicated} more than once",
-            "give every column a unique name in the header row",
+            f"the {where} names column(s) {duplicated} more than once",
+            f"give every column a unique name in the {where}",
         )
 
 
@@ -259,7 +270,7 @@ def _csv_frames(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
             dtype=str,
             keep_default_na=False,
             na_values=[""],
-            encoding=source.encoding,
+            encoding=_text_encoding(source),
             chunksize=chunk_rows,
         )
         with reader:
@@ -276,31 +287,79 @@ def _csv_frames(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
 
 
 def _jsonl_frames(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    # convert_axes=False keeps keys as written: with it, {"1": .., "01": ..} were two columns 1.
+    # So a column name that is not a string comes from a line that is not an object (an array
+    # or a scalar becomes columns 0, 1, ...); a mix of objects and others raises Type/ValueError.
     try:
         reader = pd.read_json(
-            source.path, lines=True, dtype=False, chunksize=chunk_rows, encoding=source.encoding
+            source.path,
+            lines=True,
+            dtype=False,
+            convert_axes=False,
+            chunksize=chunk_rows,
+            encoding=_text_encoding(source),
         )
         with reader:
-            yield from reader
+            for frame in reader:
+                if not all(isinstance(name, str) for name in frame.columns):
+                    raise _json_lines_error(source, None)
+                yield frame
     except UnicodeDecodeError as error:
         raise _decode_error(source, error) from None
-    except ValueError as error:
-        raise source.error(
-            f"cannot parse the file as JSON lines: {error}",
-            'write one JSON object per line, e.g. {"text": "...", "label": "pos"}',
-        ) from None
+    except (ValueError, TypeError) as error:
+        raise _json_lines_error(source, error) from None
+
+
+def _json_lines_error(source: Source, error: Exception | None) -> TunesmithError:
+    """The first line that is not one JSON object, found by reading the file again (only on this
+    error path); pandas' own message when every line is one."""
+    fix = 'write one JSON object per line, e.g. {"text": "...", "label": "pos"}'
+    try:
+        with source.path.open(encoding=_text_encoding(source)) as handle:
+            for number, line in enumerate(handle, start=1):
+                problem = _not_an_object(line)
+                if problem:
+                    return source.error(
+                        f"line {number} {problem}: the file must hold one JSON object per line",
+                        fix,
+                    )
+    except UnicodeDecodeError as decode:
+        return _decode_error(source, decode)
+    if error is None:
+        return source.error("the file does not hold one JSON object per line", fix)
+    return source.error(f"cannot parse the file as JSON lines: {error}", fix)
+
+
+def _not_an_object(line: str) -> str | None:
+    """What is wrong with one line of a JSON lines file, or None for an object or a blank line."""
+    if not line.strip():
+        return None
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as error:
+        return f"is not valid JSON ({error.msg} at column {error.colno})"
+    if isinstance(value, dict):
+        return None
+    kinds = {list: "an array", str: "a string", bool: "true/false", type(None): "null"}
+    return f"is {kinds.get(type(value), 'a number')}, not an object"
 
 
 def _parquet_frames(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    # Opening reads the footer only; damaged data pages fail in iter_batches, so both are inside.
     try:
         parquet = pq.ParquetFile(source.path)
+        _check_header(source, parquet.schema_arrow.names, where="schema")
+        for batch in parquet.iter_batches(batch_size=chunk_rows):
+            yield batch.to_pandas()
     except (pa.ArrowInvalid, OSError) as error:
-        raise source.error(f"cannot read the Parquet file: {error}", "re-write the file") from None
-    for batch in parquet.iter_batches(batch_size=chunk_rows):
-        yield batch.to_pandas()
+        # pyarrow's messages span lines and can hold the damaged byte itself
+        problem = " ".join("".join(c if c.isprintable() else " " for c in str(error)).split())
+        raise source.error(
+            f"cannot read the Parquet file: {problem}", "re-write the file"
+        ) from None
 
 
 def _hf_dataset(source: Source) -> Any:
@@ -478,7 +537,11 @@ def _outside_error(source: Source, offender: str) -> TunesmithError:
 
 def _folder_frames(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
     root = source.path
-    classes = sorted(child for child in root.iterdir() if child.is_dir())
+    # Hidden folders (.ipynb_checkpoints, .git) are not classes, and hidden files inside a class
+    # (.DS_Store, macOS' ._x.png) are not its images.
+    classes = sorted(
+        child for child in root.iterdir() if child.is_dir() and not child.name.startswith(".")
+    )
     if not classes:
         raise source.error(
             "the image folder has no class subfolders",
@@ -488,7 +551,8 @@ def _folder_frames(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
     rows: list[tuple[str, str, str]] = []
     for class_dir in classes:
         for image in sorted(class_dir.rglob("*")):
-            if image.suffix.lower() not in IMAGE_SUFFIXES:
+            hidden = any(part.startswith(".") for part in image.relative_to(class_dir).parts)
+            if hidden or image.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             if not inside(image, root):
                 raise _outside_error(source, str(image.relative_to(root)))
