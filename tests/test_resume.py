@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 
 from conftest import IMAGE_TRAIN, TEXT_EXTRA, TEXT_TRAIN, CliResult, config_dict, logged, write_yaml
 from test_cli import assert_user_error
+from tunesmith.io import one_run_at_a_time
 
 Cli = Callable[[Sequence[str | Path]], CliResult]
 KILL_TIMEOUT_S = 120
@@ -218,3 +219,30 @@ def test_a_run_killed_after_early_stopping_resumes_to_the_same_end(
     assert result.code == 0 and "finished already" not in result.err
     assert (second / "report.html").is_file()
     assert comparable(second) == comparable(first)
+
+
+def test_a_second_run_of_the_same_name_is_refused_while_the_first_runs(
+    text_config: Callable[..., Path], run_cli: Cli
+) -> None:
+    """It used to move the running run's folder aside and write into a new one, and the first
+    run went on writing into the second's: two runs' files mixed in one folder."""
+    config = text_config("busy", train={"epochs": 200, "patience": None, "checkpoint_steps": 5})
+    run_dir = config.parent / "runs" / "busy"
+    first = start(config)
+    try:
+        checkpoints = run_dir / "trials" / "0" / "checkpoints" / "train"
+        deadline = time.monotonic() + KILL_TIMEOUT_S
+        while not any(checkpoints.glob("step-*")):  # training, its folder in use
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        result = run_cli(["run", config])
+        assert_user_error(result, f"{run_dir}: name: another tunesmith run is writing this run "
+                          f"folder (pid {first.pid} on")
+        assert_user_error(run_cli(["run", config, "--resume"]), "another tunesmith run")
+        assert first.poll() is None  # untouched: still running, in its own folder
+        assert [p.name for p in run_dir.parent.iterdir() if p.name[0] != "."] == ["busy"]
+    finally:
+        first.kill()
+        first.wait()
+    with one_run_at_a_time(run_dir):  # a killed run holds nothing: its lock went with it
+        pass

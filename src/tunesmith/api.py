@@ -51,6 +51,7 @@ from tunesmith.io import (
     PREDICTIONS,
     TEST_PREDICTIONS,
     atomic_write,
+    one_run_at_a_time,
     require_run_folder,
     write_json,
     write_text,
@@ -123,6 +124,14 @@ def fit(
     processes = PartialState(cpu=not torch.cuda.is_available())
     given = as_config(config, overrides)
     prepared = prepare(given)
+    # The main process holds the run folder: another run of the same name is refused meanwhile.
+    held = one_run_at_a_time(prepared.config.run_dir) if processes.is_main_process else None
+    with held or contextlib.nullcontext():
+        return _fit(given, prepared, processes, resume=resume, started=started)
+
+
+def _fit(given: Config, prepared: Prepared, processes: PartialState, *, resume: bool,
+         started: float) -> RunSummary:
     resolved, run_dir = prepared.config, prepared.config.run_dir
     searching = searches(given)
     if resume:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
+import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +60,52 @@ PREDICTIONS = "predictions.npz"  # the chosen model's val and test outputs, for 
 TEST_PREDICTIONS = "test_predictions.csv"
 STUDY_FILE = "study.db"  # a search's Optuna study (SQLite) when search.storage is not set
 SNAPSHOT_FILE = "study-snapshot.db"  # a copy of a shared study, as the run's search ended
+
+
+@contextlib.contextmanager
+def one_run_at_a_time(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir` for this process while it runs: a second `tunesmith run` of the same name
+    would move the folder aside under the first and mix their files. The lock is an advisory
+    POSIX lock on `.NAME.lock` beside the folder (which a fresh run moves aside, so not inside
+    it): the process's own, not shared with the loader workers it forks as `flock`'s would be,
+    and released when it ends however it ends; a clean end removes the file."""
+    import fcntl
+
+    from tunesmith.errors import TunesmithError
+
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    path = run_dir.parent / f".{run_dir.name}.lock"
+    while True:
+        lock = path.open("a+")
+        try:
+            fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            lock.close()
+            raise TunesmithError(
+                f"another tunesmith run is writing this run folder ({holder})",
+                file=run_dir, field="name",
+                fix="wait for that run to end (or stop it), or give this one another name, "
+                "e.g. --set name=NAME-2",
+            ) from None
+        # Locked; but the holder before may have removed the file between our open and flock,
+        # and a third process may hold a new one at the path: then try again.
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(lock.fileno()).st_ino:
+                break
+        lock.close()
+    with lock:
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        lock.flush()
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)  # while still held, so no one locks a removed file
 
 
 def require_run_folder(path: Path) -> Path:
