@@ -7,7 +7,8 @@ load:     sources read whole -> the same scans and checks (fatal ones stop the r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from tunesmith.data.sources import (
     open_source,
 )
 from tunesmith.data.split import SplitInputs, ids_hash, make_splits
-from tunesmith.data.tabular import TabularEncoding, fit_tabular
+from tunesmith.data.tabular import BadValue, TabularEncoding, fit_tabular
 from tunesmith.data.task import TaskSpec, infer_kind, infer_modality
 from tunesmith.errors import DataError, TunesmithError
 
@@ -170,7 +171,9 @@ def _columns(data: DataConfig, header: list[str], modality: Modality) -> Columns
 # features for the label-error check
 
 
-def _label_error_features(modality: Modality, columns: Columns, rows_of: FrameRows) -> Any:
+def _label_error_features(
+    modality: Modality, columns: Columns, rows_of: FrameRows, file: Path
+) -> Any:
     from tunesmith.data.label_noise import image_features, text_features
 
     def features(rows: np.ndarray) -> Any:
@@ -179,10 +182,31 @@ def _label_error_features(modality: Modality, columns: Columns, rows_of: FrameRo
             return text_features(frame[columns.text].fillna("").astype(str).tolist())
         if modality == "image":
             return image_features(frame[IMAGE_COLUMN].tolist())
-        encoding = fit_tabular(frame, list(columns.features), impute="median")
-        return encoding.transform(frame)
+        with _naming_rows(file, frame[ID_COLUMN].astype(str).tolist()):
+            encoding = fit_tabular(frame, list(columns.features), impute="median")
+            return encoding.transform(frame)
 
     return features
+
+
+@contextlib.contextmanager
+def _naming_rows(file: Path, ids: Sequence[str]) -> Iterator[None]:
+    """An encoding error names `file` and, for a bad value, its row by id (`ids`: one per row of
+    the frame encoded): the encoding sees only a frame, not where it was read from."""
+    try:
+        yield
+    except BadValue as error:
+        at = "data row" if error.count == 1 else "first at data row"
+        raise DataError(
+            f"{error.problem} ({at} {ids[error.row]})",
+            file=file,
+            field=error.field,
+            fix=error.fix,
+        ) from None
+    except TunesmithError as error:
+        if error.file is not None:
+            raise
+        raise TunesmithError(error.problem, file=file, field=error.field, fix=error.fix) from None
 
 
 def take_rows(source: Source, rows: np.ndarray) -> pd.DataFrame:
@@ -244,7 +268,9 @@ def _checked(
         spec,
         scans,
         options=Options(drop_unreadable=data.clean.drop_unreadable, seed=seed),
-        label_error_features=_label_error_features(spec.modality, columns, rows_of),
+        label_error_features=_label_error_features(
+            spec.modality, columns, rows_of, sources["train"].path
+        ),
     )
 
 
@@ -299,7 +325,7 @@ def load_task_data(config: Config) -> TaskData:
         }
         for name, part in examples.items()
     }
-    tabular = _fit_tabular(config, examples["train"], columns, report) if columns.features else None
+    tabular = _fit_tabular(config, examples, columns, report) if columns.features else None
     _count_image_conversions(report, scans, data.clean.image_mode)
     return TaskData(
         spec,
@@ -395,11 +421,21 @@ def _examples(part: Part, frame: pd.DataFrame, modality: Modality, columns: Colu
 
 
 def _fit_tabular(
-    config: Config, train: Examples, columns: Columns, report: DataReport
+    config: Config, parts: dict[str, Examples], columns: Columns, report: DataReport
 ) -> TabularEncoding:
+    """Fit on train, then encode val and test once with it: a value it cannot take (text in a
+    numeric column, inf, a gap with imputation off) stops the run here, naming its file and row,
+    rather than after training, when they are first evaluated."""
     impute = "median" if config.data.clean.impute == "auto" else config.data.clean.impute
+    train = parts["train"]
     assert train.features is not None
-    encoding = fit_tabular(train.features, list(columns.features), impute=impute)
+    with _naming_rows(train.source, train.ids):
+        encoding = fit_tabular(train.features, list(columns.features), impute=impute)
+    for name in ("val", "test"):
+        part = parts[name]
+        assert part.features is not None
+        with _naming_rows(part.source, part.ids):
+            encoding.transform(part.features)
     missing = {c: int(n) for c, n in train.features.isna().sum().items() if n}
     report.cleaning["imputed"] = {"strategy": impute, "train_values_filled": missing}
     return encoding

@@ -17,7 +17,7 @@ from typing import Any, Literal, cast, get_args
 import numpy as np
 import pandas as pd
 
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import DataError, TunesmithError
 
 ColumnKind = Literal["numeric", "categorical"]
 Impute = Literal["median", "mean", "most_frequent", "none"]
@@ -28,6 +28,17 @@ MISSING_CATEGORY = "<missing>"
 IMPUTE_FIELD = "data.clean.impute"
 IMPUTE_FIX = "set data.clean.impute to median, mean or most_frequent"
 COLUMNS_FIELD = "data.feature_columns"
+
+
+class BadValue(DataError):
+    """A value the encoding cannot take. `row` is the position (from 0) of the first such value in
+    the frame given, `count` how many there are: the frame knows no file, so whoever read it names
+    the file and turns `row` into the row's id."""
+
+    def __init__(self, problem: str, *, row: int, count: int, field: str, fix: str) -> None:
+        super().__init__(problem, field=field, fix=fix)
+        self.row = row
+        self.count = count
 
 
 # ----------------------------------------------------------------------------------------------
@@ -98,7 +109,7 @@ class NumericColumn:
     def encode(self, series: pd.Series, impute: Impute) -> np.ndarray:
         values = _numeric_values(series, self.name)
         missing = np.isnan(values)
-        _check_missing(self.name, int(missing.sum()), impute)
+        _check_missing(self.name, missing, impute)
         scaled = (np.where(missing, self.fill, values) - self.mean) / self.std
         if not self.missing_indicator:
             return scaled[:, None]
@@ -113,19 +124,23 @@ def _numeric_values(series: pd.Series, name: str) -> np.ndarray:
     else:
         as_objects = series.astype(object)
         parsed = pd.to_numeric(as_objects, errors="coerce")
-        not_numbers = as_objects[parsed.isna() & as_objects.notna()]
+        not_numbers = np.flatnonzero((parsed.isna() & as_objects.notna()).to_numpy())
         if len(not_numbers):
-            raise TunesmithError(
-                f"column {name!r} is numeric but has {len(not_numbers)} value(s) that are not "
-                f"numbers, e.g. {not_numbers.iloc[0]!r}",
+            raise BadValue(
+                f"column {name!r} is numeric in the training part but has {len(not_numbers)} "
+                f"value(s) that are not numbers, e.g. {as_objects.iloc[not_numbers[0]]!r}",
+                row=int(not_numbers[0]),
+                count=len(not_numbers),
                 field=COLUMNS_FIELD,
                 fix="use numbers (or leave the cell empty) in this column",
             )
         values = parsed.to_numpy(dtype=np.float64, na_value=np.nan)
-    infinite = int(np.isinf(values).sum())
-    if infinite:
-        raise TunesmithError(
-            f"column {name!r} has {infinite} inf value(s)",
+    infinite = np.flatnonzero(np.isinf(values))
+    if len(infinite):
+        raise BadValue(
+            f"column {name!r} has {len(infinite)} inf value(s)",
+            row=int(infinite[0]),
+            count=len(infinite),
             field=COLUMNS_FIELD,
             fix="replace or remove inf values",
         )
@@ -135,7 +150,7 @@ def _numeric_values(series: pd.Series, name: str) -> np.ndarray:
 def _fit_numeric(series: pd.Series, name: str, impute: Impute) -> NumericColumn:
     values = _numeric_values(series, name)
     missing = np.isnan(values)
-    _check_missing(name, int(missing.sum()), impute)
+    _check_missing(name, missing, impute)
     fill = _numeric_fill(values[~missing], impute)
     filled = np.where(missing, fill, values)
     # A constant column would divide by 0 (or by rounding noise): leave it unscaled, as
@@ -161,13 +176,18 @@ def _numeric_fill(present: np.ndarray, impute: Impute) -> float:
     return float(np.median(present))
 
 
-def _check_missing(name: str, count: int, impute: Impute) -> None:
-    if impute == "none" and count:
-        raise TunesmithError(
-            f"column {name!r} has {count} missing value(s) and imputation is off",
-            field=IMPUTE_FIELD,
-            fix=IMPUTE_FIX,
-        )
+def _check_missing(name: str, missing: np.ndarray, impute: Impute) -> None:
+    """`missing`: one bool per row."""
+    if impute != "none" or not missing.any():
+        return
+    rows = np.flatnonzero(missing)
+    raise BadValue(
+        f"column {name!r} has {len(rows)} missing value(s) and imputation is off",
+        row=int(rows[0]),
+        count=len(rows),
+        field=IMPUTE_FIELD,
+        fix=IMPUTE_FIX,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -220,7 +240,7 @@ def _category_key(value: object) -> str:
 def _category_keys(series: pd.Series, name: str, fill: str, impute: Impute) -> list[str]:
     values = series.astype(object)
     missing = values.isna().to_numpy()
-    _check_missing(name, int(missing.sum()), impute)
+    _check_missing(name, missing, impute)
     return [
         fill if is_missing else _category_key(value)
         for value, is_missing in zip(values.to_numpy(), missing, strict=True)
@@ -230,8 +250,9 @@ def _category_keys(series: pd.Series, name: str, fill: str, impute: Impute) -> l
 def _fit_categorical(
     series: pd.Series, name: str, impute: Impute, max_one_hot: int
 ) -> CategoricalColumn:
-    missing = int(series.isna().sum())
-    _check_missing(name, missing, impute)
+    gaps = series.isna().to_numpy()
+    _check_missing(name, gaps, impute)
+    missing = int(gaps.sum())
     counts = Counter(_category_key(value) for value in series.dropna().astype(object))
     # Ties broken by the value itself, so the layout does not depend on row order.
     ranked = sorted(counts, key=lambda key: (-counts[key], key))

@@ -1,0 +1,194 @@
+"""Tabular val and test parts go through the encoding fitted on train before any training.
+
+A value that encoding cannot take (text or inf in a numeric column, a gap with imputation off) in
+a given val or test file, or in a part split off the training file, stops `validate` and `run`
+with one message naming the file, the column's field, the data row and the fix; it used to pass
+`validate` and stop `run` after the first trial, naming no file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import CliResult, config_dict, write_yaml
+from test_cli import assert_user_error
+from tunesmith.config import load_config
+from tunesmith.data import TaskData, load_task_data
+from tunesmith.errors import DataError, TunesmithError
+
+Cli = Callable[[list[str | Path]], CliResult]
+
+NOT_NUMBERS = "use numbers (or leave the cell empty) in this column"
+
+
+@pytest.fixture(autouse=True)
+def wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One message per line, so the assertions see the words, not where Rich broke them."""
+    monkeypatch.setenv("COLUMNS", "2000")
+
+
+def numbers(rows: int, *, seed: int) -> pd.DataFrame:
+    """Two numeric features (x1 as objects, so a test can write text into it), labels 0/1."""
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "x1": rng.normal(size=rows).round(3).astype(object),
+            "x2": rng.normal(size=rows).round(3),
+            "label": [0, 1] * (rows // 2),
+        }
+    )
+
+
+def write_config(folder: Path, train: pd.DataFrame, **data: Any) -> Path:
+    """A one-epoch scratch MLP config on `train`; a data key whose value is a DataFrame (val,
+    test) is written to `<key>.csv` next to it."""
+    train.to_csv(folder / "tr.csv", index=False)
+    for key, value in list(data.items()):
+        if isinstance(value, pd.DataFrame):
+            value.to_csv(path := folder / f"{key}.csv", index=False)
+            data[key] = str(path)
+    raw = config_dict(
+        folder,
+        data_path=folder / "tr.csv",
+        backbone="scratch:mlp",
+        train_settings={"epochs": 1},
+        name="t",
+        data={"label_column": "label", **data},
+    )
+    return write_yaml(folder / "t.yaml", raw)
+
+
+def load(config: Path) -> TaskData:
+    return load_task_data(load_config(config))
+
+
+def with_value(table: pd.DataFrame, rows: list[int], value: object) -> pd.DataFrame:
+    changed = table.copy()
+    changed.loc[rows, "x1"] = value
+    return changed
+
+
+# ----------------------------------------------------------------------------------------------
+# a given val or test file
+
+
+@pytest.mark.parametrize("part", ["test", "val"])
+@pytest.mark.parametrize(
+    ("value", "problem", "fix"),
+    [
+        (
+            "n/a",
+            "column 'x1' is numeric in the training part but has 1 value(s) that are not "
+            "numbers, e.g. 'n/a' (data row 7)",
+            NOT_NUMBERS,
+        ),
+        ("inf", "column 'x1' has 1 inf value(s) (data row 7)", "replace or remove inf values"),
+    ],
+    ids=["text", "inf"],
+)
+def test_a_bad_value_in_a_given_file_stops_validate_and_run_before_training(
+    part: str, value: str, problem: str, fix: str, run_cli: Cli, tmp_path: Path
+) -> None:
+    config = write_config(
+        tmp_path, numbers(30, seed=0), **{part: with_value(numbers(10, seed=1), [6], value)}
+    )
+    file = tmp_path / f"{part}.csv"
+    expected = (f"error: {file}: data.feature_columns: {problem}", f"fix: {fix}")
+    assert_user_error(run_cli(["validate", config]), *expected)
+    assert_user_error(run_cli(["run", config]), *expected)
+    assert not (tmp_path / "runs" / "t" / "trials").exists()
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("part", ["test", "val"])
+def test_the_error_names_the_file_field_and_first_bad_row(part: str, tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path, numbers(30, seed=0), **{part: with_value(numbers(10, seed=1), [4, 8], "abc")}
+    )
+    with pytest.raises(DataError) as caught:
+        load(config)
+    error = caught.value
+    assert error.file == str(tmp_path / f"{part}.csv")
+    assert error.field == "data.feature_columns"
+    assert error.fix == NOT_NUMBERS
+    assert error.problem.endswith(
+        "2 value(s) that are not numbers, e.g. 'abc' (first at data row 5)"
+    )
+
+
+def test_a_gap_in_the_test_file_with_imputation_off_names_file_and_row(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        numbers(30, seed=0),
+        test=with_value(numbers(10, seed=1), [2], None),
+        clean={"impute": "none"},
+    )
+    with pytest.raises(DataError) as caught:
+        load(config)
+    error = caught.value
+    assert (error.file, error.field) == (str(tmp_path / "test.csv"), "data.clean.impute")
+    assert error.problem == "column 'x1' has 1 missing value(s) and imputation is off (data row 3)"
+
+
+# ----------------------------------------------------------------------------------------------
+# parts split off the training file, and the training part itself
+
+
+@pytest.mark.parametrize("part", ["test", "valid"])
+def test_a_bad_value_in_a_split_off_part_names_the_training_file_and_row(
+    part: str, tmp_path: Path
+) -> None:
+    table = numbers(30, seed=0)
+    table["part"] = ["train"] * 20 + ["valid"] * 4 + ["test"] * 6
+    bad = int(np.flatnonzero(table["part"] == part)[1])
+    config = write_config(tmp_path, with_value(table, [bad], "abc"), split={"column": "part"})
+    with pytest.raises(DataError) as caught:
+        load(config)
+    error = caught.value
+    assert (error.file, error.field) == (str(tmp_path / "tr.csv"), "data.feature_columns")
+    assert error.problem.endswith(f"e.g. 'abc' (data row {bad + 1})")
+
+
+def test_inf_in_the_training_part_names_the_training_file_not_the_config(tmp_path: Path) -> None:
+    config = write_config(tmp_path, with_value(numbers(30, seed=0), [11], "inf"))
+    with pytest.raises(DataError) as caught:
+        load(config)
+    error = caught.value
+    assert (error.file, error.field) == (str(tmp_path / "tr.csv"), "data.feature_columns")
+    assert error.problem == "column 'x1' has 1 inf value(s) (data row 12)"
+
+
+# ----------------------------------------------------------------------------------------------
+# what was already fine stays so
+
+
+def test_an_unseen_category_in_the_test_file_encodes_as_all_zeros(tmp_path: Path) -> None:
+    train = numbers(30, seed=0).assign(colour=["red", "blue", "green"] * 10)
+    test = numbers(10, seed=1).assign(colour=["red"] * 9 + ["purple"])
+    data = load(write_config(tmp_path, train, test=test))
+    assert data.tabular is not None and data.test.features is not None
+    names = data.tabular.feature_names
+    one_hot = [i for i, name in enumerate(names) if name.startswith("colour=")]
+    encoded = data.tabular.transform(data.test.features)[:, one_hot]
+    red = names.index("colour=red") - one_hot[0]
+    assert encoded[:9].tolist() == [[1.0 if i == red else 0.0 for i in range(3)]] * 9
+    assert encoded[9].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_a_feature_column_missing_from_the_test_file_names_that_file(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path, numbers(30, seed=0), test=numbers(10, seed=1).drop(columns=["x2"])
+    )
+    with pytest.raises(TunesmithError) as caught:
+        load(config)
+    assert (caught.value.file, caught.value.field) == (
+        str(tmp_path / "test.csv"),
+        "data.feature_columns",
+    )
+    assert "'x2' not found" in caught.value.problem
