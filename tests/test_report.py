@@ -463,3 +463,28 @@ def test_a_baseline_sure_enough_to_round_a_probability_to_zero_keeps_finite_outp
                   Parts(train, far, far, targets, 2), lambda kind: LogisticRegression(C=1e6))
     assert np.isfinite(made.test).all()
     assert evaluation_metrics("classification", made.test, np.array([0, 1]))["auroc"] == 1.0
+
+
+def test_evaluate_new_data_on_a_run_split_by_a_column(
+    wine_csv: Path, tmp_path: Path, run_cli: Any
+) -> None:
+    """The split column names the run's test rows; the new file takes their place, where it
+    used to be refused as 'data.test given too' (a setting evaluate had made itself)."""
+    table = pd.read_csv(wine_csv)
+    table["part"] = np.where(np.arange(len(table)) % 5 == 0, "test", "train")
+    table.to_csv(split_csv := tmp_path / "split.csv", index=False)
+    raw = wine_raw(tmp_path, split_csv, "by-column", epochs=5)
+    raw["data"]["split"] = {"column": "part"}
+    run = finish_run(tmp_path, raw)
+    fresh = pd.read_csv(wine_csv).sample(40, random_state=2)  # no split column: new data
+    fresh.to_csv(fresh_path := tmp_path / "fresh.csv", index=False)
+    result = run_cli(["evaluate", run.run_dir, "--data", fresh_path])
+    assert result.code == 0, result.err
+    record = json.loads((run.run_dir / "evaluations" / "fresh.json").read_text())
+    assert record["rows"] == 40
+    predicted = api.load(run.run_dir).predict(fresh.drop(columns="label"))
+    accuracy = np.mean([str(p) == str(t) for p, t in zip(predicted, fresh["label"], strict=True)])
+    assert record["scores"]["accuracy"]["value"] == pytest.approx(accuracy)
+    assert run_cli(["evaluate", run.run_dir]).code == 0  # and its own test part, as before
+    own = json.loads((run.run_dir / "evaluations" / "test.json").read_text())
+    assert own["rows"] == metrics_of(run)["test_rows"] == (np.arange(len(table)) % 5 == 0).sum()

@@ -480,7 +480,7 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None) -> Evaluation:
     config = load_config(folder / "config.yaml")
     if data is not None:
         config = config.with_values({"data.test": str(Path(data).resolve())})
-    part = load_task_data(config).test
+    part = load_task_data(config, test_replaced=data is not None).test
     predictor = load_predictor(folder)
     kind = predictor.kind
     _check_labels(part, predictor, kind)

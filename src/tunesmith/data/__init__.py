@@ -288,8 +288,9 @@ def fatal_error(report: DataReport) -> DataError:
 # load for a run
 
 
-def load_task_data(config: Config) -> TaskData:
-    """Read, check, split and clean the data the config names."""
+def load_task_data(config: Config, *, test_replaced: bool = False) -> TaskData:
+    """Read, check, split and clean the data the config names. `test_replaced`: its data.test
+    stands in for the test part the run had (`tunesmith evaluate --data`), see `make_splits`."""
     data = config.data
     sources = _sources(data, config.path)
     spec = resolve_task(config.task, data, sources["train"])
@@ -310,7 +311,7 @@ def load_task_data(config: Config) -> TaskData:
     scans = report.parts
     if report.fatal:
         raise fatal_error(report)
-    parts, record, dropped = _split(config, scans, train_frame)
+    parts, record, dropped = _split(config, scans, train_frame, test_replaced=test_replaced)
     train, val, counts = clean_parts(*parts, data.clean)
     report.cleaning = {"unreadable_dropped": dropped, **counts}
     examples = {
@@ -340,7 +341,7 @@ def load_task_data(config: Config) -> TaskData:
 
 
 def _split(
-    config: Config, scans: dict[str, PartScan], frame: pd.DataFrame
+    config: Config, scans: dict[str, PartScan], frame: pd.DataFrame, *, test_replaced: bool
 ) -> tuple[tuple[Part, Part, Part], dict[str, Any], dict[str, int]]:
     """Usable rows of train split into parts (or the given val/test files used as they are)."""
     data = config.data
@@ -363,6 +364,7 @@ def _split(
         source=train_scan.source.path,
         test_given="test" in scans,
         val_given="val" in scans,
+        test_replaced=test_replaced,
     )
     parts = []
     for name in ("train", "val", "test"):

@@ -102,13 +102,16 @@ def make_splits(
     source: Path,
     test_given: bool,
     val_given: bool = False,
+    test_replaced: bool = False,
 ) -> Splits:
     """Cut train/val/test row indices by `split`; no test cut when a test file is given, no val cut
-    when a validation file is given."""
+    when a validation file is given. `test_replaced`: the test file stands in for the test part
+    the config names (`tunesmith evaluate --data`), so a split column's test rows are left out."""
     method = resolve_method(split)
     if method == "column":
         parts = _column_parts(
-            inputs, split, source=source, test_given=test_given, val_given=val_given
+            inputs, split, source=source, test_given=test_given, val_given=val_given,
+            test_replaced=test_replaced,
         )
     else:
         cut, method = _cutter(
@@ -400,9 +403,12 @@ def _checked_times(inputs: SplitInputs, split: SplitConfig, *, source: Path) -> 
 
 
 def _column_parts(
-    inputs: SplitInputs, split: SplitConfig, *, source: Path, test_given: bool, val_given: bool
+    inputs: SplitInputs, split: SplitConfig, *, source: Path, test_given: bool, val_given: bool,
+    test_replaced: bool = False,
 ) -> tuple[list[int], list[int], list[int]]:
     parts = _assigned_parts(inputs, split, source=source)
+    if test_replaced:  # out of train and val, as in the run; the given file is the test part
+        parts = np.where(parts == "test", "unused", parts)
     for name, given in (("test", test_given), ("val", val_given)):
         if given and (parts == name).any():
             raise TunesmithError(
