@@ -294,3 +294,22 @@ def test_text_in_a_numeric_column_at_transform_time_is_an_error() -> None:
     encoding = fit_tabular(people(), ["income"])
     with pytest.raises(TunesmithError, match=r"'income'.*'lots'"):
         encoding.transform(pd.DataFrame({"income": ["3", "lots"]}))
+
+
+def test_words_for_missing_values_in_a_column_of_numbers_are_gaps() -> None:
+    """A CSV's cells are text: "NA" (R), "n/a" or "null" in a column of numbers made the whole
+    column categorical, one class per distinct number. They are gaps, filled as the empty ones."""
+    train = pd.DataFrame({"x": pd.Series(["1", "NA", "3", " n/a ", "10", "null"], dtype=object),
+                          "kind": ["a", "NA", "b", "a", "b", "a"]})  # a category may be "NA"
+    assert column_kinds(train, ["x", "kind"]) == {"x": "numeric", "kind": "categorical"}
+    encoding = fit_tabular(train, ["x", "kind"])
+    filled = np.array([1.0, 3.0, 3.0, 3.0, 10.0, 3.0])  # the median of 1, 3, 10 in the gaps
+    out = encoding.transform(pd.DataFrame({"x": ["NA", "10"], "kind": ["NA", "a"]}))
+    np.testing.assert_allclose(out[:, 0], (np.array([3.0, 10.0]) - filled.mean()) / filled.std(),
+                               rtol=1e-6)
+    np.testing.assert_array_equal(out[:, 1], [1, 0])  # x's missing indicator
+    assert encoding.categorical == ["kind"] and "NA" in encoding.categorical_columns[0].categories
+    with pytest.raises(TunesmithError, match="imputation is off"):
+        fit_tabular(train, ["x"], impute="none")
+    words = pd.DataFrame({"x": pd.Series(["NA", "none"], dtype=object)})
+    assert column_kinds(words, ["x"]) == {"x": "categorical"}  # nothing but words: no numbers

@@ -29,7 +29,7 @@ from tunesmith.data.sources import (
     open_source,
 )
 from tunesmith.data.split import SplitInputs, ids_hash, make_splits
-from tunesmith.data.tabular import BadValue, TabularEncoding, fit_tabular
+from tunesmith.data.tabular import BadValue, TabularEncoding, fit_tabular, missing_words
 from tunesmith.data.task import TaskSpec, infer_kind, infer_modality
 from tunesmith.errors import DataError, TunesmithError
 
@@ -438,7 +438,11 @@ def _fit_tabular(
         assert part.features is not None
         with _naming_rows(part.source, part.ids):
             encoding.transform(part.features)
-    missing = {c: int(n) for c, n in train.features.isna().sum().items() if n}
+    features = train.features
+    numeric = set(encoding.numeric)  # where "NA" is a gap (a category elsewhere)
+    gaps = {c: features[c].isna().to_numpy() | (missing_words(features[c]) if c in numeric else 0)
+            for c in features.columns}
+    missing = {c: int(gap.sum()) for c, gap in gaps.items() if gap.any()}
     report.cleaning["imputed"] = {"strategy": impute, "train_values_filled": missing}
     return encoding
 

@@ -17,6 +17,7 @@ from typing import Any, Literal, cast, get_args
 import numpy as np
 import pandas as pd
 
+from tunesmith.data.task import NAN_WORDS
 from tunesmith.errors import DataError, TunesmithError
 
 ColumnKind = Literal["numeric", "categorical"]
@@ -67,8 +68,18 @@ def _column_kind(series: pd.Series) -> ColumnKind:
     # to_numeric accepts True/False as numbers; an object column of bools is still a flag.
     if present.empty or any(isinstance(value, bool | np.bool_) for value in present):
         return "categorical"
+    present = present[~missing_words(present)]  # "NA" in a column of numbers is a gap
     parsed = pd.to_numeric(present, errors="coerce")
-    return "numeric" if bool(parsed.notna().all()) else "categorical"
+    return "numeric" if not present.empty and bool(parsed.notna().all()) else "categorical"
+
+
+def missing_words(series: pd.Series) -> np.ndarray:
+    """Which cells of a column read as text hold a word for a missing value (NA, n/a, null,
+    none, nan: what R, spreadsheets and pandas write), one bool per row."""
+    if pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype):
+        return np.zeros(len(series), dtype=bool)
+    words = series.astype(object).map(lambda v: isinstance(v, str) and v.strip().lower())
+    return np.asarray(words.isin(NAN_WORDS).to_numpy(), dtype=bool)
 
 
 def _check_columns(frame: pd.DataFrame, columns: Sequence[str]) -> None:
@@ -122,7 +133,7 @@ def _numeric_values(series: pd.Series, name: str) -> np.ndarray:
     if pd.api.types.is_bool_dtype(series.dtype) or pd.api.types.is_numeric_dtype(series.dtype):
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
-        as_objects = series.astype(object)
+        as_objects = series.astype(object).mask(missing_words(series), None)
         parsed = pd.to_numeric(as_objects, errors="coerce")
         not_numbers = np.flatnonzero((parsed.isna() & as_objects.notna()).to_numpy())
         if len(not_numbers):
