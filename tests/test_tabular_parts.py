@@ -83,9 +83,9 @@ def with_value(table: pd.DataFrame, rows: list[int], value: object) -> pd.DataFr
     ("value", "problem", "fix"),
     [
         (
-            "n/a",
+            "about 3",
             "column 'x1' is numeric in the training part but has 1 value(s) that are not "
-            "numbers, e.g. 'n/a' (data row 7)",
+            "numbers, e.g. 'about 3' (data row 7)",
             NOT_NUMBERS,
         ),
         ("inf", "column 'x1' has 1 inf value(s) (data row 7)", "replace or remove inf values"),
