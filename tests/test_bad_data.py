@@ -189,8 +189,11 @@ def test_test_labels_absent_from_train(text_config: Callable[..., Path], text_cs
         # NaN is pandas' missing value, and task.py reads "nan" in a numeric column as a missing
         # target: the rows-without-target message.
         ("nan", "1 row(s) have no target (empty or NaN) (data rows 6)"),
+        ("NA", "1 row(s) have no target (empty or NaN) (data rows 6)"),
+        # Text that is not a word for a gap is a wrong value, not a missing one.
+        ("about 3", "1 regression target(s) are not numbers (data rows 6)"),
     ],
-    ids=["inf", "-inf", "nan"],
+    ids=["inf", "-inf", "nan", "NA", "text"],
 )
 def test_regression_target_not_finite(value: str, problem: str, text_config: Callable[..., Path],
                                       run_cli: Cli, tmp_path: Path) -> None:
@@ -456,3 +459,15 @@ def test_inspect_infers_regression_from_float_labels(run_cli: Cli, tmp_path: Pat
     assert target["max"] == pytest.approx(table["label"].max())
     assert target["median"] == pytest.approx(table["label"].median())
     assert "label_counts" not in part(report)
+
+
+def test_regression_asked_of_class_labels_says_they_are_not_numbers(
+    text_config: Callable[..., Path], text_table: pd.DataFrame, text_csv: Path, run_cli: Cli
+) -> None:
+    """It said 'all 300 rows have no label', sending the user to look for an empty column."""
+    expected = (text_csv, "data.label_column",
+                f"{len(text_table)} regression target(s) are not numbers (data rows 1, 2, 3",
+                "set task to auto (or a classification task)")
+    result = run_cli(["validate", text_config(task="text-regression")])
+    assert_user_error(result, *expected)
+    assert "have no label" not in result.err

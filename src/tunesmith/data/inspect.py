@@ -230,7 +230,25 @@ def _label_findings(task: TaskSpec, part: PartScan, *, is_train: bool) -> list[F
         )
     if task.kind == "regression":
         assert labels.targets is not None
-        bad = np.flatnonzero(~np.isfinite(labels.targets) & ~labels.missing)
+        text = (labels.not_numbers if labels.not_numbers is not None
+                else np.zeros(len(labels.targets), dtype=bool))
+        if text.any():
+            rows = np.flatnonzero(text)
+            found.append(
+                _finding(
+                    part,
+                    "target-not-a-number",
+                    "fatal",
+                    f"{len(rows)} regression target(s) are not numbers ({_rows(part)} "
+                    f"{', '.join(_ids(part, rows))}{', ...' if len(rows) > EXAMPLES else ''})",
+                    field="data.label_column",
+                    count=len(rows),
+                    examples=_ids(part, rows),
+                    fix="a regression needs a number in every row: correct those rows, or set "
+                    "task to auto (or a classification task) if the labels are classes",
+                )
+            )
+        bad = np.flatnonzero(~np.isfinite(labels.targets) & ~labels.missing & ~text)
         if len(bad):
             found.append(
                 _finding(

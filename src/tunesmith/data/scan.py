@@ -57,12 +57,14 @@ class Labels:
     codes: np.ndarray  # int32 class index, -1 where missing (classification)
     sets: np.ndarray | None = None  # (rows, classes) uint8 (multilabel)
     targets: np.ndarray | None = None  # float64, NaN where missing (regression)
+    not_numbers: np.ndarray | None = None  # bool: a regression target written as other text
 
     @property
     def missing(self) -> np.ndarray:
         if self.kind == "regression":
             assert self.targets is not None
-            return np.asarray(np.isnan(self.targets))
+            written = self.not_numbers if self.not_numbers is not None else False
+            return np.asarray(np.isnan(self.targets) & ~written)
         return np.asarray(self.codes == MISSING)
 
     def recoded(self, classes: list[str]) -> Labels:
@@ -101,11 +103,16 @@ class _LabelReader:
     codes: list[np.ndarray] = field(default_factory=list)
     pairs: list[tuple[int, int]] = field(default_factory=list)  # (row, class) for multilabel
     targets: list[np.ndarray] = field(default_factory=list)
+    not_numbers: list[np.ndarray] = field(default_factory=list)
     rows: int = 0
 
     def add(self, values: pd.Series) -> None:
         if self.kind == "regression":
-            self.targets.append(pd.to_numeric(values, errors="coerce").to_numpy(dtype=float))
+            targets = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+            self.targets.append(targets)
+            words = values.map(lambda v: isinstance(v, str) and v.strip().lower() in NAN_WORDS)
+            written = ~values.map(is_missing).to_numpy(dtype=bool) & ~words.to_numpy(dtype=bool)
+            self.not_numbers.append(np.isnan(targets) & written)
         elif self.kind == "multilabel":
             for offset, value in enumerate(values.tolist()):
                 for name in label_set(value, self.delimiter):
@@ -132,7 +139,10 @@ class _LabelReader:
         codes = np.concatenate(self.codes) if self.codes else np.zeros(0, np.int32)
         if self.kind == "regression":
             targets = np.concatenate(self.targets) if self.targets else np.zeros(0)
-            return Labels("regression", [], np.zeros(len(targets), np.int32), targets=targets)
+            not_numbers = (np.concatenate(self.not_numbers) if self.not_numbers
+                           else np.zeros(0, dtype=bool))
+            return Labels("regression", [], np.zeros(len(targets), np.int32), targets=targets,
+                          not_numbers=not_numbers)
         if self.kind == "multilabel":
             sets = np.zeros((self.rows, len(classes)), dtype=np.uint8)
             if self.pairs:
