@@ -488,3 +488,23 @@ def test_evaluate_new_data_on_a_run_split_by_a_column(
     assert run_cli(["evaluate", run.run_dir]).code == 0  # and its own test part, as before
     own = json.loads((run.run_dir / "evaluations" / "test.json").read_text())
     assert own["rows"] == metrics_of(run)["test_rows"] == (np.arange(len(table)) % 5 == 0).sum()
+
+
+def test_the_worst_errors_of_multilabel_rows_count_the_labels_wrong(tmp_path: Path) -> None:
+    """A label set has no probability or absolute error: the column said 0 for every row."""
+    from tunesmith.report import html
+
+    (tmp_path / "config.yaml").write_text("name: tags\n")
+    (tmp_path / "metrics.json").write_text(json.dumps({"task": "text-multilabel"}))
+    (tmp_path / "data_report.json").write_text(json.dumps({"task": "text-multilabel"}))
+    pd.DataFrame({
+        "id": ["1", "2", "3", "4"], "input": ["a", "b", "c", "d"],
+        "label": ["good", "good|bad", "", "bad"],
+        "predicted": ["good", "bad", "good|bad", ""],
+    }).to_csv(tmp_path / "test_predictions.csv", index=False)
+    table = html._worst_errors(html._Run(tmp_path))
+    rows = re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td>"
+                      r"</tr>", table)
+    assert rows == [("c", "", "good|bad", "2"), ("b", "good|bad", "bad", "1"),
+                    ("d", "bad", "", "1")]  # most labels wrong first; the right row left out
+    assert "<th>labels wrong</th>" in table

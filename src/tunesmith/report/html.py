@@ -454,6 +454,12 @@ def _worst_errors(run: _Run) -> str:
     if run.kind == "regression":
         table["error"] = (table["predicted"].astype(float) - table["label"].astype(float)).abs()
         worst = table.sort_values("error", ascending=False).head(WORST_ERRORS)
+    elif run.kind == "multilabel":  # label sets written "a|b": how many labels are wrong
+        table["error"] = [len(_label_set(label) ^ _label_set(predicted))
+                          for label, predicted in zip(table["label"], table["predicted"],
+                                                      strict=True)]
+        worst = table[table["error"] > 0].sort_values("error", ascending=False, kind="stable")
+        worst = worst.head(WORST_ERRORS)
     else:
         wrong = table[table["label"] != table["predicted"]]
         if "probability" in wrong:
@@ -470,10 +476,12 @@ def _worst_errors(run: _Run) -> str:
             shown = _thumbnail(Path(str(row["input"]))) if image else html.escape(
                 str(row["input"])[:400])
         confidence = (f"{float(row['probability']):.3f}" if "probability" in row
+                      else str(row["error"]) if run.kind == "multilabel"
                       else _number(float(row.get("error", 0))))
         rows.append(f"<tr><td>{shown}</td><td>{html.escape(_number(row['label']))}</td>"
                     f"<td>{html.escape(_number(row['predicted']))}</td><td>{confidence}</td></tr>")
-    last = "probability" if "probability" in worst else "absolute error"
+    last = ("probability" if "probability" in worst else "labels wrong"
+            if run.kind == "multilabel" else "absolute error")
     return (f"<p>The test rows the model got most confidently wrong.</p><table><tr><th>input"
             f"</th><th>label</th><th>predicted</th><th>{last}</th></tr>{''.join(rows)}</table>")
 
@@ -554,6 +562,10 @@ def _signed(gap: dict[str, Any]) -> str:
     interval = gap.get("ci95")
     return f"{gap['value']:+.4f}" + (
         f" [{interval[0]:+.4f}, {interval[1]:+.4f}]" if interval else "")
+
+
+def _label_set(text: Any) -> set[str]:
+    return {name for name in str(text).split("|") if name}
 
 
 def _number(value: Any) -> str:
