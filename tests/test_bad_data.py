@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import CliResult, make_texts, stripes
+from conftest import CliResult, config_dict, make_texts, stripes, write_yaml
 from test_cli import assert_user_error, bad_csv
 
 Cli = Callable[[list[str | Path]], CliResult]
@@ -471,3 +471,17 @@ def test_regression_asked_of_class_labels_says_they_are_not_numbers(
     result = run_cli(["validate", text_config(task="text-regression")])
     assert_user_error(result, *expected)
     assert "have no label" not in result.err
+
+
+def test_a_time_that_is_neither_a_date_nor_a_number_is_named(run_cli: Cli, tmp_path: Path) -> None:
+    """It was counted as a row with no time at all."""
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({"x": rng.normal(size=40), "label": ["a", "b"] * 20,
+                          "when": pd.date_range("2024-01-01", periods=40).astype(str)})
+    table.loc[6, "when"] = "yesterday"
+    table.to_csv(path := tmp_path / "dated.csv", index=False)
+    raw = config_dict(tmp_path, data_path=path, backbone="scratch:mlp", name="dated",
+                      train_settings={}, data={"split": {"time_column": "when"}})
+    result = run_cli(["validate", write_yaml(tmp_path / "dated.yaml", raw)])
+    assert_user_error(result, path, "data.split.time_column", "1 value(s) in the time column "
+                      "'when' are neither dates nor numbers, e.g. 'yesterday' (data row 7)")

@@ -355,7 +355,7 @@ def _split(
         multilabel=labels.sets[usable] if labels.sets is not None else None,
         targets=labels.targets[usable] if labels.targets is not None else None,
         groups=_column(frame, data.split.group_column, usable),
-        times=_times(frame, data.split.time_column, usable),
+        times=_times(frame, data.split.time_column, usable, train_scan.source.path),
         assigned=_column(frame, data.split.column, usable),
     )
     splits = make_splits(
@@ -391,14 +391,29 @@ def _column(frame: pd.DataFrame, column: str | None, rows: np.ndarray) -> np.nda
     return np.asarray(frame[column].astype(str), dtype=object)[rows]  # type: ignore[no-any-return]
 
 
-def _times(frame: pd.DataFrame, column: str | None, rows: np.ndarray) -> np.ndarray | None:
+def _times(
+    frame: pd.DataFrame, column: str | None, rows: np.ndarray, source: Path
+) -> np.ndarray | None:
+    """The time column as numbers, or else as dates; a value that is neither is an error (an
+    empty one is left for the split to report)."""
     if column is None:
         return None
     values = frame[column].iloc[rows]
     numbers = pd.to_numeric(values, errors="coerce")
     if numbers.notna().sum() >= values.notna().sum():
         return np.asarray(numbers, dtype=float)
-    return np.asarray(pd.to_datetime(values, errors="coerce", format="mixed"))
+    times = pd.to_datetime(values, errors="coerce", format="mixed")
+    unread = np.flatnonzero((values.notna() & times.isna()).to_numpy())
+    if len(unread):
+        first = unread[0]
+        raise DataError(
+            f"{len(unread)} value(s) in the time column {column!r} are neither dates nor "
+            f"numbers, e.g. {values.iloc[first]!r} (data row {frame[ID_COLUMN].iloc[rows[first]]})",
+            file=source,
+            field="data.split.time_column",
+            fix="write every time as a date (2024-05-31, 2024-05-31 14:00) or a number",
+        )
+    return np.asarray(times)
 
 
 def _examples(part: Part, frame: pd.DataFrame, modality: Modality, columns: Columns) -> Examples:
