@@ -192,3 +192,5 @@ def test_a_feature_column_missing_from_the_test_file_names_that_file(tmp_path: P
         "data.feature_columns",
     )
     assert "'x2' not found" in caught.value.problem
+    # the fix is the file, not the config, which names the training data's columns
+    assert caught.value.fix == "give data.test the columns of data.train (add 'x2')"

@@ -224,11 +224,14 @@ def check_columns(source: Source, header: list[str], needed: dict[str, str]) -> 
                 if hint != "\t"
                 else 'set data.delimiter: "\\t"',
             )
+        other = source.field in ("data.val", "data.test")  # the config names train's columns
         raise TunesmithError(
             f"column {column!r} not found; the file has columns {header}",
             file=source.path,
             field=key,
-            fix=f"set {key} to one of those columns",
+            fix=f"give {source.field} the columns of data.train (add {column!r})"
+            if other
+            else f"set {key} to one of those columns",
         )
 
 
