@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from sklearn.datasets import load_wine
@@ -105,3 +106,25 @@ def test_an_empty_input_file_is_a_clear_error(
     empty.mkdir()
     result = run_cli(["predict", image_run.run_dir, empty])
     assert result.code == 2 and "nothing to predict" in result.err and "no-images" in result.err
+
+
+def test_a_word_for_a_gap_in_a_number_column_is_imputed_as_in_training(
+    table_run: tuple[FinishedRun, pd.DataFrame], tmp_path: Path, run_cli: Any
+) -> None:
+    """Training reads NA, n/a, null, none and nan in a column of numbers as gaps; predict said
+    'NA is not a number'. The words give what an empty cell gives."""
+    run, frame = table_run
+    rows = frame.drop(columns="label").head(6).astype(object)
+    words = ["NA", "n/a", "null", "none", "NaN"]
+    for row, word in enumerate(words):
+        rows.loc[row, "alcohol"] = word
+    rows.to_csv(path := tmp_path / "gaps.csv", index=False)
+    out = tmp_path / "predictions.csv"
+    assert run_cli(["predict", run.run_dir, path, "--out", out]).code == 0
+    table = pd.read_csv(out, keep_default_na=False)
+    assert "error" not in table.columns  # no row refused
+    empty = rows.copy()
+    empty.loc[: len(words) - 1, "alcohol"] = None
+    expected = api.load(run.run_dir).predict_proba(empty)
+    np.testing.assert_allclose(table[[c for c in table.columns if c.startswith("p_")]].to_numpy(),
+                               expected, atol=1e-5)

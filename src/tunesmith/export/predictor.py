@@ -20,7 +20,7 @@ import torch
 from tunesmith.console import progress
 from tunesmith.data.image_scan import scan_images
 from tunesmith.data.sources import IMAGE_SUFFIXES, read_table
-from tunesmith.data.tabular import TabularEncoding
+from tunesmith.data.tabular import TabularEncoding, missing_words
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import collect_logits
 from tunesmith.export.bundle import MANIFEST, load_bundle
@@ -176,17 +176,19 @@ def _unreadable_rows(table: pd.DataFrame, encoding: TabularEncoding) -> dict[int
     """Rows the encoding would refuse, {row: why}: a value in a numeric feature column that is
     not a finite number, or an empty cell where the bundle does not impute."""
     bad: dict[int, str] = {}
+    gaps = {column: table[column].isna().to_numpy() for column in table.columns}
     for column in encoding.numeric:
         values = table[column]
+        gaps[column] = gaps[column] | missing_words(values)  # NA, n/a, ...: gaps, as in training
         parsed = pd.to_numeric(values, errors="coerce")
-        for row in np.flatnonzero(parsed.isna().to_numpy() & values.notna().to_numpy()):
+        for row in np.flatnonzero(parsed.isna().to_numpy() & ~gaps[column]):
             bad.setdefault(int(row), f"column {column!r}: {values.iloc[row]!r} is not a number")
         finite = parsed.to_numpy(dtype=np.float64, na_value=np.nan)
         for row in np.flatnonzero(np.isinf(finite)):
             bad.setdefault(int(row), f"column {column!r}: {values.iloc[row]!r} is not finite")
     if encoding.impute == "none":
         for column in [*encoding.numeric, *encoding.categorical]:
-            for row in np.flatnonzero(table[column].isna().to_numpy()):
+            for row in np.flatnonzero(gaps[column]):
                 bad.setdefault(int(row), f"column {column!r} is empty and the model was "
                                          "trained without imputation")
     return bad
