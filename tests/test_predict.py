@@ -11,10 +11,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from sklearn.datasets import load_wine
 
 from conftest import FinishedRun, config_dict, finish_run
 from tunesmith import api
+from tunesmith.config import load_config
 
 
 def test_an_unreadable_image_is_reported_in_its_row_and_the_rest_predicted(
@@ -128,3 +130,39 @@ def test_a_word_for_a_gap_in_a_number_column_is_imputed_as_in_training(
     expected = api.load(run.run_dir).predict_proba(empty)
     np.testing.assert_allclose(table[[c for c in table.columns if c.startswith("p_")]].to_numpy(),
                                expected, atol=1e-5)
+
+
+def test_image_mode_l_trains_and_predicts_without_colour(
+    tmp_path: Path, tiny_timm_weights: tuple[str, Path], image_folder: Path
+) -> None:
+    """`data.clean.image_mode: L` was only counted in data_report.json: the model still read
+    colour. Now training and the bundle decode to grayscale: an image and its grayscale copy
+    are the same input, in the batches trained on and in prediction."""
+    from PIL import Image
+
+    from tunesmith.data.image_scan import open_image
+    from tunesmith.models.inputs import eval_batches
+
+    name, weights = tiny_timm_weights
+    raw = config_dict(tmp_path, data_path=image_folder, backbone=f"timm:{name}?weights={weights}",
+                      train_settings={"epochs": 1, "precision": "fp32"}, name="gray",
+                      data={"clean": {"image_mode": "L"}})
+    run = finish_run(tmp_path, raw)
+    prepared = api.prepare(load_config(run.run_dir / "config.yaml"))
+    batch = next(iter(eval_batches(prepared.backbone, prepared.data.val.inputs,
+                                   batch_size=4).loader))["pixel_values"]
+    spec = prepared.backbone.preprocessing()
+    pixels = batch * torch.tensor(spec["std"])[:, None, None] + torch.tensor(spec["mean"])[
+        :, None, None]
+    assert torch.allclose(pixels[:, 0], pixels[:, 1], atol=1e-5)  # grey: every channel alike
+    assert torch.allclose(pixels[:, 1], pixels[:, 2], atol=1e-5)
+
+    rng = np.random.default_rng(3)
+    colour = tmp_path / "colour.png"
+    Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(colour)
+    grey = tmp_path / "grey.png"
+    open_image(colour, "L").save(grey)
+    predictor = api.load(run.run_dir)
+    assert predictor.manifest["inputs"]["image_mode"] == "L"
+    both = predictor.predict_proba([str(colour), str(grey)])
+    np.testing.assert_allclose(both[0], both[1], atol=1e-6)

@@ -123,6 +123,7 @@ def _prepare(config: Config, data: TaskData | None = None) -> Prepared:
     check_fits(config, profile)
     shape = scratch_shape(config, profile) if is_scratch(config) else None
     backbone = _backbone(config, profile, shape)
+    backbone.image_mode = config.data.clean.image_mode
     if isinstance(backbone, HFTextBackbone) and _given(config.data.max_length) is None:
         backbone.max_length = backbone.length_for(data.train.inputs)
     if config.model.strategy != "auto":
@@ -302,7 +303,7 @@ def bundle_inputs(prepared: Prepared) -> dict[str, Any]:
         return {"text_column": prepared.config.data.text_column}
     if prepared.data.tabular is not None:
         return {"tabular": prepared.data.tabular.to_dict()}
-    return {}
+    return {"image_mode": prepared.backbone.image_mode}
 
 
 def predict_part(

@@ -42,6 +42,8 @@ class Predictor:
         self.temperature = float(manifest.get("temperature") or 1.0)
         tabular = manifest["inputs"].get("tabular")
         self.tabular = TabularEncoding.from_dict(tabular) if tabular else None
+        # decoded as in training (bundles from before it was kept: RGB, the only mode used then)
+        model.backbone.image_mode = manifest["inputs"].get("image_mode", "RGB")
 
     @property
     def modality(self) -> str:

@@ -32,6 +32,9 @@ class Backbone(nn.Module):
     num_features: int
     modality: Modality
     network: nn.Module
+    # Images are decoded to this mode (`data.clean.image_mode`: "L" drops colour) before the
+    # preprocessing gives them the channels the network reads; the config's, or the bundle's.
+    image_mode: str = "RGB"
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError

@@ -56,7 +56,7 @@ def _dataset(
     transform = image_transform(
         spec["size"], spec["mean"], spec["std"], train=train, preset=preset, flip=augment.flip
     )
-    return ImageFiles([str(path) for path in inputs], targets, transform)
+    return ImageFiles([str(path) for path in inputs], targets, transform, backbone.image_mode)
 
 
 def _collate(backbone: Backbone, dataset: Any) -> Any:
