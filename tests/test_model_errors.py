@@ -329,3 +329,58 @@ def test_a_batch_that_does_not_fit_in_memory(run_cli: Cli, tmp_path: Path) -> No
                          {**raw, "name": "smaller", "train": {"epochs": 1, "batch_size": 8,
                                                               "accumulate": 4}})
     assert run_cli(["run", smaller]).code == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Hugging Face folders that cannot be used as they are
+
+
+def test_an_hf_folder_without_its_tokenizer_is_refused(
+    text_config: Callable[..., Path], tiny_bert: Path, run_cli: Cli, tmp_path: Path
+) -> None:
+    """transformers builds a tokenizer of a few special tokens from config.json alone: every word
+    trained as [UNK], at chance accuracy, with exit status 0."""
+    folder = Path(shutil.copytree(tiny_bert, tmp_path / "bert"))
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
+        (folder / name).unlink(missing_ok=True)
+    config = text_config(model={"backbone": f"hf:{folder}"})
+    assert_user_error(validate(run_cli, config), folder, "model.backbone",
+                      "the model folder has no tokenizer vocabulary", "save_pretrained(folder)")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "pickle"])
+def test_hf_weights_that_cannot_be_read_are_refused(
+    text_config: Callable[..., Path], tiny_bert: Path, run_cli: Cli, tmp_path: Path, damage: str
+) -> None:
+    folder = Path(shutil.copytree(tiny_bert, tmp_path / "bert"))
+    weights = folder / "model.safetensors"
+    marker = tmp_path / "ran"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+        expected = "cannot load the model weights: Error while deserializing header"
+    else:  # the older pytorch_model.bin, a pickle that runs code when loaded
+        weights.unlink()
+        (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"x": RunsCode(marker)}))
+        expected = "a pickle holding more than tensors: loading it would run code"
+    config = text_config(model={"backbone": f"hf:{folder}"})
+    assert_user_error(validate(run_cli, config), folder, "model.backbone", expected)
+    assert not marker.exists()
+
+
+def test_a_patch_transformer_refuses_another_image_size(
+    image_config: Callable[..., Path], run_cli: Cli, tmp_path: Path
+) -> None:
+    """Its position embeddings are for one size: a forward pass failed with a traceback."""
+    from transformers import ViTConfig, ViTModel
+
+    folder = tmp_path / "vit"
+    torch.manual_seed(0)
+    ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1,
+                       num_attention_heads=2, intermediate_size=32)).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "ViTImageProcessor", "image_mean": [0.5] * 3,
+        "image_std": [0.5] * 3, "size": {"height": 32, "width": 32}}))
+    config = image_config(model={"backbone": f"hf:{folder}"}, data={"image_size": 64})
+    assert_user_error(validate(run_cli, config), folder, "data.image_size",
+                      "embeds positions for 32x32 images, not 64x64", "set data.image_size to 32")
+    assert validate(run_cli, image_config(model={"backbone": f"hf:{folder}"})).code == 0

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
+from pickle import UnpicklingError
 from typing import Any, cast
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from tunesmith.errors import TunesmithError
 from tunesmith.models.backbone import Backbone
@@ -233,9 +235,24 @@ def _needs_remote_code(path: Path) -> str | None:
     return ", ".join(f"{key}: {value}" for key, value in sorted(auto_map.items()))
 
 
+# What `save_pretrained` writes for a tokenizer: one of these is its vocabulary.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model")
+
+
 def _load_tokenizer(path: Path, field: str, *, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        # transformers would build a tokenizer of a handful of special tokens from config.json
+        # alone, and every word would train as [UNK].
+        raise TunesmithError(
+            f"the model folder has no tokenizer vocabulary (none of {', '.join(TOKENIZER_FILES)})",
+            file=path,
+            field=field,
+            fix="save the model's tokenizer into the folder: "
+            "AutoTokenizer.from_pretrained(name).save_pretrained(folder)",
+        )
     try:
         return AutoTokenizer.from_pretrained(
             path, local_files_only=True, trust_remote_code=trust_remote_code
@@ -283,7 +300,16 @@ def _load_network(path: Path, config: Any, field: str, *, trust_remote_code: boo
             output_loading_info=True,
             **_pooler_free_kwargs(config, trust_remote_code=trust_remote_code),
         )
-    except (OSError, ValueError, RuntimeError) as error:
+    except UnpicklingError:
+        raise TunesmithError(
+            "the weights file is a pickle holding more than tensors: loading it would run code "
+            "it carries, which tunesmith never does",
+            file=path,
+            field=field,
+            fix="convert the weights to model.safetensors where you trust them "
+            "(model.save_pretrained(folder, safe_serialization=True))",
+        ) from None
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:  # truncated, foreign
         raise TunesmithError(
             f"cannot load the model weights: {str(error).splitlines()[0]}",
             file=path,
@@ -343,9 +369,17 @@ def load_pretrained(
     network = _load_network(path, config, field, trust_remote_code=trust_remote_code)
     if folder_modality(path) == "image":
         processor = _read_processor(path)
-        return HFVisionBackbone(
-            network, processor, image_size=image_size or _processor_size(processor)
-        )
+        pretrained = _processor_size(processor)
+        vision = HFVisionBackbone(network, processor, image_size=image_size or pretrained)
+        if vision.image_size != pretrained and not vision.resizable:
+            raise TunesmithError(
+                f"this patch transformer embeds positions for {pretrained}x{pretrained} images, "
+                f"not {vision.image_size}x{vision.image_size}",
+                file=path,
+                field="data.image_size",
+                fix=f"set data.image_size to {pretrained} (or auto)",
+            )
+        return vision
     tokenizer = _load_tokenizer(path, field, trust_remote_code=trust_remote_code)
     _check_vocabulary(tokenizer, network, path, field)
     return HFTextBackbone(network, tokenizer, max_length=_max_length(tokenizer, config, max_length))
