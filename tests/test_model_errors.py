@@ -384,3 +384,38 @@ def test_a_patch_transformer_refuses_another_image_size(
     assert_user_error(validate(run_cli, config), folder, "data.image_size",
                       "embeds positions for 32x32 images, not 64x64", "set data.image_size to 32")
     assert validate(run_cli, image_config(model={"backbone": f"hf:{folder}"})).code == 0
+
+
+def test_a_weights_option_without_a_value_is_refused(
+    image_config: Callable[..., Path], tiny_timm_weights: tuple[str, Path], run_cli: Cli
+) -> None:
+    """`?weights=` trained from random weights, and the saved config named the config's folder
+    as the weights file."""
+    name, _ = tiny_timm_weights
+    config = image_config(model={"backbone": f"timm:{name}?weights="})
+    assert_user_error(validate(run_cli, config), "model.backbone",
+                      "option(s) ['weights'] given no value")
+
+
+def test_a_library_network_without_weights_says_it_starts_from_random_ones(
+    image_config: Callable[..., Path], tiny_timm_weights: tuple[str, Path], run_cli: Cli,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tunesmith.models import registry
+
+    monkeypatch.setattr(registry, "_SAID", set())  # said once per process: this test's process
+    name, weights = tiny_timm_weights
+    result = validate(run_cli, image_config(model={"backbone": f"timm:{name}"}))
+    assert result.code == 0
+    assert f"timm:{name} has no ?weights= file: it starts from random weights" in result.err
+    named = validate(run_cli, image_config(model={"backbone": f"timm:{name}?weights={weights}"}))
+    assert "random weights" not in named.err
+
+
+@pytest.mark.parametrize("strategy", ["freeze:K", "freeze:\u00b2"])
+def test_the_freeze_placeholder_is_not_a_strategy(
+    text_config: Callable[..., Path], run_cli: Cli, strategy: str
+) -> None:
+    config = text_config(model={"strategy": strategy})
+    assert_user_error(validate(run_cli, config), "model.strategy", "unknown strategy",
+                      "e.g. freeze:2")

@@ -222,9 +222,13 @@ class PeftConfig(_Strict):
 
 def check_strategy(value: str) -> str:
     name, _, count = value.partition(":")
-    if value in ("auto", *STRATEGIES) or (name == "freeze" and count.isdigit()):
+    # freeze:K is the family's name in STRATEGIES, not a strategy; K is ASCII digits ("²" is a
+    # digit to str.isdigit)
+    given = value in ("auto", *STRATEGIES) and value != "freeze:K"
+    if given or (name == "freeze" and count.isascii() and count.isdigit()):
         return value
-    raise ValueError(f"unknown strategy; use auto or one of {', '.join(STRATEGIES)}")
+    raise ValueError(f"unknown strategy; use auto or one of {', '.join(STRATEGIES)} (K a whole "
+                     "number of blocks, e.g. freeze:2)")
 
 
 class ModelConfig(_Strict):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from tunesmith.console import console
 from tunesmith.data.sources import Modality
 from tunesmith.errors import TunesmithError
 from tunesmith.models import hf, python_source, scratch, timm_source, torchvision_source
@@ -67,15 +68,35 @@ def _build_hf(request: BuildRequest) -> Backbone:
 
 
 def _build_timm(request: BuildRequest) -> Backbone:
-    return timm_source.load_pretrained(
+    backbone = timm_source.load_pretrained(
         request.spec.target, request.weights(), field=FIELD, image_size=request.image_size
     )
+    _say_if_random(request)
+    return backbone
 
 
 def _build_torchvision(request: BuildRequest) -> Backbone:
-    return torchvision_source.load_pretrained(
+    backbone = torchvision_source.load_pretrained(
         request.spec.target, request.weights(), field=FIELD, image_size=request.image_size
     )
+    _say_if_random(request)
+    return backbone
+
+
+_SAID: set[str] = set()
+
+
+def _say_if_random(request: BuildRequest) -> None:
+    """A library network named without a weights file starts from random weights (tunesmith
+    downloads nothing): said once per process, as a search builds it for every trial."""
+    spec = f"{request.spec.source}:{request.spec.target}"
+    if request.weights() is None and spec not in _SAID:
+        _SAID.add(spec)
+        console.print(
+            f"[yellow]{spec} has no ?weights= file: it starts from random weights, not "
+            "pretrained ones[/] (tunesmith downloads nothing; give the saved weights as "
+            f"{spec}?weights=PATH)"
+        )
 
 
 def _build_python(request: BuildRequest) -> Backbone:
@@ -157,10 +178,13 @@ def parse_spec(spec: str) -> BackboneSpec:
     options = dict(parse_qsl(query, keep_blank_values=True))
     allowed = SOURCES[source].options
     unknown = sorted(set(options) - allowed)
-    if unknown or not target:
+    blank = sorted(name for name, value in options.items() if not value.strip())
+    if unknown or blank or not target:
         raise TunesmithError(
             f"cannot read backbone {spec!r}"
-            + (f": unknown option(s) {unknown}" if unknown else ": the name or path is empty"),
+            + (f": unknown option(s) {unknown}" if unknown
+               else f": option(s) {blank} given no value" if blank
+               else ": the name or path is empty"),
             field=FIELD,
             fix=f"{source}: takes a name or path"
             + (f" and options {sorted(allowed)}" if allowed else "")
