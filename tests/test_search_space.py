@@ -231,3 +231,16 @@ def test_pruning_waits_for_the_random_start_and_tpe_models_trials_of_every_brack
     bare.enqueue_trial({})
     bare_trial = bare.ask()
     assert _filter_study(bare, bare.trials[bare_trial.number]) is not bare  # Optuna's own way
+
+
+def test_validate_checks_the_search_space(
+    text_config: Any, run_cli: Any, tmp_path: Path
+) -> None:
+    """validate said ok; run then refused the space after writing a run folder."""
+    config = text_config(search={"trials": 3, "space": {"train.bogus": [1, 2]}})
+    result = run_cli(["validate", config])
+    assert result.code == 2 and "search.space.train.bogus" in result.err
+    assert "is not searched for this data and backbone" in result.err
+    assert not (tmp_path / "runs").exists()
+    fine = text_config("fine", search={"trials": 3, "space": {"train.weight_decay": [0.0, 0.01]}})
+    assert run_cli(["validate", fine]).code == 0

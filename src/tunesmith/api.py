@@ -60,7 +60,14 @@ from tunesmith.models.inputs import eval_batches
 from tunesmith.report import baselines_ahead, summary_table
 from tunesmith.report.html import REPORT, write_report
 from tunesmith.search import is_scratch, train_settings
-from tunesmith.searching import Kept, WorkerSummary, search_stage, search_worker, searches
+from tunesmith.searching import (
+    Kept,
+    WorkerSummary,
+    check_space,
+    search_stage,
+    search_worker,
+    searches,
+)
 from tunesmith.train import TrialResult
 from tunesmith.train.checkpoint import require_checkpoint
 from tunesmith.train.precision import default_device, resolve_precision
@@ -79,8 +86,12 @@ class RunSummary:
 
 
 def validate(config: Config | str | Path, overrides: list[str] | None = None) -> Prepared:
-    """Check config, data and model without training: one forward pass on two training rows."""
-    prepared = prepare(as_config(config, overrides))
+    """Check config, data and model without training: one forward pass on two training rows,
+    and the search space, where the run searches or names one."""
+    given = as_config(config, overrides)
+    prepared = prepare(given)
+    if searches(given) or given.search.space:
+        check_space(given, prepared)
     model = task_model(prepared)
     rows = prepared.data.train.subset([0, 1][: len(prepared.data.train)])
     batches = eval_batches(prepared.backbone, prepared.inputs(rows), batch_size=2)

@@ -673,6 +673,15 @@ def _rank_backbones(given: Config, recipe: Prepared, space: Any) -> tuple[Any, d
     return Space(params, space.fixed), scores
 
 
+def check_space(given: Config, recipe: Prepared) -> None:
+    """The search space the config asks for, checked as the search will (`tunesmith validate`):
+    keys outside the space, values it does not allow, keys also fixed."""
+    from tunesmith.search.space import search_space
+
+    with naming_the_config(given):
+        search_space(_space_context(recipe), given)
+
+
 def _space_context(prepared: Prepared) -> Any:
     from tunesmith.search.space import SpaceContext
 
