@@ -17,6 +17,7 @@ runs code. A bundle stores the module and function name; loading it imports them
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import sys
 from pathlib import Path
@@ -93,9 +94,29 @@ def _builder(target: str, *, field: str, search: Path | None) -> Any:
         sys.path.insert(0, str(search))
     try:
         module = importlib.import_module(module_name)
-    except ImportError as error:
+    except ImportError as error:  # the module, or one it imports, is not there
+        found = _module_file(module_name)
         raise TunesmithError(
-            f"cannot import module {module_name!r}: {error}", field=field, fix=FIX
+            f"cannot import module {module_name!r}: {error}",
+            file=found,
+            field=field,
+            fix="install what that file imports, or correct the import" if found else FIX,
+        ) from None
+    except SyntaxError as error:
+        raise TunesmithError(
+            f"cannot import module {module_name!r}: {type(error).__name__} at line "
+            f"{error.lineno}: {error.msg}",
+            file=error.filename,
+            field=field,
+            fix=f"correct that line (`python -m py_compile {error.filename}` shows it)",
+        ) from None
+    except Exception as error:  # the module's own top-level code failed: the user's to fix
+        raise TunesmithError(
+            f"cannot import module {module_name!r}: it raised {_first_line(error)}",
+            file=_module_file(module_name),
+            field=field,
+            fix="fix the error in the module's top-level code (importing it yourself shows "
+            "the traceback)",
         ) from None
     finally:
         if added:
@@ -108,9 +129,70 @@ def _builder(target: str, *, field: str, search: Path | None) -> Any:
     return builder
 
 
+def _first_line(error: BaseException) -> str:
+    """`Type: first line of the message`, the part of an exception that fits one message."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def _module_file(module_name: str) -> str | None:
+    """The file a module is (or would be) imported from, for a message to name."""
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except Exception:  # a parent package that fails to import: name no file
+        return None
+    return spec.origin if spec is not None and spec.has_location else None
+
+
+def _call_arguments(
+    builder: Any, in_features: int | None, *, target: str, field: str
+) -> dict[str, Any]:
+    """The keyword arguments tunesmith calls `builder` with: `in_features` for tables, when it
+    takes that argument. A required argument beyond those is an error, not a TypeError later."""
+    try:
+        parameters = inspect.signature(builder).parameters
+    except (TypeError, ValueError):  # no readable signature (a C function): just call it
+        return {}
+    arguments = {"in_features": in_features} if "in_features" in parameters and in_features else {}
+    required = [
+        name for name, parameter in parameters.items()
+        if parameter.default is inspect.Parameter.empty and name not in arguments
+        and parameter.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
+    if required:
+        names = ", ".join(required)
+        what = "an argument" if len(required) == 1 else "arguments"
+        function = target.rpartition(":")[2]
+        raise TunesmithError(
+            f"python:{target} takes {what} tunesmith does not pass: {names} (it calls "
+            f"{function}(), or {function}(in_features=N) for tables)",
+            file=_source_file(builder),
+            field=field,
+            fix=f"give {names} a default, or name a function without required arguments that "
+            "calls this one",
+        )
+    return arguments
+
+
+def _source_file(builder: Any) -> str | None:
+    try:
+        return inspect.getsourcefile(builder)
+    except TypeError:  # a built-in or C callable has none
+        return None
+
+
 def _build(builder: Any, in_features: int | None, *, target: str, field: str) -> nn.Module:
-    accepts = "in_features" in inspect.signature(builder).parameters
-    network = builder(in_features=in_features) if accepts and in_features else builder()
+    arguments = _call_arguments(builder, in_features, target=target, field=field)
+    try:
+        network = builder(**arguments)
+    except Exception as error:  # the user's code: any failure is theirs to fix
+        raise TunesmithError(
+            f"python:{target} raised {_first_line(error)}",
+            file=_source_file(builder),
+            field=field,
+            fix=f"fix the error in {target.rpartition(':')[2]} (calling it yourself shows the "
+            "traceback)",
+        ) from None
     if not isinstance(network, nn.Module):
         raise TunesmithError(
             f"python:{target} returned a {type(network).__name__}, not an nn.Module",

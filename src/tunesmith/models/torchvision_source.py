@@ -23,6 +23,17 @@ from tunesmith.models.weights import load_weights
 
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "pretrained_size": 224}
 
+# Built as torchvision builds them to load its pretrained weights. Left to themselves they add
+# auxiliary classifiers, which those weights do not hold (torchvision drops them after loading) and
+# which make the training-mode forward return a tuple of logits instead of features.
+# `transform_input`: the weights were ported from TensorFlow and expect pixels in [-1, 1]; the
+# network derives those from the ImageNet-normalized input. `init_weights` keeps their long-standing
+# initialization for runs without weights (left unset, torchvision warns that it will change).
+BUILD_OPTIONS: dict[str, dict[str, Any]] = {
+    name: {"aux_logits": False, "transform_input": True, "init_weights": True}
+    for name in ("googlenet", "inception_v3")
+}
+
 
 class TorchvisionBackbone(Backbone):
     modality = "image"
@@ -106,7 +117,7 @@ def create(name: str, *, field: str) -> tuple[nn.Module, int, str]:
             field=field,
             fix="use a name from torchvision.models.list_models()",
         )
-    return _headless(get_model(name, weights=None), name, field)
+    return _headless(get_model(name, weights=None, **BUILD_OPTIONS.get(name, {})), name, field)
 
 
 def load_pretrained(
