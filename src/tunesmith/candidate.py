@@ -30,7 +30,7 @@ from tunesmith.models.inputs import Inputs, eval_batches, train_batches
 from tunesmith.models.losses import balanced_weights
 from tunesmith.models.registry import parse_spec, source_modalities
 from tunesmith.models.scratch import ScratchShape
-from tunesmith.models.strategies import Strategy, check_fits_backbone
+from tunesmith.models.strategies import Strategy, check_adapter_targets, check_fits_backbone
 from tunesmith.search import (
     DataProfile,
     check_fits,
@@ -126,8 +126,7 @@ def _prepare(config: Config, data: TaskData | None = None) -> Prepared:
     backbone.image_mode = config.data.clean.image_mode
     if isinstance(backbone, HFTextBackbone) and _given(config.data.max_length) is None:
         backbone.max_length = backbone.length_for(data.train.inputs)
-    if config.model.strategy != "auto":
-        check_fits_backbone(Strategy.parse(config.model.strategy), backbone)
+    check_strategy_fits(config, backbone)
     resolved = resolve(
         config,
         profile,
@@ -138,6 +137,35 @@ def _prepare(config: Config, data: TaskData | None = None) -> Prepared:
     )
     search = resolved.search.model_copy(update={"folds": fold_count(config, data)})
     return Prepared(resolved.updated(search=search), data, backbone, profile)
+
+
+def check_strategy_fits(config: Config, backbone: Backbone) -> None:
+    """The strategy and its adapter settings against the backbone, before training starts.
+
+    `model.peft` applies to the adapter strategies alone: given with another strategy, the
+    recipe would drop it. A search keeps it for the trials that draw an adapter strategy, and a
+    trial's config cannot tell a strategy the search drew from one the user fixed, so a config
+    that searches is not held to this.
+    """
+    from tunesmith.searching import searches  # the search runs candidates: it imports this module
+
+    strategy = Strategy.parse("full" if config.model.strategy == "auto" else config.model.strategy)
+    peft = config.model.peft
+    given = {key: value for key, value in (peft.model_dump() if peft else {}).items()
+             if value != "auto"}
+    if given and not strategy.adapter and not searches(config):
+        shown = ", ".join(f"model.peft.{key}={value}" for key, value in given.items())
+        chosen = "auto (full)" if config.model.strategy == "auto" else config.model.strategy
+        raise TunesmithError(
+            f"{shown} is set, but model.strategy {chosen} trains no adapter",
+            field="model.peft",
+            fix="set model.strategy to lora, dora or loha, or remove model.peft",
+        )
+    targets = peft.targets if peft is not None and peft.targets != "auto" else None
+    if config.model.strategy != "auto":
+        check_fits_backbone(strategy, backbone, targets=targets)
+    elif targets is not None:  # a search may draw an adapter strategy: its layers must exist
+        check_adapter_targets(backbone, targets, method="an adapter")
 
 
 def _imbalance(data: TaskData) -> float | None:

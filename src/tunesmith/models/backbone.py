@@ -10,6 +10,7 @@ and `save_architecture` with its source's `rebuild` round-trips it through a bun
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -52,29 +53,63 @@ class Backbone(nn.Module):
         return None
 
     def blocks(self) -> list[Block]:
-        """The network's parameters cut into blocks, from the input to the output."""
-        return ordered_blocks(self.network)
+        """The network's parameters cut into blocks, from the input to the output. Adapters sit
+        inside the layers they wrap, so an adapted network is cut as the network it wraps: each
+        adapter trains in the block of its layer, at that block's learning rate."""
+        return ordered_blocks(unwrapped(self.network))
 
     def adapter_targets(self) -> list[str]:
         """Names (inside `network`) of the layers a low-rank adapter wraps: the linear layers and
         channel-mixing convolutions of every block but the first (the embeddings or stem, whose
         input is the raw tokens or pixels)."""
+        network = unwrapped(self.network)
         inside = {id(module) for block in self.blocks()[1:] for module in block.modules}
-        # MultiheadAttention reads its out_proj's weight without calling the layer: an adapter
-        # wrapped around it would never run.
-        unused = {
-            id(module.out_proj)
-            for module in self.network.modules()
-            if isinstance(module, nn.MultiheadAttention)
-        }
-        targets = []
-        for name, module in self.network.named_modules():
-            if not isinstance(module, ADAPTABLE) or not _within(module, name, inside, self.network):
-                continue
-            if (isinstance(module, nn.Conv2d) and module.groups != 1) or id(module) in unused:
-                continue
-            targets.append(name)
-        return targets
+        return [
+            name
+            for name, module in adaptable_layers(network).items()
+            if _within(module, name, inside, network)
+        ]
+
+
+def unwrapped(network: nn.Module) -> nn.Module:
+    """The network a PEFT model wraps, or `network` itself."""
+    # No PEFT import here: a network can only be a PeftModel once PEFT has been imported.
+    peft = sys.modules.get("peft")
+    if peft is not None and isinstance(network, peft.PeftModel):
+        base: nn.Module = network.get_base_model()
+        return base
+    return network
+
+
+def adaptable_layers(network: nn.Module) -> dict[str, nn.Module]:
+    """Every layer of `network` a low-rank adapter can wrap, by name."""
+    modules = dict(network.named_modules())
+    return {name: modules[name] for name, why in unadaptable(network).items() if why is None}
+
+
+def unadaptable(network: nn.Module) -> dict[str, str | None]:
+    """Every module of `network` by name, with why an adapter cannot wrap it (None where it can:
+    a linear layer, or a convolution that mixes channels, that the network calls)."""
+    # MultiheadAttention reads its out_proj's weight without calling the layer: an adapter
+    # wrapped around it would never run.
+    uncalled = {
+        id(module.out_proj)
+        for module in network.modules()
+        if isinstance(module, nn.MultiheadAttention)
+    }
+    return {name: _why_not(module, uncalled) for name, module in network.named_modules() if name}
+
+
+def _why_not(module: nn.Module, uncalled: set[int]) -> str | None:
+    if id(module) in uncalled:
+        return "the output projection of a MultiheadAttention, which never calls it"
+    if isinstance(module, nn.Conv2d) and module.groups != 1:
+        return f"a Conv2d with groups={module.groups}, not a convolution over all channels"
+    if isinstance(module, ADAPTABLE):
+        return None
+    if next(module.children(), None) is not None:
+        return f"{type(module).__name__}, a container of other layers"
+    return type(module).__name__
 
 
 def _within(module: nn.Module, name: str, blocks: set[int], network: nn.Module) -> bool:

@@ -21,7 +21,7 @@ from typing import Any
 from torch import nn
 
 from tunesmith.errors import TunesmithError
-from tunesmith.models.backbone import Backbone
+from tunesmith.models.backbone import Backbone, adaptable_layers, unadaptable, unwrapped
 from tunesmith.models.task_model import TaskModel
 
 PEFT_METHODS = ("lora", "dora", "loha")
@@ -57,8 +57,11 @@ class Strategy:
         return f"freeze:{self.frozen_blocks}" if self.name == "freeze" else self.name
 
 
-def check_fits_backbone(strategy: Strategy, backbone: Backbone) -> None:
-    """A strategy that cannot apply to this backbone is a config error before training starts."""
+def check_fits_backbone(
+    strategy: Strategy, backbone: Backbone, *, targets: list[str] | None = None
+) -> None:
+    """A strategy that cannot apply to this backbone is a config error before training starts.
+    `targets` are the layers an adapter strategy wraps (`model.peft.targets`; None: auto)."""
     blocks = len(backbone.blocks())
     if strategy.name == "freeze" and strategy.frozen_blocks > blocks:
         raise TunesmithError(
@@ -66,13 +69,60 @@ def check_fits_backbone(strategy: Strategy, backbone: Backbone) -> None:
             field="model.strategy",
             fix=f"use freeze:K with K from 0 to {blocks} (linear-probe freezes everything)",
         )
-    if strategy.adapter and not backbone.adapter_targets():
+    if not strategy.adapter:
+        return
+    if targets is not None:
+        check_adapter_targets(backbone, targets, method=strategy.name)
+    elif not backbone.adapter_targets():
         raise TunesmithError(
             f"{strategy} finds no linear or channel-mixing convolution layers to adapt in "
             f"{type(backbone.network).__name__}",
             field="model.strategy",
             fix="use full, freeze:K or lp-ft for this backbone",
         )
+
+
+def check_adapter_targets(backbone: Backbone, targets: list[str], *, method: str) -> None:
+    """Each name in `targets` must match (as PEFT matches: the whole module name or its end after
+    a dot) at least one layer of the backbone, and only layers an adapter can wrap."""
+    network = unwrapped(backbone.network)
+    why_not = unadaptable(network)
+    missing: list[str] = []
+    refused: list[str] = []
+    for target in targets:
+        matched = [name for name in why_not if name == target or name.endswith(f".{target}")]
+        reasons = [(name, why_not[name]) for name in matched if why_not[name] is not None]
+        if not matched:
+            missing.append(target)
+        elif reasons:
+            name, why = reasons[0]
+            refused.append(f"{target} ({name}: {why})")
+    if targets and not missing and not refused:
+        return
+    problems = [] if targets else ["an empty list adapts no layer"]
+    if missing:
+        problems.append(f"names layers the backbone lacks: {', '.join(missing[:4])}")
+    if refused:
+        problems.append(f"names layers {method} cannot wrap: {'; '.join(refused[:4])}")
+    raise TunesmithError(
+        "; it also ".join(problems),
+        field="model.peft.targets",
+        fix=f"list layers {method} can wrap, the linear and channel-mixing convolution layers of "
+        f"{type(network).__name__} (e.g. {', '.join(_layer_names(network)) or 'none'}), or set "
+        "model.peft.targets to auto (those of every block but the first)",
+    )
+
+
+def _layer_names(network: nn.Module, count: int = 6) -> list[str]:
+    """The first `count` distinct short names of the network's adaptable layers (`query`,
+    `downsample.0`), as model.peft.targets may give them."""
+    names: list[str] = []
+    for name in adaptable_layers(network):
+        parts = name.split(".")
+        short = ".".join(parts[-2:]) if parts[-1].isdigit() and len(parts) > 1 else parts[-1]
+        if short not in names:
+            names.append(short)
+    return names[:count]
 
 
 def set_trainable(model: TaskModel, blocks: list[Any], trainable: bool) -> None:
@@ -141,25 +191,11 @@ def add_adapter(model: TaskModel, settings: AdapterSettings) -> list[str]:
     from peft import get_peft_model
 
     backbone = model.backbone
-    targets = settings.targets or backbone.adapter_targets()
-    known = {name for name, _ in backbone.network.named_modules()}
-    unknown = [name for name in targets if name not in known and not _suffix_of(name, known)]
-    if not targets or unknown:
-        raise TunesmithError(
-            f"no layers to adapt in {type(backbone.network).__name__}"
-            if not targets
-            else f"model.peft.targets names layers the backbone lacks: {unknown[:4]}",
-            field="model.peft.targets",
-            fix="leave model.peft.targets at auto (every linear and channel-mixing convolution "
-            "layer), or list module names of the backbone",
-        )
+    check_fits_backbone(Strategy(settings.method), backbone, targets=settings.targets)
+    targets = backbone.adapter_targets() if settings.targets is None else settings.targets
     backbone.network = get_peft_model(backbone.network, _peft_config(settings, targets))
     model.frozen = []
     return targets
-
-
-def _suffix_of(name: str, known: set[str]) -> bool:
-    return any(candidate.endswith(f".{name}") for candidate in known)
 
 
 def has_adapter(model: TaskModel) -> bool:
