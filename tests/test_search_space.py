@@ -244,3 +244,23 @@ def test_validate_checks_the_search_space(
     assert not (tmp_path / "runs").exists()
     fine = text_config("fine", search={"trials": 3, "space": {"train.weight_decay": [0.0, 0.01]}})
     assert run_cli(["validate", fine]).code == 0
+
+
+@pytest.mark.parametrize(("model", "space", "refused"), [
+    ({"strategy": "full", "peft": {"r": 64}}, {}, True),
+    ({"peft": {"r": 64}}, {"model.strategy": ["full", "linear-probe"]}, True),
+    ({"peft": {"r": 64}}, {}, False),  # the strategy searched among choices with lora
+    ({"strategy": "lora", "peft": {"r": 64}}, {}, False),
+])
+def test_peft_settings_no_trial_would_use_are_refused(
+    model: dict[str, Any], space: dict[str, Any], refused: bool
+) -> None:
+    """A searching config that fixed strategy full kept model.peft and dropped it silently."""
+    given = config(model=model, search={"space": space, "trials": 4})
+    if not refused:
+        assert search_space(context(TEXT), given).fixed["model.peft.r"] == 64  # kept for lora
+        return
+    with pytest.raises(TunesmithError) as caught:
+        search_space(context(TEXT), given)
+    assert caught.value.field == "model.peft"
+    assert "no trial trains an adapter" in caught.value.problem

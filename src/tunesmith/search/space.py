@@ -245,7 +245,30 @@ def search_space(context: SpaceContext, config: Config) -> Space:
                 field="search.space.model.backbone", fix="list backbone specs, e.g. [hf:a, hf:b]",
             )
         params.insert(0, Param("model.backbone", CategoricalDistribution(list(backbones))))
+    _check_peft_used(config, fixed, params)
     return Space(tuple(params), fixed)
+
+
+def _check_peft_used(config: Config, fixed: Values, params: list[Param]) -> None:
+    """`model.peft` settings need a trial that trains an adapter: the strategy fixed to one, or
+    searched among choices that include one (a single run checks this in `candidate`)."""
+    from tunesmith.models.strategies import Strategy
+
+    given = [key for key in ("r", "alpha", "dropout", "targets")
+             if _given(config, f"model.peft.{key}") is not None]
+    if not given:
+        return
+    searched = next((param for param in params if param.key == "model.strategy"), None)
+    choices = (list(searched.distribution.choices)  # type: ignore[attr-defined]
+               if searched is not None else [fixed.get("model.strategy", "full")])
+    if any(Strategy.parse(str(choice)).adapter for choice in choices):
+        return
+    raise TunesmithError(
+        f"model.peft sets {', '.join(given)}, but no trial trains an adapter (model.strategy: "
+        f"{', '.join(map(str, choices))})",
+        file=config.source, field="model.peft",
+        fix="set or search model.strategy among lora, dora or loha, or remove model.peft",
+    )
 
 
 def _given(config: Config, key: str) -> Any:
