@@ -194,3 +194,17 @@ def test_a_feature_column_missing_from_the_test_file_names_that_file(tmp_path: P
     assert "'x2' not found" in caught.value.problem
     # the fix is the file, not the config, which names the training data's columns
     assert caught.value.fix == "give data.test the columns of data.train (add 'x2')"
+
+
+def test_a_column_of_numbers_with_a_stray_text_value_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One '12 kg' made a column of numbers one category per distinct number, without a word."""
+    train = with_value(numbers(60, seed=0), [9], "12 kg")
+    train["city"] = ["Paris", "Lyon", "Nice"] * 20  # categories by nature: not flagged
+    data = load(write_config(tmp_path, train))
+    assert data.tabular is not None and "x1" in data.tabular.categorical
+    flagged = data.report.cleaning["mostly_numbers_read_as_categories"]
+    assert "10" in data.train.ids  # the split (seed 0) put the stray value in the training part
+    assert flagged == {"x1": {"text_values": 1, "example": "12 kg", "row": "10"}}
+    assert "column 'x1' of" in capsys.readouterr().err

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from tunesmith.config import Config, DataConfig
+from tunesmith.console import console
 from tunesmith.data.clean import Part, clean_parts, readable_rows
 from tunesmith.data.inspect import DataReport, Finding, Options, inspect_parts
 from tunesmith.data.scan import Columns, PartScan, check_columns, scan_part
@@ -459,7 +460,36 @@ def _fit_tabular(
             for c in features.columns}
     missing = {c: int(gap.sum()) for c, gap in gaps.items() if gap.any()}
     report.cleaning["imputed"] = {"strategy": impute, "train_values_filled": missing}
+    stray = _mostly_numbers(features, encoding.categorical, train.ids)
+    if stray:
+        report.cleaning["mostly_numbers_read_as_categories"] = stray
+        for column, found in stray.items():
+            console.print(
+                f"[yellow]column {column!r} of {train.source} is numbers but for "
+                f"{found['text_values']} value(s), e.g. {found['example']!r} (data row "
+                f"{found['row']}): it is read as categories[/] (correct those values, or write "
+                "an empty cell for a gap, to have it read as numbers)"
+            )
     return encoding
+
+
+def _mostly_numbers(
+    features: pd.DataFrame, categorical: list[str], ids: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Categorical columns whose values are numbers but for a few (at most 1 in 20): a typo or a
+    unit in one cell turns a column of numbers into one category per distinct number."""
+    found = {}
+    for column in categorical:
+        values = features[column]
+        present = values.notna().to_numpy() & ~missing_words(values)
+        if not present.any() or pd.api.types.is_bool_dtype(values.dtype):
+            continue
+        text = present & pd.to_numeric(values.astype(object), errors="coerce").isna().to_numpy()
+        if 0 < text.sum() <= present.sum() / 20:
+            first = int(np.flatnonzero(text)[0])
+            found[column] = {"text_values": int(text.sum()), "example": str(values.iloc[first]),
+                             "row": ids[first]}
+    return found
 
 
 def _count_image_conversions(report: DataReport, scans: dict[str, PartScan], mode: str) -> None:
