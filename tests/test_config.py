@@ -299,3 +299,14 @@ def test_overrides_that_cannot_be_read_are_named(
     with pytest.raises(TunesmithError) as caught:
         load_config(text_config(), overrides)
     assert words in caught.value.message
+
+
+def test_true_is_not_a_number(text_config: Callable[..., Path]) -> None:
+    """pydantic reads true as 1: `batch_size: true` trained with batches of 1."""
+    with pytest.raises(TunesmithError) as caught:
+        load_config(text_config(), ["train.batch_size=true", "train.lr=false"])
+    assert "train.batch_size: Value error, true/false is not a value of this key" in (
+        caught.value.message)
+    assert "train.lr: " in caught.value.message
+    flags = load_config(text_config(), ["train.compile=true", "data.augment.flip=false"])
+    assert flags.train.compile is True and flags.data.augment.flip is False

@@ -14,7 +14,8 @@ import codecs
 import os
 from collections.abc import Hashable
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from types import UnionType
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -25,6 +26,8 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -115,6 +118,28 @@ def check_name(value: str) -> str:
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_true_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic reads true as 1 for a number: `batch_size: true` would train with batches of 1
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and not _takes_bool(field.annotation):
+            raise ValueError("true/false is not a value of this key")
+        return value
+
+
+def _takes_bool(annotation: Any) -> bool:
+    origin = get_origin(annotation)
+    if annotation is bool or annotation is Any:
+        return True
+    if origin is Annotated:
+        return _takes_bool(get_args(annotation)[0])
+    if origin in (Union, UnionType):
+        return any(_takes_bool(arg) for arg in get_args(annotation))
+    if origin is Literal:
+        return any(isinstance(arg, bool) for arg in get_args(annotation))
+    return False
 
 
 class SplitConfig(_Strict):
