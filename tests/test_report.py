@@ -169,6 +169,22 @@ def test_a_baseline_that_beats_the_model_on_validation_is_said_plainly(
     assert "beats the fine-tuned model on validation" in page
 
 
+def assert_scores_new_data(run: FinishedRun, fresh: pd.DataFrame, folder: Path,
+                           run_cli: Any) -> Path:
+    """`evaluate --data` on `fresh` (written to folder/fresh.csv) scores every row, with the
+    accuracy of the bundle's own predictions; returns the file."""
+    path = folder / "fresh.csv"
+    fresh.to_csv(path, index=False)
+    result = run_cli(["evaluate", run.run_dir, "--data", path])
+    assert result.code == 0, result.err
+    record = json.loads((run.run_dir / "evaluations" / "fresh.json").read_text())
+    assert record["rows"] == len(fresh)
+    predicted = api.load(run.run_dir).predict(fresh.drop(columns="label"))
+    accuracy = np.mean([str(p) == str(t) for p, t in zip(predicted, fresh["label"], strict=True)])
+    assert record["scores"]["accuracy"]["value"] == pytest.approx(accuracy)
+    return path
+
+
 def test_evaluate_rescores_the_test_part_and_new_data(
     wine_run: FinishedRun, wine_csv: Path, tmp_path: Path, run_cli: Any
 ) -> None:
@@ -181,15 +197,7 @@ def test_evaluate_rescores_the_test_part_and_new_data(
                                                                  abs=1e-5)
     # new labelled data in the training format: every row scored
     fresh = pd.read_csv(wine_csv).sample(40, random_state=1)
-    fresh_path = tmp_path / "fresh.csv"
-    fresh.to_csv(fresh_path, index=False)
-    result = run_cli(["evaluate", wine_run.run_dir, "--data", fresh_path])
-    assert result.code == 0, result.err
-    record = json.loads((wine_run.run_dir / "evaluations" / "fresh.json").read_text())
-    assert record["rows"] == 40
-    predicted = api.load(wine_run.run_dir).predict(fresh.drop(columns="label"))
-    accuracy = np.mean([str(p) == str(t) for p, t in zip(predicted, fresh["label"], strict=True)])
-    assert record["scores"]["accuracy"]["value"] == pytest.approx(accuracy)
+    fresh_path = assert_scores_new_data(wine_run, fresh, tmp_path, run_cli)
     # Other data of the same name, or named test, never overwrites an evaluation: it is numbered.
     (tmp_path / "other").mkdir()
     for name, rows in (("fresh", 30), ("test", 20)):
@@ -477,14 +485,7 @@ def test_evaluate_new_data_on_a_run_split_by_a_column(
     raw["data"]["split"] = {"column": "part"}
     run = finish_run(tmp_path, raw)
     fresh = pd.read_csv(wine_csv).sample(40, random_state=2)  # no split column: new data
-    fresh.to_csv(fresh_path := tmp_path / "fresh.csv", index=False)
-    result = run_cli(["evaluate", run.run_dir, "--data", fresh_path])
-    assert result.code == 0, result.err
-    record = json.loads((run.run_dir / "evaluations" / "fresh.json").read_text())
-    assert record["rows"] == 40
-    predicted = api.load(run.run_dir).predict(fresh.drop(columns="label"))
-    accuracy = np.mean([str(p) == str(t) for p, t in zip(predicted, fresh["label"], strict=True)])
-    assert record["scores"]["accuracy"]["value"] == pytest.approx(accuracy)
+    assert_scores_new_data(run, fresh, tmp_path, run_cli)
     assert run_cli(["evaluate", run.run_dir]).code == 0  # and its own test part, as before
     own = json.loads((run.run_dir / "evaluations" / "test.json").read_text())
     assert own["rows"] == metrics_of(run)["test_rows"] == (np.arange(len(table)) % 5 == 0).sum()

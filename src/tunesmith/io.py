@@ -58,6 +58,7 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 PREDICTIONS = "predictions.npz"  # the chosen model's val and test outputs, for the report
 TEST_PREDICTIONS = "test_predictions.csv"
+METRICS = "metrics.jsonl"  # a trial's log: a line per optimizer step and per epoch
 STUDY_FILE = "study.db"  # a search's Optuna study (SQLite) when search.storage is not set
 SNAPSHOT_FILE = "study-snapshot.db"  # a copy of a shared study, as the run's search ended
 
@@ -117,3 +118,15 @@ def require_run_folder(path: Path) -> Path:
             f"{path} is not a tunesmith run folder (no config.yaml)", file=path,
             field="RUN_DIR", fix="give the folder `tunesmith run` wrote (runs/NAME)")
     return path
+
+
+def logged_epochs(trial_dir: Path) -> list[dict[str, Any]]:
+    """The epoch lines a trial logged, in order; a cross-validated trial's are its first fold's
+    (each fold logs in `fold-K/`); empty when it logged nothing."""
+    path = trial_dir / METRICS
+    if not path.is_file():
+        path = trial_dir / "fold-0" / METRICS
+    if not path.is_file():
+        return []
+    records = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return [record for record in records if record.get("event") == "epoch"]

@@ -8,7 +8,6 @@ is `tunesmith.search`; this module builds and loads the models it needs.
 from __future__ import annotations
 
 import gc
-import json
 import math
 import time
 from collections.abc import Callable
@@ -39,7 +38,7 @@ from tunesmith.config import Config
 from tunesmith.console import console
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import objective_for
-from tunesmith.io import write_text
+from tunesmith.io import logged_epochs, write_text
 from tunesmith.models import ProbeModel, TaskModel
 from tunesmith.models.ensemble import Ensemble
 from tunesmith.models.inputs import eval_batches
@@ -49,7 +48,6 @@ from tunesmith.search.run import STOPPED_ATTR, WALL_ATTR, trial_values, was_drop
 from tunesmith.search.study import keeps_its_own_study, snapshot
 from tunesmith.train import TrialResult
 from tunesmith.train.heap import frozen_heap
-from tunesmith.train.logs import METRICS
 from tunesmith.train.loop import Reporter
 from tunesmith.train.precision import autocast_for, default_device, resolve_precision
 
@@ -706,15 +704,6 @@ def _signature(space: Any, recipe: Prepared, *, folds: int) -> dict[str, Any]:
     }
 
 
-def _logged_epochs(trial_dir: Path) -> list[dict[str, Any]]:
-    """The epoch lines a trial logged (its training record, for a trial trained before)."""
-    log = trial_dir / METRICS
-    if not log.is_file():
-        return []
-    lines = (json.loads(line) for line in log.read_text().splitlines() if line.strip())
-    return [line for line in lines if line.get("event") == "epoch"]
-
-
 def trained_trial(given: Config, recipe: Prepared, trial: Any, folds: list[Any]) -> Kept:
     """A trial an earlier process trained, rebuilt from its config and best weights (with folds,
     each fold's, their out-of-fold outputs computed again)."""
@@ -730,7 +719,7 @@ def trained_trial(given: Config, recipe: Prepared, trial: Any, folds: list[Any])
             "rebuilt yet",
             file=trial_dir, field="--resume", fix="run without --resume to search afresh",
         )
-    epochs = _logged_epochs(trial_dir / "fold-0" if folds else trial_dir)
+    epochs = logged_epochs(trial_dir)
     result = TrialResult(
         best_epoch=int(trial.user_attrs.get("best_epoch", -1)),
         best_val=dict(trial.user_attrs.get("val", {})),

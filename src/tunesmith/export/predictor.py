@@ -178,7 +178,8 @@ def _unreadable_rows(table: pd.DataFrame, encoding: TabularEncoding) -> dict[int
     """Rows the encoding would refuse, {row: why}: a value in a numeric feature column that is
     not a finite number, or an empty cell where the bundle does not impute."""
     bad: dict[int, str] = {}
-    gaps = {column: table[column].isna().to_numpy() for column in table.columns}
+    columns = [*encoding.numeric, *encoding.categorical]
+    gaps = {column: table[column].isna().to_numpy() for column in columns}
     for column in encoding.numeric:
         values = table[column]
         gaps[column] = gaps[column] | missing_words(values)  # NA, n/a, ...: gaps, as in training
@@ -189,7 +190,7 @@ def _unreadable_rows(table: pd.DataFrame, encoding: TabularEncoding) -> dict[int
         for row in np.flatnonzero(np.isinf(finite)):
             bad.setdefault(int(row), f"column {column!r}: {values.iloc[row]!r} is not finite")
     if encoding.impute == "none":
-        for column in [*encoding.numeric, *encoding.categorical]:
+        for column in columns:
             for row in np.flatnonzero(gaps[column]):
                 bad.setdefault(int(row), f"column {column!r} is empty and the model was "
                                          "trained without imputation")

@@ -275,19 +275,15 @@ def _learning_curves(run: _Run) -> str:
 def _stage_curves(run: _Run, primary: str) -> dict[int, dict[str, _Points]]:
     """Each trial's epoch records, split by the stage that logged them, in the order they ran
     (lp-ft logs `probe` epochs 1..N, then `train` epochs 1..M: one line would zig-zag)."""
+    from tunesmith.io import logged_epochs
+
     curves: dict[int, dict[str, _Points]] = {}
     for folder in run.file("trials").iterdir():
-        log = folder / "metrics.jsonl"
         if not folder.name.isdigit():
             continue
-        if not log.is_file():
-            log = folder / "fold-0" / "metrics.jsonl"
-        if not log.is_file():
-            continue
         stages: dict[str, _Points] = {}
-        for line in log.read_text().splitlines():
-            record = json.loads(line)
-            if record.get("event") == "epoch" and f"val_{primary}" in record:
+        for record in logged_epochs(folder):
+            if f"val_{primary}" in record:
                 stages.setdefault(str(record.get("stage", "train")), []).append(
                     (record["epoch"], record["train_loss"], record[f"val_{primary}"]))
         if stages:

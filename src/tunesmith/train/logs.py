@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import TunesmithError
+from tunesmith.io import METRICS
 
-METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
 
 
