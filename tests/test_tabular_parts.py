@@ -8,6 +8,7 @@ with one message naming the file, the column's field, the data row and the fix; 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pandas as pd
 import pytest
 
 from conftest import CliResult, config_dict, write_yaml
+from test_bad_data import assert_inspect_error, inspect_cli
 from test_cli import assert_user_error
 from tunesmith.config import load_config
 from tunesmith.data import TaskData, load_task_data
@@ -104,6 +106,32 @@ def test_a_bad_value_in_a_given_file_stops_validate_and_run_before_training(
     assert_user_error(run_cli(["run", config]), *expected)
     assert not (tmp_path / "runs" / "t" / "trials").exists()
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "problem", "fix"),
+    [
+        ("about 3", "column 'x1' is numeric in the training part but has 1 value(s) that are not "
+         "numbers, e.g. 'about 3' (data row 7)", NOT_NUMBERS),
+        ("inf", "column 'x1' has 1 inf value(s) (data row 7)", "replace or remove inf values"),
+    ],
+    ids=["text", "inf"],
+)
+def test_inspect_finds_the_bad_value_in_a_test_file_that_run_refuses(
+    value: str, problem: str, fix: str, run_cli: Cli, tmp_path: Path
+) -> None:
+    """`inspect DATA --test FILE` says what `run` would stop on, as a fatal finding (exit 1), and
+    a clean test file of the same shape passes."""
+    train = tmp_path / "tr.csv"
+    numbers(30, seed=0).to_csv(train, index=False)
+    good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
+    numbers(10, seed=1).to_csv(good, index=False)
+    with_value(numbers(10, seed=1), [6], value).to_csv(bad, index=False)
+    result, out = inspect_cli(run_cli, train, "--test", good)
+    assert result.code == 0, result.err[-3000:]
+    assert not [f for f in json.loads(out.read_text())["findings"] if f["severity"] == "fatal"]
+    assert_inspect_error(*inspect_cli(run_cli, train, "--test", bad), bad,
+                         "data.feature_columns", problem, fix)
 
 
 @pytest.mark.parametrize("part", ["test", "val"])

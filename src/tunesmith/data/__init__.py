@@ -236,7 +236,7 @@ def inspect_data(
     spec = resolve_task(task, data, sources["train"])
     columns = _columns(data, sources["train"].columns(), spec.modality)
     train = sources["train"]
-    return _checked(
+    report = _checked(
         spec,
         columns,
         data,
@@ -245,6 +245,38 @@ def inspect_data(
         rows_of=lambda rows: take_rows(train, rows),
         seed=seed,
     )
+    if spec.modality == "tabular":
+        report.findings += _value_findings(data, columns, sources)
+    return report
+
+
+def _value_findings(
+    data: DataConfig, columns: Columns, sources: dict[str, Source]
+) -> list[Finding]:
+    """A value in a given val or test table that the encoding fit on the training table cannot
+    take (text in a column of numbers, inf, a gap with imputation off): what a run refuses before
+    training (`_fit_tabular`), which the per-row scans cannot see, as a fatal finding."""
+    given = [name for name in ("val", "test") if name in sources]
+    if not columns.features or not given:
+        return []
+    impute = "median" if data.clean.impute == "auto" else data.clean.impute
+    found: list[Finding] = []
+    encoding: TabularEncoding | None = None
+    for name in ("train", *given):
+        source = sources[name]
+        frame = source.read()
+        try:
+            with _naming_rows(source.path, frame[ID_COLUMN].astype(str).tolist()):
+                if encoding is None:
+                    encoding = fit_tabular(frame, list(columns.features), impute=impute)
+                else:
+                    encoding.transform(frame)
+        except DataError as error:
+            found.append(Finding("bad-values", "fatal", error.problem, str(source.path),
+                                 field=error.field, fix=error.fix))
+            if encoding is None:  # the training table itself: nothing to measure the others by
+                break
+    return found
 
 
 def _checked(
