@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from tunesmith.export.predictor import Predictor
 
 
@@ -17,7 +19,7 @@ def fit(config: Any, overrides: list[str] | None = None, *, resume: bool = False
     return _fit(config, overrides, resume=resume)
 
 
-def load(run_or_bundle: str) -> Predictor:
+def load(run_or_bundle: str | Path) -> Predictor:
     """Load a run folder or a `best/` bundle as a predictor."""
     from tunesmith.api import load as _load
 
