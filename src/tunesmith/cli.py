@@ -203,7 +203,7 @@ def predict(
     )
 
     if out is not None:
-        check_out(out)
+        check_out(out, inputs)
     predictor = load_predictor(run_dir)
     batch = gather_inputs(predictor, inputs)
     table = predictions_table(predictor, batch)

@@ -15,16 +15,19 @@ half-written `best/`.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from safetensors.torch import load_model, save_model
 
 from tunesmith import __version__
+from tunesmith.config import Task
 from tunesmith.errors import TunesmithError
 from tunesmith.io import file_sha256
 from tunesmith.models import TaskModel, make_head, rebuild_backbone
@@ -69,12 +72,24 @@ def save_bundle(
             # Several models of this architecture whose averaged outputs are the prediction.
             "ensemble": {"members": len(model.members), "kind": model.kind}
             if isinstance(model, Ensemble) else None,
-            "versions": {"tunesmith": __version__, "torch": torch.__version__},
+            "versions": _versions(),
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         _swap_into_place(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _versions() -> dict[str, str]:
+    """Of tunesmith and the libraries that read the bundle and its native copy (hf/ needs a
+    transformers that knows its config; timm.safetensors, timm's names)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"tunesmith": __version__, "torch": torch.__version__}
+    for package in ("transformers", "timm", "safetensors"):
+        with contextlib.suppress(PackageNotFoundError):
+            found[package] = version(package)
+    return found
 
 
 def _swap_into_place(staging: Path, folder: Path) -> None:
@@ -140,7 +155,42 @@ def read_manifest(folder: Path) -> dict[str, Any]:
             field="format_version",
             fix="upgrade tunesmith to the version that wrote the bundle",
         )
+    _check_contents(manifest, path)
     return dict(manifest)
+
+
+def _check_contents(manifest: dict[str, Any], path: Path) -> None:
+    """The values prediction reads are of the kind it reads (tunesmith.json has no checksum of
+    its own: a hand edit is a clear error, not a traceback while predicting)."""
+    task = manifest["task"]
+    classes = manifest["classes"]
+    head = manifest["head"]
+    temperature = manifest.get("temperature")
+    inputs = manifest["inputs"]
+    problems = {
+        "task": task not in get_args(Task) or task == "auto",
+        "classes": not isinstance(classes, list) or not all(isinstance(c, str) for c in classes),
+        "backbone": not isinstance(manifest["backbone"], dict),
+        "head": not isinstance(head, dict) or not isinstance(head.get("num_outputs"), int),
+        "temperature": temperature is not None and (
+            not isinstance(temperature, int | float) or isinstance(temperature, bool)
+            or not math.isfinite(temperature) or temperature <= 0),
+        "inputs": not isinstance(inputs, dict) or (
+            str(task).startswith("text-") and not isinstance(inputs.get("text_column"), str)) or (
+            str(task).startswith("tabular-") and not isinstance(inputs.get("tabular"), dict)),
+    }
+    if not any(problems.values()) and not str(task).endswith("-regression"):
+        problems["classes"] = len(classes) != head["num_outputs"]
+    wrong = [key for key, bad in problems.items() if bad]
+    if wrong:
+        raise TunesmithError(
+            f"tunesmith.json's {wrong[0]} does not fit the model "
+            f"(task {task!r}, {head.get('num_outputs') if isinstance(head, dict) else '?'} "
+            f"outputs, classes {classes!r:.200}, temperature {temperature!r})",
+            file=path,
+            field=wrong[0],
+            fix="restore the bundle from the run folder, or run the config again",
+        )
 
 
 def load_bundle(folder: Path) -> tuple[TaskModel | Ensemble, dict[str, Any]]:
@@ -159,6 +209,14 @@ def load_bundle(folder: Path) -> tuple[TaskModel | Ensemble, dict[str, Any]]:
             file=weights,
             field="weights_sha256",
             fix="restore the bundle from the run folder",
+        )
+    parts = manifest["backbone"].get("folder")  # hf: its config and tokenizer or processor
+    if parts and not (folder / str(parts)).is_dir():
+        raise TunesmithError(
+            f"the bundle has no {parts}/ folder (the backbone's config and preprocessing)",
+            file=folder / str(parts),
+            field="backbone.folder",
+            fix="copy the whole bundle folder, or restore it from the run folder",
         )
     head_spec = dict(manifest["head"])
     if head_spec.get("target_scale") is not None:

@@ -8,7 +8,9 @@ labels whose probability passes 0.5 and every label's probability (multilabel), 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import math
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +20,8 @@ import pandas as pd
 import torch
 
 from tunesmith.console import progress
-from tunesmith.data.image_scan import scan_images
-from tunesmith.data.sources import IMAGE_SUFFIXES, read_table
+from tunesmith.data.image_scan import ImageScan, scan_images
+from tunesmith.data.sources import IMAGE_SUFFIXES, TABLE_SUFFIXES, read_table
 from tunesmith.data.tabular import TabularEncoding, missing_words
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import collect_logits
@@ -54,14 +56,53 @@ class Predictor:
         return self.task.split("-", 1)[1]
 
     def encode(self, inputs: Sequence[Any] | pd.DataFrame) -> Inputs:
-        """Texts and image paths as they are; table rows (a DataFrame, or dicts) encoded."""
+        """Texts and image paths as they are (a DataFrame's text column); table rows (a
+        DataFrame, or dicts) encoded."""
+        self._require_many(inputs)
         if self.tabular is None:
-            return [str(item) for item in inputs]
+            if isinstance(inputs, pd.DataFrame):
+                inputs = self._text_column(inputs)
+            return [self._text_or_path(item, row) for row, item in enumerate(inputs)]
         frame = inputs if isinstance(inputs, pd.DataFrame) else pd.DataFrame(list(inputs))
+        require_columns(frame, self.tabular, file=None)
         return self.tabular.transform(frame)
+
+    def _require_many(self, inputs: Any) -> None:
+        # One text or path is a sequence too: its characters would be predicted one by one.
+        if isinstance(inputs, str | bytes | Path | Mapping):
+            raise TunesmithError(
+                f"predict takes a list of inputs, not one {type(inputs).__name__}",
+                field="inputs",
+                fix="wrap the one input in a list: predict([x])",
+            )
+
+    def _text_column(self, frame: pd.DataFrame) -> pd.Series:
+        column = self.manifest["inputs"].get("text_column")
+        if self.modality != "text" or column not in frame.columns:
+            wanted = (f"a column {column!r} (the text column the model was trained on)"
+                      if self.modality == "text" else "no DataFrame")
+            raise TunesmithError(
+                f"this {self.modality} model reads {wanted}; the DataFrame has "
+                f"{list(frame.columns)}",
+                field="inputs",
+                fix=f"name the text column {column!r}, or pass a list of texts"
+                if self.modality == "text"
+                else "pass a list of image paths",
+            )
+        return frame[column]
+
+    def _text_or_path(self, item: Any, row: int) -> str:
+        missing = item is None or (isinstance(item, float) and math.isnan(item))
+        if self.modality == "text":
+            return "" if missing else str(item)  # an empty cell, as `tunesmith predict` reads it
+        if missing or not Path(item).is_file():
+            raise TunesmithError(f"input {row} is not an image file", file=str(item),
+                                 field="inputs", fix="pass paths of existing image files")
+        return str(item)
 
     def outputs(self, inputs: Sequence[Any] | pd.DataFrame, *, batch_size: int = 64) -> np.ndarray:
         """The model's raw outputs: logits, or numbers in the target's units."""
+        self._require_many(inputs)
         if len(inputs) == 0:
             width = 1 if self.kind == "regression" else len(self.classes)
             return np.zeros((0, width), dtype=np.float32)
@@ -139,19 +180,27 @@ def gather_inputs(predictor: Predictor, paths: Sequence[Path]) -> PredictionInpu
     tables: list[pd.DataFrame] = []
     errors: dict[int, str] = {}
     for path in paths:
+        if URL.match(str(path)):  # a Path has folded its "//" into "/"
+            raise TunesmithError(
+                "tunesmith predict reads local files and folders, not URLs", file=path,
+                fix="download the file first and pass its local path")
         if not path.exists():
             raise TunesmithError("input not found", file=path, fix="pass existing files or folders")
         if predictor.modality == "text":
             texts = _read_texts(path, predictor.manifest["inputs"]["text_column"])
+            for row, text in enumerate(texts):
+                if isinstance(text, str):
+                    texts_or_images.append(text)
+                else:  # reported in its own output row; the rest goes on
+                    errors[len(sources) + row] = text.reason
             sources += [f"{path}:{row}" for row in range(len(texts))]
-            texts_or_images += texts
         elif predictor.modality == "tabular":
             table = _read_rows(path, predictor)
             sources += [f"{path}:{row}" for row in range(len(table))]
             tables.append(table)
         else:
             images = _image_files(path)
-            scan = scan_images(images)
+            scan = _scanned(images)
             for image, readable, error in zip(images, scan.readable, scan.errors, strict=True):
                 if not readable:  # reported in its own output row; the rest goes on
                     errors[len(sources)] = f"cannot read the image: {error}"
@@ -197,17 +246,43 @@ def _unreadable_rows(table: pd.DataFrame, encoding: TabularEncoding) -> dict[int
     return bad
 
 
+URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
+TABLE_FIX = "pass a CSV, TSV, JSONL or Parquet file"
+CONFIG_ADVICE = re.compile(r"(,? or )?(set data\.|point the config).*$")
+
+
 def _table(path: Path, modality: str) -> pd.DataFrame:
     if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
-        raise TunesmithError(
-            f"this model reads {modality}, not images",
-            file=path,
-            fix="pass a CSV, TSV, JSONL or Parquet file",
-        )
-    return read_table(path, field="INPUT")
+        raise TunesmithError(f"this model reads {modality}, not images", file=path, fix=TABLE_FIX)
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise TunesmithError(f"this model reads {modality} from a table, and cannot tell the "
+                             f"format of a {path.suffix or 'suffix-less'} file", file=path,
+                             fix=f"{TABLE_FIX}, named with its suffix")
+    if path.stat().st_size == 0:
+        raise TunesmithError("the file is empty (0 bytes)", file=path,
+                             fix=f"{TABLE_FIX} with a header and the rows to predict")
+    try:
+        return read_table(path, field="INPUT")
+    except TunesmithError as error:
+        # The reader's fixes may end in a training config key ("..., or set data.delimiter"),
+        # which prediction does not read: the rest of the fix stays.
+        fix = CONFIG_ADVICE.sub("", error.fix or "")
+        if fix == error.fix:
+            raise
+        field = "INPUT" if (error.field or "").startswith("data.") else error.field
+        raise TunesmithError(error.problem, file=error.file, field=field,
+                             fix=fix or f"{TABLE_FIX} with a header and the rows to predict"
+                             ) from None
 
 
-def _read_texts(path: Path, column: str) -> list[str]:
+@dataclass(frozen=True)
+class Unreadable:
+    """An input row that cannot be predicted, and why."""
+
+    reason: str
+
+
+def _read_texts(path: Path, column: str) -> list[str | Unreadable]:
     table = _table(path, "text")
     if column not in table.columns:
         raise TunesmithError(
@@ -217,29 +292,54 @@ def _read_texts(path: Path, column: str) -> list[str]:
             field=column,
             fix=f"name the text column {column!r}",
         )
-    return [str(text) for text in table[column].fillna("").tolist()]
+    return [_text(value, column) for value in table[column].tolist()]
+
+
+def _text(value: Any, column: str) -> str | Unreadable:
+    """A cell as text: a number is written out and an empty cell is the empty text, but a JSON
+    list or object is no text to predict."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, list | dict):
+        return Unreadable(f"column {column!r} holds a JSON {type(value).__name__}, not a text")
+    return str(value)
 
 
 def _read_rows(path: Path, predictor: Predictor) -> pd.DataFrame:
     table = _table(path, "table rows")
     assert predictor.tabular is not None
-    needed = [*predictor.tabular.numeric, *predictor.tabular.categorical]
+    require_columns(table, predictor.tabular, file=path)
+    return table
+
+
+def require_columns(table: pd.DataFrame, encoding: TabularEncoding, *, file: Path | None) -> None:
+    """Every feature column the model was trained on is in `table` (others are ignored)."""
+    needed = [*encoding.numeric, *encoding.categorical]
     absent = [column for column in needed if column not in table.columns]
     if absent:
         raise TunesmithError(
-            f"feature column(s) {absent} the model was trained on are not in the file "
-            f"(it has {list(table.columns)})",
-            file=path,
+            f"feature column(s) {absent} the model was trained on are not in the "
+            f"{'file' if file else 'rows'} (they have {list(table.columns)})",
+            file=file,
             field=absent[0],
             fix="give every feature column the model was trained on",
         )
-    return table
+
+
+def _scanned(images: list[str]) -> ImageScan:
+    """Every image decoded once, with progress, to find the unreadable ones."""
+    with progress() as bar:
+        task = bar.add_task("read images", total=len(images), status="")
+        return scan_images(images, on_progress=lambda n: bar.update(task, completed=n))
 
 
 def _image_files(path: Path) -> list[str]:
     if path.is_dir():
+        # As in training: not a folder named a.jpg/, nor hidden files and folders (macOS'
+        # ._a.jpg, .ipynb_checkpoints/).
         return [str(p) for p in sorted(path.rglob("*"))
-                if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]  # not a folder a.jpg/
+                if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)]
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise TunesmithError(
             "this model reads images, not tables or text",
@@ -255,8 +355,9 @@ def predictions_table(predictor: Predictor, batch: PredictionInputs) -> pd.DataF
     good = pd.DataFrame({"input": [batch.sources[i] for i in batch.good]})
     if predictor.kind == "regression":
         good["prediction"] = predictor.predict(batch.inputs) if len(good) else []
-    elif len(good):
-        probabilities = predictor.predict_proba(batch.inputs)
+    else:  # the same columns when no input could be read
+        probabilities = (predictor.predict_proba(batch.inputs) if len(good) else
+                         np.zeros((0, len(predictor.classes)), dtype=np.float32))
         if predictor.kind == "multilabel":
             good["labels"] = [
                 "|".join(predictor.classes[k] for k in np.flatnonzero(row >= MULTILABEL_THRESHOLD))
@@ -265,7 +366,8 @@ def predictions_table(predictor: Predictor, batch: PredictionInputs) -> pd.DataF
         else:
             good["label"] = [predictor.classes[i] for i in probabilities.argmax(axis=1)]
         for column, name in enumerate(predictor.classes):
-            good[f"p_{name}"] = probabilities[:, column].round(6)
+            # rounded in float64: a float32 0.504202 is 0.5042020082473755 in JSON
+            good[f"p_{name}"] = probabilities[:, column].astype(np.float64).round(6)
     if not batch.errors:
         return good
     good.index = pd.Index(batch.good)
@@ -278,12 +380,18 @@ def predictions_table(predictor: Predictor, batch: PredictionInputs) -> pd.DataF
 OUT_SUFFIXES = (".csv", ".jsonl")
 
 
-def check_out(out: Path) -> None:
-    """Predictions are written as CSV or JSONL, named so; checked before predicting."""
+def check_out(out: Path, inputs: Sequence[Path] = ()) -> None:
+    """Predictions are written as CSV or JSONL, named so, and never over one of the inputs;
+    checked before predicting."""
     if out.suffix.lower() not in OUT_SUFFIXES:
         raise TunesmithError(
             f"cannot write predictions as {out.suffix or 'a file without a suffix'}",
             file=out, field="--out", fix="name a .csv or a .jsonl file",
+        )
+    if out.exists() and any(path.exists() and out.samefile(path) for path in inputs):
+        raise TunesmithError(
+            "this is one of the input files, which the predictions would replace",
+            file=out, field="--out", fix="write the predictions to another file",
         )
 
 
