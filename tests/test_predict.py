@@ -93,6 +93,45 @@ def test_a_table_row_with_text_in_a_number_column_is_reported_and_the_rest_predi
     assert not (tmp_path / "predictions.json").exists()
 
 
+def test_a_row_that_cannot_be_parsed_is_reported_in_its_row_and_the_rest_predicted(
+    table_run: tuple[FinishedRun, pd.DataFrame], text_run: FinishedRun, tmp_path: Path,
+    run_cli: Any,
+) -> None:
+    """A CSV row with more fields than the header, and a JSON line that is broken or not an
+    object, each stopped the whole prediction (exit 2); the spec asks for its own output row."""
+    run, frame = table_run
+    rows = frame.drop(columns="label").head(4)
+    lines = rows.to_csv(index=False).splitlines()
+    lines[2] += ",1.0"  # data row 1 (from 0) has one field too many
+    path = tmp_path / "rows.csv"
+    path.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "predictions.csv"
+    assert run_cli(["predict", run.run_dir, path, "--out", out]).code == 0
+    table = pd.read_csv(out, keep_default_na=False, dtype={"label": str})
+    assert list(table["input"]) == [f"{path}:{row}" for row in range(4)]
+    assert list(table["error"]) == ["", "row has 14 fields, the header 13", "", ""]
+    expected = [str(label) for label in api.load(run.run_dir).predict(rows.drop(index=[1]))]
+    assert list(table.drop(index=[1])["label"]) == expected
+    # JSON lines, for a text model: the line numbers count the blank line
+    path = tmp_path / "reviews.jsonl"
+    path.write_text('{"text": "a great film"}\n{"text": broken\n\n[1, 2]\n'
+                    '{"text": "an awful plot"}\n')
+    out = tmp_path / "reviews.csv"
+    assert run_cli(["predict", text_run.run_dir, path, "--out", out]).code == 0
+    table = pd.read_csv(out, keep_default_na=False)
+    assert list(table["error"]) == [
+        "", "line 2 is not valid JSON (Expecting value at column 10)",
+        "line 4 is an array, not an object", ""]
+    probabilities = api.load(text_run.run_dir).predict_proba(["a great film", "an awful plot"])
+    np.testing.assert_allclose(
+        table[["p_negative", "p_positive"]].iloc[[0, 3]].to_numpy(dtype=float), probabilities,
+        atol=1e-6)
+    # a file none of whose rows can be read is still one error
+    path.write_text('{"text": broken\n')
+    result = run_cli(["predict", text_run.run_dir, path])
+    assert result.code == 2 and "line 1 is not valid JSON" in result.err
+
+
 def test_an_empty_input_file_is_a_clear_error(
     table_run: tuple[FinishedRun, pd.DataFrame], image_run: FinishedRun, tmp_path: Path,
     run_cli: Any,

@@ -25,6 +25,7 @@ import codecs
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
@@ -605,6 +606,51 @@ def read_table(path: Path, *, field: str) -> pd.DataFrame:
             "give a .csv, .tsv, .jsonl or .parquet file",
         )
     return source.read().drop(columns=[ID_COLUMN])
+
+
+def read_table_rows(path: Path, *, field: str) -> tuple[pd.DataFrame, dict[int, str]]:
+    """As `read_table`, but a row that cannot be parsed does not stop the reading: a JSON line
+    that is not one object, a CSV row with more fields than its header. The frame has a row for
+    every row of the file (blank lines skipped), such rows empty, and `{row: why}` names them:
+    prediction reports each in its own output row and predicts the rest. A file none of whose
+    rows can be read is the error `read_table` gives."""
+    try:
+        return read_table(path, field=field), {}
+    except TunesmithError as error:
+        source = open_source(path, field=field)
+        salvage = {"jsonl": _jsonl_rows, "csv": _csv_rows, "tsv": _csv_rows}.get(source.format)
+        rows, errors = salvage(source) if salvage else (pd.DataFrame(), {})
+        if not errors or len(errors) == len(rows):
+            raise error from None
+        return rows, errors
+
+
+def _jsonl_rows(source: Source) -> tuple[pd.DataFrame, dict[int, str]]:
+    with source.path.open(encoding=_text_encoding(source)) as handle:
+        lines = [(number, line) for number, line in enumerate(handle, start=1) if line.strip()]
+    errors = {row: f"line {number} {problem}" for row, (number, line) in enumerate(lines)
+              if (problem := _not_an_object(line))}
+    good = [row for row in range(len(lines)) if row not in errors]
+    text = "".join(lines[row][1] for row in good)
+    frame = pd.read_json(io.StringIO(text), lines=True, dtype=False, convert_axes=False)
+    return _placed(frame, good, len(lines)), errors
+
+
+def _csv_rows(source: Source) -> tuple[pd.DataFrame, dict[int, str]]:
+    with source.path.open(encoding=_text_encoding(source), newline="") as handle:
+        header, *records = [r for r in csv.reader(handle, delimiter=_csv_delimiter(source)) if r]
+    errors = {row: f"row has {len(record)} fields, the header {len(header)}"
+              for row, record in enumerate(records) if len(record) > len(header)}
+    good = [row for row in range(len(records)) if row not in errors]
+    # As read_csv reads it: every value a string, an empty cell (or a short row's end) missing.
+    frame = pd.DataFrame([records[row] + [""] * (len(header) - len(records[row])) for row in good],
+                         columns=header, dtype=object)
+    return _placed(frame.mask(frame == ""), good, len(records)), errors
+
+
+def _placed(frame: pd.DataFrame, rows: list[int], total: int) -> pd.DataFrame:
+    """The rows of `frame` at positions `rows` of `total`, the others empty."""
+    return frame.astype(object).set_axis(rows).reindex(range(total))
 
 
 def label_names(labels: list[str]) -> list[str]:

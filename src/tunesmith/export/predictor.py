@@ -21,7 +21,7 @@ import torch
 
 from tunesmith.console import progress
 from tunesmith.data.image_scan import ImageScan, scan_images
-from tunesmith.data.sources import IMAGE_SUFFIXES, TABLE_SUFFIXES, read_table
+from tunesmith.data.sources import IMAGE_SUFFIXES, TABLE_SUFFIXES, read_table_rows
 from tunesmith.data.tabular import TabularEncoding, missing_words
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import collect_logits
@@ -195,7 +195,8 @@ def gather_inputs(predictor: Predictor, paths: Sequence[Path]) -> PredictionInpu
                     errors[len(sources) + row] = text.reason
             sources += [f"{path}:{row}" for row in range(len(texts))]
         elif predictor.modality == "tabular":
-            table = _read_rows(path, predictor)
+            table, unparsed = _read_rows(path, predictor)
+            errors.update({len(sources) + row: why for row, why in unparsed.items()})
             sources += [f"{path}:{row}" for row in range(len(table))]
             tables.append(table)
         else:
@@ -216,9 +217,9 @@ def gather_inputs(predictor: Predictor, paths: Sequence[Path]) -> PredictionInpu
     if tables:
         table = pd.concat(tables, ignore_index=True)
         assert predictor.tabular is not None
-        bad = _unreadable_rows(table, predictor.tabular)
-        errors.update(bad)
-        return PredictionInputs(sources, table.drop(index=list(bad)).reset_index(drop=True),
+        for row, why in _unreadable_rows(table, predictor.tabular).items():
+            errors.setdefault(row, why)  # a row that could not be parsed says so
+        return PredictionInputs(sources, table.drop(index=list(errors)).reset_index(drop=True),
                                 errors)
     return PredictionInputs(sources, texts_or_images, errors)
 
@@ -251,7 +252,8 @@ TABLE_FIX = "pass a CSV, TSV, JSONL or Parquet file"
 CONFIG_ADVICE = re.compile(r"(,? or )?(set data\.|point the config).*$")
 
 
-def _table(path: Path, modality: str) -> pd.DataFrame:
+def _table(path: Path, modality: str) -> tuple[pd.DataFrame, dict[int, str]]:
+    """The file's rows, and {row: why} for those that cannot be parsed (left empty)."""
     if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
         raise TunesmithError(f"this model reads {modality}, not images", file=path, fix=TABLE_FIX)
     if path.suffix.lower() not in TABLE_SUFFIXES:
@@ -262,7 +264,7 @@ def _table(path: Path, modality: str) -> pd.DataFrame:
         raise TunesmithError("the file is empty (0 bytes)", file=path,
                              fix=f"{TABLE_FIX} with a header and the rows to predict")
     try:
-        return read_table(path, field="INPUT")
+        return read_table_rows(path, field="INPUT")
     except TunesmithError as error:
         # The reader's fixes may end in a training config key ("..., or set data.delimiter"),
         # which prediction does not read: the rest of the fix stays.
@@ -283,7 +285,7 @@ class Unreadable:
 
 
 def _read_texts(path: Path, column: str) -> list[str | Unreadable]:
-    table = _table(path, "text")
+    table, unparsed = _table(path, "text")
     if column not in table.columns:
         raise TunesmithError(
             f"column {column!r} (the text column the model was trained on) not found; "
@@ -292,7 +294,8 @@ def _read_texts(path: Path, column: str) -> list[str | Unreadable]:
             field=column,
             fix=f"name the text column {column!r}",
         )
-    return [_text(value, column) for value in table[column].tolist()]
+    return [Unreadable(unparsed[row]) if row in unparsed else _text(value, column)
+            for row, value in enumerate(table[column].tolist())]
 
 
 def _text(value: Any, column: str) -> str | Unreadable:
@@ -305,11 +308,11 @@ def _text(value: Any, column: str) -> str | Unreadable:
     return str(value)
 
 
-def _read_rows(path: Path, predictor: Predictor) -> pd.DataFrame:
-    table = _table(path, "table rows")
+def _read_rows(path: Path, predictor: Predictor) -> tuple[pd.DataFrame, dict[int, str]]:
+    table, unparsed = _table(path, "table rows")
     assert predictor.tabular is not None
     require_columns(table, predictor.tabular, file=path)
-    return table
+    return table, unparsed
 
 
 def require_columns(table: pd.DataFrame, encoding: TabularEncoding, *, file: Path | None) -> None:
