@@ -97,7 +97,7 @@ def test_export_refuses_altered_weights(
 
 
 def test_the_bundle_holds_the_backbone_in_its_own_librarys_format(
-    text_run: FinishedRun, image_run: FinishedRun
+    text_run: FinishedRun, image_run: FinishedRun, tiny_bert: Path
 ) -> None:
     import timm
     import torch
@@ -112,8 +112,15 @@ def test_the_bundle_holds_the_backbone_in_its_own_librarys_format(
     manifest = json.loads((text_run.run_dir / "best" / "tunesmith.json").read_text())
     assert manifest["native"]["library"] == "transformers"
     folder = text_run.run_dir / "best" / manifest["native"]["folder"]
-    encoder = transformers.AutoModel.from_pretrained(folder).eval()
+    encoder, loaded = transformers.AutoModel.from_pretrained(folder, output_loading_info=True)
+    encoder.eval()
     transformers.AutoTokenizer.from_pretrained(folder)  # the tokenizer travels with it
+    # every weight comes from the folder: the pooler tunesmith leaves out (it pools by mean) is
+    # the checkpoint's, where transformers used to initialize it at random
+    assert not loaded["missing_keys"] and not loaded["unexpected_keys"], loaded
+    pretrained = transformers.AutoModel.from_pretrained(tiny_bert)
+    assert torch.equal(encoder.pooler.dense.weight, pretrained.pooler.dense.weight)
+    assert torch.equal(encoder.pooler.dense.bias, pretrained.pooler.dense.bias)
     texts, _, _ = held_out(text_run)
     batch = next(batches(predictor, texts[:8], 8))
     with torch.no_grad():

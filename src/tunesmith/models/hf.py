@@ -38,12 +38,22 @@ HF_FOLDER = "hf"  # the bundle's save_pretrained folder
 class HFBackbone(Backbone):
     """What text and vision models share: the transformers network and how it is saved."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        # The checkpoint's pooler, left out of the network (`_pooler_free_kwargs`), by its name
+        # in the base model: put back into `hf/`, so plain transformers loads it, not a random one.
+        self.pooler: dict[str, torch.Tensor] = {}
+
     def save_native(self, folder: Path) -> dict[str, str]:
         """`hf/`: the fine-tuned network as `save_pretrained` writes it, with its tokenizer or
-        image processor, which plain `transformers.AutoModel.from_pretrained` loads (the encoder;
-        the head is tunesmith's, in model.safetensors)."""
+        image processor, which plain `transformers.AutoModel.from_pretrained` loads (the encoder,
+        and the checkpoint's pooler as it was: tunesmith pools by mean and never trains it; the
+        head is tunesmith's, in model.safetensors)."""
         target = folder / HF_FOLDER
-        cast(Any, self.network).save_pretrained(target, safe_serialization=True)
+        network = cast(Any, self.network)
+        network.save_pretrained(
+            target, safe_serialization=True,
+            state_dict={**network.state_dict(), **self.pooler} if self.pooler else None)
         self.save_preprocessor(target)
         return {"library": "transformers", "folder": HF_FOLDER,
                 "load": f"transformers.AutoModel.from_pretrained('{HF_FOLDER}')"}
@@ -367,6 +377,31 @@ def load_pretrained(
     _check_folder(path, field)
     config = _load_config(path, field, trust_remote_code=trust_remote_code)
     network = _load_network(path, config, field, trust_remote_code=trust_remote_code)
+    backbone = _with_modality(path, network, config, field, max_length=max_length,
+                              image_size=image_size, trust_remote_code=trust_remote_code)
+    if _pooler_free_kwargs(config, trust_remote_code=trust_remote_code):
+        backbone.pooler = _checkpoint_pooler(path)
+    return backbone
+
+
+def _checkpoint_pooler(path: Path) -> dict[str, torch.Tensor]:
+    """The pooler tensors of the safetensors weights in `path`, named as in the base model
+    (`bert.pooler.dense.weight` is `pooler.dense.weight`); none when it has no pooler."""
+    from safetensors import safe_open
+
+    found: dict[str, torch.Tensor] = {}
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as weights:
+            for key in weights.keys():  # noqa: SIM118 (a safe_open handle is not iterable)
+                if key.startswith("pooler.") or ".pooler." in key:
+                    found[key[key.index("pooler."):]] = weights.get_tensor(key)
+    return found
+
+
+def _with_modality(path: Path, network: Any, config: Any, field: str, *,
+                   max_length: int | None, image_size: int | None,
+                   trust_remote_code: bool) -> HFBackbone:
+    """The network with its tokenizer or image preprocessing, as the folder holds."""
     if folder_modality(path) == "image":
         processor = _read_processor(path)
         pretrained = _processor_size(processor)
