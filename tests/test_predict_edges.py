@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import FinishedRun
 from tunesmith import api
@@ -171,4 +172,8 @@ def test_the_manifest_names_the_library_versions_that_read_the_bundle(
 
     manifest = json.loads((text_run.run_dir / "best" / MANIFEST).read_text())
     assert manifest["versions"]["transformers"] == version("transformers")
+    # and the backbone as the config named it, beside how the bundle rebuilds it
+    config = yaml.safe_load((text_run.run_dir / "config.yaml").read_text())
+    assert manifest["backbone"]["spec"] == config["model"]["backbone"]
+    assert manifest["backbone"]["spec"].startswith("hf:")
     assert manifest["versions"]["timm"] == version("timm")

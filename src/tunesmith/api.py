@@ -197,6 +197,7 @@ def _fit(given: Config, prepared: Prepared, processes: PartialState, *, resume: 
         head={k: v for k, v in head_spec(chosen).items() if k != "in_features"},
         inputs=bundle_inputs(chosen),
         temperature=None if calibration is None else calibration.temperature,
+        spec=chosen.config.model.backbone,
     )
     model_val = _val_part(outputs["val"], chosen.data)
     baselines = baseline_record(

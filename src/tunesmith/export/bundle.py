@@ -47,9 +47,11 @@ def save_bundle(
     head: dict[str, Any],
     inputs: dict[str, Any],
     temperature: float | None = None,
+    spec: str | None = None,
 ) -> None:
     """Write `model` as a bundle at `folder`, replacing an old bundle only once it is complete.
-    `temperature` divides a classifier's outputs before the softmax (fitted on validation)."""
+    `temperature` divides a classifier's outputs before the softmax (fitted on validation);
+    `spec` is the backbone as the config named it (e.g. `hf:models/MiniLM`), for the record."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
@@ -62,7 +64,7 @@ def save_bundle(
             "format_version": FORMAT_VERSION,
             "task": task,
             "classes": classes,
-            "backbone": backbone_info,
+            "backbone": backbone_info | ({"spec": spec} if spec else {}),
             "head": head,
             "preprocessing": model.backbone.preprocessing(),
             "inputs": inputs,
