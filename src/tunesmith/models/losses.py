@@ -3,7 +3,7 @@
 | loss | task | options |
 |---|---|---|
 | cross_entropy | classification | label smoothing, class weights |
-| focal | classification | gamma (Lin et al. 2017), class weights; for rare classes |
+| focal | classification | gamma (Lin et al. 2017), label smoothing, class weights (rare classes) |
 | bce | multilabel | pos_weight per class (negatives / positives when balanced) |
 | mse, huber | regression | targets scaled by the training targets' standard deviation |
 
@@ -60,19 +60,28 @@ def balanced_weights(kind: str, targets: np.ndarray, classes: int) -> tuple[floa
 
 
 class FocalLoss(nn.Module):
-    """-(1 - p_t)^gamma log p_t, averaged: easy examples count less, so rare, hard ones count."""
+    """-(1 - p_t)^gamma log p_t, averaged: easy examples count less, so rare, hard ones count.
+
+    Label smoothing mixes the targets with the uniform distribution as cross-entropy's does
+    (soft targets too), so gamma 0 is the smoothed cross-entropy."""
 
     weight: torch.Tensor | None
 
-    def __init__(self, gamma: float, weight: torch.Tensor | None) -> None:
+    def __init__(
+        self, gamma: float, weight: torch.Tensor | None, *, label_smoothing: float = 0.0
+    ) -> None:
         super().__init__()
         self.gamma = gamma
+        self.label_smoothing = label_smoothing
         self.register_buffer("weight", weight)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         log_p = F.log_softmax(logits, dim=-1)
-        soft = targets if targets.is_floating_point() else F.one_hot(targets, logits.shape[-1])
+        classes = logits.shape[-1]
+        soft = targets if targets.is_floating_point() else F.one_hot(targets, classes)
         soft = soft.to(log_p.dtype)
+        if self.label_smoothing:
+            soft = soft * (1.0 - self.label_smoothing) + self.label_smoothing / classes
         focal = (1.0 - log_p.exp()) ** self.gamma * log_p
         if self.weight is not None:
             focal = focal * self.weight
@@ -101,7 +110,7 @@ def make_loss(settings: LossSettings) -> nn.Module:
     if settings.name == "cross_entropy":
         return nn.CrossEntropyLoss(weight=weights, label_smoothing=settings.label_smoothing)
     if settings.name == "focal":
-        return FocalLoss(settings.focal_gamma, weights)
+        return FocalLoss(settings.focal_gamma, weights, label_smoothing=settings.label_smoothing)
     if settings.name == "bce":
         return nn.BCEWithLogitsLoss(pos_weight=weights)
     return ScaledRegressionLoss(settings.name, settings.target_std)

@@ -420,6 +420,7 @@ def _train_epoch(run: _Run, loader: DataLoader[Any], val_rows: int) -> dict[str,
             completed=min(rows, run.epoch.seen), status="",
         )
         mark = time.perf_counter()
+        step_loss = 0.0  # the mean of the step's batch losses (its batches weigh alike)
         for batch, in_group, ends_step in _micro_batches(run, loader):
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             targets = batch.pop("labels")
@@ -434,6 +435,7 @@ def _train_epoch(run: _Run, loader: DataLoader[Any], val_rows: int) -> dict[str,
                 value = accelerator.reduce(value, reduction="mean")
             batch_loss = float(value.item())  # one device sync a batch
             run.epoch.loss_sum += batch_loss
+            step_loss += batch_loss / in_group
             run.epoch.seen += len(targets)
             bar.update(task, advance=len(targets),
                        status=f"loss {run.epoch.loss_sum / run.epoch.batches:.4f}")
@@ -445,8 +447,9 @@ def _train_epoch(run: _Run, loader: DataLoader[Any], val_rows: int) -> dict[str,
                 run.clock.time_step(now - mark)
             mark = now
             run.log.step({"stage": settings.stage, "step": run.result.steps,
-                          "epoch": run.epoch.index + 1, "loss": batch_loss,
+                          "epoch": run.epoch.index + 1, "loss": step_loss,
                           "lr": float(run.scheduler.get_last_lr()[0])})
+            step_loss = 0.0
             fit_plan(run.plan, run.clock, run.result.steps, batch_size=len(targets) * in_group,
                      steps_per_epoch=run.steps_per_epoch, val_rows=val_rows)
             if accelerator.num_processes > 1 and run.clock.deadline is not None:
