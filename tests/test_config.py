@@ -310,3 +310,17 @@ def test_true_is_not_a_number(text_config: Callable[..., Path]) -> None:
     assert "train.lr: " in caught.value.message
     flags = load_config(text_config(), ["train.compile=true", "data.augment.flip=false"])
     assert flags.train.compile is True and flags.data.augment.flip is False
+
+
+def test_a_number_is_not_a_flag(text_config: Callable[..., Path]) -> None:
+    """pydantic reads 1/0 as true/false: `freeze_embeddings: 1` passed as true."""
+    with pytest.raises(TunesmithError) as caught:
+        load_config(text_config(), ["model.freeze_embeddings=1", "train.compile=0",
+                                    "model.trust_remote_code='on'"])
+    message = caught.value.message
+    assert "model.freeze_embeddings: Value error, 1 is not true or false" in message
+    assert "train.compile: Value error, 0 is not true or false" in message
+    assert "model.trust_remote_code: Value error, 'on' is not true or false" in message
+    # a flag's own words stay, and a key that takes numbers still does
+    config = load_config(text_config(), ["model.freeze_embeddings=auto", "train.epochs=1"])
+    assert config.model.freeze_embeddings == "auto" and config.train.epochs == 1

@@ -121,11 +121,16 @@ class _Strict(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _no_true_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+    def _true_false_for_flags_only(cls, value: Any, info: ValidationInfo) -> Any:
         # pydantic reads true as 1 for a number: `batch_size: true` would train with batches of 1
         field = cls.model_fields.get(info.field_name or "")
         if isinstance(value, bool) and field is not None and not _takes_bool(field.annotation):
             raise ValueError("true/false is not a value of this key")
+        # and reads 1, 0, "yes" or "on" as a flag: a flag is written true or false
+        words = None if field is None else _flag_words(field.annotation)
+        if (words is not None and value is not None and not isinstance(value, bool)
+                and not (isinstance(value, str) and value in words)):
+            raise ValueError(f"{value!r} is not true or false")
         return value
 
 
@@ -140,6 +145,22 @@ def _takes_bool(annotation: Any) -> bool:
     if origin is Literal:
         return any(isinstance(arg, bool) for arg in get_args(annotation))
     return False
+
+
+def _flag_words(annotation: Any) -> set[str] | None:
+    """For a flag (bool, maybe also None or words such as "auto"), the words it takes besides
+    true and false; None for a key that is not a flag."""
+    if annotation is bool:
+        return set()
+    if get_origin(annotation) not in (Union, UnionType):
+        return None
+    words: set[str] = set()
+    for arg in get_args(annotation):
+        if get_origin(arg) is Literal and all(isinstance(word, str) for word in get_args(arg)):
+            words |= set(get_args(arg))
+        elif arg is not bool and arg is not type(None):
+            return None
+    return words if bool in get_args(annotation) else None
 
 
 class SplitConfig(_Strict):
