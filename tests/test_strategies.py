@@ -629,3 +629,29 @@ def test_merging_an_image_adapter_keeps_the_outputs(image_yaml: Path) -> None:
     _, model, _, _, batches = setup(image_yaml, "full")
     check_merge(model, batches.val, "lora")
 
+
+
+@pytest.mark.parametrize("strategy", ["full", "linear-probe", "lp-ft", "freeze:1"])
+def test_lr_find_sweeps_the_weights_the_strategy_trains(text_yaml: Path, strategy: str) -> None:
+    """`tunesmith lr-find` swept every weight whatever the strategy: a freeze:K, probe or
+    adapter run got full fine-tuning's curve."""
+    from tunesmith.train.lr_find import lr_range_test
+    from tunesmith.train.stages import swept_stage
+
+    _, model, settings, plan, batches = setup(text_yaml, strategy, *TEXT_EPOCHS)
+    blocks = [names_of(model, (p for _, p in b.parameters)) for b in model.backbone.blocks()]
+    head = names_of(model, model.head.parameters())
+    before = snapshot(tensors(model))
+    swept = swept_stage(model, settings, plan)
+    lr_range_test(model, batches.train, swept, steps=5)
+    moved = changed(before, snapshot(tensors(model)))
+    if strategy == "linear-probe":
+        assert moved == head
+        assert swept == plan.probe
+        return
+    frozen = plan.strategy.frozen_blocks if strategy == "freeze:1" else 0
+    expected = set().union(*blocks[frozen:], head)
+    if plan.freeze_embeddings:
+        expected -= blocks[0]
+    assert moved == expected
+    assert (swept.head_lr == swept.lr) == (strategy == "lp-ft")

@@ -430,7 +430,9 @@ def lr_find(
 ) -> LrFindSummary:
     """The learning-rate range test on the config's data and model (`tunesmith lr-find`): writes
     `lr_find.json` and `lr_find.png` to the run folder; nothing else of a run is touched."""
+    from tunesmith.search.recipe import strategy_plan
     from tunesmith.train.lr_find import lr_range_test, plot
+    from tunesmith.train.stages import swept_stage
 
     prepared = prepare(as_config(config, overrides))
     settings = train_settings(
@@ -438,6 +440,8 @@ def lr_find(
         target_std=(prepared.target_scale() or (0.0, 1.0))[1],
     )
     model = task_model(prepared)
+    # the weights the strategy trains (frozen blocks, adapters, a probe's head alone)
+    settings = swept_stage(model, settings, strategy_plan(prepared.config, settings))
     loader = batches_for(prepared, settings.batch_size, settings.seed).train
     test = lr_range_test(model, loader, settings, steps=steps)
     run_dir = prepared.config.run_dir

@@ -120,19 +120,7 @@ def fine_tune(
         # The probed head is already good, so it moves at the backbone's rate instead of the
         # high rate of a head from scratch, which would distort the pretrained features.
         settings = settings.with_changes(head_lr=settings.lr, time_budget=_left(settings, started))
-    before_epoch = None
-    if plan.freeze_embeddings:
-        model.fixed = [parameter for _, parameter in model.backbone.blocks()[0].parameters]
-    if strategy.name == "freeze":
-        freeze_bottom(model, strategy.frozen_blocks)
-    elif strategy.name == "gradual-unfreeze":
-        before_epoch = GradualUnfreeze(model)
-    elif strategy.adapter:
-        assert plan.adapter is not None
-        targets = add_adapter(model, plan.adapter)
-        console.print(f"{strategy}: adapters on {len(targets)} layers")
-    else:
-        freeze_bottom(model, 0)
+    before_epoch = fine_tuned_weights(model, plan)
     result = train_trial(
         model, batches.train, batches.val, settings, trial_dir,
         reporter=reporter, before_epoch=before_epoch, resume=resume,
@@ -144,6 +132,40 @@ def fine_tune(
     freeze_bottom(model, 0)  # the returned model is a plain one, every weight trainable
     result.wall_s = before + time.perf_counter() - started  # every stage
     return result
+
+
+def fine_tuned_weights(model: TaskModel, plan: StrategyPlan) -> GradualUnfreeze | None:
+    """Make what the strategy's fine-tuning stage trains trainable, and nothing else: the
+    backbone above the frozen blocks, or the adapters, with the head; without the embeddings
+    when they stay fixed. Returns gradual unfreezing's step before each epoch (until its first
+    call every block trains)."""
+    strategy = plan.strategy
+    if plan.freeze_embeddings:
+        model.fixed = [parameter for _, parameter in model.backbone.blocks()[0].parameters]
+    if strategy.name == "gradual-unfreeze":
+        return GradualUnfreeze(model)
+    if strategy.name == "freeze":
+        freeze_bottom(model, strategy.frozen_blocks)
+    elif strategy.adapter:
+        assert plan.adapter is not None
+        targets = add_adapter(model, plan.adapter)
+        console.print(f"{strategy}: adapters on {len(targets)} layers")
+    else:
+        freeze_bottom(model, 0)
+    return None
+
+
+def swept_stage(model: TaskModel, settings: TrainSettings, plan: StrategyPlan) -> TrainSettings:
+    """`model` set up as the strategy's last stage trains it, and that stage's settings: what
+    the learning-rate range test sweeps (the probe's head alone for linear-probe; lp-ft's
+    fine-tune, whose head moves at the backbone's rate)."""
+    strategy = plan.strategy
+    if strategy.probes and not strategy.fine_tunes:
+        assert plan.probe is not None
+        freeze_backbone(model)
+        return plan.probe
+    fine_tuned_weights(model, plan)
+    return settings.with_changes(head_lr=settings.lr) if strategy.name == "lp-ft" else settings
 
 
 def _left(settings: TrainSettings, started: float) -> float | None:
