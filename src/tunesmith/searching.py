@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import math
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -43,7 +44,7 @@ from tunesmith.models import ProbeModel, TaskModel
 from tunesmith.models.ensemble import Ensemble
 from tunesmith.models.inputs import eval_batches
 from tunesmith.models.weights import load_weights
-from tunesmith.search import is_scratch, strategy_plan, train_settings
+from tunesmith.search import is_scratch, strategy_plan, takes_adapters, train_settings
 from tunesmith.search.run import STOPPED_ATTR, WALL_ATTR, trial_values, was_dropped
 from tunesmith.search.study import keeps_its_own_study, snapshot
 from tunesmith.train import TrialResult
@@ -77,7 +78,7 @@ class Kept:
 
 def search_stage(given: Config, recipe: Prepared, *, resume: bool) -> tuple[Kept, dict[str, Any]]:
     """Trials from the study until the budget is spent; the best on validation, as trained."""
-    from tunesmith.search.run import best_trial
+    from tunesmith.search.run import best_trial, scored_trials
 
     study, trials, kept, budget = _run_study(given, recipe, resume=resume)
     if not keeps_its_own_study(given) and PartialState().is_main_process:
@@ -85,6 +86,8 @@ def search_stage(given: Config, recipe: Prepared, *, resume: bool) -> tuple[Kept
     objective = objective_for(recipe.kind)
     folds = _folds(recipe)
     trials, elsewhere = _weights_here(given, recipe.config.run_dir, trials, folds)
+    if not scored_trials(trials, objective):
+        raise _nothing_scored(given, study, budget)
     best = best_trial(trials, objective)
     if best.number != kept.number:  # trained by an earlier run or another worker: from its files
         kept = trained_trial(given, recipe, best, folds)
@@ -153,6 +156,31 @@ def search_stage(given: Config, recipe: Prepared, *, resume: bool) -> tuple[Kept
         if "ensemble" in record:
             record["ensemble"]["used"] = False
     return kept, record
+
+
+def _nothing_scored(given: Config, study: Any, budget: Any) -> TunesmithError:
+    """Why the search ended without a trial to choose: the budget ran out before the first one
+    finished, or every trial failed (the first one's error said)."""
+    errors = [t.user_attrs["error"] for t in study.get_trials(deepcopy=False)
+              if "error" in t.user_attrs]
+    if errors:
+        return TunesmithError(
+            f"every trial of the search failed; the first: {errors[0]}",
+            file=given.source, field="search",
+            fix="look at the trials' errors in the run folder's study, and narrow search.space "
+            "away from the values that fail")
+    if given.search.budget is not None:
+        spent = budget.spent()
+        return TunesmithError(
+            f"search.budget of {given.search.budget:g} s ran out before a trial finished "
+            f"({spent:.1f} s spent on the search, a tenth of the budget kept for the final "
+            "evaluation)",
+            file=given.source, field="search.budget",
+            fix=f"give a budget well above {math.ceil(spent / (1.0 - RESERVE_SHARE))} s, or set "
+            "search.trials alone")
+    return TunesmithError(
+        "no trial of the search finished with a validation score", file=given.source,
+        field="search", fix="look at the trials' errors in the run folder's study")
 
 
 def _weights_here(given: Config, run_dir: Path, trials: list[Any], folds: list[Any]
@@ -467,8 +495,8 @@ def _run_study(
     objective = objective_for(recipe.kind)
     folds = _folds(recipe)
     if given.search.budget is not None and (own_budget or not resume):
-        _check_budget(given, recipe, folds=len(folds))  # before the study: a refused search
-        # writes nothing
+        _check_budget(given, recipe, folds=len(folds), started=started)  # before the study: a
+        # refused search writes nothing
     with naming_the_config(given):
         space = search_space(_space_context(recipe), given)
     # Before ranking the backbones: every worker joins the same study.
@@ -479,8 +507,9 @@ def _run_study(
         int(p.distribution.high) for p in space.params
         if p.key == "train.epochs" and hasattr(p.distribution, "high")
     ])
-    study = open_study(given, run_dir, searched=signature,
-                       direction=objective.direction, max_epochs=epochs_high)
+    study = open_study(given, run_dir, searched=signature, direction=objective.direction,
+                       max_epochs=epochs_high,
+                       seed=worker_seed(given.seed) if own_budget else given.seed)
     if probes:
         study.set_user_attr("backbone_probes", probes)
     if resume:
@@ -524,6 +553,17 @@ def _run_study(
     return study, trials, kept, budget
 
 
+def worker_seed(seed: int) -> int:
+    """The sampler seed of a worker joining a shared study (`tunesmith search`): the config's
+    seed mixed with the worker's host and process. Seeded alike, workers started together would
+    draw the same random trials, each trained twice (TPE's first draws, before it models
+    anything, depend on the seed alone). The run that chooses the final model keeps the
+    config's seed, so a search of one process is reproducible."""
+    from tunesmith.search.run import worker_id
+
+    return (seed + zlib.crc32(worker_id().encode())) % 2**32
+
+
 RESERVE_SHARE, RESERVE_MAX_S = 0.1, 300.0  # of a search's budget, for the final evaluation
 
 
@@ -538,19 +578,26 @@ def least_budget(epoch_s: float) -> float:
     return budget if final_reserve(budget) < RESERVE_MAX_S else epoch_s + RESERVE_MAX_S
 
 
-def _check_budget(given: Config, recipe: Prepared, *, folds: int) -> None:
+FOLD_LEAST_S = 1.0  # the least time a trial's fold model is given (see `_train_folds`)
+
+
+def _check_budget(given: Config, recipe: Prepared, *, folds: int, started: float) -> None:
     """A budget too small for even one epoch of the recipe (the least a trial is scored on; with
-    folds, one on each) is an error that says the least one that fits, measured here."""
-    epoch_s = _epoch_seconds(recipe) * max(1, folds)
-    budget, least = float(given.search.budget or 0.0), least_budget(epoch_s)
+    folds, one on each, each given at least `FOLD_LEAST_S`) after what the search spent since
+    `started` (this measurement among it) is an error that says the least one that fits,
+    measured here."""
+    epoch_s = _epoch_seconds(recipe)
+    epoch_s = max(epoch_s, FOLD_LEAST_S) * folds if folds else epoch_s
+    spent = time.perf_counter() - started
+    budget, least = float(given.search.budget or 0.0), least_budget(epoch_s + spent)
     if budget >= least:
         return
-    each = f" on each of its {folds} folds" if folds else ""
+    each = f" on each of its {folds} folds (at least {FOLD_LEAST_S:g} s each)" if folds else ""
     raise TunesmithError(
         f"search.budget of {budget:g} s is too small for one trial: one epoch of the recipe "
-        f"({len(recipe.data.train)} rows, {recipe.config.model.backbone}){each} and its "
-        f"evaluation take about {epoch_s:.0f} s here, and the final evaluation keeps a tenth of "
-        "the budget",
+        f"({len(recipe.data.train)} rows, {recipe.config.model.backbone}) and its evaluation"
+        f"{each} take about {epoch_s:.0f} s here, {spent:.0f} s went to setting the search up, "
+        "and the final evaluation keeps a tenth of the budget",
         file=given.source, field="search.budget",
         fix=f"give at least {math.ceil(least)} s (or set search.trials alone, without a budget)",
     )
@@ -598,7 +645,7 @@ def _train_folds(
         with naming_the_config(given):
             fold_prepared = prepare(given.with_values(values), data=fold.data)
         share = None if left is None else max(
-            1.0, (left - (time.perf_counter() - started)) / (len(folds) - index))
+            FOLD_LEAST_S, (left - (time.perf_counter() - started)) / (len(folds) - index))
         model, result = train_candidate(fold_prepared, trial_dir / f"fold-{index}",
                                         reporter=reporter if index == 0 else None,
                                         time_budget=share)
@@ -688,6 +735,7 @@ def _space_context(prepared: Prepared) -> Any:
         recipe=prepared.config,
         blocks=len(prepared.backbone.blocks()),
         scratch=is_scratch(prepared.config),
+        adapters=takes_adapters(prepared.config),
     )
 
 

@@ -10,6 +10,7 @@ from tunesmith.search.recipe import (
     scratch_image_size,
     scratch_shape,
     strategy_plan,
+    takes_adapters,
     train_settings,
 )
 
@@ -22,5 +23,6 @@ __all__ = [
     "scratch_image_size",
     "scratch_shape",
     "strategy_plan",
+    "takes_adapters",
     "train_settings",
 ]

@@ -55,6 +55,12 @@ def is_scratch(config: Config) -> bool:
     return config.model.backbone.startswith("scratch:")
 
 
+def takes_adapters(config: Config) -> bool:
+    """Whether adapter strategies (LoRA, DoRA, LoHa) apply: they adapt pretrained layers, which
+    a network from scratch and a user's own module do not declare."""
+    return not config.model.backbone.startswith(("scratch:", "python:"))
+
+
 def image_size(profile: DataProfile, pretrained_size: int) -> int:
     """Small images are upsampled (about 2x, at least 64 px) so the backbone's 32x downsampling
     still leaves a spatial map to pool; larger ones use the backbone's pretrained resolution.
@@ -235,9 +241,7 @@ def check_fits(config: Config, profile: DataProfile) -> None:
             fix="set data.augment.mixup and data.augment.cutmix to 0",
         )
     strategy = Strategy.parse(config.model.strategy) if config.model.strategy != "auto" else None
-    if strategy is not None and strategy.adapter and config.model.backbone.startswith(
-        ("scratch:", "python:")
-    ):
+    if strategy is not None and strategy.adapter and not takes_adapters(config):
         raise TunesmithError(
             f"{strategy} adapts pretrained weights; {config.model.backbone} has none to keep",
             field="model.strategy",

@@ -13,6 +13,7 @@ than on the sampler's first random draws (see `_queue_replicate`); the final sta
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import socket
 import threading
@@ -47,6 +48,10 @@ TIME_CUT = "time budget"  # ... or the time left, its schedule shortened to fit
 # A journal keeps no heartbeats of its own: its workers record theirs as this system attribute
 # of their running trial (Unix seconds).
 HEARTBEAT_ATTR = "tunesmith:heartbeat"
+# Trials that failed in their training one after another before a worker stops: failed trials do
+# not count against `search.trials`, so a space whose every trial fails (a module that cannot
+# train, a rate that always diverges) would otherwise be drawn from for ever.
+FAILURES_IN_A_ROW = 5
 
 
 class OptunaReporter:
@@ -376,7 +381,11 @@ def run_trials(
     Returns the finished trials."""
     if first is not None:  # once per study, whichever worker comes first
         study.enqueue_trial(first, user_attrs={"recipe": True}, skip_if_exists=True)
+    failures = 0  # this worker's trials failed in a row
     while _room_for_another(study, budget):
+        if failures >= FAILURES_IN_A_ROW:
+            console.print(f"[yellow]the last {failures} trials failed[/]: the search stops")
+            break
         for number in fail_silent_workers_trials(study):
             console.print(f"[yellow]trial {number}'s worker went silent[/]: failed, queued again")
         if first is not None and replicate_seed is not None and not _queue_replicate(
@@ -413,7 +422,9 @@ def run_trials(
             trial.set_user_attr(WALL_ATTR, time.perf_counter() - started)
             study.tell(trial, state=TrialState.FAIL)
             console.print(f"[yellow]trial {trial.number} failed[/]: {error}")
+            failures += 1
             continue
+        failures = 0
         trial.set_user_attr(WALL_ATTR, time.perf_counter() - started)
         trial.set_user_attr("best_epoch", result.best_epoch)
         if result.stopped is not None:
@@ -437,12 +448,21 @@ def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+def scored_trials(
+    trials: list[optuna.trial.FrozenTrial], objective: Objective
+) -> list[optuna.trial.FrozenTrial]:
+    """The trials with a finite validation objective: a NaN (a pruned trial that diverged) would
+    compare as neither better nor worse than any other, and win by coming first."""
+    return [t for t in trials if math.isfinite(t.user_attrs.get("val", {}).get(
+        objective.metric, math.nan))]
+
+
 def best_trial(
     trials: list[optuna.trial.FrozenTrial], objective: Objective
 ) -> optuna.trial.FrozenTrial:
     """The trial with the best validation objective, completed or pruned (a pruned trial kept
     its best epoch's weights too); on a tie, the earlier one."""
-    scored = [t for t in trials if objective.metric in t.user_attrs.get("val", {})]
+    scored = scored_trials(trials, objective)
     if not scored:
         raise TunesmithError(
             "no trial of the search finished with a validation score",

@@ -41,6 +41,7 @@ class SpaceContext:
     recipe: Config  # the resolved recipe (trial 0): ranges are centred on its values
     blocks: int  # backbone blocks, for freeze:K
     scratch: bool  # a network trained from scratch (no strategy, no adapters)
+    adapters: bool = True  # adapter strategies apply (not to a user's own module)
 
 
 @dataclass(frozen=True)
@@ -121,13 +122,14 @@ def candidate_params(context: SpaceContext) -> list[Param]:
             params.append(Param("model.scratch.width",
                                 CategoricalDistribution([64, 128, 256, 512]), allowed=(1, 65536)))
         return params
-    strategies = ["full", "lp-ft", "linear-probe", "lora"]
+    adapters = ("lora", "dora", "loha") if context.adapters else ()
+    strategies = ["full", "lp-ft", "linear-probe", *adapters[:1]]
     if context.blocks >= 4:
         strategies.append(f"freeze:{context.blocks // 2}")
     params += [
         Param("model.strategy", CategoricalDistribution(strategies),
-              allowed=("full", "lp-ft", "linear-probe", "gradual-unfreeze", "lora", "dora",
-                       "loha", *(f"freeze:{k}" for k in range(context.blocks + 1)))),
+              allowed=("full", "lp-ft", "linear-probe", "gradual-unfreeze", *adapters,
+                       *(f"freeze:{k}" for k in range(context.blocks + 1)))),
         Param("train.optimizer", CategoricalDistribution(["adamw", "sgd"]),
               allowed=("adamw", "adam", "sgd")),
         Param("train.layer_decay", FloatDistribution(0.6, 1.0), _fine_tunes_blocks,
@@ -173,6 +175,14 @@ def _narrowed(param: Param, given: list[Any] | Range, source: str) -> Param:
         and any(isinstance(c, str) for c in param.distribution.choices)
     )
 
+    # A count (epochs, a batch size, a width) takes whole numbers only: 5.5 epochs would pass
+    # here and fail the trial's config.
+    integer = isinstance(param.distribution, IntDistribution) or (
+        isinstance(param.distribution, CategoricalDistribution)
+        and all(isinstance(c, int) and not isinstance(c, bool)
+                for c in param.distribution.choices)
+    )
+
     def refuse(problem: str, fix: str) -> TunesmithError:
         return TunesmithError(problem, file=source, field=field, fix=fix)
 
@@ -189,10 +199,10 @@ def _narrowed(param: Param, given: list[Any] | Range, source: str) -> Param:
                 f"({low}..{high}), or low > high",
                 f"give low <= high within {low}..{high}",
             )
-        if isinstance(param.distribution, IntDistribution) or (
-            isinstance(param.distribution, CategoricalDistribution)
-            and all(isinstance(c, int) for c in param.distribution.choices)
-        ):
+        if integer:
+            if not (float(given.low).is_integer() and float(given.high).is_integer()):
+                raise refuse(f"{param.key} takes whole numbers, not {given.low}..{given.high}",
+                             "give whole numbers for low and high")
             return Param(param.key, IntDistribution(int(given.low), int(given.high)),
                          param.condition, allowed)
         log = isinstance(param.distribution, FloatDistribution) and param.distribution.log
@@ -202,12 +212,15 @@ def _narrowed(param: Param, given: list[Any] | Range, source: str) -> Param:
         raise refuse(f"no choices given for {param.key}", "list at least one value")
     for choice in given:
         ok = (isinstance(choice, int | float) and not isinstance(choice, bool)
+              and (not integer or float(choice).is_integer())
               and allowed[0] <= choice <= allowed[1]) if numeric else choice in allowed
         if not ok:
             shown = f"{allowed[0]}..{allowed[1]}" if numeric else ", ".join(map(str, allowed))
-            raise refuse(f"{choice!r} is not a value {param.key} allows ({shown})",
+            whole = " whole numbers" if integer else ""
+            raise refuse(f"{choice!r} is not a value {param.key} allows ({shown}{whole})",
                          "choose values it allows")
-    return Param(param.key, CategoricalDistribution(list(given)), param.condition, allowed)
+    choices = [int(choice) for choice in given] if integer and numeric else list(given)
+    return Param(param.key, CategoricalDistribution(choices), param.condition, allowed)
 
 
 def search_space(context: SpaceContext, config: Config) -> Space:

@@ -171,19 +171,27 @@ def make_pruner(kind: str, *, max_epochs: int) -> optuna.pruners.BasePruner:
 
 def open_study(
     config: Config, run_dir: Path, *, searched: dict[str, Any], direction: str,
-    max_epochs: int,
+    max_epochs: int, seed: int | None = None,
 ) -> optuna.Study:
     """Create the study, or join it when it exists with the same searched config; one that
-    exists with another is refused, naming what differs."""
+    exists with another is refused, naming what differs. The sampler draws from `seed`
+    (default: the config's); workers sharing a study need seeds of their own, or each would draw
+    the very trials the others draw."""
     url = storage_url(config, run_dir)
     study_name = config.search.study or config.name
     store = open_storage(url, source=config.source)
+    seed = config.seed if seed is None else seed
     study = optuna.create_study(
         storage=store, study_name=study_name, load_if_exists=True,
         direction="maximize" if direction == "maximize" else "minimize",
-        sampler=make_sampler(config.seed, config.search.sampler),
+        sampler=make_sampler(seed, config.search.sampler),
         pruner=make_pruner(config.search.pruner, max_epochs=max_epochs),
     )
+    # A sampler seeded as the one that drew the study's trials so far would draw them again (a
+    # resumed run's first random draw is the killed run's first): it starts where they end.
+    existing = len(study.get_trials(deepcopy=False))
+    if existing:
+        study.sampler = make_sampler((seed + existing) % 2**32, config.search.sampler)
     known = study.user_attrs.get(CONFIG_ATTR)
     if known is None:
         study.set_user_attr(CONFIG_ATTR, searched)
