@@ -486,3 +486,10 @@ def test_image_run_bundle_keeps_the_resolved_image_size(image_run: FinishedRun) 
     # 32 px images, upsampled 2x by the recipe; predict must resize to the same size.
     assert manifest["preprocessing"]["size"] == config["data"]["image_size"] == 64
     assert manifest["classes"] == ["horizontal", "vertical"]
+
+
+def test_the_console_prints_colon_words_as_written() -> None:
+    """Rich turned `:boom:` in a name (python:pkg:boom) into an emoji."""
+    from tunesmith.console import console
+
+    assert console.render_str("python:models:boom:make").plain == "python:models:boom:make"

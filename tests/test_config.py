@@ -324,3 +324,21 @@ def test_a_number_is_not_a_flag(text_config: Callable[..., Path]) -> None:
     # a flag's own words stay, and a key that takes numbers still does
     config = load_config(text_config(), ["model.freeze_embeddings=auto", "train.epochs=1"])
     assert config.model.freeze_embeddings == "auto" and config.train.epochs == 1
+
+
+@pytest.mark.parametrize(("written", "expected"), [
+    ("90", 90.0), ("90s", 90.0), ("10m", 600.0), ("1.5h", 5400.0), ("1h30m", 5400.0),
+    ("1h 30m", 5400.0), ("2m30s", 150.0),
+])
+def test_a_budget_is_read_as_seconds(text_config: Callable[..., Path], written: str,
+                                     expected: float) -> None:
+    config = load_config(text_config(), [f"search.budget='{written}'"])
+    assert config.search.budget == expected
+
+
+@pytest.mark.parametrize("written", ["1h30x", "h", "soon"])
+def test_a_budget_that_is_no_duration_is_refused(text_config: Callable[..., Path],
+                                                  written: str) -> None:
+    with pytest.raises(TunesmithError) as caught:
+        load_config(text_config(), [f"search.budget='{written}'"])
+    assert "search.budget" in caught.value.message

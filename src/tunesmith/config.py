@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import os
+import re
 from collections.abc import Hashable
 from pathlib import Path
 from types import UnionType
@@ -79,16 +80,23 @@ STRATEGIES = (
 )
 
 
+DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+DURATION_PART = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([hms])")
+
+
 def seconds(value: Any) -> Any:
-    """`90`, `"90s"`, `"10m"` or `"1.5h"` as seconds; other values are left to validation."""
+    """`90`, `"90s"`, `"10m"`, `"1.5h"` or `"1h30m"` as seconds; other values are left to
+    validation."""
     if isinstance(value, str):
         text = value.strip().lower()
-        units = {"s": 1.0, "m": 60.0, "h": 3600.0}
-        number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+        number, unit = (text[:-1], text[-1]) if text[-1:] in DURATION_UNITS else (text, "s")
         try:
-            return float(number) * units[unit]
+            return float(number) * DURATION_UNITS[unit]
         except ValueError:
-            return value
+            pass
+        parts = DURATION_PART.findall(text)
+        if parts and "".join(DURATION_PART.sub("", text).split()) == "":
+            return sum(float(amount) * DURATION_UNITS[unit] for amount, unit in parts)
     return value
 
 

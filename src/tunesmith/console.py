@@ -19,7 +19,7 @@ from rich.text import Text
 
 # Of the processes of a data-parallel run (RANK set by torchrun / accelerate launch), only the
 # first one talks.
-console = Console(stderr=True, quiet=os.environ.get("RANK", "0") != "0")
+console = Console(stderr=True, quiet=os.environ.get("RANK", "0") != "0", emoji=False)
 
 
 class SamplesPerSecond(ProgressColumn):
