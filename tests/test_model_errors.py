@@ -235,6 +235,18 @@ def test_a_classification_loss_for_a_number(run_cli: Cli, tmp_path: Path) -> Non
     mixed = write_yaml(tmp_path / "mixup.yaml", {**raw, "train": {}, "data": mixup})
     assert_user_error(validate(run_cli, mixed), mixed, "data.augment.mixup",
                       "MixUp and CutMix mix class labels; this is a regression task")
+    # settings of a classification's loss, which a regression dropped without a word
+    weighted = write_yaml(tmp_path / "weights.yaml",
+                          {**raw, "train": {"class_weights": "balanced"}})
+    assert_user_error(validate(run_cli, weighted), weighted, "train.class_weights",
+                      "class weights balance the classes of a classification; this is a "
+                      "regression task", "set it to none")
+    smoothed = write_yaml(tmp_path / "smoothing.yaml", {**raw, "train": {"label_smoothing": 0.1}})
+    assert_user_error(validate(run_cli, smoothed), smoothed, "train.label_smoothing",
+                      "this is a regression task, trained without it", "set it to 0")
+    plain = write_yaml(tmp_path / "plain.yaml",
+                       {**raw, "train": {"label_smoothing": 0.0, "class_weights": "none"}})
+    assert validate(run_cli, plain).code == 0
 
 
 def test_an_adapter_on_a_network_from_scratch(run_cli: Cli, tmp_path: Path) -> None:

@@ -240,6 +240,20 @@ def check_fits(config: Config, profile: DataProfile) -> None:
             field="data.augment.mixup" if augment.mixup else "data.augment.cutmix",
             fix="set data.augment.mixup and data.augment.cutmix to 0",
         )
+    if config.train.class_weights == "balanced" and profile.kind == "regression":
+        raise TunesmithError(
+            "class weights balance the classes of a classification; this is a regression task",
+            field="train.class_weights",
+            fix="remove train.class_weights (or set it to none)",
+        )
+    smoothing = config.train.label_smoothing
+    if smoothing != "auto" and float(smoothing) > 0 and profile.kind != "classification":
+        raise TunesmithError(
+            f"label smoothing spreads a share of one class's probability over the others; "
+            f"this is a {profile.kind} task, trained without it",
+            field="train.label_smoothing",
+            fix="remove train.label_smoothing (or set it to 0)",
+        )
     strategy = Strategy.parse(config.model.strategy) if config.model.strategy != "auto" else None
     if strategy is not None and strategy.adapter and not takes_adapters(config):
         raise TunesmithError(
