@@ -250,6 +250,11 @@ def inspect_data(
     return report
 
 
+def _imputation(data: DataConfig) -> str:
+    """How a table's gaps are filled: `auto` is the median."""
+    return "median" if data.clean.impute == "auto" else data.clean.impute
+
+
 def _value_findings(
     data: DataConfig, columns: Columns, sources: dict[str, Source]
 ) -> list[Finding]:
@@ -259,7 +264,7 @@ def _value_findings(
     given = [name for name in ("val", "test") if name in sources]
     if not columns.features or not given:
         return []
-    impute = "median" if data.clean.impute == "auto" else data.clean.impute
+    impute = _imputation(data)
     found: list[Finding] = []
     encoding: TabularEncoding | None = None
     for name in ("train", *given):
@@ -476,7 +481,7 @@ def _fit_tabular(
     """Fit on train, then encode val and test once with it: a value it cannot take (text in a
     numeric column, inf, a gap with imputation off) stops the run here, naming its file and row,
     rather than after training, when they are first evaluated."""
-    impute = "median" if config.data.clean.impute == "auto" else config.data.clean.impute
+    impute = _imputation(config.data)
     train = parts["train"]
     assert train.features is not None
     with _naming_rows(train.source, train.ids):

@@ -40,9 +40,9 @@ class HFBackbone(Backbone):
 
     def __init__(self) -> None:
         super().__init__()
-        # The checkpoint's pooler, left out of the network (`_pooler_free_kwargs`), by its name
-        # in the base model: put back into `hf/`, so plain transformers loads it, not a random one.
-        self.pooler: dict[str, torch.Tensor] = {}
+        # The folder the pretrained weights came from (None for a rebuilt bundle): what the
+        # network left out of them (the pooler, `_pooler_free_kwargs`) goes back into `hf/`.
+        self.pretrained: Path | None = None
 
     def save_native(self, folder: Path) -> dict[str, str]:
         """`hf/`: the fine-tuned network as `save_pretrained` writes it, with its tokenizer or
@@ -51,9 +51,12 @@ class HFBackbone(Backbone):
         head is tunesmith's, in model.safetensors)."""
         target = folder / HF_FOLDER
         network = cast(Any, self.network)
-        network.save_pretrained(
-            target, safe_serialization=True,
-            state_dict={**network.state_dict(), **self.pooler} if self.pooler else None)
+        state = network.state_dict()
+        pooler = {} if self.pretrained is None else {
+            key: tensor for key, tensor in _checkpoint_pooler(self.pretrained).items()
+            if key not in state}
+        network.save_pretrained(target, safe_serialization=True,
+                                state_dict={**state, **pooler} if pooler else None)
         self.save_preprocessor(target)
         return {"library": "transformers", "folder": HF_FOLDER,
                 "load": f"transformers.AutoModel.from_pretrained('{HF_FOLDER}')"}
@@ -379,8 +382,7 @@ def load_pretrained(
     network = _load_network(path, config, field, trust_remote_code=trust_remote_code)
     backbone = _with_modality(path, network, config, field, max_length=max_length,
                               image_size=image_size, trust_remote_code=trust_remote_code)
-    if _pooler_free_kwargs(config, trust_remote_code=trust_remote_code):
-        backbone.pooler = _checkpoint_pooler(path)
+    backbone.pretrained = path
     return backbone
 
 
