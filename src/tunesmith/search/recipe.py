@@ -20,6 +20,7 @@ from tunesmith.data.sources import Modality
 from tunesmith.data.split import config_method
 from tunesmith.errors import TunesmithError
 from tunesmith.models.losses import DEFAULT_LOSS, LossSettings, check_loss
+from tunesmith.models.registry import parse_spec
 from tunesmith.models.scratch import ScratchShape
 from tunesmith.models.strategies import AdapterSettings, Strategy
 from tunesmith.train import StrategyPlan, TrainSettings
@@ -53,6 +54,15 @@ class DataProfile:
 
 def is_scratch(config: Config) -> bool:
     return config.model.backbone.startswith("scratch:")
+
+
+def starts_random(config: Config) -> bool:
+    """Whether the network starts from random weights: a network from scratch, or a timm or
+    torchvision network named without a weights file (tunesmith downloads nothing)."""
+    spec = parse_spec(config.model.backbone)
+    return spec.source == "scratch" or (
+        spec.source in ("timm", "torchvision") and "weights" not in spec.options
+    )
 
 
 def takes_adapters(config: Config) -> bool:
@@ -157,6 +167,11 @@ def loader_workers(modality: str) -> int:
     if modality != "image" or cores < 2:
         return 0
     return min(4, max(1, cores // 4))
+
+
+# Training rows whose batch-norm statistics replace the running ones before each evaluation of a
+# network from random weights (train/batch_norm.py); a few hundred are enough (Wu and Johnson).
+PRECISE_BN_ROWS = 512
 
 
 def ema_decay(train_rows: int, batch_size: int) -> float:
@@ -276,8 +291,9 @@ def resolve(
     strategy = Strategy.parse("full" if config.model.strategy == "auto" else config.model.strategy)
     train = _fill(config.train, _train_defaults(config, profile, strategy))
     train["precision"] = _precision(config, profile)
-    if train["ema"] == "auto":
-        train["ema"] = ema_decay(profile.train_rows, int(train["batch_size"]))
+    if train["ema"] == "auto":  # a network from random weights moves too far to be averaged
+        train["ema"] = None if starts_random(config) else ema_decay(
+            profile.train_rows, int(train["batch_size"]))
     if train["workers"] == "auto":
         train["workers"] = loader_workers(profile.modality)
     head = _fill(config.model.head, _head_defaults(config, profile, num_features))
@@ -367,6 +383,7 @@ def train_settings(
         patience=None if train.patience is None else int(train.patience),
         layer_decay=float(train.layer_decay),
         ema_decay=None if train.ema is None else float(train.ema),
+        precise_bn_rows=PRECISE_BN_ROWS if starts_random(config) else 0,
         time_budget=train.time_budget,
         checkpoint_steps=train.checkpoint_steps,
         log_to=train.log_to,

@@ -36,6 +36,7 @@ from tunesmith.io import atomic_write
 from tunesmith.models.inputs import EvalBatches
 from tunesmith.models.losses import LossSettings, make_loss
 from tunesmith.train import checkpoint as ckpt
+from tunesmith.train.batch_norm import RecentBatches, batch_norms, recompute_statistics
 from tunesmith.train.budget import Clock, fit_plan
 from tunesmith.train.ema import WeightAverage
 from tunesmith.train.heap import frozen_heap
@@ -70,6 +71,9 @@ class TrainSettings:
     patience: int | None = None  # evaluations without a better score before stopping
     layer_decay: float = 1.0
     ema_decay: float | None = None
+    # Batch-norm statistics recomputed before each evaluation from this many of the last training
+    # rows (a network from random weights: see train/batch_norm.py); 0 keeps the running ones.
+    precise_bn_rows: int = 0
     time_budget: float | None = None  # seconds for this run, evaluations included
     checkpoint_steps: int | None = None  # a checkpoint every this many steps (and every epoch)
     log_to: str = "none"  # or "tensorboard"
@@ -161,6 +165,7 @@ class _Run:
     log: RunLog
     average: WeightAverage | None
     steps_per_epoch: int
+    recent: RecentBatches | None  # the last training batches, for precise batch-norm statistics
     started: float
     best: _Best = field(default_factory=_Best)
     result: TrialResult = field(default_factory=lambda: TrialResult(-1, {}, "fp32"))
@@ -327,6 +332,8 @@ def _setup(
         ),
         average=average,
         steps_per_epoch=steps_per_epoch,
+        recent=RecentBatches(settings.precise_bn_rows) if settings.precise_bn_rows and batch_norms(
+            accelerator.unwrap_model(model, keep_torch_compile=False)) else None,
         started=started,
         last_checkpoint=started,
     )
@@ -424,6 +431,8 @@ def _train_epoch(run: _Run, loader: DataLoader[Any], val_rows: int) -> dict[str,
         for batch, in_group, ends_step in _micro_batches(run, loader):
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             targets = batch.pop("labels")
+            if run.recent is not None:
+                run.recent.add(batch)
             # Between a step's batches, processes need not average gradients (DDP's no_sync).
             with contextlib.nullcontext() if ends_step else accelerator.no_sync(model):
                 with accelerator.autocast():
@@ -483,6 +492,8 @@ def _optimizer_step(run: _Run) -> None:
 def _validate(run: _Run, batches: EvalBatches) -> dict[str, float]:
     """The validation metrics, of the averaged weights when a weight average is kept."""
     with run.average.applied() if run.average else contextlib.nullcontext():
+        if run.recent is not None:
+            _precise_statistics(run)
         val = _evaluate(run, batches)
         if _improves(run.objective, val, run.best):
             run.best = _keep_best(run, val)
@@ -508,6 +519,19 @@ def _improves(objective: Objective, val: dict[str, float], best: _Best) -> bool:
         return True
     lowest = best.metrics.get("loss", math.inf)
     return score == best.score and val["loss"] < lowest * (1 - LOSS_TIE_BREAK)
+
+
+def _precise_statistics(run: _Run) -> None:
+    """The batch norms' statistics from the last training rows under the weights evaluated;
+    processes average theirs, so that every one evaluates the same network."""
+    assert run.recent is not None
+    model = _plain(run)
+    if recompute_statistics(model, run.recent, run.accelerator.autocast) and (
+            run.accelerator.num_processes > 1):
+        for norm in batch_norms(model):
+            for stat in (norm.running_mean, norm.running_var):
+                assert stat is not None
+                stat.copy_(run.accelerator.reduce(stat, reduction="mean"))
 
 
 def _evaluate(run: _Run, batches: EvalBatches) -> dict[str, float]:
