@@ -81,26 +81,29 @@ def test_nothing_is_recomputed_before_any_training_batch() -> None:
 
 
 @pytest.mark.parametrize(
-    ("backbone", "pretrained"),
-    [("torchvision:mobilenet_v3_small", False), ("scratch:cnn", False), ("timm-file", True)],
+    ("backbone", "averaged", "precise_rows"),
+    [("torchvision:mobilenet_v3_small", False, PRECISE_BN_ROWS),
+     ("scratch:cnn", False, PRECISE_BN_ROWS),
+     ("scratch:mlp", False, 0),  # hundreds of short epochs: its running statistics keep up
+     ("timm-file", True, 0)],
 )
 def test_the_recipe_treats_random_and_pretrained_starts_apart(
-    tmp_path: Path, image_folder: Path, tiny_timm_weights: tuple[str, Path], backbone: str,
-    pretrained: bool,
+    tmp_path: Path, image_folder: Path, wine_csv: Path, tiny_timm_weights: tuple[str, Path],
+    backbone: str, averaged: bool, precise_rows: int,
 ) -> None:
     if backbone == "timm-file":  # the tiny timm network with its weights file
         name, weights = tiny_timm_weights
         backbone = f"timm:{name}?weights={weights}"
-    raw = config_dict(tmp_path, data_path=image_folder, backbone=backbone,
-                      train_settings=IMAGE_TRAIN)
+    table = backbone == "scratch:mlp"
+    raw = config_dict(tmp_path, data_path=wine_csv if table else image_folder, backbone=backbone,
+                      train_settings={"batch_size": 16})
     resolved = api.prepare(load_config(write_yaml(tmp_path / "c.yaml", raw))).config
     settings = train_settings(resolved, kind="classification")
-    if pretrained:  # an average over about an epoch of steps: 96 rows in batches of 16
+    if averaged:  # over about an epoch of steps: 96 rows in batches of 16
         assert resolved.train.ema == pytest.approx(1 - 1 / 10)
-        assert settings.precise_bn_rows == 0
     else:
         assert resolved.train.ema is None and settings.ema_decay is None
-        assert settings.precise_bn_rows == PRECISE_BN_ROWS
+    assert settings.precise_bn_rows == precise_rows
 
 
 def test_a_library_network_from_random_weights_is_scored_on_what_it_learned(

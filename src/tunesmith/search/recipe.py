@@ -174,6 +174,15 @@ def loader_workers(modality: str) -> int:
 PRECISE_BN_ROWS = 512
 
 
+def precise_bn_rows(config: Config) -> int:
+    """The training rows whose batch-norm statistics are recomputed before each evaluation: for
+    an image network from random weights, whose running statistics lag far behind its weights in
+    a run of a few epochs (a MobileNetV3-Small on the digits predicted one class after 2 epochs).
+    A table's MLP trains for hundreds of short epochs, in which they keep up; recomputing them at
+    every epoch cut the breast-cancer search's trials in its 2 minutes from 31 to 11."""
+    return PRECISE_BN_ROWS if config.task.startswith("image") and starts_random(config) else 0
+
+
 def ema_decay(train_rows: int, batch_size: int) -> float:
     """A weight average over about the last epoch of steps."""
     steps_per_epoch = -(-train_rows // batch_size)  # ceiling division
@@ -383,7 +392,7 @@ def train_settings(
         patience=None if train.patience is None else int(train.patience),
         layer_decay=float(train.layer_decay),
         ema_decay=None if train.ema is None else float(train.ema),
-        precise_bn_rows=PRECISE_BN_ROWS if starts_random(config) else 0,
+        precise_bn_rows=precise_bn_rows(config),
         time_budget=train.time_budget,
         checkpoint_steps=train.checkpoint_steps,
         log_to=train.log_to,
