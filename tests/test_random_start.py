@@ -21,7 +21,7 @@ from tunesmith.config import load_config
 from tunesmith.models.task_model import TaskModel
 from tunesmith.search import train_settings
 from tunesmith.search.recipe import PRECISE_BN_ROWS
-from tunesmith.train.batch_norm import RecentBatches, recompute_statistics
+from tunesmith.train.batch_norm import RecentBatches, recalibrate_norms, unfrozen_norms
 
 
 def rows(recent: RecentBatches) -> list[int]:
@@ -57,27 +57,23 @@ def test_the_statistics_are_those_of_the_recent_rows_under_the_current_weights()
     nn.Module.__init__(model)
     model.backbone, model.head = net, nn.Identity()  # type: ignore[assignment]
     model.frozen, model.fixed = [net.frozen], []
-    model.eval()
+    model.train()
     recent = RecentBatches(64)
     batches = [torch.randn(32, 3, generator=generator) * 3.0 + 5.0 for _ in range(2)]
     for batch in batches:
         recent.add({"x": batch})
 
-    assert recompute_statistics(model, recent) == 1
+    layers = unfrozen_norms(model)
+    assert layers == {"backbone.trained"}
+    assert recalibrate_norms(model, lambda: recent.batches, layers=layers)
     seen = net.frozen(torch.cat(batches)) * 2.0 + 1.0  # the frozen norm in evaluation mode
     torch.testing.assert_close(net.trained.running_mean, seen.mean(0))
     per_batch = torch.stack([part.var(0) for part in seen.split(32)])
     torch.testing.assert_close(net.trained.running_var, per_batch.mean(0))
-    # the frozen block's statistics, the momenta and the mode are as they were
+    # the frozen block's statistics, the momenta and the modes are as they were
     torch.testing.assert_close(net.frozen.running_mean, torch.zeros(3))
     assert (net.frozen.momentum, net.trained.momentum) == (0.01, 0.01)
-    assert not model.training and not net.trained.training
-
-
-def test_nothing_is_recomputed_before_any_training_batch() -> None:
-    net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
-    assert recompute_statistics(net, RecentBatches(8)) == 0
-    torch.testing.assert_close(net[1].running_var, torch.ones(2))
+    assert model.training and net.trained.training and not net.frozen.training
 
 
 @pytest.mark.parametrize(

@@ -12,10 +12,10 @@ from tunesmith.search.soup import (
     average,
     compatible,
     greedy_soup,
-    recalibrate_norms,
     trained_norms,
     uniform_soup,
 )
+from tunesmith.train.batch_norm import recalibrate_norms
 
 
 def state(value: float, *, shape: tuple[int, ...] = (2,)) -> dict[str, torch.Tensor]:

@@ -410,7 +410,7 @@ def _load_soup(model: TaskModel | Ensemble, state: dict[str, torch.Tensor], prep
     """Averaged weights into `model`; the batch-norm layers among `norms` (those the ingredients
     trained) measure their statistics again on a seeded sample of the training rows, without
     augmentation, as the model is evaluated: averaged statistics are not the soup's own."""
-    from tunesmith.search.soup import recalibrate_norms
+    from tunesmith.train.batch_norm import recalibrate_norms
 
     model.load_state_dict(state)
     if not norms:

@@ -14,18 +14,16 @@ variances does not give the statistics of the averaged network's activations (th
 one another), so the soup's normalization is off and it scores far below its ingredients: the
 uniform soup of four EfficientNet-Lite0 replicates on MNIST-5k scored 0.963 on validation against
 their mean of 0.987. As stochastic weight averaging does (Izmailov et al. 2018, `update_bn`),
-`recalibrate_norms` estimates them again with a forward pass over the training rows.
+`train.batch_norm.recalibrate_norms` estimates them again with a forward pass over the training
+rows.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Container, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-from torch import nn
 
 State = dict[str, torch.Tensor]
 
@@ -126,44 +124,3 @@ def trained_norms(states: Sequence[State]) -> frozenset[str]:
         if any(not torch.equal(first[f"{layer}.{stat}"], other[f"{layer}.{stat}"])
                for other in others for stat in ("running_mean", "running_var"))
     )
-
-
-@torch.no_grad()
-def recalibrate_norms(
-    model: nn.Module,
-    batches: Callable[[], Iterable[dict[str, torch.Tensor]]],
-    *,
-    layers: Container[str] | None = None,
-    autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
-) -> bool:
-    """Estimate the running statistics of the batch-norm layers named in `layers` (None: all)
-    again: the mean, over the batches `batches()` makes (their inputs; labels are ignored; a
-    batch of one row has no variance and is skipped), of each layer's batch statistics, with
-    everything else in eval mode (no dropout, no stochastic depth, the other norms as they are)
-    and the forward pass under `autocast`, as the model is evaluated. The weights do not change.
-    Returns whether there was any such layer (if not, nothing is run)."""
-    norms = [module for name, module in model.named_modules()
-             if isinstance(module, nn.modules.batchnorm._BatchNorm)
-             and module.track_running_stats and (layers is None or name in layers)]
-    if not norms:
-        return False
-    was_training = model.training
-    momenta = [norm.momentum for norm in norms]
-    device = next(model.parameters()).device
-    try:
-        model.eval()
-        for norm in norms:
-            norm.reset_running_stats()
-            norm.momentum = None  # a cumulative average over all batches, not an exponential one
-            norm.train()
-        for batch in batches():
-            inputs = {name: tensor.to(device) for name, tensor in batch.items()
-                      if name != "labels"}
-            if len(next(iter(inputs.values()))) > 1:
-                with autocast():
-                    model(inputs)
-    finally:
-        for norm, momentum in zip(norms, momenta, strict=True):
-            norm.momentum = momentum
-        model.train(was_training)
-    return True

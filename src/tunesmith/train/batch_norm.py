@@ -1,32 +1,31 @@
-"""Batch-norm statistics recomputed with the weights that are evaluated ("precise BN").
+"""Batch-norm statistics measured again under the weights that are evaluated.
 
 A batch norm normalizes by its batch's statistics in training and by running averages of them in
-evaluation. While the weights move slowly (fine-tuning a pretrained network) the running averages
-follow them. A network from random weights moves fast: the averages then describe the weights of
-many steps ago, and evaluation can collapse (a MobileNetV3-Small from random weights, 3 epochs of
-1,500 digits: validation loss 2.3026, one class for every row, at a training loss of 2.08; with the
-statistics recomputed, validation loss 2.07). So before each evaluation the statistics are
-recomputed from the last few hundred training rows, passed again through the weights evaluated
-(the averaged ones, when a weight average is kept, as SWA does), in training mode without
-gradients. See Wu and Johnson, "Rethinking 'Batch' in BatchNorm" (2021).
+evaluation. `recalibrate_norms` measures those again, for two callers:
+
+- A weight soup: the average of the ingredients' running statistics is not the statistics of the
+  averaged weights (search/soup.py).
+- A network from random weights, before each evaluation ("precise BN"). While the weights move
+  slowly (fine-tuning a pretrained network) the running averages follow them. From random weights
+  they move fast, the averages describe the weights of many steps ago, and evaluation can
+  collapse: a MobileNetV3-Small from random weights, 3 epochs of 1,500 digits, scored validation
+  loss 2.3026 (one class for every row) at a training loss of 2.08, and 2.07 with the statistics
+  measured again. They are measured on the last few hundred training rows (`RecentBatches`),
+  under the weights evaluated (the averaged ones when a weight average is kept, as SWA does).
+  See Wu and Johnson, "Rethinking 'Batch' in BatchNorm" (2021).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Container, Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
 Batch = dict[str, torch.Tensor]
-
-
-def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    """The batch norms that keep running statistics."""
-    return [m for m in model.modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
 
 class RecentBatches:
@@ -46,28 +45,50 @@ class RecentBatches:
 
 
 @torch.no_grad()
-def recompute_statistics(
-    model: nn.Module, recent: RecentBatches,
-    autocast: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
-) -> int:
-    """Replace the running statistics of the batch norms that train (a frozen block's stay as
-    they are) with those of `recent` under the model's current weights; returns how many were
-    replaced. The model is left in the mode it was in."""
-    if not recent.batches:
-        return 0
+def recalibrate_norms(
+    model: nn.Module,
+    batches: Callable[[], Iterable[dict[str, torch.Tensor]]],
+    *,
+    layers: Container[str] | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+) -> bool:
+    """Estimate the running statistics of the batch-norm layers named in `layers` (None: all)
+    again: the mean, over the batches `batches()` makes (their inputs; labels are ignored; a
+    batch of one row has no variance and is skipped), of each layer's batch statistics, with
+    everything else in eval mode (no dropout, no stochastic depth, the other norms as they are)
+    and the forward pass under `autocast`, as the model is evaluated. The weights do not change.
+    Returns whether there was any such layer (if not, nothing is run)."""
+    norms = [module for name, module in model.named_modules()
+             if isinstance(module, nn.modules.batchnorm._BatchNorm)
+             and module.track_running_stats and (layers is None or name in layers)]
+    if not norms:
+        return False
     was_training = model.training
-    model.train()  # a TaskModel keeps its frozen blocks in evaluation mode
-    norms = [norm for norm in batch_norms(model) if norm.training]
     momenta = [norm.momentum for norm in norms]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # a cumulative average over the batches passed
+    device = next(model.parameters()).device
     try:
-        for batch in recent.batches:
-            with autocast():
-                model(batch)
+        model.eval()
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a cumulative average over all batches, not an exponential one
+            norm.train()
+        for batch in batches():
+            inputs = {name: tensor.to(device) for name, tensor in batch.items()
+                      if name != "labels"}
+            if len(next(iter(inputs.values()))) > 1:
+                with autocast():
+                    model(inputs)
     finally:
         for norm, momentum in zip(norms, momenta, strict=True):
             norm.momentum = momentum
         model.train(was_training)
-    return len(norms)
+    return True
+
+
+def unfrozen_norms(model: nn.Module) -> set[str]:
+    """The batch norms (module names) that train: those outside the model's frozen blocks
+    (`TaskModel.frozen`), whose statistics stay as they were."""
+    frozen = {id(module) for block in getattr(model, "frozen", []) for module in block.modules()}
+    return {name for name, module in model.named_modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats
+            and id(module) not in frozen}

@@ -36,7 +36,7 @@ from tunesmith.io import atomic_write
 from tunesmith.models.inputs import EvalBatches
 from tunesmith.models.losses import LossSettings, make_loss
 from tunesmith.train import checkpoint as ckpt
-from tunesmith.train.batch_norm import RecentBatches, batch_norms, recompute_statistics
+from tunesmith.train.batch_norm import RecentBatches, recalibrate_norms, unfrozen_norms
 from tunesmith.train.budget import Clock, fit_plan
 from tunesmith.train.ema import WeightAverage
 from tunesmith.train.heap import frozen_heap
@@ -307,8 +307,8 @@ def _setup(
             fix="run gradual-unfreeze in one process, or use full, freeze:K, lp-ft or an adapter",
         )
     average = None
+    plain = accelerator.unwrap_model(model, keep_torch_compile=False)
     if settings.ema_decay:
-        plain = accelerator.unwrap_model(model, keep_torch_compile=False)
         # Frozen weights are their own average, unless an epoch hook unfreezes them later.
         fixed = frozenset() if before_epoch is not None else frozenset(
             name for name, parameter in plain.named_parameters() if not parameter.requires_grad
@@ -332,8 +332,8 @@ def _setup(
         ),
         average=average,
         steps_per_epoch=steps_per_epoch,
-        recent=RecentBatches(settings.precise_bn_rows) if settings.precise_bn_rows and batch_norms(
-            accelerator.unwrap_model(model, keep_torch_compile=False)) else None,
+        recent=RecentBatches(settings.precise_bn_rows)
+        if settings.precise_bn_rows and unfrozen_norms(plain) else None,
         started=started,
         last_checkpoint=started,
     )
@@ -522,16 +522,21 @@ def _improves(objective: Objective, val: dict[str, float], best: _Best) -> bool:
 
 
 def _precise_statistics(run: _Run) -> None:
-    """The batch norms' statistics from the last training rows under the weights evaluated;
-    processes average theirs, so that every one evaluates the same network."""
+    """The batch norms' statistics measured again on the last training rows under the weights
+    evaluated; processes average theirs, so that every one evaluates the same network."""
     assert run.recent is not None
-    model = _plain(run)
-    if recompute_statistics(model, run.recent, run.accelerator.autocast) and (
-            run.accelerator.num_processes > 1):
-        for norm in batch_norms(model):
-            for stat in (norm.running_mean, norm.running_var):
-                assert stat is not None
-                stat.copy_(run.accelerator.reduce(stat, reduction="mean"))
+    model, recent = _plain(run), run.recent
+    if not recent.batches:  # none since a resume: the checkpoint's statistics stand
+        return
+    layers = unfrozen_norms(model)
+    if not recalibrate_norms(model, lambda: recent.batches, layers=layers,
+                             autocast=run.accelerator.autocast):
+        return
+    if run.accelerator.num_processes > 1:
+        for name, norm in model.named_modules():
+            if name in layers:
+                for stat in (norm.running_mean, norm.running_var):
+                    stat.copy_(run.accelerator.reduce(stat, reduction="mean"))
 
 
 def _evaluate(run: _Run, batches: EvalBatches) -> dict[str, float]:
