@@ -4,6 +4,7 @@ empty text cell, a URL) and a bundle whose tunesmith.json or backbone/ was edite
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -14,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import FinishedRun
+from conftest import FinishedRun, write_yaml
 from tunesmith import api
 from tunesmith.errors import TunesmithError
 from tunesmith.export.bundle import MANIFEST
@@ -177,3 +178,26 @@ def test_the_manifest_names_the_library_versions_that_read_the_bundle(
     assert manifest["backbone"]["spec"] == config["model"]["backbone"]
     assert manifest["backbone"]["spec"].startswith("hf:")
     assert manifest["versions"]["timm"] == version("timm")
+
+
+def test_a_category_training_never_saw_is_named_and_still_predicted(
+    tmp_path: Path, run_cli: Any
+) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=120)
+    pd.DataFrame({"x": x, "colour": rng.choice(["red", "green"], 120),
+                  "label": np.where(x > 0, "high", "low")}).to_csv(tmp_path / "t.csv", index=False)
+    raw = {"name": "colours", "task": "tabular-classification",
+           "data": {"train": str(tmp_path / "t.csv")}, "model": {"backbone": "scratch:mlp"},
+           "train": {"epochs": 2}, "seed": 0, "output_dir": str(tmp_path / "runs")}
+    assert run_cli(["run", write_yaml(tmp_path / "c.yaml", raw)]).code == 0
+    rows = tmp_path / "rows.csv"
+    pd.DataFrame({"x": [1.0, -1.0, 2.0], "colour": ["purple", "red", "[b]teal"]}).to_csv(
+        rows, index=False)
+    result = run_cli(["predict", tmp_path / "runs" / "colours", rows])
+    assert result.code == 0, result.err[-2000:]
+    assert ("column 'colour': 2 row(s) hold values the training rows did not have ('[b]teal', "
+            "'purple')") in " ".join(result.err.split())
+    assert len(pd.read_csv(io.StringIO(result.out))) == 3
+    known = run_cli(["predict", tmp_path / "runs" / "colours", tmp_path / "t.csv"])
+    assert known.code == 0 and "did not have" not in known.err

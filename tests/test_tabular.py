@@ -178,6 +178,16 @@ def test_unseen_categories_give_an_all_zero_one_hot_row() -> None:
     np.testing.assert_array_equal(encoding.transform(val), [[0, 1, 0], [0, 0, 0], [1, 0, 0]])
 
 
+def test_unseen_names_new_values_of_one_hot_columns_only() -> None:
+    encoding = fit_tabular(pd.DataFrame({"zip": list("aabbc"), "code": list("abcdefghij")[:5]}),
+                           ["zip", "code"], max_one_hot=3)
+    assert [c.one_hot for c in encoding.categorical_columns] == [True, False]
+    rows = pd.DataFrame({"zip": ["b", "Tokyo", "Oslo", "Tokyo"], "code": ["z", "a", "y", "b"]})
+    # code is ordinal: training had values outside its kept three too ("other")
+    assert encoding.unseen(rows) == {"zip": (["Oslo", "Tokyo"], 3)}
+    assert encoding.unseen(rows.iloc[[0]]) == {}
+
+
 def test_high_cardinality_becomes_one_ordinal_column_by_frequency() -> None:
     train = pd.DataFrame({"zip": list("aaaabbbccde")})
     encoding = fit_tabular(train, ["zip"], max_one_hot=3)

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from rich.markup import escape
 
-from tunesmith.console import progress
+from tunesmith.console import console, progress
 from tunesmith.data.image_scan import ImageScan, scan_images
 from tunesmith.data.sources import IMAGE_SUFFIXES, TABLE_SUFFIXES, read_table_rows
 from tunesmith.data.tabular import TabularEncoding, missing_words
@@ -31,6 +32,7 @@ from tunesmith.models.ensemble import Ensemble
 from tunesmith.models.inputs import Inputs, eval_batches
 
 MULTILABEL_THRESHOLD = 0.5
+UNSEEN_SHOWN = 5  # unseen category values named in the warning
 
 
 class Predictor:
@@ -65,7 +67,15 @@ class Predictor:
             return [self._text_or_path(item, row) for row, item in enumerate(inputs)]
         frame = inputs if isinstance(inputs, pd.DataFrame) else pd.DataFrame(list(inputs))
         require_columns(frame, self.tabular, file=None)
-        return self.tabular.transform(frame)
+        encoded = self.tabular.transform(frame)
+        for column, (values, rows) in self.tabular.unseen(frame).items():
+            shown = ", ".join(repr(value) for value in values[:UNSEEN_SHOWN]) + (
+                f" and {len(values) - UNSEEN_SHOWN} more" if len(values) > UNSEEN_SHOWN else "")
+            console.print(escape(
+                f"column {column!r}: {rows} row(s) hold values the training rows did not have "
+                f"({shown}); they are predicted as none of its known categories"),
+                style="yellow", highlight=False)
+        return encoded
 
     def _require_many(self, inputs: Any) -> None:
         # One text or path is a sequence too: its characters would be predicted one by one.

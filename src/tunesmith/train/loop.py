@@ -460,7 +460,9 @@ def _train_epoch(run: _Run, loader: DataLoader[Any], val_rows: int) -> dict[str,
                           "lr": float(run.scheduler.get_last_lr()[0])})
             step_loss = 0.0
             fit_plan(run.plan, run.clock, run.result.steps, batch_size=len(targets) * in_group,
-                     steps_per_epoch=run.steps_per_epoch, val_rows=val_rows)
+                     steps_per_epoch=run.steps_per_epoch,
+                     # an evaluation passes the recent training rows again first
+                     val_rows=val_rows + (run.recent.rows if run.recent else 0))
             if accelerator.num_processes > 1 and run.clock.deadline is not None:
                 # Each process keeps its own time; all follow the main one's plan.
                 run.plan.total_steps = broadcast_object_list([run.plan.total_steps])[0]
