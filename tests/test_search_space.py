@@ -116,11 +116,17 @@ def test_a_value_the_user_gave_is_fixed_and_not_searched() -> None:
     assert "data.augment.preset" in space.keys  # a default the user did not write is searched
 
 
-def test_search_space_narrows_to_choices_or_a_range() -> None:
+def test_search_space_narrows_to_choices_or_a_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     given = config(search={"space": {"model.strategy": ["full", "lora"],
                                      "train.lr": {"low": 1e-5, "high": 1e-4},
                                      "model.head.layers": {"low": 1, "high": 2},
                                      "model.backbone": ["hf:a", "hf:b"]}})
+    for folder in ("a", "b"):  # paths read relative to the config's folder, here "."
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "config.json").write_text('{"model_type": "bert"}')
+    monkeypatch.chdir(tmp_path)
     params = {p.key: p.distribution for p in search_space(context(TEXT), given).params}
     assert params["model.strategy"] == CategoricalDistribution(["full", "lora"])
     assert params["train.lr"] == FloatDistribution(1e-5, 1e-4, log=True)
@@ -139,6 +145,14 @@ def test_search_space_narrows_to_choices_or_a_range() -> None:
         ({"model.head.activation": {"low": 0, "high": 1}}, "search.space.model.head.activation",
          "choices, not a range"),
         ({"train.epochs": []}, "search.space.train.epochs", "no choices"),
+        ({"model.backbone": ["hgf:m2"]}, "search.space.model.backbone",
+         "unknown backbone source 'hgf'"),
+        ({"model.backbone": ["hf:no-such-folder"]}, "search.space.model.backbone",
+         "no-such-folder does not exist"),
+        ({"model.backbone": ["timm:resnet18?weights=gone.safetensors"]},
+         "search.space.model.backbone", "gone.safetensors does not exist"),
+        ({"model.backbone": ["scratch:mlp"]}, "search.space.model.backbone",
+         "scratch:mlp reads tabular inputs, but the task is text"),
     ],
 )
 def test_a_search_space_override_outside_allowed_values_names_the_key(

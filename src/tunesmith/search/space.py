@@ -257,9 +257,38 @@ def search_space(context: SpaceContext, config: Config) -> Space:
                 "model.backbone takes a list of backbones", file=source,
                 field="search.space.model.backbone", fix="list backbone specs, e.g. [hf:a, hf:b]",
             )
+        _check_backbones(list(backbones), config, context.profile.modality)
         params.insert(0, Param("model.backbone", CategoricalDistribution(list(backbones))))
     _check_peft_used(config, fixed, params)
     return Space(tuple(params), fixed)
+
+
+def _check_backbones(backbones: list[Any], config: Config, modality: str) -> None:
+    """Each backbone `search.space` lists, read as `model.backbone` is (its source, options
+    and modality, its folder or weights file there), so that `tunesmith validate` finds a typo
+    rather than a trial."""
+    from tunesmith.models.registry import parse_spec, source_modalities
+
+    field = "search.space.model.backbone"
+    for spec in backbones:
+        try:
+            parsed = parse_spec(str(spec))
+        except TunesmithError as error:
+            raise TunesmithError(error.problem, file=config.source, field=field,
+                                 fix=error.fix) from None
+        paths = [parsed.target] if parsed.source == "hf" else []
+        paths += [parsed.options["weights"]] if "weights" in parsed.options else []
+        for path in paths:
+            if not config.path(path).exists():
+                raise TunesmithError(
+                    f"{spec}: {config.path(path)} does not exist", file=config.source, field=field,
+                    fix="list backbones whose folders and weights files exist (paths are "
+                    "relative to the config file)")
+        reads = source_modalities(parsed, config.path)
+        if modality not in reads:
+            raise TunesmithError(
+                f"{spec} reads {' or '.join(reads)} inputs, but the task is {modality}",
+                file=config.source, field=field, fix=f"list backbones for {modality} data")
 
 
 def _check_peft_used(config: Config, fixed: Values, params: list[Param]) -> None:
