@@ -181,7 +181,7 @@ def test_the_manifest_names_the_library_versions_that_read_the_bundle(
 
 
 def test_a_category_training_never_saw_is_named_and_still_predicted(
-    tmp_path: Path, run_cli: Any
+    tmp_path: Path, run_cli: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=120)
@@ -201,3 +201,11 @@ def test_a_category_training_never_saw_is_named_and_still_predicted(
     assert len(pd.read_csv(io.StringIO(result.out))) == 3
     known = run_cli(["predict", tmp_path / "runs" / "colours", tmp_path / "t.csv"])
     assert known.code == 0 and "did not have" not in known.err
+    # In Python each value is named once per predictor, whoever predicts row by row; a gap
+    # where training had none is an empty cell.
+    predictor = api.load(tmp_path / "runs" / "colours")
+    capsys.readouterr()
+    for colour in ("purple", "purple", None):
+        predictor.predict(pd.DataFrame({"x": [1.0], "colour": [colour]}))
+    said = " ".join(capsys.readouterr().err.split())
+    assert said.count("'purple'") == 1 and said.count("an empty cell") == 1

@@ -1,7 +1,7 @@
 """Networks that start from random weights (a timm or torchvision network named without a weights
-file, or a network from scratch) are evaluated as what they are: their batch norms' statistics are
-recomputed from recent training rows under the weights evaluated, and the recipe does not average
-their weights.
+file, or a network from scratch) are evaluated as what they are: an image network's batch norms
+measure their statistics again on a sample of training rows under the weights evaluated, and the
+recipe does not average their weights.
 
 Before, a torchvision MobileNetV3-Small from random weights predicted one class for every
 validation row (val accuracy 0.10 on the digits after 2 epochs) while its training loss fell."""
@@ -21,21 +21,7 @@ from tunesmith.config import load_config
 from tunesmith.models.task_model import TaskModel
 from tunesmith.search import train_settings
 from tunesmith.search.recipe import PRECISE_BN_ROWS
-from tunesmith.train.batch_norm import RecentBatches, recalibrate_norms, unfrozen_norms
-
-
-def rows(recent: RecentBatches) -> list[int]:
-    return [len(batch["x"]) for batch in recent.batches]
-
-
-def test_recent_batches_hold_the_last_rows_asked_for_and_no_batch_more() -> None:
-    recent = RecentBatches(20)
-    for size in (8, 8, 8, 8, 3):
-        recent.add({"x": torch.zeros(size, 2)})
-    assert rows(recent) == [8, 8, 8, 3]  # without the oldest 8: 19 rows, fewer than 20
-    assert recent.held == 27
-    recent.add({"x": torch.zeros(8, 2)})
-    assert rows(recent) == [8, 8, 3, 8] and recent.held == 27
+from tunesmith.train.batch_norm import recalibrate_norms, unfrozen_norms
 
 
 class Net(nn.Module):
@@ -50,23 +36,24 @@ class Net(nn.Module):
         return self.trained(self.frozen(inputs["x"]) * 2.0 + 1.0)
 
 
-def test_the_statistics_are_those_of_the_recent_rows_under_the_current_weights() -> None:
-    generator = torch.Generator().manual_seed(0)
+def frozen_and_trained() -> tuple[TaskModel, Net]:
     net = Net()
     model = TaskModel.__new__(TaskModel)  # the frozen-block bookkeeping of a real TaskModel
     nn.Module.__init__(model)
     model.backbone, model.head = net, nn.Identity()  # type: ignore[assignment]
     model.frozen, model.fixed = [net.frozen], []
-    model.train()
-    recent = RecentBatches(64)
-    batches = [torch.randn(32, 3, generator=generator) * 3.0 + 5.0 for _ in range(2)]
-    for batch in batches:
-        recent.add({"x": batch})
+    return model.train(), net
+
+
+def test_the_statistics_are_those_of_the_rows_under_the_current_weights() -> None:
+    generator = torch.Generator().manual_seed(0)
+    model, net = frozen_and_trained()
+    batches = [{"x": torch.randn(32, 3, generator=generator) * 3.0 + 5.0} for _ in range(2)]
 
     layers = unfrozen_norms(model)
     assert layers == {"backbone.trained"}
-    assert recalibrate_norms(model, lambda: recent.batches, layers=layers)
-    seen = net.frozen(torch.cat(batches)) * 2.0 + 1.0  # the frozen norm in evaluation mode
+    assert recalibrate_norms(model, lambda: batches, layers=layers)
+    seen = net.frozen(torch.cat([b["x"] for b in batches])) * 2.0 + 1.0  # frozen: eval mode
     torch.testing.assert_close(net.trained.running_mean, seen.mean(0))
     per_batch = torch.stack([part.var(0) for part in seen.split(32)])
     torch.testing.assert_close(net.trained.running_var, per_batch.mean(0))
@@ -74,6 +61,16 @@ def test_the_statistics_are_those_of_the_recent_rows_under_the_current_weights()
     torch.testing.assert_close(net.frozen.running_mean, torch.zeros(3))
     assert (net.frozen.momentum, net.trained.momentum) == (0.01, 0.01)
     assert model.training and net.trained.training and not net.frozen.training
+
+
+def test_without_a_batch_to_measure_on_the_statistics_stay() -> None:
+    model, net = frozen_and_trained()
+    net.trained.running_mean.fill_(4.0)
+    net.trained.num_batches_tracked.fill_(7)
+    one_row = [{"x": torch.ones(1, 3)}] * 3  # a batch of one row has no variance: skipped
+    assert recalibrate_norms(model, lambda: one_row, layers=unfrozen_norms(model))
+    torch.testing.assert_close(net.trained.running_mean, torch.full((3,), 4.0))
+    assert int(net.trained.num_batches_tracked) == 7
 
 
 @pytest.mark.parametrize(

@@ -85,6 +85,11 @@ CASES = {
         "train_settings": {**IMAGE_TRAIN, "epochs": 3, "checkpoint_steps": 4,
                            "probe_epochs": 5},
         "model": {"strategy": "lp-ft"}, "data": {"augment": {"preset": "light"}}}),
+    # A network from random weights, whose batch norms measure their statistics again before
+    # each evaluation: killed at the checkpoint of epoch 2's last step, before its evaluation.
+    "image-random": ("train", 12, lambda tiny_bert, text_csv, image_folder, timm: {
+        "data_path": image_folder, "backbone": "scratch:cnn",
+        "train_settings": {**IMAGE_TRAIN, "epochs": 3, "checkpoint_steps": 6}}),
 }
 
 

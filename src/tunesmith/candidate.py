@@ -26,7 +26,7 @@ from tunesmith.io import write_text
 from tunesmith.models import Backbone, TaskModel, absolute_spec, build_backbone, make_head
 from tunesmith.models.ensemble import Ensemble
 from tunesmith.models.hf import HFTextBackbone
-from tunesmith.models.inputs import Inputs, eval_batches, train_batches
+from tunesmith.models.inputs import EvalBatches, Inputs, eval_batches, train_batches
 from tunesmith.models.losses import balanced_weights
 from tunesmith.models.registry import parse_spec, source_modalities
 from tunesmith.models.scratch import ScratchShape
@@ -278,7 +278,18 @@ def batches_for(prepared: Prepared, batch_size: int, seed: int, workers: int = 0
         plain_train=lambda: eval_batches(
             backbone, train_inputs, train_targets, batch_size=EVAL_BATCH_SIZE, workers=workers
         ),
+        plain_sample=lambda rows: plain_sample(prepared, rows, workers=workers),
     )
+
+
+def plain_sample(prepared: Prepared, rows: int, *, workers: int = 0) -> EvalBatches:
+    """At most `rows` training rows, a sample seeded by the config's seed, without augmentation
+    and in batches as evaluation makes them: what batch norms measure their statistics on."""
+    train = prepared.data.train
+    chosen = np.random.default_rng(prepared.config.seed).permutation(len(train))
+    part = train.subset(sorted(chosen[:rows].tolist()))
+    return eval_batches(prepared.backbone, prepared.inputs(part), prepared.data.targets(part),
+                        batch_size=EVAL_BATCH_SIZE, workers=workers)
 
 
 def loss_weights(prepared: Prepared) -> tuple[float, ...] | None:

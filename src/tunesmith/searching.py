@@ -30,6 +30,7 @@ from tunesmith.candidate import (
     head_spec,
     loss_weights,
     naming_the_config,
+    plain_sample,
     predict_part,
     prepare,
     task_model,
@@ -415,16 +416,10 @@ def _load_soup(model: TaskModel | Ensemble, state: dict[str, torch.Tensor], prep
     model.load_state_dict(state)
     if not norms:
         return
-    train = prepared.data.train
-    chosen = np.random.default_rng(prepared.config.seed).permutation(len(train))
-    part = train.subset(sorted(chosen[:RECALIBRATION_ROWS].tolist()))
+    sample = plain_sample(prepared, RECALIBRATION_ROWS)
     device = next(model.parameters()).device
-    recalibrate_norms(
-        model,
-        lambda: eval_batches(prepared.backbone, prepared.inputs(part),
-                             prepared.data.targets(part), batch_size=EVAL_BATCH_SIZE).loader,
-        layers=norms, autocast=autocast_for(result.precision, device),
-    )
+    recalibrate_norms(model, lambda: sample.loader, layers=norms,
+                      autocast=autocast_for(result.precision, device))
 
 
 def study_record(study: Any, given: Config) -> dict[str, Any]:

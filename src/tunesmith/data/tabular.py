@@ -314,15 +314,17 @@ class TabularEncoding:
         return np.concatenate(blocks, axis=1).astype(np.float32)
 
     def unseen(self, frame: pd.DataFrame) -> dict[str, tuple[list[str], int]]:
-        """Per one-hot column, the values of `frame` the training rows did not have (sorted) and
-        the rows holding them: they encode as none of the column's categories. (An ordinal
-        column keeps its most frequent values only; training saw the rest as "other" too.)"""
+        """Per one-hot column, the values of `frame` the training rows did not have (sorted;
+        a gap where training had none is MISSING_CATEGORY) and the rows holding them: they
+        encode as none of the column's categories. (An ordinal column keeps its most frequent
+        values only; training saw the rest as "other" too.)"""
         found = {}
         for column in self.categorical_columns:
             if not column.one_hot:
                 continue
             keys = _category_keys(frame[column.name], column.name, column.fill, self.impute)
-            new = [key for key in keys if key not in set(column.categories)]
+            known = set(column.categories)
+            new = [key for key in keys if key not in known]
             if new:
                 found[column.name] = (sorted(set(new)), len(new))
         return found

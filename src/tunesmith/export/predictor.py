@@ -23,7 +23,7 @@ from rich.markup import escape
 from tunesmith.console import console, progress
 from tunesmith.data.image_scan import ImageScan, scan_images
 from tunesmith.data.sources import IMAGE_SUFFIXES, TABLE_SUFFIXES, read_table_rows
-from tunesmith.data.tabular import TabularEncoding, missing_words
+from tunesmith.data.tabular import MISSING_CATEGORY, TabularEncoding, missing_words
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import collect_logits
 from tunesmith.export.bundle import MANIFEST, load_bundle
@@ -46,6 +46,7 @@ class Predictor:
         self.temperature = float(manifest.get("temperature") or 1.0)
         tabular = manifest["inputs"].get("tabular")
         self.tabular = TabularEncoding.from_dict(tabular) if tabular else None
+        self._said: set[tuple[str, str]] = set()  # unseen categories already named
         # decoded as in training (bundles from before it was kept: RGB, the only mode used then)
         model.backbone.image_mode = manifest["inputs"].get("image_mode", "RGB")
 
@@ -68,14 +69,26 @@ class Predictor:
         frame = inputs if isinstance(inputs, pd.DataFrame) else pd.DataFrame(list(inputs))
         require_columns(frame, self.tabular, file=None)
         encoded = self.tabular.transform(frame)
+        self._say_unseen(frame)
+        return encoded
+
+    def _say_unseen(self, frame: pd.DataFrame) -> None:
+        """Name the categories the training rows did not have, each value once per predictor
+        (a caller may predict row by row, and an export encodes the same rows several times)."""
+        assert self.tabular is not None
         for column, (values, rows) in self.tabular.unseen(frame).items():
-            shown = ", ".join(repr(value) for value in values[:UNSEEN_SHOWN]) + (
-                f" and {len(values) - UNSEEN_SHOWN} more" if len(values) > UNSEEN_SHOWN else "")
+            new = [value for value in values if (column, value) not in self._said]
+            if not new:
+                continue
+            self._said.update((column, value) for value in new)
+            shown = ", ".join("an empty cell" if value == MISSING_CATEGORY else repr(value)
+                              for value in new[:UNSEEN_SHOWN])
+            if len(new) > UNSEEN_SHOWN:
+                shown += f" and {len(new) - UNSEEN_SHOWN} more"
             console.print(escape(
                 f"column {column!r}: {rows} row(s) hold values the training rows did not have "
                 f"({shown}); they are predicted as none of its known categories"),
                 style="yellow", highlight=False)
-        return encoded
 
     def _require_many(self, inputs: Any) -> None:
         # One text or path is a sequence too: its characters would be predicted one by one.

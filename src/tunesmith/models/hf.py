@@ -190,7 +190,8 @@ def _processor_size(processor: dict[str, Any]) -> int:
 # loading
 
 
-def _check_folder(path: Path, field: str) -> None:
+def check_folder(path: Path, field: str) -> None:
+    """A folder that `save_pretrained` wrote: it exists and holds config.json."""
     if not path.exists():
         raise TunesmithError(
             "model folder not found",
@@ -377,7 +378,7 @@ def load_pretrained(
     trust_remote_code: bool = False,
 ) -> HFBackbone:
     """The pretrained network in `path`, with its tokenizer or image preprocessing."""
-    _check_folder(path, field)
+    check_folder(path, field)
     config = _load_config(path, field, trust_remote_code=trust_remote_code)
     network = _load_network(path, config, field, trust_remote_code=trust_remote_code)
     backbone = _with_modality(path, network, config, field, max_length=max_length,

@@ -267,6 +267,7 @@ def _check_backbones(backbones: list[Any], config: Config, modality: str) -> Non
     """Each backbone `search.space` lists, read as `model.backbone` is (its source, options
     and modality, its folder or weights file there), so that `tunesmith validate` finds a typo
     rather than a trial."""
+    from tunesmith.models.hf import check_folder
     from tunesmith.models.registry import parse_spec, source_modalities
 
     field = "search.space.model.backbone"
@@ -276,8 +277,13 @@ def _check_backbones(backbones: list[Any], config: Config, modality: str) -> Non
         except TunesmithError as error:
             raise TunesmithError(error.problem, file=config.source, field=field,
                                  fix=error.fix) from None
-        paths = [parsed.target] if parsed.source == "hf" else []
-        paths += [parsed.options["weights"]] if "weights" in parsed.options else []
+        try:
+            if parsed.source == "hf":
+                check_folder(config.path(parsed.target), field)
+        except TunesmithError as error:
+            raise TunesmithError(f"{spec}: {error.file}: {error.problem}", file=config.source,
+                                 field=field, fix=error.fix) from None
+        paths = [parsed.options["weights"]] if "weights" in parsed.options else []
         for path in paths:
             if not config.path(path).exists():
                 raise TunesmithError(

@@ -36,7 +36,7 @@ from tunesmith.io import atomic_write
 from tunesmith.models.inputs import EvalBatches
 from tunesmith.models.losses import LossSettings, make_loss
 from tunesmith.train import checkpoint as ckpt
-from tunesmith.train.batch_norm import RecentBatches, recalibrate_norms, unfrozen_norms
+from tunesmith.train.batch_norm import recalibrate_norms, unfrozen_norms
 from tunesmith.train.budget import Clock, fit_plan
 from tunesmith.train.ema import WeightAverage
 from tunesmith.train.heap import frozen_heap
@@ -71,8 +71,8 @@ class TrainSettings:
     patience: int | None = None  # evaluations without a better score before stopping
     layer_decay: float = 1.0
     ema_decay: float | None = None
-    # Batch-norm statistics recomputed before each evaluation from this many of the last training
-    # rows (a network from random weights: see train/batch_norm.py); 0 keeps the running ones.
+    # Batch-norm statistics measured again before each evaluation on this many training rows (a
+    # network from random weights: see train/batch_norm.py); 0 keeps the running ones.
     precise_bn_rows: int = 0
     time_budget: float | None = None  # seconds for this run, evaluations included
     checkpoint_steps: int | None = None  # a checkpoint every this many steps (and every epoch)
@@ -165,7 +165,7 @@ class _Run:
     log: RunLog
     average: WeightAverage | None
     steps_per_epoch: int
-    recent: RecentBatches | None  # the last training batches, for precise batch-norm statistics
+    statistics: EvalBatches | None  # the rows batch norms measure again before each evaluation
     started: float
     best: _Best = field(default_factory=_Best)
     result: TrialResult = field(default_factory=lambda: TrialResult(-1, {}, "fp32"))
@@ -189,10 +189,13 @@ def train_trial(
     reporter: Reporter | None = None,
     before_epoch: EpochHook | None = None,
     resume: ckpt.Checkpoint | None = None,
+    statistics: EvalBatches | None = None,
 ) -> TrialResult:
-    """Train `model` in place; on return it holds the best-on-validation weights."""
+    """Train `model` in place; on return it holds the best-on-validation weights. With
+    `statistics` (training rows without augmentation), the batch norms that train measure their
+    statistics on them again before each evaluation."""
     with frozen_heap():
-        run = _setup(model, train_loader, settings, trial_dir, before_epoch)
+        run = _setup(model, train_loader, settings, trial_dir, before_epoch, statistics)
         train_loader = run.accelerator.prepare_data_loader(train_loader)
         if resume is not None:
             _restore(run, resume, train_loader)
@@ -280,6 +283,7 @@ def _setup(
     settings: TrainSettings,
     trial_dir: Path,
     before_epoch: EpochHook | None = None,
+    statistics: EvalBatches | None = None,
 ) -> _Run:
     started = time.perf_counter()
     set_seed(settings.seed)
@@ -332,8 +336,7 @@ def _setup(
         ),
         average=average,
         steps_per_epoch=steps_per_epoch,
-        recent=RecentBatches(settings.precise_bn_rows)
-        if settings.precise_bn_rows and unfrozen_norms(plain) else None,
+        statistics=statistics if unfrozen_norms(plain) else None,
         started=started,
         last_checkpoint=started,
     )
@@ -431,8 +434,6 @@ def _train_epoch(run: _Run, loader: DataLoader[Any], val_rows: int) -> dict[str,
         for batch, in_group, ends_step in _micro_batches(run, loader):
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             targets = batch.pop("labels")
-            if run.recent is not None:
-                run.recent.add(batch)
             # Between a step's batches, processes need not average gradients (DDP's no_sync).
             with contextlib.nullcontext() if ends_step else accelerator.no_sync(model):
                 with accelerator.autocast():
@@ -461,8 +462,8 @@ def _train_epoch(run: _Run, loader: DataLoader[Any], val_rows: int) -> dict[str,
             step_loss = 0.0
             fit_plan(run.plan, run.clock, run.result.steps, batch_size=len(targets) * in_group,
                      steps_per_epoch=run.steps_per_epoch,
-                     # an evaluation passes the recent training rows again first
-                     val_rows=val_rows + (run.recent.rows if run.recent else 0))
+                     # an evaluation first passes the rows batch norms measure again
+                     val_rows=val_rows + (len(run.statistics.order) if run.statistics else 0))
             if accelerator.num_processes > 1 and run.clock.deadline is not None:
                 # Each process keeps its own time; all follow the main one's plan.
                 run.plan.total_steps = broadcast_object_list([run.plan.total_steps])[0]
@@ -494,8 +495,10 @@ def _optimizer_step(run: _Run) -> None:
 def _validate(run: _Run, batches: EvalBatches) -> dict[str, float]:
     """The validation metrics, of the averaged weights when a weight average is kept."""
     with run.average.applied() if run.average else contextlib.nullcontext():
-        if run.recent is not None:
-            _precise_statistics(run)
+        if (statistics := run.statistics) is not None:  # measured under the weights evaluated
+            model = _plain(run)
+            recalibrate_norms(model, lambda: statistics.loader, layers=unfrozen_norms(model),
+                              autocast=run.accelerator.autocast)
         val = _evaluate(run, batches)
         if _improves(run.objective, val, run.best):
             run.best = _keep_best(run, val)
@@ -521,24 +524,6 @@ def _improves(objective: Objective, val: dict[str, float], best: _Best) -> bool:
         return True
     lowest = best.metrics.get("loss", math.inf)
     return score == best.score and val["loss"] < lowest * (1 - LOSS_TIE_BREAK)
-
-
-def _precise_statistics(run: _Run) -> None:
-    """The batch norms' statistics measured again on the last training rows under the weights
-    evaluated; processes average theirs, so that every one evaluates the same network."""
-    assert run.recent is not None
-    model, recent = _plain(run), run.recent
-    if not recent.batches:  # none since a resume: the checkpoint's statistics stand
-        return
-    layers = unfrozen_norms(model)
-    if not recalibrate_norms(model, lambda: recent.batches, layers=layers,
-                             autocast=run.accelerator.autocast):
-        return
-    if run.accelerator.num_processes > 1:
-        for name, norm in model.named_modules():
-            if name in layers:
-                for stat in (norm.running_mean, norm.running_var):
-                    stat.copy_(run.accelerator.reduce(stat, reduction="mean"))
 
 
 def _evaluate(run: _Run, batches: EvalBatches) -> dict[str, float]:

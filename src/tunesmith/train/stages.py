@@ -55,6 +55,7 @@ class Batches:
     train: DataLoader[Any]
     val: EvalBatches
     plain_train: Callable[[], EvalBatches]
+    plain_sample: Callable[[int], EvalBatches]  # a seeded sample of that many training rows
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,8 @@ def fine_tune(
     result = train_trial(
         model, batches.train, batches.val, settings, trial_dir,
         reporter=reporter, before_epoch=before_epoch, resume=resume,
+        statistics=batches.plain_sample(settings.precise_bn_rows)
+        if settings.precise_bn_rows else None,
     )
     if strategy.adapter:
         save_adapter(model, trial_dir / ADAPTER_FOLDER)
