@@ -215,6 +215,20 @@ def source_modalities(spec: BackboneSpec, resolve: Callable[[str], Path]) -> tup
     return ("image",)
 
 
+def checked_spec(spec: str, modality: Modality, resolve: Callable[[str], Path]) -> BackboneSpec:
+    """`spec` read, and checked against the task's modality."""
+    parsed = parse_spec(spec)
+    reads = source_modalities(parsed, resolve)
+    if modality not in reads:
+        raise TunesmithError(
+            f"{spec} reads {' or '.join(reads)} inputs, but the task is {modality}",
+            field=FIELD,
+            fix=f"use a backbone for {modality} data (e.g. {EXAMPLES[modality]}) or set task to "
+            "match the data",
+        )
+    return parsed
+
+
 def build_backbone(
     spec: str,
     *,
@@ -228,15 +242,7 @@ def build_backbone(
     search: Path | None = None,
 ) -> Backbone:
     """The backbone `spec` names, checked against the task's modality."""
-    parsed = parse_spec(spec)
-    reads = source_modalities(parsed, resolve)
-    if modality not in reads:
-        raise TunesmithError(
-            f"{spec} reads {' or '.join(reads)} inputs, but the task is {modality}",
-            field=FIELD,
-            fix=f"use a backbone for {modality} data (e.g. {EXAMPLES[modality]}) or set task to "
-            "match the data",
-        )
+    parsed = checked_spec(spec, modality, resolve)
     request = BuildRequest(
         parsed, modality, resolve, max_length, image_size, in_features, shape,
         trust_remote_code, search,

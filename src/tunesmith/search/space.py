@@ -26,6 +26,7 @@ from optuna.distributions import (
 )
 
 from tunesmith.config import Config, Range
+from tunesmith.data.sources import Modality
 from tunesmith.errors import TunesmithError
 from tunesmith.search.recipe import DataProfile
 
@@ -263,38 +264,30 @@ def search_space(context: SpaceContext, config: Config) -> Space:
     return Space(tuple(params), fixed)
 
 
-def _check_backbones(backbones: list[Any], config: Config, modality: str) -> None:
+def _check_backbones(backbones: list[Any], config: Config, modality: Modality) -> None:
     """Each backbone `search.space` lists, read as `model.backbone` is (its source, options
     and modality, its folder or weights file there), so that `tunesmith validate` finds a typo
     rather than a trial."""
     from tunesmith.models.hf import check_folder
-    from tunesmith.models.registry import parse_spec, source_modalities
+    from tunesmith.models.registry import PATH_OPTIONS, checked_spec, parse_spec
 
     field = "search.space.model.backbone"
-    for spec in backbones:
+    for spec in map(str, backbones):
         try:
-            parsed = parse_spec(str(spec))
-        except TunesmithError as error:
-            raise TunesmithError(error.problem, file=config.source, field=field,
-                                 fix=error.fix) from None
-        try:
+            parsed = parse_spec(spec)
             if parsed.source == "hf":
                 check_folder(config.path(parsed.target), field)
+            for option in PATH_OPTIONS & parsed.options.keys():
+                if not config.path(parsed.options[option]).exists():
+                    raise TunesmithError(f"{config.path(parsed.options[option])} does not exist",
+                                         fix="give weights files that exist (paths are relative "
+                                         "to the config file)")
+            checked_spec(spec, modality, config.path)  # after: a missing folder has no modality
         except TunesmithError as error:
-            raise TunesmithError(f"{spec}: {error.file}: {error.problem}", file=config.source,
-                                 field=field, fix=error.fix) from None
-        paths = [parsed.options["weights"]] if "weights" in parsed.options else []
-        for path in paths:
-            if not config.path(path).exists():
-                raise TunesmithError(
-                    f"{spec}: {config.path(path)} does not exist", file=config.source, field=field,
-                    fix="list backbones whose folders and weights files exist (paths are "
-                    "relative to the config file)")
-        reads = source_modalities(parsed, config.path)
-        if modality not in reads:
-            raise TunesmithError(
-                f"{spec} reads {' or '.join(reads)} inputs, but the task is {modality}",
-                file=config.source, field=field, fix=f"list backbones for {modality} data")
+            where = f"{error.file}: " if error.file else ""
+            problem = f"{where}{error.problem}"
+            raise TunesmithError(problem if spec in problem else f"{spec}: {problem}",
+                                 file=config.source, field=field, fix=error.fix) from None
 
 
 def _check_peft_used(config: Config, fixed: Values, params: list[Param]) -> None:
