@@ -501,6 +501,7 @@ def test_a_killed_search_resumes_keeping_finished_trials_and_retrying_the_interr
     log = run_dir / "trials" / "1" / "metrics.jsonl"
     while time.time() < deadline:  # kill it inside trial 1, after trial 0 finished
         if (run_dir / "study.db").is_file() and log.is_file() and log.stat().st_size:
+            first_written = log.stat().st_mtime
             break
         time.sleep(0.2)
     time.sleep(1.0)  # a second of training steps
@@ -521,9 +522,12 @@ def test_a_killed_search_resumes_keeping_finished_trials_and_retrying_the_interr
     assert states.count("COMPLETE") == 3
     metrics = json.loads((summary.run_dir / "metrics.json").read_text())
     assert metrics["search"]["trials_failed"] == 1
-    # The budget counts what the interrupted trial ran: its start to its last step's log line.
-    ran = killed_at - before[1].datetime_start.timestamp()
-    assert 0.5 * ran <= after[1].user_attrs["wall_s"] <= ran
+    # The budget counts what the interrupted trial ran: its start to its last step's log line,
+    # which is no earlier than the line seen before the kill (a fraction of the time to the kill
+    # would depend on how busy the machine is: how long its last step took).
+    started = before[1].datetime_start.timestamp()
+    assert first_written - started - 0.01 <= after[1].user_attrs["wall_s"] <= killed_at - started
+    assert after[1].user_attrs["wall_s"] > 0
     assert metrics["search"]["spent_s"] >= sum(t.user_attrs["wall_s"] for t in after)
     # The train section tells the chosen trial's training, whichever process trained it; trial
     # 0's, rebuilt from its files as when it is chosen, tells what the killed process did.
