@@ -219,6 +219,34 @@ def test_evaluate_refuses_a_folder_that_is_not_a_run(tmp_path: Path, run_cli: An
     assert "not a tunesmith run folder" in result.err and str(tmp_path) in result.err
 
 
+def test_a_run_whose_data_moved_says_where_to_point_it(
+    tmp_path: Path, wine_csv: Path, run_cli: Any
+) -> None:
+    data = tmp_path / "data" / "wine.csv"
+    data.parent.mkdir()
+    shutil.copy(wine_csv, data)
+    run = finish_run(tmp_path, wine_raw(tmp_path, data, "moved", epochs=5))
+    moved = tmp_path / "elsewhere.csv"
+    data.rename(moved)
+    saved = run.run_dir / "config.yaml"
+    for command in (["evaluate", run.run_dir], ["export", run.run_dir, "--format", "onnx"]):
+        result = run_cli(command)
+        assert result.code == 2, result.err
+        said = " ".join(result.err.split())  # the console wraps long lines
+        assert "no longer where it was" in said and str(data) in said
+        assert "data.train" in said and str(saved) in said
+    assert not (run.run_dir / "model.onnx").exists()
+    # Done as it says, the run's test part is split again from the data in its new place.
+    text = saved.read_text()
+    assert str(data) in text
+    saved.write_text(text.replace(str(data), str(moved)))
+    assert run_cli(["evaluate", run.run_dir]).code == 0
+    record = json.loads((run.run_dir / "evaluations" / "test.json").read_text())
+    assert record["rows"] == metrics_of(run)["test_rows"]
+    assert record["scores"]["accuracy"]["value"] == pytest.approx(
+        metrics_of(run)["test"]["accuracy"]["value"])
+
+
 def test_evaluate_refuses_labels_the_model_never_saw(
     wine_run: FinishedRun, wine_csv: Path, tmp_path: Path, run_cli: Any
 ) -> None:

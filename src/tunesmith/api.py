@@ -496,7 +496,7 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None) -> Evaluation:
     config = load_config(folder / "config.yaml")
     if data is not None:
         config = config.with_values({"data.test": str(Path(data).resolve())})
-    part = load_task_data(config, test_replaced=data is not None).test
+    part = _run_data(folder, config, test_replaced=data is not None).test
     predictor = load_predictor(folder)
     kind = predictor.kind
     _check_labels(part, predictor, kind)
@@ -510,6 +510,24 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None) -> Evaluation:
                               str(part.source))
     write_json(record, {"data": str(part.source), "rows": len(part), "scores": scores})
     return Evaluation(part.source, len(part), scores, record)
+
+
+def _run_data(folder: Path, config: Config, *, test_replaced: bool = False) -> TaskData:
+    """A finished run's data, split again as its config says. Data moved since the run is named
+    with the run's own config as the place to say where it is now (the run's test rows are
+    split from it again, and its training rows fit the table's encoding)."""
+    for field in ("train", "val", "test"):
+        named = getattr(config.data, field)
+        if named is None or (field == "test" and test_replaced):
+            continue
+        path = config.path(named)
+        if not path.exists():
+            raise TunesmithError(
+                "the data this run was fine-tuned on is no longer where it was", file=path,
+                field=f"data.{field}",
+                fix=f"put it back, or set data.{field} in {folder / 'config.yaml'} to where it "
+                "is now")
+    return load_task_data(config, test_replaced=test_replaced)
 
 
 def _evaluation_file(folder: Path, name: str, source: str) -> Path:
@@ -539,7 +557,7 @@ def export(run_dir: str | Path, format: str = "onnx", *, quantize: bool = False)
     if format == "safetensors":
         return bundle / WEIGHTS
     require_run_folder(folder)
-    test = load_task_data(load_config(folder / "config.yaml")).test
+    test = _run_data(folder, load_config(folder / "config.yaml")).test
     inputs = test.features if test.features is not None else test.inputs
     targets = _targets_for(test, predictor.classes, predictor.kind)
     return export_onnx(predictor, folder, inputs, evaluation=(inputs, targets),
