@@ -467,7 +467,7 @@ def test_regression_asked_of_class_labels_says_they_are_not_numbers(
     """It said 'all 300 rows have no label', sending the user to look for an empty column."""
     expected = (text_csv, "data.label_column",
                 f"{len(text_table)} regression target(s) are not numbers (data rows 1, 2, 3",
-                "set task to auto (or a classification task)")
+                "set task: text-classification if the labels are classes")
     result = run_cli(["validate", text_config(task="text-regression")])
     assert_user_error(result, *expected)
     assert "have no label" not in result.err
@@ -485,3 +485,173 @@ def test_a_time_that_is_neither_a_date_nor_a_number_is_named(run_cli: Cli, tmp_p
     result = run_cli(["validate", write_yaml(tmp_path / "dated.yaml", raw)])
     assert_user_error(result, path, "data.split.time_column", "1 value(s) in the time column "
                       "'when' are neither dates nor numbers, e.g. 'yesterday' (data row 7)")
+
+
+# ----------------------------------------------------------------------------------------------
+# what used to pass the checks and go wrong later (a review found each one)
+
+
+@pytest.mark.parametrize("dtype", ["string", "Int64", "Float64"])
+def test_missing_labels_in_a_parquet_files_nullable_column_are_missing(
+    dtype: str, text_config: Callable[..., Path], text_table: pd.DataFrame, run_cli: Cli,
+    tmp_path: Path
+) -> None:
+    """pandas' nullable columns miss with `pd.NA`, which read as a class named '<NA>' (and made a
+    Float64 target with gaps a classification of single examples)."""
+    table = numeric_targets(len(text_table), seed=3) if dtype == "Float64" else text_table.assign(
+        label=np.arange(len(text_table)) % 2 if dtype == "Int64" else text_table["label"])
+    table["label"] = table["label"].astype(dtype)
+    table.loc[[5, 9, 13], "label"] = pd.NA
+    path = tmp_path / "nullable.parquet"
+    table.to_parquet(path, index=False)
+    what = "target (empty or NaN)" if dtype == "Float64" else "label"
+    expected = (path, "data.label_column", f"3 row(s) have no {what} (data rows 6, 10, 14)")
+    assert_user_error(run_cli(["validate", text_config(data_path=path)]), *expected)
+    result, out = inspect_cli(run_cli, path)
+    assert_inspect_error(result, out, *expected)
+    report = json.loads(out.read_text())
+    assert report["label_kind"] == ("regression" if dtype == "Float64" else "classification")
+    assert "<NA>" not in json.dumps(report)
+
+
+def test_a_column_of_numbers_with_a_few_words_is_a_regression_that_names_them(
+    text_config: Callable[..., Path], run_cli: Cli, tmp_path: Path
+) -> None:
+    """A '?' for unknown in three of 300 fractional targets made the column a classification,
+    the '?' one of its classes, and the run went on."""
+    table = numeric_targets(300, seed=4).astype({"label": object})
+    table.loc[[7, 23, 41], "label"] = "?"
+    path = bad_csv(tmp_path, table)
+    expected = (path, "data.label_column",
+                "3 regression target(s) are not numbers (data rows 8, 24, 42)",
+                "set task: text-classification if the labels are classes")
+    assert_user_error(run_cli(["validate", text_config(data_path=path)]), *expected)
+    assert_inspect_error(*inspect_cli(run_cli, path), *expected)
+    # Words in more than a few rows are classes, as before.
+    table.loc[: len(table) // 5, "label"] = "?"
+    assert "regression" not in run_cli(["validate", text_config(data_path=bad_csv(
+        tmp_path, table))]).err
+
+
+def test_multilabel_with_one_label_only(text_config: Callable[..., Path],
+                                        text_table: pd.DataFrame, run_cli: Cli,
+                                        tmp_path: Path) -> None:
+    """It passed both checks, trained, and failed in the test metrics with a traceback."""
+    path = tmp_path / "one-tag.jsonl"
+    path.write_text("".join(json.dumps({"text": text, "label": ["a"]}) + "\n"
+                            for text in text_table["text"].iloc[:60]))
+    expected = (path, "data.label_column", "single class ('a'); multilabel needs two or more",
+                "write it as a classification column of two classes")
+    assert_user_error(run_cli(["validate", text_config(data_path=path)]), *expected)
+    assert_inspect_error(*inspect_cli(run_cli, path), *expected)
+
+
+@pytest.mark.parametrize("modality", ["text", "tabular"])
+def test_cells_holding_lists_are_named(modality: str, text_config: Callable[..., Path],
+                                       text_table: pd.DataFrame, run_cli: Cli,
+                                       tmp_path: Path) -> None:
+    """A JSON list in a text or feature column failed with a traceback (unhashable type)."""
+    path = tmp_path / "lists.jsonl"
+    rows = [{"text": text if row % 7 else text.split(), "size": row % 5,
+             "tags": ["x", "y"] if row % 3 == 0 else "x", "label": label}
+            for row, (text, label) in enumerate(zip(text_table["text"], text_table["label"],
+                                                    strict=True))]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    if modality == "text":
+        config = text_config(data_path=path)
+        expected = (path, "data.text_column",
+                    "column 'text' holds 43 cell(s) with several values, not one (data row 1 "
+                    "holds a list)", "join each row's text into one string")
+    else:
+        config = write_yaml(tmp_path / "table.yaml", config_dict(
+            tmp_path, data_path=path, backbone="scratch:mlp", train_settings={"epochs": 1},
+            data={"text_column": "absent"}))
+        expected = (path, "data.feature_columns",
+                    "column 'text' holds 43 cell(s) with several values, not one",
+                    "leave it out of data.feature_columns")
+    assert_user_error(run_cli(["validate", config]), *expected)
+    if modality == "text":
+        assert_inspect_error(*inspect_cli(run_cli, path), *expected)
+
+
+def test_an_image_folder_of_split_folders_is_not_two_classes(
+    image_config: Callable[..., Path], image_folder: Path, run_cli: Cli, tmp_path: Path
+) -> None:
+    root = tmp_path / "dataset"
+    for image in sorted(image_folder.rglob("*.png")):  # every third image to the test part
+        name = "test" if int("".join(filter(str.isdigit, image.stem)) or 0) % 3 == 0 else "train"
+        (root / name / image.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, root / name / image.parent.name / image.name)
+    expected = (root, "data.train", "named like parts of a split (test, train), not classes",
+                f"set data.train to {root / 'train'}, set data.test to {root / 'test'}")
+    assert_user_error(run_cli(["validate", image_config(data_path=root)]), *expected)
+    assert_inspect_error(*inspect_cli(run_cli, root), *expected)
+    # Done as it says, the classes are the image folder's own.
+    fixed = image_config(data_path=root / "train", data={"test": str(root / "test")})
+    result = run_cli(["validate", fixed])
+    assert result.code == 0, result.err
+    said = " ".join((result.out + result.err).split())
+    assert f"ok: image-classification, {len(list(image_folder.iterdir()))} classes" in said
+
+
+def test_a_class_folder_without_image_files_is_named(
+    image_config: Callable[..., Path], image_folder: Path, run_cli: Cli, tmp_path: Path
+) -> None:
+    """The class vanished without a word; and JPEG files named .jfif are read."""
+    from PIL import Image
+
+    images = copy_images(image_folder, tmp_path)
+    (images / "notes").mkdir()
+    (images / "notes" / "readme.txt").write_text("not an image")
+    (images / "notes" / "list.csv").write_text("a,b\n")
+    expected = (images, "data.train",
+                "the class folder 'notes' holds no image files (it holds 1 .csv, 1 .txt)")
+    assert_user_error(run_cli(["validate", image_config(data_path=images)]), *expected)
+    assert_inspect_error(*inspect_cli(run_cli, images), *expected)
+    shutil.rmtree(images / "notes")
+    (images / "jfif").mkdir()
+    pictures = sorted((images / "horizontal").glob("*.png"))[:5]
+    for k, path in enumerate(pictures):
+        Image.open(path).convert("RGB").save(images / "jfif" / f"{k}.jfif", format="JPEG")
+    assert part(inspect_ok(run_cli, images))["label_counts"]["jfif"] == 5
+
+
+def test_a_data_format_that_contradicts_the_path(
+    image_config: Callable[..., Path], image_folder: Path, text_config: Callable[..., Path],
+    text_csv: Path, run_cli: Cli
+) -> None:
+    cases = [(image_config(data_path=image_folder, data={"format": "csv"}), image_folder,
+              "data.format is csv but this is a folder", "point data.train at a csv file"),
+             (text_config(data_path=text_csv, data={"format": "image-folder"}), text_csv,
+              "data.format is image-folder but this is a file", "point data.train at a folder")]
+    for config, path, problem, fix in cases:
+        assert_user_error(run_cli(["validate", config]), path, "data.format", problem,
+                          "set data.format: auto", fix)
+
+
+def test_saved_datasets_with_class_label_gaps_and_lists(text_table: pd.DataFrame,
+                                                         run_cli: Cli, tmp_path: Path) -> None:
+    """A null in a ClassLabel column failed with a traceback; a list of ClassLabels (multilabel)
+    gave its classes as codes 0, 1, 2."""
+    import datasets
+
+    names = ["awful", "fine", "great"]
+    texts = text_table["text"].tolist()[:90]
+    codes: list[int | None] = [row % 3 for row in range(90)]
+    codes[4] = None
+    gaps = tmp_path / "gaps"
+    datasets.Dataset.from_dict({"text": texts, "label": codes}, features=datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)})
+    ).save_to_disk(str(gaps))
+    assert_inspect_error(*inspect_cli(run_cli, gaps), gaps, "data.label_column",
+                         "1 row(s) have no label (data rows 5)")
+    lists = tmp_path / "lists"
+    tags = [[row % 3] if row % 2 else [row % 3, (row + 1) % 3] for row in range(90)]
+    datasets.Dataset.from_dict({"text": texts, "label": tags}, features=datasets.Features(
+        {"text": datasets.Value("string"),
+         "label": datasets.Sequence(datasets.ClassLabel(names=names))})
+    ).save_to_disk(str(lists))
+    report = inspect_ok(run_cli, lists)
+    assert report["task"] == "text-multilabel" and report["classes"] == names
+    expected = {name: sum(k in tag for tag in tags) for k, name in enumerate(names)}
+    assert part(report)["label_counts"] == expected

@@ -244,8 +244,8 @@ def _label_findings(task: TaskSpec, part: PartScan, *, is_train: bool) -> list[F
                     field="data.label_column",
                     count=len(rows),
                     examples=_ids(part, rows),
-                    fix="a regression needs a number in every row: correct those rows, or set "
-                    "task to auto (or a classification task) if the labels are classes",
+                    fix="a regression needs a number in every row: correct or remove those "
+                    f"rows, or set task: {task.modality}-classification if the labels are classes",
                 )
             )
         bad = np.flatnonzero(~np.isfinite(labels.targets) & ~labels.missing & ~text)
@@ -272,17 +272,21 @@ def _label_findings(task: TaskSpec, part: PartScan, *, is_train: bool) -> list[F
 def _class_count_findings(part: PartScan, field_name: str) -> list[Finding]:
     counts = _label_counts(part)
     present = {name: count for name, count in counts.items() if count > 0}
-    if len(present) < 2 and part.labels.kind == "classification":
+    if len(present) < 2 and part.labels.kind in ("classification", "multilabel"):
         only = next(iter(present), "?")
+        fix = "add examples of the other classes, or point data.label_column at the real label"
+        if part.labels.kind == "multilabel":  # one label a row has or not is a yes/no class
+            fix = (f"add rows with other labels; for one label ({only!r} or not), write it as a "
+                   "classification column of two classes")
         return [
             _finding(
                 part,
                 "single-class",
                 "fatal",
-                f"the labels have a single class ({only!r}); classification needs two or more",
+                f"the labels have a single class ({only!r}); {part.labels.kind} needs two or "
+                "more",
                 field=field_name,
-                fix="add examples of the other classes, or point data.label_column at the real "
-                "label",
+                fix=fix,
             )
         ]
     found: list[Finding] = []

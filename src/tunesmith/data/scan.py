@@ -235,6 +235,26 @@ def check_columns(source: Source, header: list[str], needed: dict[str, str]) -> 
         )
 
 
+def _check_single_values(source: Source, frame: pd.DataFrame, inputs: list[str],
+                         field: str) -> None:
+    """A text or feature cell holds one value: a JSON list or object, or a Parquet array (an
+    embedding), is refused by name rather than failing deep inside the checks or the model."""
+    for column in inputs:
+        values = frame[column]
+        if values.dtype != object:
+            continue
+        nested = values.map(lambda v: isinstance(v, list | tuple | dict | set | np.ndarray))
+        if not nested.any():
+            continue
+        first = int(np.flatnonzero(nested.to_numpy(dtype=bool))[0])
+        what = "a list" if not isinstance(values.iloc[first], dict) else "an object"
+        fix = ("join each row's text into one string" if field == "data.text_column" else
+               "expand it into one column per value, or leave it out of data.feature_columns")
+        raise source.error(
+            f"column {column!r} holds {int(nested.sum())} cell(s) with several values, not one "
+            f"(data row {frame[ID_COLUMN].iloc[first]} holds {what})", fix, field=field)
+
+
 def scan_part(
     name: str,
     source: Source,
@@ -271,6 +291,8 @@ def scan_part(
         if modality == "image":
             paths.extend(frame[IMAGE_COLUMN].tolist())
             continue
+        _check_single_values(source, frame, inputs,
+                             "data.text_column" if modality == "text" else "data.feature_columns")
         if modality == "text":
             texts = frame[columns.text].fillna("").astype(str)
             normal = normalized_text(texts)

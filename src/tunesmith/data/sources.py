@@ -31,9 +31,11 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 
 from tunesmith.errors import DataError, TunesmithError
@@ -49,7 +51,13 @@ TABLE_SUFFIXES: dict[str, Format] = {
     ".parquet": "parquet",
     ".pq": "parquet",
 }
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+FOLDER_FORMATS = ("hf-dataset", "image-folder")
+SPLIT_FOLDER_NAMES = {  # an image folder's subfolders named so are parts, not classes
+    **dict.fromkeys(("train", "training"), "train"),
+    **dict.fromkeys(("val", "valid", "validation", "dev"), "val"),
+    **dict.fromkeys(("test", "testing"), "test"),
+}
 IMAGE_COLUMN = "image"  # the column of absolute image paths in every image source's frames
 ID_COLUMN = "__id__"  # a stable name for each row: its number in the file, or its relative path
 CHUNK_ROWS = 100_000
@@ -134,6 +142,7 @@ class Source:
         for frame in readers[self.format](self, chunk_rows):
             if len(frame) == 0:  # a JSON lines file of blank lines: "no rows", not "no columns"
                 continue
+            frame = plain_dtypes(frame)
             if ID_COLUMN not in frame.columns:  # data row numbers, counted from 1 as editors do
                 ids = [str(i) for i in range(offset + 1, offset + len(frame) + 1)]
                 frame.insert(0, ID_COLUMN, ids)
@@ -173,6 +182,12 @@ def open_source(
             fix="point the config at the real data file",
         )
     fmt = _detect_format(path, field) if format == "auto" else format
+    if path.is_dir() != (fmt in FOLDER_FORMATS):
+        raise TunesmithError(
+            f"data.format is {fmt} but this is a {'folder' if path.is_dir() else 'file'}",
+            file=path, field="data.format",
+            fix="set data.format: auto (the format is read from the suffix or the folder), or "
+            f"point {field} at a {'folder' if fmt in FOLDER_FORMATS else fmt + ' file'}")
     source = Source(path, fmt, field, delimiter, encoding, image_column)  # type: ignore[arg-type]
     if fmt == "hf-dataset":  # an `Image` column makes it an image source
         return dataclasses.replace(source, image_feature=_hf_image_feature(source))
@@ -417,8 +432,9 @@ def _hf_frames(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
             paths = images.files(table.column(source.image_feature).to_pylist())
             table = table.drop_columns([source.image_feature])
         frame = table.to_pandas()
-        for column, classes in names.items():  # ClassLabel ints -> their names
-            frame[column] = frame[column].map(lambda code, c=classes: None if code < 0 else c[code])
+        for column, (classes, many) in names.items():  # ClassLabel ints -> their names
+            frame[column] = frame[column].map(
+                partial(_class_names, classes) if many else partial(_class_name, classes))
         if images is None:
             yield frame
             continue
@@ -508,14 +524,58 @@ def _image_suffix(data: bytes) -> str:
     return next((suffix for magic, suffix in _MAGIC if data.startswith(magic)), ".img")
 
 
-def _class_label_names(features: Any) -> dict[str, list[str]]:
+def _class_label_names(features: Any) -> dict[str, tuple[list[str], bool]]:
+    """{column: (class names, whether each row holds a list of them)} for the `ClassLabel`
+    columns and the lists of `ClassLabel` (a multilabel column) of a saved dataset."""
     import datasets
 
-    return {
-        name: list(feature.names)
-        for name, feature in features.items()
-        if isinstance(feature, datasets.ClassLabel)
-    }
+    found = {}
+    for name, feature in features.items():
+        if isinstance(feature, datasets.ClassLabel):
+            found[name] = (list(feature.names), False)
+        elif isinstance(feature, datasets.Sequence | datasets.List) and isinstance(
+                feature.feature, datasets.ClassLabel):
+            found[name] = (list(feature.feature.names), True)
+    return found
+
+
+def _class_name(classes: list[str], code: Any) -> str | None:
+    """A `ClassLabel` code's name; None for no label (-1, or a null cell)."""
+    if code is None or pd.isna(code) or code < 0:
+        return None
+    return classes[int(code)]
+
+
+def _class_names(classes: list[str], codes: Any) -> list[str] | None:
+    if codes is None or not isinstance(codes, list | tuple | np.ndarray):
+        return None
+    return [name for code in codes if (name := _class_name(classes, code)) is not None]
+
+
+def plain_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
+    """Columns of the pandas types whose missing value is `pd.NA` (the nullable `string`,
+    `Int64`, `Float64` and `boolean` a Parquet file can hold, and Arrow-backed types) as the
+    plain ones every other reader gives: numbers as float64 with NaN where a value is missing
+    (int64 or bool when none is), anything else as objects with None. `pd.NA` would otherwise be
+    read as a value: a class named `<NA>`. (pandas' default `str` columns miss with NaN.)"""
+    for column in frame.columns:
+        dtype = frame[column].dtype
+        if getattr(dtype, "na_value", None) is not pd.NA:
+            continue
+        values = frame[column]
+        missing = values.isna().to_numpy()
+        if pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype):
+            plain = values.to_numpy(dtype=float, na_value=np.nan)
+            if not missing.any() and pd.api.types.is_integer_dtype(dtype):
+                plain = plain.astype(np.int64)
+            frame[column] = plain
+        elif pd.api.types.is_bool_dtype(dtype) and not missing.any():
+            frame[column] = values.to_numpy(dtype=bool)
+        else:
+            plain = np.array(values.astype(object), dtype=object)
+            plain[missing] = None
+            frame[column] = plain
+    return frame
 
 
 # ----------------------------------------------------------------------------------------------
@@ -549,21 +609,39 @@ def _folder_frames(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
             "put each class's images in a subfolder named after the class: "
             "data/train/<class>/<image>.png",
         )
+    parts = {c.name: SPLIT_FOLDER_NAMES.get(c.name.lower(), "") for c in classes}
+    if all(parts.values()) and any(c.is_dir() for c in classes[0].iterdir()):
+        where = sorted(parts.items(), key=lambda item: ["train", "val", "test"].index(item[1]))
+        raise source.error(
+            f"the subfolders are named like parts of a split ({', '.join(parts)}), not classes",
+            ", ".join(f"set data.{field} to {root / name}" for name, field in where)
+            + " (folders whose subfolders are the classes)",
+        )
     rows: list[tuple[str, str, str]] = []
+    suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
     for class_dir in classes:
+        others: dict[str, int] = {}
+        found = len(rows)
         for image in sorted(class_dir.rglob("*")):
             hidden = any(part.startswith(".") for part in image.relative_to(class_dir).parts)
-            if hidden or image.suffix.lower() not in IMAGE_SUFFIXES:
+            if hidden:
+                continue
+            if image.suffix.lower() not in IMAGE_SUFFIXES:
+                if image.is_file():
+                    kind = image.suffix.lower() or "no suffix"
+                    others[kind] = others.get(kind, 0) + 1
                 continue
             if not inside(image, root):
                 raise _outside_error(source, str(image.relative_to(root)))
             if image.is_file():
                 rows.append((str(image.relative_to(root)), str(image), class_dir.name))
-    if not rows:
-        raise source.error(
-            "the class subfolders hold no images",
-            f"add image files ({', '.join(sorted(IMAGE_SUFFIXES))}) to the class subfolders",
-        )
+        if len(rows) == found:  # a class that would vanish without a word
+            held = ", ".join(f"{count} {kind}" for kind, count in sorted(others.items()))
+            raise source.error(
+                f"the class folder {class_dir.name!r} holds no image files"
+                + (f" (it holds {held})" if held else " (it is empty)"),
+                f"add its images as {suffixes} files, or remove the folder",
+            )
     for start in range(0, len(rows), chunk_rows):
         yield pd.DataFrame(
             rows[start : start + chunk_rows], columns=[ID_COLUMN, IMAGE_COLUMN, "label"]

@@ -20,6 +20,7 @@ from tunesmith.data.sources import Modality, Source
 LabelKind = Literal["classification", "multilabel", "regression"]
 NAN_WORDS = ["nan", "na", "n/a", "null", "none"]
 MAX_NUMERIC_CLASSES = 30  # whole-number labels with more distinct values than this are a target
+MAX_TEXT_SHARE_OF_TARGET = 0.05  # a column of numbers may hold this share of other cells
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,11 @@ def infer_modality(source: Source, *, text_column: str) -> Modality:
 
 
 def is_missing(value: Any) -> bool:
-    if value is None:
+    """No value: None, NaN, a blank string, or pandas' missing markers (`pd.NA` of the nullable
+    `string`/`Int64`/`Float64` columns Parquet files hold, `NaT`)."""
+    if value is None or value is pd.NA or value is pd.NaT:
         return True
-    if isinstance(value, float) and math.isnan(value):
+    if isinstance(value, float | np.floating) and math.isnan(value):
         return True
     return isinstance(value, str) and not value.strip()
 
@@ -89,18 +92,21 @@ def label_set(value: Any, delimiter: str | None) -> tuple[str, ...]:
 
 
 def infer_kind(labels: pd.Series, *, delimiter: str | None) -> LabelKind:
-    """Multilabel for lists or a delimiter; regression for fractional or many distinct numbers."""
-    present = labels[~labels.map(is_missing)]
+    """Multilabel for lists or a delimiter; regression for fractional or many distinct numbers,
+    also when a few cells among them are not numbers (a `?` for unknown, a typo): the data check
+    then names those rows, where reading the column as classes would make each one a class."""
+    present = labels[~labels.map(is_missing)].astype(object)
     if delimiter is not None or any(
         isinstance(v, list | tuple | np.ndarray) for v in present[:1000]
     ):
         return "multilabel"
-    numbers = pd.to_numeric(present, errors="coerce")
+    numbers = pd.to_numeric(present, errors="coerce").astype(float)
     # "nan" written in a numeric column is a missing target, not a class named "nan".
     words = present.astype(str).str.strip().str.lower()
-    if len(present) == 0 or (numbers.isna() & ~words.isin(NAN_WORDS)).any():
+    text = numbers.isna() & ~words.isin(NAN_WORDS)
+    if len(present) == 0 or text.mean() > MAX_TEXT_SHARE_OF_TARGET:
         return "classification"
-    finite = numbers[np.isfinite(numbers.to_numpy(dtype=float))]
+    finite = numbers[np.isfinite(numbers.to_numpy())]
     whole = bool((finite == finite.round()).all())
     if whole and finite.nunique() <= MAX_NUMERIC_CLASSES:
         return "classification"
