@@ -153,6 +153,21 @@ def test_wrong_delimiter(text_config: Callable[..., Path], text_table: pd.DataFr
     assert json.loads(out.read_text())["parts"]["train"]["rows"] == len(text_table)
 
 
+def test_a_first_row_with_a_field_too_many(text_config: Callable[..., Path],
+                                           text_table: pd.DataFrame, run_cli: Cli,
+                                           tmp_path: Path) -> None:
+    """pandas read such a file's first column as the index: every text became its label and
+    every label the extra field ('single class' said inspect, of the extra field's value)."""
+    lines = text_table.to_csv(index=False).splitlines()
+    lines[1] += ",extra"
+    path = tmp_path / "shifted.csv"
+    path.write_text("\n".join(lines) + "\n")
+    expected = (path, "data.train", "data row 1 has 3 fields, the header 2",
+                "check that every row has the header's 2 fields")
+    assert_user_error(run_cli(["validate", text_config(data_path=path)]), *expected)
+    assert_inspect_error(*inspect_cli(run_cli, path), *expected)
+
+
 @pytest.mark.parametrize("row", [0, -1], ids=["in-the-first-block", "after-8k"])
 def test_text_that_is_not_utf8(row: int, text_config: Callable[..., Path],
                                text_table: pd.DataFrame, run_cli: Cli, tmp_path: Path) -> None:

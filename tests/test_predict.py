@@ -101,17 +101,22 @@ def test_a_row_that_cannot_be_parsed_is_reported_in_its_row_and_the_rest_predict
     object, each stopped the whole prediction (exit 2); the spec asks for its own output row."""
     run, frame = table_run
     rows = frame.drop(columns="label").head(4)
-    lines = rows.to_csv(index=False).splitlines()
-    lines[2] += ",1.0"  # data row 1 (from 0) has one field too many
-    path = tmp_path / "rows.csv"
-    path.write_text("\n".join(lines) + "\n")
-    out = tmp_path / "predictions.csv"
-    assert run_cli(["predict", run.run_dir, path, "--out", out]).code == 0
-    table = pd.read_csv(out, keep_default_na=False, dtype={"label": str})
-    assert list(table["input"]) == [f"{path}:{row}" for row in range(4)]
-    assert list(table["error"]) == ["", "row has 14 fields, the header 13", "", ""]
-    expected = [str(label) for label in api.load(run.run_dir).predict(rows.drop(index=[1]))]
-    assert list(table.drop(index=[1])["label"]) == expected
+    # Data row 1 (from 0) has one field too many; then row 0, which pandas read as the index
+    # column of every row, shifting each value into its neighbour's column.
+    for bad in (1, 0):
+        lines = rows.to_csv(index=False).splitlines()
+        lines[1 + bad] += ",1.0"
+        path = tmp_path / "rows.csv"
+        path.write_text("\n".join(lines) + "\n")
+        out = tmp_path / "predictions.csv"
+        assert run_cli(["predict", run.run_dir, path, "--out", out]).code == 0
+        table = pd.read_csv(out, keep_default_na=False, dtype={"label": str})
+        assert list(table["input"]) == [f"{path}:{row}" for row in range(4)]
+        errors = [""] * 4
+        errors[bad] = "row has 14 fields, the header 13"
+        assert list(table["error"]) == errors
+        expected = [str(label) for label in api.load(run.run_dir).predict(rows.drop(index=[bad]))]
+        assert list(table.drop(index=[bad])["label"]) == expected
     # JSON lines, for a text model: the line numbers count the blank line
     path = tmp_path / "reviews.jsonl"
     path.write_text('{"text": "a great film"}\n{"text": broken\n\n[1, 2]\n'

@@ -257,6 +257,17 @@ def _csv_header(source: Source) -> list[str]:
         raise _decode_error(source, error) from None
 
 
+def _csv_first_record(source: Source) -> list[str] | None:
+    """The fields of the first data row (blank lines skipped), None for a header-only file."""
+    try:
+        with source.path.open(encoding=_text_encoding(source), newline="") as handle:
+            records = csv.reader(handle, delimiter=_csv_delimiter(source))
+            next(records, None)
+            return next((record for record in records if record), None)
+    except (UnicodeDecodeError, csv.Error):
+        return None  # the reading below says what is wrong
+
+
 def _check_header(source: Source, header: list[str], *, where: str = "header") -> None:
     duplicated = sorted({name for name in header if header.count(name) > 1})
     if duplicated:
@@ -279,10 +290,17 @@ def wrong_delimiter_hint(source: Source, header: list[str]) -> str | None:
 def _csv_frames(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
     header = _csv_header(source)
     _check_header(source, header)
+    fix = f"check that every row has the header's {len(header)} fields, or set data.delimiter"
+    first = _csv_first_record(source)
+    if first is not None and len(first) > len(header):
+        # pandas would read the first column as the index and shift every column by one
+        raise source.error(f"cannot parse the file: data row 1 has {len(first)} fields, the "
+                           f"header {len(header)}", fix)
     try:
         reader = pd.read_csv(
             source.path,
             sep=_csv_delimiter(source),
+            index_col=False,
             dtype=str,
             keep_default_na=False,
             na_values=[""],
@@ -296,10 +314,7 @@ def _csv_frames(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
     except pd.errors.EmptyDataError:
         return
     except (ValueError, pd.errors.ParserError) as error:
-        raise source.error(
-            f"cannot parse the file: {error}",
-            f"check that every row has the header's {len(header)} fields, or set data.delimiter",
-        ) from None
+        raise source.error(f"cannot parse the file: {error}", fix) from None
 
 
 def _jsonl_frames(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
