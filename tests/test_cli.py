@@ -7,6 +7,7 @@ real console script to check what a user's shell sees.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -22,7 +23,15 @@ from safetensors.torch import load_file
 from sklearn.model_selection import train_test_split
 
 import tunesmith
-from conftest import CliResult, FinishedRun, finish_run, logged, write_image_folder
+from conftest import (
+    CliResult,
+    FinishedRun,
+    config_dict,
+    finish_run,
+    logged,
+    write_image_folder,
+    write_yaml,
+)
 
 RUN_FILES = ["config.yaml", "splits.json", "data_report.json", "trials/0/metrics.jsonl",
              "trials/0/config.yaml", "trials/0/best.safetensors", "best/model.safetensors",
@@ -298,6 +307,34 @@ def test_wrong_type(text_config: Callable[..., Path], run_cli: Cli, tmp_path: Pa
     config = text_config(train={"batch_size": "sixteen"})
     assert_user_error(run_cli(["run", config]), config, "train.batch_size", "'sixteen'")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("override", ["train.lr=.inf", "train.lr=.nan", "search.budget=1e999",
+                                      "train.time_budget=.inf"])
+def test_numbers_that_are_not_finite_are_refused(override: str, text_config: Callable[..., Path],
+                                                 run_cli: Cli) -> None:
+    """An infinite learning rate passed validation and trained NaN weights."""
+    config = text_config()
+    key = override.split("=")[0]
+    assert_user_error(run_cli(["validate", config, "--set", override]), config,
+                      f"{key}: Input should be a finite number")
+
+
+def test_a_single_run_that_diverges_names_the_learning_rate(
+    wine_csv: Path, run_cli: Cli, tmp_path: Path
+) -> None:
+    """It crashed in calibration with a traceback, after marking a NaN epoch its best."""
+    config = write_yaml(tmp_path / "wine.yaml", config_dict(
+        tmp_path, data_path=wine_csv, backbone="scratch:mlp", name="hot",
+        train_settings={"epochs": 3, "lr": 1e30, "precision": "fp32"}))
+    result = run_cli(["run", config])
+    assert result.code == 2 and "Traceback" not in result.err, result.err[-2000:]
+    said = result.err[result.err.index("error: "):]  # after the training's own lines
+    for part in (config, "train.lr", "training diverged: the validation loss was not finite "
+                 "from epoch 1 on (learning rate 1e+30)", "fix: lower train.lr"):
+        assert str(part) in said, (part, said)
+    epochs = logged(tmp_path / "runs" / "hot" / "trials" / "0")
+    assert len(epochs) == 1 and not math.isfinite(epochs[0]["val_loss"])
 
 
 def test_missing_config_file(run_cli: Cli, tmp_path: Path) -> None:

@@ -116,6 +116,22 @@ def test_a_value_the_user_gave_is_fixed_and_not_searched() -> None:
     assert "data.augment.preset" in space.keys  # a default the user did not write is searched
 
 
+def test_a_fixed_rate_outside_the_searched_range_still_builds_the_space() -> None:
+    """The recipe's rate is the center of the searched one; a rate fixed at 1e10 made a range
+    whose low end was above its high end, and the search stopped with a traceback."""
+    recipe = RECIPE.with_values({"train.lr": 1e10})
+    space = search_space(SpaceContext(profile=TEXT, recipe=recipe, blocks=8, scratch=False),
+                         config(train={"lr": 1e10}))
+    assert space.fixed["train.lr"] == 1e10 and "train.lr" not in space.keys
+    low = RECIPE.with_values({"train.lr": 1e-9})
+    params = {p.key: p.distribution
+              for p in search_space(SpaceContext(profile=TEXT, recipe=low, blocks=8,
+                                                 scratch=False), config()).params}
+    lr = params["train.lr"]
+    assert isinstance(lr, FloatDistribution) and lr.log
+    assert (lr.low, lr.high) == (1e-6, pytest.approx(5e-6))  # the range's end, times 5
+
+
 def test_search_space_narrows_to_choices_or_a_range(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -22,6 +22,7 @@ from tunesmith.evaluate import collect_logits, task_metrics
 from tunesmith.models import TaskModel, make_head
 from tunesmith.search import train_settings
 from tunesmith.train import TrialResult, resolve_precision, train_trial
+from tunesmith.train.loop import Diverged
 from tunesmith.train.optim import Plan, make_optimizer, parameter_groups, warmup_cosine
 from tunesmith.train.precision import cpu_bf16_is_fast
 
@@ -272,6 +273,34 @@ class Recorder:
 
     def should_prune(self) -> bool:
         return len(self.reports) >= self.prune_after
+
+
+def test_a_run_that_diverges_stops_and_keeps_its_last_finite_best(
+    text_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Weights that blew up gave NaN outputs, whose argmax scored as well as chance: such an
+    epoch was marked best and its weights kept, and the run went on to crash in calibration."""
+    model, loader, val, settings = prepared_trial(text_config(), epochs=4)
+    recorder = Recorder(prune_after=99)
+
+    def blow_up(epoch: int, epochs: int) -> None:
+        if epoch == 2:  # after two good epochs, as a rate far too high does
+            with torch.no_grad():
+                next(p for p in model.parameters() if p.requires_grad).fill_(math.nan)
+
+    result = train_trial(model, loader, val, settings, tmp_path / "t", reporter=recorder,
+                         before_epoch=blow_up)
+    assert result.stopped == "diverged"
+    assert [math.isfinite(e["val_loss"]) for e in result.history] == [True, True, False]
+    assert len(recorder.reports) == 2  # the diverged evaluation is not reported as a score
+    assert result.best_epoch in (1, 2) and math.isfinite(result.best_val["loss"])
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # the best weights, back
+    # Diverged from the first epoch: nothing to keep, the error a search fails the trial with.
+    model, loader, val, settings = prepared_trial(text_config(), epochs=3)
+    with pytest.raises(Diverged, match="not finite from epoch 1 on") as raised:
+        train_trial(model, loader, val, settings, tmp_path / "u",
+                    before_epoch=lambda epoch, epochs: blow_up(epoch + 2, epochs))
+    assert raised.value.field == "train.lr"
 
 
 def test_a_reporter_sees_each_epoch_and_can_stop_the_trial(

@@ -70,6 +70,7 @@ from tunesmith.searching import (
 )
 from tunesmith.train import TrialResult
 from tunesmith.train.checkpoint import require_checkpoint
+from tunesmith.train.loop import Diverged
 from tunesmith.train.precision import default_device, resolve_precision
 
 __all__ = [
@@ -163,7 +164,12 @@ def _fit(given: Config, prepared: Prepared, processes: PartialState, *, resume: 
         trial_dir = run_dir / "trials" / "0"
         checkpoint = require_checkpoint(trial_dir) if resume else None
         kept, search_record = Kept(0, prepared), None
-        kept.model, kept.result = train_candidate(prepared, trial_dir, resume=checkpoint)
+        try:
+            kept.model, kept.result = train_candidate(prepared, trial_dir, resume=checkpoint)
+        except Diverged as error:  # in a search, the trial fails and the search goes on
+            raise TunesmithError(
+                str(error), file=given.source, field=error.field,
+                fix=f"lower {error.field} (by 10x, say), or set it to auto") from None
     if not processes.is_main_process:
         return RunSummary(run_dir, {})  # the main process evaluates and writes the bundle
     chosen, model, result = kept.prepared, kept.model, kept.result

@@ -75,6 +75,9 @@ def _get(config: Config, key: str) -> Any:
 
 
 def _log_range(center: float, factor: float, low: float, high: float) -> FloatDistribution:
+    """`center` times and over `factor`, within [low, high] (a center outside it, a rate the
+    config fixed at 10, gives the end of the range it is beyond)."""
+    center = min(max(center, low), high)
     return FloatDistribution(max(low, center / factor), min(high, center * factor), log=True)
 
 

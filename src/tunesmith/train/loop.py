@@ -112,6 +112,16 @@ class EpochHook(Protocol):
     def __call__(self, epoch: int, epochs: int) -> None: ...
 
 
+class Diverged(ValueError):
+    """The run's validation loss was not finite before any evaluation was: the weights blew up
+    (too high a learning rate). A `ValueError`, so a search fails the trial and goes on; a
+    single run says it as the config error it is (`field`: the rate of the stage)."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 @dataclass
 class TrialResult:
     best_epoch: int
@@ -119,7 +129,7 @@ class TrialResult:
     precision: str
     history: list[dict[str, Any]] = field(default_factory=list)
     steps: int = 0
-    stopped: str | None = None  # "pruned", "time budget" or "early stopping"
+    stopped: str | None = None  # "pruned", "time budget", "early stopping" or "diverged"
     wall_s: float = 0.0
     resumed_from: int | None = None  # the checkpoint's step, for a resumed run
 
@@ -520,6 +530,8 @@ def _improves(objective: Objective, val: dict[str, float], best: _Best) -> bool:
     0.096 to 0.059); the first of the tied epochs is the least trained of them (the recipe
     alone scored 0.912 on test from epoch 7, 0.965 from epoch 26)."""
     score = val[objective.metric]
+    if not math.isfinite(val["loss"]):  # outputs of weights that blew up: scored by chance
+        return False
     if objective.better(score, best.score):
         return True
     lowest = best.metrics.get("loss", math.inf)
@@ -590,6 +602,12 @@ def _should_stop(run: _Run, val: dict[str, float], reporter: Reporter | None) ->
 
 
 def _stop_reason(run: _Run, val: dict[str, float], reporter: Reporter | None) -> str | None:
+    if not math.isfinite(val["loss"]):
+        console.print(
+            f"[yellow]{run.settings.stage}: the validation loss is {val['loss']}: training "
+            "diverged[/]; stopping"
+            + (f" (best epoch {run.best.epoch})" if run.best.state is not None else ""))
+        return "diverged"
     if reporter is not None:
         reporter.report(val[run.objective.metric], run.result.steps)
         if reporter.should_prune():
@@ -615,6 +633,11 @@ def _finish(run: _Run) -> TrialResult:
     result.best_epoch, result.best_val = run.best.epoch, run.best.metrics
     result.wall_s = run.spent_before + time.perf_counter() - run.started
     run.accelerator.free_memory()
+    if run.best.state is None and result.stopped == "diverged":
+        probe = run.settings.stage == "probe"
+        raise Diverged(f"training diverged: the validation loss was not finite from epoch 1 on "
+                       f"(learning rate {run.settings.lr:g})",
+                       "train.probe_lr" if probe else "train.lr")
     return result
 
 
