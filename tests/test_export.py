@@ -125,6 +125,14 @@ def test_a_newer_format_is_refused(text_bundle: tuple[TaskModel, Path], tmp_path
      "lacks weights_sha256", "weights_sha256"),
     (lambda text, manifest: json.dumps({k: v for k, v in manifest.items() if k != "classes"}),
      "lacks classes", "classes"),
+    # An edited architecture: the weights pass their checksum, the model built does not fit.
+    (lambda text, manifest: json.dumps({**manifest, "head": {
+        **manifest["head"], "layers": manifest["head"]["layers"] + 1}}),
+     "the model tunesmith.json describes does not fit the bundle's weights",
+     "backbone, head, ensemble"),
+    (lambda text, manifest: json.dumps({**manifest, "ensemble": {"members": 2, "kind": "mean"}}),
+     "the model tunesmith.json describes does not fit the bundle's weights",
+     "backbone, head, ensemble"),
 ])
 def test_a_damaged_manifest_is_a_clear_error_naming_the_file(
     text_bundle: tuple[TaskModel, Path], tmp_path: Path, run_cli: Any,

@@ -91,6 +91,14 @@ def test_a_table_row_with_text_in_a_number_column_is_reported_and_the_rest_predi
     result = run_cli(["predict", run.run_dir, path, "--out", tmp_path / "predictions.json"])
     assert result.code == 2 and "--out" in result.err and ".csv or a .jsonl" in result.err
     assert not (tmp_path / "predictions.json").exists()
+    # and so is one that cannot be written (a traceback, after all the predicting)
+    (tmp_path / "folder.csv").mkdir()
+    for out, problem in ((tmp_path / "folder.csv", "this is a folder"),
+                         (path / "x.csv", f"{path} is a file, not a folder")):
+        result = run_cli(["predict", run.run_dir, path, "--out", out])
+        assert result.code == 2 and "Traceback" not in result.err, result.err
+        assert result.err.startswith(f"error: {out}: --out: cannot write the predictions here: "
+                                     f"{problem}"), result.err
 
 
 def test_a_row_that_cannot_be_parsed_is_reported_in_its_row_and_the_rest_predicted(

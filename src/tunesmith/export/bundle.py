@@ -229,8 +229,17 @@ def load_bundle(folder: Path) -> tuple[TaskModel | Ensemble, dict[str, Any]]:
         return TaskModel(backbone, make_head(backbone.num_features, **head_spec))
 
     ensemble = manifest.get("ensemble")
-    model: TaskModel | Ensemble = member() if not ensemble else Ensemble(
-        [member() for _ in range(int(ensemble["members"]))], ensemble["kind"])
-    load_model(model, str(weights))
+    try:
+        model: TaskModel | Ensemble = member() if not ensemble else Ensemble(
+            [member() for _ in range(int(ensemble["members"]))], ensemble["kind"])
+        load_model(model, str(weights))
+    except (RuntimeError, ValueError, TypeError, KeyError) as error:
+        # The weights passed their checksum, so the description of the model was edited.
+        problem = str(error).splitlines()[0][:300]
+        raise TunesmithError(
+            f"the model tunesmith.json describes does not fit the bundle's weights ({problem})",
+            file=folder / MANIFEST, field="backbone, head, ensemble",
+            fix="restore tunesmith.json from the run folder's best/ (or the bundle as a whole)",
+        ) from None
     model.eval()
     return model, manifest

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -419,6 +420,14 @@ def check_out(out: Path, inputs: Sequence[Path] = ()) -> None:
             "this is one of the input files, which the predictions would replace",
             file=out, field="--out", fix="write the predictions to another file",
         )
+    folder = next((parent for parent in out.absolute().parents if parent.exists()), Path("/"))
+    problem = ("this is a folder" if out.is_dir() else
+               f"{folder} is a file, not a folder" if not folder.is_dir() else
+               f"the folder {folder} cannot be written to" if not os.access(folder, os.W_OK)
+               else None)
+    if problem is not None:  # said before predicting, not after
+        raise TunesmithError(f"cannot write the predictions here: {problem}", file=out,
+                             field="--out", fix="name a .csv or .jsonl file in a writable folder")
 
 
 def write_predictions(table: pd.DataFrame, out: Path) -> None:
@@ -428,6 +437,12 @@ def write_predictions(table: pd.DataFrame, out: Path) -> None:
     check_out(out)
     if out.suffix.lower() == ".jsonl":
         rows = table.astype(object).where(table.notna(), None).to_dict("records")
-        write_text(out, "".join(json.dumps(row, allow_nan=False) + "\n" for row in rows))
+        text = "".join(json.dumps(row, allow_nan=False) + "\n" for row in rows)
     else:
-        write_text(out, table.to_csv(index=False))
+        text = table.to_csv(index=False)
+    try:
+        write_text(out, text)
+    except OSError as error:  # a disk that filled up, a folder made read-only meanwhile
+        raise TunesmithError(f"cannot write the predictions: {error.strerror or error}",
+                             file=out, field="--out",
+                             fix="name a .csv or .jsonl file in a writable folder") from None
