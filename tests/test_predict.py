@@ -218,3 +218,37 @@ def test_image_mode_l_trains_and_predicts_without_colour(
     assert predictor.manifest["inputs"]["image_mode"] == "L"
     both = predictor.predict_proba([str(colour), str(grey)])
     np.testing.assert_allclose(both[0], both[1], atol=1e-6)
+
+
+def test_prediction_reads_files_written_as_the_training_files_were(
+    tmp_path: Path, run_cli: Any
+) -> None:
+    """A model trained on a semicolon, latin-1 CSV (data.delimiter, data.encoding) could not read
+    that same file at prediction, which said to give every feature column the model had."""
+    frame = load_wine(as_frame=True).frame.rename(columns={"target": "label"})
+    frame = frame.sample(120, random_state=0).reset_index(drop=True)
+    frame["origin"] = np.where(np.arange(len(frame)) % 2, "côte", "vallée")
+    trained = tmp_path / "wine.csv"
+    frame.to_csv(trained, index=False, sep=";", encoding="latin-1")
+    raw = config_dict(tmp_path, data_path=trained, backbone="scratch:mlp", name="semi",
+                      train_settings={"epochs": 3, "precision": "fp32"},
+                      data={"delimiter": ";", "encoding": "latin-1"})
+    run = finish_run(tmp_path, raw)
+    manifest = json.loads((run.run_dir / "best" / "tunesmith.json").read_text())
+    assert (manifest["inputs"]["delimiter"], manifest["inputs"]["encoding"]) == (";", "latin-1")
+    rows = frame.drop(columns="label").head(6)
+    expected = [str(label) for label in api.load(run.run_dir).predict(rows)]
+    probabilities = api.load(run.run_dir).predict_proba(rows)
+    comma = tmp_path / "comma.csv"  # and the same rows written the usual way: UTF-8, commas
+    rows.to_csv(comma, index=False)
+    semicolon = tmp_path / "semicolon.csv"
+    rows.to_csv(semicolon, index=False, sep=";", encoding="latin-1")
+    for path in (semicolon, comma):
+        out = tmp_path / f"{path.stem}-predictions.csv"
+        result = run_cli(["predict", run.run_dir, path, "--out", out])
+        assert result.code == 0, result.err
+        table = pd.read_csv(out, keep_default_na=False, dtype={"label": str})
+        assert "error" not in table.columns and list(table["label"]) == expected
+        np.testing.assert_allclose(table[[f"p_{c}" for c in (0, 1, 2)]].to_numpy(dtype=float),
+                                   probabilities, atol=1e-6)
+        assert "training rows did not have" not in result.err  # 'côte' read as written

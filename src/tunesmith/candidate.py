@@ -338,10 +338,13 @@ def train_candidate(
 
 
 def bundle_inputs(prepared: Prepared) -> dict[str, Any]:
+    data = prepared.config.data
+    # the training files' format, so that prediction reads files written the same way
+    table = {"delimiter": data.delimiter, "encoding": data.encoding}
     if prepared.data.modality == "text":
-        return {"text_column": prepared.config.data.text_column}
+        return {"text_column": data.text_column, **table}
     if prepared.data.tabular is not None:
-        return {"tabular": prepared.data.tabular.to_dict()}
+        return {"tabular": prepared.data.tabular.to_dict(), **table}
     return {"image_mode": prepared.backbone.image_mode}
 
 

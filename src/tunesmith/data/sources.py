@@ -690,9 +690,10 @@ def _manifest_frames(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
 # a plain table, for prediction inputs
 
 
-def read_table(path: Path, *, field: str) -> pd.DataFrame:
+def read_table(path: Path, *, field: str, delimiter: str | None = None,
+               encoding: str = "utf-8") -> pd.DataFrame:
     """A CSV, TSV, JSONL or Parquet file as a DataFrame, every value read as it is written."""
-    source = open_source(path, field=field)
+    source = open_source(path, field=field, delimiter=delimiter, encoding=encoding)
     if source.format not in ("csv", "tsv", "jsonl", "parquet"):
         raise source.error(
             f"cannot read a {source.format} as a table",
@@ -701,16 +702,17 @@ def read_table(path: Path, *, field: str) -> pd.DataFrame:
     return source.read().drop(columns=[ID_COLUMN])
 
 
-def read_table_rows(path: Path, *, field: str) -> tuple[pd.DataFrame, dict[int, str]]:
+def read_table_rows(path: Path, *, field: str, delimiter: str | None = None,
+                    encoding: str = "utf-8") -> tuple[pd.DataFrame, dict[int, str]]:
     """As `read_table`, but a row that cannot be parsed does not stop the reading: a JSON line
     that is not one object, a CSV row with more fields than its header. The frame has a row for
     every row of the file (blank lines skipped), such rows empty, and `{row: why}` names them:
     prediction reports each in its own output row and predicts the rest. A file none of whose
     rows can be read is the error `read_table` gives."""
     try:
-        return read_table(path, field=field), {}
+        return read_table(path, field=field, delimiter=delimiter, encoding=encoding), {}
     except TunesmithError as error:
-        source = open_source(path, field=field)
+        source = open_source(path, field=field, delimiter=delimiter, encoding=encoding)
         salvage = {"jsonl": _jsonl_rows, "csv": _csv_rows, "tsv": _csv_rows}.get(source.format)
         rows, errors = salvage(source) if salvage else (pd.DataFrame(), {})
         if not errors or len(errors) == len(rows):

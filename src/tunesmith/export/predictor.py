@@ -23,7 +23,13 @@ from rich.markup import escape
 
 from tunesmith.console import console, progress
 from tunesmith.data.image_scan import ImageScan, scan_images
-from tunesmith.data.sources import IMAGE_SUFFIXES, TABLE_SUFFIXES, read_table_rows
+from tunesmith.data.sources import (
+    IMAGE_SUFFIXES,
+    TABLE_SUFFIXES,
+    open_source,
+    read_table_rows,
+    wrong_delimiter_hint,
+)
 from tunesmith.data.tabular import MISSING_CATEGORY, TabularEncoding, missing_words
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import collect_logits
@@ -47,6 +53,9 @@ class Predictor:
         self.temperature = float(manifest.get("temperature") or 1.0)
         tabular = manifest["inputs"].get("tabular")
         self.tabular = TabularEncoding.from_dict(tabular) if tabular else None
+        # how the training files were written (bundles from before it was kept: the defaults)
+        self.delimiter: str | None = manifest["inputs"].get("delimiter")
+        self.text_encoding: str = manifest["inputs"].get("encoding") or "utf-8"
         self._said: set[tuple[str, str]] = set()  # unseen categories already named
         # decoded as in training (bundles from before it was kept: RGB, the only mode used then)
         model.backbone.image_mode = manifest["inputs"].get("image_mode", "RGB")
@@ -211,7 +220,7 @@ def gather_inputs(predictor: Predictor, paths: Sequence[Path]) -> PredictionInpu
         if not path.exists():
             raise TunesmithError("input not found", file=path, fix="pass existing files or folders")
         if predictor.modality == "text":
-            texts = _read_texts(path, predictor.manifest["inputs"]["text_column"])
+            texts = _read_texts(path, predictor)
             for row, text in enumerate(texts):
                 if isinstance(text, str):
                     texts_or_images.append(text)
@@ -276,8 +285,12 @@ TABLE_FIX = "pass a CSV, TSV, JSONL or Parquet file"
 CONFIG_ADVICE = re.compile(r"(,? or )?(set data\.|point the config).*$")
 
 
-def _table(path: Path, modality: str) -> tuple[pd.DataFrame, dict[int, str]]:
-    """The file's rows, and {row: why} for those that cannot be parsed (left empty)."""
+def _table(path: Path, modality: str, predictor: Predictor) -> tuple[pd.DataFrame, dict[int, str]]:
+    """The file's rows, and {row: why} for those that cannot be parsed (left empty). A CSV is
+    read with the training files' delimiter; one whose header then reads as a single column
+    holding another likely delimiter (a semicolon file for a model trained on commas, or the
+    other way round) with that one. Text is read as UTF-8, or, where it is not, in the training
+    files' encoding (UTF-8 rarely decodes what is not, while latin-1 decodes anything)."""
     if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
         raise TunesmithError(f"this model reads {modality}, not images", file=path, fix=TABLE_FIX)
     if path.suffix.lower() not in TABLE_SUFFIXES:
@@ -288,7 +301,12 @@ def _table(path: Path, modality: str) -> tuple[pd.DataFrame, dict[int, str]]:
         raise TunesmithError("the file is empty (0 bytes)", file=path,
                              fix=f"{TABLE_FIX} with a header and the rows to predict")
     try:
-        return read_table_rows(path, field="INPUT")
+        try:
+            return _table_as_trained(path, predictor, "utf-8")
+        except TunesmithError as error:
+            if error.field != "data.encoding" or predictor.text_encoding == "utf-8":
+                raise
+            return _table_as_trained(path, predictor, predictor.text_encoding)
     except TunesmithError as error:
         # The reader's fixes may end in a training config key ("..., or set data.delimiter"),
         # which prediction does not read: the rest of the fix stays.
@@ -301,6 +319,16 @@ def _table(path: Path, modality: str) -> tuple[pd.DataFrame, dict[int, str]]:
                              ) from None
 
 
+def _table_as_trained(path: Path, predictor: Predictor,
+                      encoding: str) -> tuple[pd.DataFrame, dict[int, str]]:
+    delimiter = None
+    if path.suffix.lower() == ".csv":
+        source = open_source(path, field="INPUT", delimiter=predictor.delimiter,
+                             encoding=encoding)
+        delimiter = wrong_delimiter_hint(source, source.columns()) or predictor.delimiter
+    return read_table_rows(path, field="INPUT", delimiter=delimiter, encoding=encoding)
+
+
 @dataclass(frozen=True)
 class Unreadable:
     """An input row that cannot be predicted, and why."""
@@ -308,8 +336,9 @@ class Unreadable:
     reason: str
 
 
-def _read_texts(path: Path, column: str) -> list[str | Unreadable]:
-    table, unparsed = _table(path, "text")
+def _read_texts(path: Path, predictor: Predictor) -> list[str | Unreadable]:
+    column = predictor.manifest["inputs"]["text_column"]
+    table, unparsed = _table(path, "text", predictor)
     if column not in table.columns:
         raise TunesmithError(
             f"column {column!r} (the text column the model was trained on) not found; "
@@ -333,7 +362,7 @@ def _text(value: Any, column: str) -> str | Unreadable:
 
 
 def _read_rows(path: Path, predictor: Predictor) -> tuple[pd.DataFrame, dict[int, str]]:
-    table, unparsed = _table(path, "table rows")
+    table, unparsed = _table(path, "table rows", predictor)
     assert predictor.tabular is not None
     require_columns(table, predictor.tabular, file=path)
     return table, unparsed
