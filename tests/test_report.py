@@ -213,6 +213,31 @@ def test_evaluate_rescores_the_test_part_and_new_data(
     assert len(list((wine_run.run_dir / "evaluations").iterdir())) == 4
 
 
+def test_evaluate_on_the_training_file_itself_scores_it_and_says_so(
+    wine_run: FinishedRun, wine_csv: Path, tmp_path: Path, run_cli: Any
+) -> None:
+    """It failed with 'cleaning left the train part empty', naming data.clean, a key of a config
+    evaluate does not take."""
+    run_dir = Path(shutil.copytree(wine_run.run_dir, tmp_path / "run"))  # its own evaluations
+    result = run_cli(["evaluate", run_dir, "--data", wine_csv])
+    assert result.code == 0, result.err
+    table = pd.read_csv(wine_csv)
+    record = json.loads((run_dir / "evaluations" / f"{wine_csv.stem}.json").read_text())
+    assert record["rows"] == len(table)
+    assert record["training_rows_also_in_data"] == len(table)  # every row: the whole file
+    assert f"{len(table)} training row(s) also occur in" in " ".join(result.err.split())
+    predicted = api.load(run_dir).predict(table.drop(columns="label"))
+    assert record["scores"]["accuracy"]["value"] == pytest.approx(
+        np.mean([str(p) == str(t) for p, t in zip(predicted, table["label"], strict=True)]))
+    # rows it never trained on: nothing said, none counted
+    held = tmp_path / "held.csv"
+    table.head(30).assign(alcohol=table["alcohol"].head(30) + 100.0).to_csv(held, index=False)
+    result = run_cli(["evaluate", run_dir, "--data", held])
+    assert result.code == 0 and "also occur in" not in result.err, result.err
+    record = json.loads((run_dir / "evaluations" / "held.json").read_text())
+    assert record["training_rows_also_in_data"] == 0
+
+
 def test_evaluate_refuses_a_folder_that_is_not_a_run(tmp_path: Path, run_cli: Any) -> None:
     result = run_cli(["evaluate", tmp_path])
     assert result.code == 2

@@ -500,9 +500,15 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None) -> Evaluation:
     require_run_folder(folder)
     bundle_folder(folder)  # a run that never finished has no bundle: said before any data is read
     config = load_config(folder / "config.yaml")
-    if data is not None:
-        config = config.with_values({"data.test": str(Path(data).resolve())})
-    part = _run_data(folder, config, test_replaced=data is not None).test
+    if data is not None:  # training rows it holds stay in training (said below), as trained
+        config = config.with_values({"data.test": str(Path(data).resolve()),
+                                     "data.clean.drop_test_overlap": "none"})
+    loaded = _run_data(folder, config, test_replaced=data is not None)
+    part = loaded.test
+    overlap = sum(f.count for f in loaded.report.findings if f.check == "leakage-test")
+    if data is not None and overlap:
+        console.print(f"[yellow]{overlap} training row(s) also occur in {data}[/] (exactly or "
+                      "nearly): the scores of those rows are not held out, and flatter the model")
     predictor = load_predictor(folder)
     kind = predictor.kind
     _check_labels(part, predictor, kind)
@@ -514,7 +520,8 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None) -> Evaluation:
     scores = scored_with_intervals(kind, outputs, targets, seed=config.seed)
     record = _evaluation_file(folder / "evaluations", "test" if data is None else Path(data).stem,
                               str(part.source))
-    write_json(record, {"data": str(part.source), "rows": len(part), "scores": scores})
+    write_json(record, {"data": str(part.source), "rows": len(part), "scores": scores,
+                        "training_rows_also_in_data": overlap})
     return Evaluation(part.source, len(part), scores, record)
 
 
