@@ -252,3 +252,24 @@ def test_prediction_reads_files_written_as_the_training_files_were(
         np.testing.assert_allclose(table[[f"p_{c}" for c in (0, 1, 2)]].to_numpy(dtype=float),
                                    probabilities, atol=1e-6)
         assert "training rows did not have" not in result.err  # 'côte' read as written
+
+
+def test_a_row_whose_output_is_not_finite_is_reported_not_predicted_as_the_first_class(
+    table_run: tuple[FinishedRun, pd.DataFrame], tmp_path: Path, run_cli: Any
+) -> None:
+    """1e300 parses as a finite number but overflows float32: the probabilities were NaN and the
+    label the first class, with no word."""
+    run, frame = table_run
+    rows = frame.drop(columns="label").head(4).astype(object)
+    rows.loc[1, "proline"] = "1e300"
+    path = tmp_path / "rows.csv"
+    rows.to_csv(path, index=False)
+    predictor = api.load(run.run_dir)
+    labels = predictor.predict(rows.astype(float))
+    assert labels[1] is None and all(label is not None for label in labels[:1] + labels[2:])
+    out = tmp_path / "predictions.csv"
+    assert run_cli(["predict", run.run_dir, path, "--out", out]).code == 0
+    table = pd.read_csv(out, keep_default_na=False, dtype={"label": str})
+    assert table.loc[1, "error"].startswith("the model's output is not a finite number")
+    assert table.loc[1, "label"] == "" and table.loc[1, "p_0"] == ""
+    assert list(table.drop(index=[1])["label"]) == [str(label) for label in labels if label]

@@ -329,6 +329,35 @@ def test_the_report_says_what_is_missing_instead_of_failing(
     assert "trained the recipe alone: there was no search" in page
 
 
+@pytest.mark.parametrize("damage", ["cut", "empty", "not-an-object"])
+def test_the_report_says_what_is_damaged_instead_of_failing(
+    damage: str, wine_run: FinishedRun, tmp_path: Path, run_cli: Any
+) -> None:
+    """A damaged metrics.json or predictions.npz failed the page with a traceback (an empty
+    .npz with only 'Aborted.')."""
+    copy = tmp_path / "wine"
+    shutil.copytree(wine_run.run_dir, copy)
+    (copy / "report.html").unlink()
+    metrics, arrays = copy / "metrics.json", copy / "predictions.npz"
+    if damage == "cut":
+        metrics.write_text(metrics.read_text()[:40])
+        arrays.write_bytes(arrays.read_bytes()[:100])
+    elif damage == "empty":
+        metrics.write_text("")
+        arrays.write_bytes(b"")
+    else:
+        metrics.write_text("[1, 2]")
+        np.savez(arrays, values=np.array([object()], dtype=object))  # pickled: never loaded
+    result = run_cli(["report", copy])
+    assert result.code == 0 and "Traceback" not in result.err, result.err
+    page = (copy / "report.html").read_text()
+    assert re.search(r"the run folder's metrics\.json \(.+\) cannot be read", page), page[-3000:]
+    assert re.search(r"the run folder's predictions\.npz \(.+\) cannot be read", page)
+    data = page[page.index("<h2>Data</h2>"):]
+    data = data[:data.index("</section>")]
+    assert "Not shown" not in data and "<table" in data  # what does not need them is there
+
+
 def test_report_refuses_a_folder_that_is_not_a_run(tmp_path: Path, run_cli: Any) -> None:
     result = run_cli(["report", tmp_path])
     assert result.code == 2 and "not a tunesmith run folder" in result.err

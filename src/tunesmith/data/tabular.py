@@ -311,7 +311,8 @@ class TabularEncoding:
         blocks = [column.encode(frame[column.name], self.impute) for column in self._columns()]
         if not blocks:
             return np.zeros((len(frame), 0), dtype=np.float32)
-        return np.concatenate(blocks, axis=1).astype(np.float32)
+        with np.errstate(over="ignore"):  # beyond float32: inf, which prediction reports by row
+            return np.concatenate(blocks, axis=1).astype(np.float32)
 
     def unseen(self, frame: pd.DataFrame) -> dict[str, tuple[list[str], int]]:
         """Per one-hot column, the values of `frame` the training rows did not have (sorted;

@@ -164,16 +164,20 @@ class Predictor:
         return torch.softmax(logits / self.temperature, dim=1).numpy()
 
     def predict(self, inputs: Sequence[Any] | pd.DataFrame) -> list[Any]:
-        """A class per input, a tuple of labels (multilabel), or a number (regression)."""
+        """A class per input, a tuple of labels (multilabel), or a number (regression). None
+        where the model's outputs are not finite numbers (an input far beyond anything it
+        trained on: `1e39` in a column of numbers), rather than the first class by default."""
         if self.kind == "regression":
             return [float(value) for value in self.outputs(inputs).reshape(-1)]
         probabilities = self.predict_proba(inputs)
+        finite = np.isfinite(probabilities).all(axis=1)
         if self.kind == "multilabel":
             return [
                 tuple(self.classes[k] for k in np.flatnonzero(row >= MULTILABEL_THRESHOLD))
-                for row in probabilities
+                if ok else None for row, ok in zip(probabilities, finite, strict=True)
             ]
-        return [self.classes[i] for i in probabilities.argmax(axis=1)]
+        return [self.classes[i] if ok else None
+                for i, ok in zip(probabilities.argmax(axis=1), finite, strict=True)]
 
 
 def bundle_folder(path: Path) -> Path:
@@ -410,7 +414,9 @@ def predictions_table(predictor: Predictor, batch: PredictionInputs) -> pd.DataF
     input that could not be read has its reason in `error` and no prediction."""
     good = pd.DataFrame({"input": [batch.sources[i] for i in batch.good]})
     if predictor.kind == "regression":
-        good["prediction"] = predictor.predict(batch.inputs) if len(good) else []
+        outputs = np.asarray(predictor.predict(batch.inputs) if len(good) else [], dtype=float)
+        good["prediction"] = outputs
+        finite = np.isfinite(outputs)
     else:  # the same columns when no input could be read
         probabilities = (predictor.predict_proba(batch.inputs) if len(good) else
                          np.zeros((0, len(predictor.classes)), dtype=np.float32))
@@ -424,12 +430,18 @@ def predictions_table(predictor: Predictor, batch: PredictionInputs) -> pd.DataF
         for column, name in enumerate(predictor.classes):
             # rounded in float64: a float32 0.504202 is 0.5042020082473755 in JSON
             good[f"p_{name}"] = probabilities[:, column].astype(np.float64).round(6)
-    if not batch.errors:
+        finite = np.isfinite(probabilities).all(axis=1)
+    errors = dict(batch.errors)
+    for row in np.flatnonzero(~finite):  # reported in its own row, not predicted by chance
+        errors[batch.good[row]] = ("the model's output is not a finite number (an input far "
+                                   "beyond the values it trained on?)")
+    if not errors:
         return good
     good.index = pd.Index(batch.good)
-    table = good.reindex(range(len(batch.sources)))
+    table = good.drop(index=[i for i in batch.good if i in errors]).reindex(
+        range(len(batch.sources)))
     table["input"] = batch.sources
-    table["error"] = [batch.errors.get(i, "") for i in range(len(batch.sources))]
+    table["error"] = [errors.get(i, "") for i in range(len(batch.sources))]
     return table.reset_index(drop=True)
 
 

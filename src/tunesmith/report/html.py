@@ -14,6 +14,7 @@ import html
 import io
 import json
 import math
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +38,16 @@ class Missing(Exception):
     """A section's input is not in the run folder."""
 
 
+class Unreadable(Exception):
+    """A section's input is in the run folder but cannot be read (damaged, cut short)."""
+
+
 class NotShown(Exception):
     """A section that does not apply to this run (its message says why)."""
+
+
+# What reading a damaged JSON, YAML or .npz file raises (an empty .npz: EOFError)
+DAMAGED = (ValueError, yaml.YAMLError, OSError, EOFError, KeyError, zipfile.BadZipFile)
 
 
 def write_report(run_dir: Path) -> Path:
@@ -68,10 +77,15 @@ class _Run:
         self.dir = require_run_folder(run_dir)
         self.name = run_dir.name
         self._cache: dict[str, Any] = {}
+        self._metrics_problem: Exception = Missing("metrics.json")
         try:
-            self.metrics: dict[str, Any] = self.json("metrics.json")
-        except Missing:
-            self.metrics = {}
+            metrics = self.json("metrics.json")
+        except (Missing, Unreadable) as problem:
+            metrics, self._metrics_problem = {}, problem
+        if not isinstance(metrics, dict):
+            metrics = {}
+            self._metrics_problem = Unreadable("metrics.json (not a JSON object)")
+        self.metrics: dict[str, Any] = metrics
 
     def file(self, name: str) -> Path:
         path = self.dir / name
@@ -81,25 +95,37 @@ class _Run:
 
     def json(self, name: str) -> Any:
         if name not in self._cache:
-            self._cache[name] = json.loads(self.file(name).read_text())
+            path = self.file(name)
+            try:
+                self._cache[name] = json.loads(path.read_text())
+            except DAMAGED as error:
+                raise Unreadable(f"{name} ({_first_line(error)})") from None
         return self._cache[name]
 
     def config(self) -> dict[str, Any]:
         if "config" not in self._cache:
-            self._cache["config"] = yaml.safe_load(self.file("config.yaml").read_text())
+            path = self.file("config.yaml")
+            try:
+                self._cache["config"] = dict(yaml.safe_load(path.read_text()))
+            except (*DAMAGED, TypeError) as error:
+                raise Unreadable(f"config.yaml ({_first_line(error)})") from None
         return dict(self._cache["config"])
 
     def predictions(self) -> dict[str, np.ndarray]:
         from tunesmith.io import PREDICTIONS
 
         if PREDICTIONS not in self._cache:
-            with np.load(self.file(PREDICTIONS)) as arrays:
-                self._cache[PREDICTIONS] = {k: arrays[k] for k in arrays.files}
+            path = self.file(PREDICTIONS)
+            try:  # arrays only: a pickled object inside is refused, not run
+                with np.load(path, allow_pickle=False) as arrays:
+                    self._cache[PREDICTIONS] = {k: arrays[k] for k in arrays.files}
+            except DAMAGED as error:
+                raise Unreadable(f"{PREDICTIONS} ({_first_line(error)})") from None
         return dict(self._cache[PREDICTIONS])
 
     def needs_metrics(self) -> dict[str, Any]:
         if not self.metrics:
-            raise Missing("metrics.json")
+            raise self._metrics_problem
         return self.metrics
 
     @property
@@ -111,12 +137,20 @@ class _Run:
         return [str(c) for c in self.json("data_report.json").get("classes") or []]
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__
+
+
 def _section(title: str, build: Callable[[_Run], str], run: _Run) -> Section:
     try:
         return Section(title, build(run))
     except Missing as missing:
         return Section(title, f'<p class="missing">Not shown: {html.escape(str(missing))} is '
                               f"missing from the run folder.</p>")
+    except Unreadable as damaged:
+        return Section(title, f'<p class="missing">Not shown: the run folder\'s '
+                              f"{html.escape(str(damaged))} cannot be read.</p>")
     except NotShown as reason:
         return Section(title, f"<p>{html.escape(str(reason))}</p>")
 
