@@ -238,6 +238,28 @@ def test_a_network_from_scratch_stops_after_20_stale_evaluations_and_a_table_tra
     assert resolved.train.precision == expected
 
 
+@pytest.mark.parametrize(("backbone", "lr", "head_lr"), [
+    ("scratch:mlp", 5e-3, 5e-3),  # one network: its last layer at the rate given for the rest
+    ("scratch:mlp", "auto", 1e-3),
+    ("hf:m", 5e-3, 1e-3),  # a new head on a pretrained body: its own, higher rate
+])
+def test_a_network_from_scratch_trains_its_head_at_the_rate_given(
+    backbone: str, lr: Any, head_lr: float
+) -> None:
+    """A scratch MLP given train.lr: 5e-3 trained its last layer at 1e-3, as did every trial of
+    a search that drew the rate."""
+    from tunesmith.config import config_from_dict
+    from tunesmith.search import resolve
+
+    config = config_from_dict(
+        {"name": "m", "data": {"train": "d"}, "model": {"backbone": backbone},
+         "train": {"lr": lr}}, source="c.yaml", base_dir=Path("."))
+    profile = DataProfile(modality="tabular", train_rows=150, classes=3, in_features=13)
+    resolved = resolve(config, profile, num_features=13, preprocessing={}, backbone=backbone,
+                       shape=None)
+    assert resolved.train.head_lr == head_lr
+
+
 @pytest.mark.parametrize("name", [".", "..", "a/b", "/tmp/elsewhere", "a\\b", " "])
 def test_a_run_name_that_is_not_one_folder_name_is_refused(
     text_config: Callable[..., Path], name: str

@@ -67,10 +67,21 @@ def raised(inputs: SplitInputs, **config: Any) -> TunesmithError:
         ({"group_column": "user", "time_column": "t"}, "group"),
         ({"time_column": "t"}, "time"),
         ({"method": "random", "group_column": "user"}, "random"),
+        ({"stratify": False}, "random"),  # DESIGN.md's example config writes stratify
+        ({"stratify": True}, "stratified"),
+        ({"stratify": False, "group_column": "user"}, "group"),
     ],
 )
 def test_auto_picks_the_most_specific_method(config: dict[str, Any], method: str) -> None:
     assert resolve_method(SplitConfig(**config)) == method
+
+
+def test_the_design_example_split_is_a_valid_config_and_a_contradiction_is_not() -> None:
+    from pydantic import ValidationError
+
+    assert resolve_method(SplitConfig(val=0.1, test=0.2, stratify=True, seed=0)) == "stratified"
+    with pytest.raises(ValidationError, match="stratify: false contradicts method: stratified"):
+        SplitConfig(method="stratified", stratify=False)
 
 
 # ----------------------------------------------------------------------------------------------

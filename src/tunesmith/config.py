@@ -176,16 +176,24 @@ class SplitConfig(_Strict):
 
     `test` is a fraction of all rows (unused when `data.test` is given); `val` a fraction of what
     remains (unused when `data.val` is given). `method: auto` picks `column` when `column` is set,
-    `group` when `group_column` is, `time` when `time_column` is, and `stratified` otherwise.
+    `group` when `group_column` is, `time` when `time_column` is, and otherwise `stratified`
+    (`random` with `stratify: false`).
     """
 
     method: SplitMethod = "auto"
     val: float = Field(0.1, gt=0.0, lt=1.0)
     test: float = Field(0.2, gt=0.0, lt=1.0)
+    stratify: bool = True  # for method auto: keep each class's share in every part
     seed: int = 0
     group_column: str | None = None  # rows sharing a value stay in one part
     time_column: str | None = None  # the latest rows become test, the ones before them val
     column: str | None = None  # a column holding train / val / test for each row
+
+    @model_validator(mode="after")
+    def _stratify_fits_the_method(self) -> SplitConfig:
+        if not self.stratify and self.method == "stratified":
+            raise ValueError("stratify: false contradicts method: stratified; leave one of them")
+        return self
 
 
 class CleanConfig(_Strict):

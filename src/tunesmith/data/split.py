@@ -92,7 +92,7 @@ def resolve_method(split: SplitConfig) -> str:
         return "group"
     if split.time_column:
         return "time"
-    return "stratified"
+    return "stratified" if split.stratify else "random"
 
 
 def make_splits(

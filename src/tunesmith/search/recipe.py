@@ -126,7 +126,11 @@ def _train_defaults(config: Config, profile: DataProfile, strategy: Strategy) ->
     return {
         "optimizer": "adamw",
         "lr": _learning_rate(config, profile, strategy),
-        "head_lr": 1e-3 if not scratch else _learning_rate(config, profile, strategy),
+        # A network from scratch is one network: its last layer trains at the rate of the rest
+        # (the user's or a trial's train.lr when given).
+        "head_lr": 1e-3 if not scratch else (
+            config.train.lr if isinstance(config.train.lr, float)
+            else _learning_rate(config, profile, strategy)),
         "weight_decay": 0.01 if not scratch else 1e-4,
         "layer_decay": 1.0,
         "batch_size": batch_size,
