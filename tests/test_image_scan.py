@@ -407,3 +407,27 @@ def test_confirmation_keeps_copies_and_drops_look_alikes(tmp_path: Path) -> None
     # Across two sets the second index reads the other list.
     assert confirm_near_pairs(paths[:1], paths[1:], np.array([[0, 0], [0, 3]])).tolist() == [[0, 0]]
     assert confirm_near_pairs(paths, None, np.empty((0, 2), np.int64)).shape == (0, 2)
+
+
+@pytest.mark.parametrize(("orientation", "stored_as"), [  # how a camera stores what it shows
+    (3, Image.Transpose.ROTATE_180), (6, Image.Transpose.ROTATE_90),
+    (8, Image.Transpose.ROTATE_270), (2, Image.Transpose.FLIP_LEFT_RIGHT)])
+def test_a_photo_is_read_as_its_exif_orientation_shows_it(
+    orientation: int, stored_as: Image.Transpose, tmp_path: Path
+) -> None:
+    """A phone's photo stores the sensor's pixels and an EXIF tag saying how to turn them: read
+    as stored, an upright training photo predicted as upside down and was no duplicate of
+    itself."""
+    shown = Image.fromarray(np.kron(np.arange(12, dtype=np.uint8).reshape(3, 4) * 20,
+                                    np.ones((8, 8), dtype=np.uint8))).convert("RGB")  # 24 x 32
+    plain = tmp_path / "plain.png"
+    shown.save(plain)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored = tmp_path / "stored.png"
+    shown.transpose(stored_as).save(stored, exif=exif.tobytes())
+    read = open_image(stored)
+    assert read.size == shown.size and np.array_equal(np.asarray(read), np.asarray(shown))
+    scans = scan_images([str(plain), str(stored)])
+    assert (scans.widths.tolist(), scans.heights.tolist()) == ([32, 32], [24, 24])
+    assert scans.content_hash[0] == scans.content_hash[1]  # the same picture: a duplicate

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # What Pillow raises for a file it cannot decode. Besides the documented OSError family, malformed
 # files reach its plugins' parsing code, which can fail with the struct, index and key errors of
@@ -132,11 +132,24 @@ def _on_white(image: Image.Image) -> Image.Image:
     return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
 
 
+EXIF_ORIENTATION = 0x0112
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The picture as a viewer shows it: turned or mirrored as its EXIF orientation says (a phone
+    photo's pixels are stored as the sensor read them). `image` itself when there is nothing to
+    turn, which is most images: no copy."""
+    if image.getexif().get(EXIF_ORIENTATION, 1) in (None, 1):
+        return image
+    return ImageOps.exif_transpose(image)
+
+
 def open_image(path: str | Path, mode: str = "RGB") -> Image.Image:
-    """Open, decode fully and convert with `to_mode`; decoding errors (DECODE_ERRORS) propagate."""
+    """Open, decode fully, turn upright and convert with `to_mode`; decoding errors
+    (DECODE_ERRORS) propagate."""
     with Image.open(path) as image:
         image.load()
-        converted = to_mode(image, mode)
+        converted = to_mode(upright(image), mode)
         # to_mode may hand back the opened image itself, whose file closes with this block.
         return converted.copy() if converted is image else converted
 
@@ -206,12 +219,13 @@ def _scan_one(path: str) -> _Facts:
         with Image.open(path) as image:
             mode = image.mode
             image.load()
+            picture = upright(image)  # hashed as seen: a turned copy is a duplicate of its photo
             return _Facts(
                 mode=mode,
-                width=image.width,
-                height=image.height,
-                content_hash=content_hash(image),
-                phash=perceptual_hash(image),
+                width=picture.width,
+                height=picture.height,
+                content_hash=content_hash(picture),
+                phash=perceptual_hash(picture),
             )
     except DECODE_ERRORS as error:
         return _Facts(error=str(error) or type(error).__name__)

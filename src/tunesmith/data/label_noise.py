@@ -30,6 +30,8 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from tunesmith.data.image_scan import upright
+
 MAX_VOCABULARY = 50_000  # word 1-2 grams kept for text; more slows the model, rarely helps it
 _WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "F")  # 16/32-bit images: "L" would clip them
 
@@ -88,9 +90,10 @@ def image_features(paths: Sequence[str], *, side: int = 16) -> np.ndarray:
 
 
 def _thumbnail(path: str, side: int) -> np.ndarray:
-    with Image.open(path) as image:
+    with Image.open(path) as opened:
         # JPEG decodes at 1/2, 1/4 or 1/8 scale when asked first: several times faster.
-        image.draft("L", (side, side))
+        opened.draft("L", (side, side))
+        image = upright(opened)
         if image.mode in _WIDE_MODES:
             pixels = np.asarray(image.convert("F").resize((side, side), Image.Resampling.BOX))
             low, high = float(pixels.min()), float(pixels.max())

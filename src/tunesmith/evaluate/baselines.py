@@ -149,10 +149,13 @@ def pixels(paths: list[str]) -> np.ndarray:
     """Each image shrunk to 16 x 16 RGB, as 768 numbers in [0, 1]."""
     from PIL import Image
 
+    from tunesmith.data.image_scan import upright
+
     rows = np.empty((len(paths), PIXELS * PIXELS * 3), dtype=np.float32)
     for i, path in enumerate(paths):
         with Image.open(path) as image:
-            small = image.convert("RGB").resize((PIXELS, PIXELS), Image.Resampling.BILINEAR)
+            small = upright(image).convert("RGB").resize((PIXELS, PIXELS),
+                                                         Image.Resampling.BILINEAR)
             rows[i] = np.asarray(small, dtype=np.float32).reshape(-1) / 255.0
     return rows
 

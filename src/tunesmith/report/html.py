@@ -517,11 +517,11 @@ def _worst_errors(run: _Run) -> str:
 
 
 def _thumbnail(path: Path) -> str:
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as image:
-            small = image.convert("RGB")
+            small = ImageOps.exif_transpose(image).convert("RGB")  # as a viewer shows it
             small.thumbnail((96, 96))
             buffer = io.BytesIO()
             small.save(buffer, format="PNG")
