@@ -670,3 +670,26 @@ def test_saved_datasets_with_class_label_gaps_and_lists(text_table: pd.DataFrame
     assert report["task"] == "text-multilabel" and report["classes"] == names
     expected = {name: sum(k in tag for tag in tags) for k, name in enumerate(names)}
     assert part(report)["label_counts"] == expected
+
+
+def test_an_image_folders_class_names_are_taken_as_written(run_cli: Cli, tmp_path: Path) -> None:
+    """Folder names went through a table's number rules: '01' and '1' were merged into one
+    class, a folder named 'none' was 'no label', and 40 numbered folders a regression."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+
+    def folder(root: Path, names: list[str]) -> Path:
+        for name in names:
+            (root / name).mkdir(parents=True)
+            for k in range(3):
+                Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(
+                    root / name / f"{k}.png")
+        return root
+
+    report = inspect_ok(run_cli, folder(tmp_path / "named", ["01", "1", "2", "none", "NA"]))
+    assert report["task"] == "image-classification"
+    assert sorted(report["classes"]) == ["01", "1", "2", "NA", "none"]
+    assert part(report)["label_counts"] == {name: 3 for name in report["classes"]}
+    numbered = inspect_ok(run_cli, folder(tmp_path / "numbered", [str(k) for k in range(40)]))
+    assert numbered["task"] == "image-classification" and len(numbered["classes"]) == 40

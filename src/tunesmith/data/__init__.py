@@ -125,6 +125,8 @@ def resolve_task(task: str, data: DataConfig, train: Source) -> TaskSpec:
                 + ("an image folder or manifest" if spec.modality == "image" else "a table"),
             )
         return spec
+    if train.format == "image-folder":  # a folder per class, whatever the folders are named
+        return TaskSpec(modality, "classification")
     first = next(train.frames(chunk_rows=10_000))
     check_columns(train, [c for c in first.columns if c != ID_COLUMN], _needed(data, modality))
     kind = infer_kind(first[data.label_column], delimiter=data.label_delimiter)

@@ -99,6 +99,7 @@ class Labels:
 class _LabelReader:
     kind: LabelKind
     delimiter: str | None
+    literal: bool = False  # class names as written (an image folder's folder names)
     vocabulary: dict[str, int] = field(default_factory=dict)
     codes: list[np.ndarray] = field(default_factory=list)
     pairs: list[tuple[int, int]] = field(default_factory=list)  # (row, class) for multilabel
@@ -130,7 +131,7 @@ class _LabelReader:
         self.rows += len(values)
 
     def finish(self) -> Labels:
-        if self.kind == "classification":
+        if self.kind == "classification" and not self.literal:
             self._read_numbers_as_numbers()
         classes = label_names(list(self.vocabulary))
         order = np.array([self.vocabulary[name] for name in classes], dtype=np.int32)
@@ -265,7 +266,8 @@ def scan_part(
     columns: Columns,
 ) -> PartScan:
     """Read every chunk of `frames` once and keep the per-row facts the checks use."""
-    labels = _LabelReader(kind, columns.label_delimiter)
+    # A folder's name is its class as written: '01' and '1' are two, 'none' is one.
+    labels = _LabelReader(kind, columns.label_delimiter, literal=source.format == "image-folder")
     ids: list[np.ndarray] = []
     exact: list[np.ndarray] = []
     near: list[np.ndarray] = []
