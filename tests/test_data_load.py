@@ -753,3 +753,18 @@ def test_a_numeric_label_column_read_as_text_has_missing_labels_and_one_class_pe
     words = unique_texts(60, seed=4).assign(label=["none", "some"] * 30)  # words stay classes
     words.to_csv(path, index=False)
     assert api.inspect(path).classes == ["none", "some"]
+
+
+def test_a_table_with_an_image_column_is_read_as_a_table_for_prediction(tmp_path: Path) -> None:
+    """A text model's inputs with a column named image (and its text in `body`) were refused by
+    `tunesmith predict` as 'cannot read a image-manifest as a table'."""
+    from tunesmith.data.sources import read_table, read_table_rows
+
+    path = tmp_path / "posts.csv"
+    path.write_text("body,image\na fine film,http://x/1.jpg\nawful,http://x/2.jpg\n")
+    table = read_table(path, field="INPUT")
+    assert table.to_dict("list") == {"body": ["a fine film", "awful"],
+                                     "image": ["http://x/1.jpg", "http://x/2.jpg"]}
+    path.write_text("body,image\na fine film,http://x/1.jpg,extra\nawful,http://x/2.jpg\n")
+    rows, errors = read_table_rows(path, field="INPUT")
+    assert errors == {0: "row has 3 fields, the header 2"} and rows.loc[1, "body"] == "awful"

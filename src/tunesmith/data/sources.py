@@ -690,10 +690,20 @@ def _manifest_frames(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
 # a plain table, for prediction inputs
 
 
+def _table_source(path: Path, *, field: str, delimiter: str | None,
+                  encoding: str) -> Source:
+    """The file as a table: a CSV with an `image` column and no `text` one is a manifest to
+    `open_source`, but a table here (a text model's inputs may have such a column)."""
+    source = open_source(path, field=field, delimiter=delimiter, encoding=encoding)
+    if source.format == "image-manifest":
+        return dataclasses.replace(source, format="csv")
+    return source
+
+
 def read_table(path: Path, *, field: str, delimiter: str | None = None,
                encoding: str = "utf-8") -> pd.DataFrame:
     """A CSV, TSV, JSONL or Parquet file as a DataFrame, every value read as it is written."""
-    source = open_source(path, field=field, delimiter=delimiter, encoding=encoding)
+    source = _table_source(path, field=field, delimiter=delimiter, encoding=encoding)
     if source.format not in ("csv", "tsv", "jsonl", "parquet"):
         raise source.error(
             f"cannot read a {source.format} as a table",
@@ -712,7 +722,7 @@ def read_table_rows(path: Path, *, field: str, delimiter: str | None = None,
     try:
         return read_table(path, field=field, delimiter=delimiter, encoding=encoding), {}
     except TunesmithError as error:
-        source = open_source(path, field=field, delimiter=delimiter, encoding=encoding)
+        source = _table_source(path, field=field, delimiter=delimiter, encoding=encoding)
         salvage = {"jsonl": _jsonl_rows, "csv": _csv_rows, "tsv": _csv_rows}.get(source.format)
         rows, errors = salvage(source) if salvage else (pd.DataFrame(), {})
         if not errors or len(errors) == len(rows):
