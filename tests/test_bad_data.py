@@ -693,3 +693,16 @@ def test_an_image_folders_class_names_are_taken_as_written(run_cli: Cli, tmp_pat
     assert part(report)["label_counts"] == {name: 3 for name in report["classes"]}
     numbered = inspect_ok(run_cli, folder(tmp_path / "numbered", [str(k) for k in range(40)]))
     assert numbered["task"] == "image-classification" and len(numbered["classes"]) == 40
+
+
+def test_an_image_whose_name_is_not_utf8_is_named(image_config: Callable[..., Path],
+                                                  image_folder: Path, run_cli: Cli,
+                                                  tmp_path: Path) -> None:
+    """A name from a zip made on Windows ('caf\\xe9.png') failed with a traceback."""
+    images = copy_images(image_folder, tmp_path)
+    first = sorted((images / "horizontal").glob("*.png"))[0]
+    os.rename(bytes(first), os.fsencode(images / "horizontal") + b"/caf\xe9.png")
+    expected = (images, "data.train", "the name 'horizontal/caf\ufffd.png' is not UTF-8 text",
+                "rename it")
+    assert_user_error(run_cli(["validate", image_config(data_path=images)]), *expected)
+    assert_inspect_error(*inspect_cli(run_cli, images), *expected)

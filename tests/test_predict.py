@@ -273,3 +273,25 @@ def test_a_row_whose_output_is_not_finite_is_reported_not_predicted_as_the_first
     assert table.loc[1, "error"].startswith("the model's output is not a finite number")
     assert table.loc[1, "label"] == "" and table.loc[1, "p_0"] == ""
     assert list(table.drop(index=[1])["label"]) == [str(label) for label in labels if label]
+
+
+def test_an_image_whose_name_is_not_utf8_gets_its_own_row(
+    image_run: FinishedRun, image_folder: Path, tmp_path: Path, run_cli: Any
+) -> None:
+    import os
+    import shutil
+
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    good = sorted(image_folder.rglob("*.png"))[:2]
+    for path in good:
+        shutil.copy(path, folder / path.name)
+    shutil.copy(good[0], os.fsencode(folder) + b"/caf\xe9.png")
+    out = tmp_path / "predictions.csv"
+    result = run_cli(["predict", image_run.run_dir, folder, "--out", out])
+    assert result.code == 0, result.err
+    table = pd.read_csv(out, keep_default_na=False)
+    bad = table[table["error"] != ""]
+    assert list(bad["input"]) == [str(folder / "caf\ufffd.png")]
+    assert list(bad["error"]) == ["the file name is not UTF-8 text: rename it"]
+    assert (table["error"] == "").sum() == 2

@@ -597,6 +597,17 @@ def plain_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
 # images
 
 
+def shown_name(path: str | Path) -> str | None:
+    """None for a path that is UTF-8 text; else the path with each byte that is not shown as
+    U+FFFD, for a message (a name from a zip made on Windows: 'caf\xe9.png'). Such a name cannot
+    be written to a UTF-8 file, a CSV of predictions or a JSON report."""
+    try:
+        os.fsencode(str(path)).decode("utf-8")
+    except UnicodeDecodeError:
+        return os.fsencode(str(path)).decode("utf-8", "replace")
+    return None
+
+
 def inside(path: Path, root: Path) -> bool:
     """Whether `path`, with symlinks and `..` resolved, stays under `root`."""
     return path.resolve().is_relative_to(root.resolve())
@@ -648,6 +659,10 @@ def _folder_frames(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
                 continue
             if not inside(image, root):
                 raise _outside_error(source, str(image.relative_to(root)))
+            if (shown := shown_name(image.relative_to(root))) is not None:
+                raise source.error(f"the name {shown!r} is not UTF-8 text",
+                                   "rename it (convmv -f latin1 -t utf8 --notest -r FOLDER "
+                                   "renames a whole folder)")
             if image.is_file():
                 rows.append((str(image.relative_to(root)), str(image), class_dir.name))
         if len(rows) == found:  # a class that would vanish without a word

@@ -28,6 +28,7 @@ from tunesmith.data.sources import (
     TABLE_SUFFIXES,
     open_source,
     read_table_rows,
+    shown_name,
     wrong_delimiter_hint,
 )
 from tunesmith.data.tabular import MISSING_CATEGORY, TabularEncoding, missing_words
@@ -240,11 +241,14 @@ def gather_inputs(predictor: Predictor, paths: Sequence[Path]) -> PredictionInpu
             images = _image_files(path)
             scan = _scanned(images)
             for image, readable, error in zip(images, scan.readable, scan.errors, strict=True):
-                if not readable:  # reported in its own output row; the rest goes on
+                shown = shown_name(image)
+                if shown is not None:  # its name could not be written to the output
+                    errors[len(sources)] = "the file name is not UTF-8 text: rename it"
+                elif not readable:  # reported in its own output row; the rest goes on
                     errors[len(sources)] = f"cannot read the image: {error}"
                 else:
                     texts_or_images.append(image)
-                sources.append(image)
+                sources.append(shown or image)
     if not sources:
         raise TunesmithError(
             "the inputs hold nothing to predict",
