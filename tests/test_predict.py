@@ -295,3 +295,19 @@ def test_an_image_whose_name_is_not_utf8_gets_its_own_row(
     assert list(bad["input"]) == [str(folder / "caf\ufffd.png")]
     assert list(bad["error"]) == ["the file name is not UTF-8 text: rename it"]
     assert (table["error"] == "").sum() == 2
+
+
+def test_the_api_names_an_image_it_cannot_read(
+    image_run: FinishedRun, image_folder: Path, tmp_path: Path
+) -> None:
+    """Predictor.predict failed with Pillow's 'image file is truncated', naming no file."""
+    from tunesmith.errors import TunesmithError
+
+    good = sorted(image_folder.rglob("*.png"))[0]
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(good.read_bytes()[:60])
+    predictor = api.load(image_run.run_dir)
+    with pytest.raises(TunesmithError) as raised:
+        predictor.predict([str(good), str(cut)])
+    assert raised.value.file == str(cut) and "cannot read the image" in raised.value.problem
+    assert len(predictor.predict([str(good)])) == 1

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from tunesmith.data.augment import ImagePipeline
 from tunesmith.data.features import stack_targets
-from tunesmith.data.image_scan import open_image, scan_images
+from tunesmith.data.image_scan import DECODE_ERRORS, open_image, scan_images
 from tunesmith.data.order import drawing_from
 from tunesmith.errors import DataError
 
@@ -54,7 +54,12 @@ class ImageFiles(Dataset[Example]):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Example:
-        image = open_image(self.paths[index], self.mode)
+        try:  # checked when the data was read; a file replaced since, or given to predict()
+            image = open_image(self.paths[index], self.mode)
+        except DECODE_ERRORS as error:
+            raise DataError(f"cannot read the image: {error}", file=self.paths[index],
+                            fix="remove it from the inputs, or replace it with a readable "
+                            "image") from None
         seed: int | None = getattr(index, "seed", None)
         with drawing_from(seed):
             pixels = self.transform.per_image(image)
