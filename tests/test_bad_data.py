@@ -706,3 +706,18 @@ def test_an_image_whose_name_is_not_utf8_is_named(image_config: Callable[..., Pa
                 "rename it")
     assert_user_error(run_cli(["validate", image_config(data_path=images)]), *expected)
     assert_inspect_error(*inspect_cli(run_cli, images), *expected)
+
+
+def test_a_label_that_is_a_json_object_is_named(text_config: Callable[..., Path],
+                                                text_table: pd.DataFrame, run_cli: Cli,
+                                                tmp_path: Path) -> None:
+    """It became a class named "{'name': 'positive'}"."""
+    path = tmp_path / "objects.jsonl"
+    rows = [{"text": text, "label": {"name": label} if row == 4 else label}
+            for row, (text, label) in enumerate(zip(text_table["text"], text_table["label"],
+                                                    strict=True))]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    expected = (path, "data.label_column", "the label column 'label' holds 1 cell(s) that are "
+                "not a label (data row 5 holds an object)", "write each label as a value")
+    assert_user_error(run_cli(["validate", text_config(data_path=path)]), *expected)
+    assert_inspect_error(*inspect_cli(run_cli, path), *expected)

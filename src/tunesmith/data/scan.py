@@ -256,6 +256,25 @@ def _check_single_values(source: Source, frame: pd.DataFrame, inputs: list[str],
             f"(data row {frame[ID_COLUMN].iloc[first]} holds {what})", fix, field=field)
 
 
+def _check_label_values(source: Source, frame: pd.DataFrame, column: str,
+                        kind: LabelKind) -> None:
+    """A label is a value (a list of them for multilabel), never a JSON object: its text would
+    become a class named "{'name': 'pos'}"."""
+    values = frame[column]
+    if values.dtype != object:
+        return
+    bad = values.map(lambda v: isinstance(v, dict) or (
+        kind != "multilabel" and isinstance(v, list | tuple | np.ndarray)))
+    if bad.any():
+        first = int(np.flatnonzero(bad.to_numpy(dtype=bool))[0])
+        what = "an object" if isinstance(values.iloc[first], dict) else "a list"
+        raise source.error(
+            f"the label column {column!r} holds {int(bad.sum())} cell(s) that are not a label "
+            f"(data row {frame[ID_COLUMN].iloc[first]} holds {what})",
+            "write each label as a value (a list of them for multilabel), e.g. the object's name",
+            field="data.label_column")
+
+
 def scan_part(
     name: str,
     source: Source,
@@ -289,6 +308,7 @@ def scan_part(
         # Missing labels are the label check's business; here, missing inputs and features.
         for column, count in frame.drop(columns=[ID_COLUMN, columns.label]).isna().sum().items():
             missing[str(column)] = missing.get(str(column), 0) + int(count)
+        _check_label_values(source, frame, columns.label, kind)
         labels.add(frame[columns.label])
         if modality == "image":
             paths.extend(frame[IMAGE_COLUMN].tolist())
