@@ -311,3 +311,30 @@ def test_the_api_names_an_image_it_cannot_read(
         predictor.predict([str(good), str(cut)])
     assert raised.value.file == str(cut) and "cannot read the image" in raised.value.problem
     assert len(predictor.predict([str(good)])) == 1
+
+
+def test_a_predicted_folder_follows_linked_folders_and_names_broken_links(
+    image_run: FinishedRun, image_folder: Path, tmp_path: Path, run_cli: Any
+) -> None:
+    """A linked subfolder's images and a link to a missing file were skipped without a row."""
+    import os
+    import shutil
+
+    folder = tmp_path / "inputs"
+    (folder / "a").mkdir(parents=True)
+    first = sorted(image_folder.rglob("*.png"))[0]
+    shutil.copy(first, folder / "a" / "ok.png")
+    linked = image_folder / "horizontal"
+    os.symlink(linked, folder / "linked")
+    os.symlink(folder / "missing.png", folder / "a" / "gone.png")
+    os.symlink(folder, folder / "a" / "loop")  # a cycle is walked once
+    out = tmp_path / "predictions.csv"
+    result = run_cli(["predict", image_run.run_dir, folder, "--out", out])
+    assert result.code == 0, result.err
+    table = pd.read_csv(out, keep_default_na=False)
+    expected = sorted([str(folder / "a" / "gone.png"), str(folder / "a" / "ok.png")]
+                      + [str(folder / "linked" / p.name) for p in linked.glob("*.png")])
+    assert sorted(table["input"]) == expected
+    errors = dict(zip(table["input"], table["error"], strict=True))
+    assert errors.pop(str(folder / "a" / "gone.png")).startswith("cannot read the image")
+    assert set(errors.values()) == {""}

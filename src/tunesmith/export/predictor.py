@@ -400,10 +400,19 @@ def _scanned(images: list[str]) -> ImageScan:
 def _image_files(path: Path) -> list[str]:
     if path.is_dir():
         # As in training: not a folder named a.jpg/, nor hidden files and folders (macOS'
-        # ._a.jpg, .ipynb_checkpoints/).
-        return [str(p) for p in sorted(path.rglob("*"))
-                if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)]
+        # ._a.jpg, .ipynb_checkpoints/). Linked folders are followed (each real one once), and
+        # a link to a missing file is listed, to be reported in its own row.
+        found, seen = [], set()
+        for folder, names, files in os.walk(path, followlinks=True):
+            real = os.path.realpath(folder)
+            if real in seen:
+                names[:] = []
+                continue
+            seen.add(real)
+            names[:] = [name for name in names if not name.startswith(".")]
+            found += [Path(folder) / name for name in files
+                      if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES]
+        return [str(p) for p in sorted(found)]
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise TunesmithError(
             "this model reads images, not tables or text",
