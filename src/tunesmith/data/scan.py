@@ -236,23 +236,32 @@ def check_columns(source: Source, header: list[str], needed: dict[str, str]) -> 
         )
 
 
+def _cells_holding(values: pd.Series, kinds: tuple[type, ...]) -> tuple[int, int, str] | None:
+    """How many cells of `values` hold one of `kinds` (a JSON list or object, a Parquet array),
+    the first one's position and what it holds ("a list" or "an object"); None for none."""
+    if values.dtype != object:
+        return None
+    nested = values.map(lambda v: isinstance(v, kinds)).to_numpy(dtype=bool)
+    if not nested.any():
+        return None
+    first = int(np.flatnonzero(nested)[0])
+    return int(nested.sum()), first, "an object" if isinstance(values.iloc[first], dict) else (
+        "a list")
+
+
 def _check_single_values(source: Source, frame: pd.DataFrame, inputs: list[str],
                          field: str) -> None:
     """A text or feature cell holds one value: a JSON list or object, or a Parquet array (an
     embedding), is refused by name rather than failing deep inside the checks or the model."""
     for column in inputs:
-        values = frame[column]
-        if values.dtype != object:
+        found = _cells_holding(frame[column], (list, tuple, dict, set, np.ndarray))
+        if found is None:
             continue
-        nested = values.map(lambda v: isinstance(v, list | tuple | dict | set | np.ndarray))
-        if not nested.any():
-            continue
-        first = int(np.flatnonzero(nested.to_numpy(dtype=bool))[0])
-        what = "a list" if not isinstance(values.iloc[first], dict) else "an object"
+        count, first, what = found
         fix = ("join each row's text into one string" if field == "data.text_column" else
                "expand it into one column per value, or leave it out of data.feature_columns")
         raise source.error(
-            f"column {column!r} holds {int(nested.sum())} cell(s) with several values, not one "
+            f"column {column!r} holds {count} cell(s) with several values, not one "
             f"(data row {frame[ID_COLUMN].iloc[first]} holds {what})", fix, field=field)
 
 
@@ -260,16 +269,12 @@ def _check_label_values(source: Source, frame: pd.DataFrame, column: str,
                         kind: LabelKind) -> None:
     """A label is a value (a list of them for multilabel), never a JSON object: its text would
     become a class named "{'name': 'pos'}"."""
-    values = frame[column]
-    if values.dtype != object:
-        return
-    bad = values.map(lambda v: isinstance(v, dict) or (
-        kind != "multilabel" and isinstance(v, list | tuple | np.ndarray)))
-    if bad.any():
-        first = int(np.flatnonzero(bad.to_numpy(dtype=bool))[0])
-        what = "an object" if isinstance(values.iloc[first], dict) else "a list"
+    found = _cells_holding(frame[column], (dict,) if kind == "multilabel" else (
+        dict, list, tuple, np.ndarray))
+    if found is not None:
+        count, first, what = found
         raise source.error(
-            f"the label column {column!r} holds {int(bad.sum())} cell(s) that are not a label "
+            f"the label column {column!r} holds {count} cell(s) that are not a label "
             f"(data row {frame[ID_COLUMN].iloc[first]} holds {what})",
             "write each label as a value (a list of them for multilabel), e.g. the object's name",
             field="data.label_column")

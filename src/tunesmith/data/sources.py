@@ -562,7 +562,7 @@ def _class_name(classes: list[str], code: Any) -> str | None:
 
 
 def _class_names(classes: list[str], codes: Any) -> list[str] | None:
-    if codes is None or not isinstance(codes, list | tuple | np.ndarray):
+    if not isinstance(codes, list | tuple | np.ndarray):  # a null cell
         return None
     return [name for code in codes if (name := _class_name(classes, code)) is not None]
 
