@@ -301,6 +301,22 @@ def test_dotdot_path_out_of_an_image_manifest(image_config: Callable[..., Path],
     assert_inspect_error(*inspect_cli(run_cli, manifest), *expected)
 
 
+def test_empty_path_cell_in_an_image_manifest(image_config: Callable[..., Path],
+                                              image_folder: Path, run_cli: Cli,
+                                              tmp_path: Path) -> None:
+    """An empty path cell is named by its data row; it read as the manifest's own folder
+    ('Is a directory')."""
+    folder = copy_images(image_folder, tmp_path / "dataset")
+    rows = [(str(p.relative_to(folder)), p.parent.name) for p in sorted(folder.rglob("*.png"))]
+    rows.insert(6, ("", "horizontal"))
+    manifest = folder / "manifest.csv"
+    pd.DataFrame(rows, columns=["image", "label"]).to_csv(manifest, index=False)
+    expected = (manifest, "data.train", "1 image(s) cannot be read; first data row 7: the image "
+                "path cell is empty", "data.clean.drop_unreadable: true")
+    assert_user_error(run_cli(["validate", image_config(data_path=manifest)]), *expected)
+    assert_inspect_error(*inspect_cli(run_cli, manifest), *expected)
+
+
 def saved_images(path: Path, cells: list[dict[str, Any]], labels: list[str],
                  **more_images: list[dict[str, Any]]) -> Path:
     import datasets

@@ -59,6 +59,7 @@ PHASH_BLOCK = 8
 # near_duplicates compares a block of rows against all columns at once; this many uint64 cells
 # (32 MiB) bounds the memory that takes, whatever the sizes of the two sets.
 PAIR_BLOCK_CELLS = 1 << 22
+EMPTY_PATH = "the image path cell is empty"
 
 
 @dataclass(frozen=True)
@@ -211,6 +212,8 @@ def perceptual_hash(image: Image.Image) -> int:
 
 
 def _scan_one(path: str) -> _Facts:
+    if not path:  # a manifest row whose path cell is empty
+        return _Facts(error=EMPTY_PATH)
     try:
         # A zero-byte file is the commonest broken download; say so rather than "cannot identify".
         if os.path.getsize(path) == 0:

@@ -396,9 +396,9 @@ def _image_findings(part: PartScan, options: Options) -> list[Finding]:
             Finding(
                 "unreadable-image",
                 "warning" if options.drop_unreadable else "fatal",
-                f"{len(bad)} image(s) cannot be read; first {scan.paths[first]}: "
-                f"{scan.errors[first]}",
-                scan.paths[first],
+                f"{len(bad)} image(s) cannot be read; first "
+                f"{scan.paths[first] or f'data row {first + 1}'}: {scan.errors[first]}",
+                scan.paths[first] or str(part.source.path),
                 field=part.source.field,
                 count=len(bad),
                 examples=_ids(part, bad),

@@ -689,14 +689,17 @@ def _manifest_frames(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
                 field="data.image_column",
                 fix="set data.image_column to the column of image paths",
             )
-        relative = frame.pop(source.image_column)
+        relative = frame.pop(source.image_column).fillna("").astype(str)
         absolute = []
-        for value in relative.fillna("").astype(str):
+        for value in relative:
+            if not value.strip():  # an empty cell is no image: reported as such, not as the folder
+                absolute.append("")
+                continue
             path = Path(value) if Path(value).is_absolute() else root / value
             if not inside(path, root):
                 raise _outside_error(source, value)
             absolute.append(str(path))
-        frame.insert(0, ID_COLUMN, relative.astype(str).tolist())
+        frame.insert(0, ID_COLUMN, relative.tolist())
         frame[IMAGE_COLUMN] = absolute
         yield frame
 
