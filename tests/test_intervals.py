@@ -141,6 +141,55 @@ def test_regression_intervals_match_scikit_learn_on_every_resample() -> None:
     assert flat(got) == pytest.approx(flat(reference("regression", predictions, targets)), abs=1e-9)
 
 
+def test_regression_scores_keep_their_digits_far_from_zero() -> None:
+    """A target near 1e10 with a spread of 100 scores as the same target near 0 does (the sums
+    of squared targets used to swallow the spread: R² outside its own interval)."""
+    rng = np.random.default_rng(6)
+    targets = rng.normal(0.0, 100.0, 89)
+    predictions = (0.6 * targets + rng.normal(0, 60.0, 89)).reshape(-1, 1)
+    near, far = (scored_with_intervals("regression", predictions + shift, targets + shift)
+                 for shift in (0.0, 1e10))
+    for name in ("rmse", "mae", "r2"):
+        assert far[name]["value"] == pytest.approx(near[name]["value"], rel=1e-6)
+        assert far[name]["ci95"] == pytest.approx(near[name]["ci95"], rel=1e-6)
+    low, high = far["r2"]["ci95"]
+    assert low < far["r2"]["value"] < high
+
+
+def test_a_constant_regression_target_has_r2_zero() -> None:
+    """scikit-learn's convention (force_finite): 0 for a constant truth, 1 if also predicted
+    exactly; rounding once gave -1.4e13, or an interval of -1e15."""
+    targets = np.full(60, 1.1)
+    predictions = (1.1 + np.random.default_rng(7).normal(0, 0.1, 60)).reshape(-1, 1)
+    scores = scored_with_intervals("regression", predictions, targets)
+    assert scores["r2"] == {"value": 0.0, "ci95": [0.0, 0.0]}
+    assert scores["rmse"]["value"] == pytest.approx(np.sqrt(np.mean((predictions[:, 0] - 1.1)
+                                                                    ** 2)))
+    exact = scored_with_intervals("regression", targets.reshape(-1, 1), targets)
+    assert exact["r2"] == {"value": 1.0, "ci95": [1.0, 1.0]}
+
+
+def test_auroc_intervals_leave_out_resamples_without_a_class() -> None:
+    """A resample that drew no row of a class has no AUROC for it; counting it as 0 pulled the
+    interval below its own point (3 positives in 123: a perfect 1.0 had [0, 1])."""
+    targets = np.array([1, 1, 1] + [0] * 120)
+    logits = np.stack([np.zeros(123), np.where(targets == 1, 5.0, -5.0)], axis=1)
+    scores = scored_with_intervals("classification", logits, targets)
+    assert scores["auroc"] == {"value": 1.0, "ci95": [1.0, 1.0]}
+    # twelve classes, six of them a single row: the interval holds the point and is close to
+    # the exact resamples' (those that have the class)
+    rng = np.random.default_rng(8)
+    targets = np.concatenate([np.repeat([0, 1, 2, 3], [60, 40, 25, 15]), np.arange(4, 10)])
+    logits = rng.normal(size=(len(targets), 10))
+    logits[np.arange(len(targets)), targets] += 1.5
+    scores = scored_with_intervals("classification", logits, targets, seed=0)
+    low, high = scores["auroc"]["ci95"]
+    assert low < scores["auroc"]["value"] < high
+    exact = reference_values("classification", logits, targets)["auroc"]
+    assert (low, high) == pytest.approx((np.percentile(exact, 2.5), np.percentile(exact, 97.5)),
+                                        abs=0.03)
+
+
 def test_multilabel_intervals_match_scikit_learn_on_every_resample() -> None:
     rng = np.random.default_rng(2)
     targets = (rng.random((200, 4)) < 0.3).astype(float)

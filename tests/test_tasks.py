@@ -128,6 +128,51 @@ def test_regression_predicts_in_the_targets_units(tmp_path: Path, run_cli: Cli) 
         assert result.code == 0, result.err
 
 
+def test_regression_scores_the_same_in_any_units(tmp_path: Path) -> None:
+    """A target moved by 1e9, scaled past float32's largest number or into millionths trains and
+    scores as the plain one does: in float32 the first moved in steps of 64 (R² outside its own
+    interval) and the second was infinite (a traceback); the third's RMSE showed as 0.0001."""
+    from sklearn.datasets import load_diabetes
+
+    plain = sklearn_table(load_diabetes, tmp_path / "plain.csv")
+    runs = {}
+    changes = (("moved", 1e9, 1.0), ("huge", 0.0, 1e38), ("tiny", 0.0, 1e-6))
+    for name, shift, scale in (("plain", 0.0, 1.0), *changes):
+        table = plain.assign(label=plain["label"] * scale + shift)
+        table.to_csv(tmp_path / f"{name}.csv", index=False)
+        raw = config_dict(tmp_path / name, data_path=tmp_path / f"{name}.csv",
+                          backbone="scratch:mlp", train_settings=TABLE_TRAIN, name=name)
+        runs[name] = finish_run(tmp_path / name, raw).run_dir
+    metrics = {name: json.loads((run / "metrics.json").read_text()) for name, run in runs.items()}
+    arrays = {name: np.load(run / "predictions.npz") for name, run in runs.items()}
+    reference = metrics["plain"]["test"]
+    for name, shift, scale in changes:
+        test = metrics[name]["test"]
+        for metric in ("rmse", "mae"):
+            assert test[metric]["value"] == pytest.approx(reference[metric]["value"] * scale,
+                                                          rel=1e-4)
+            assert test[metric]["ci95"] == pytest.approx(
+                [bound * scale for bound in reference[metric]["ci95"]], rel=1e-4)
+        assert test["r2"]["value"] == pytest.approx(reference["r2"]["value"], abs=1e-4)
+        for baseline in ("mean", "gradient_boosting"):  # fitted on standardized targets too
+            assert metrics[name]["baselines"][baseline]["rmse"] == pytest.approx(
+                metrics["plain"]["baselines"][baseline]["rmse"] * scale, rel=1e-3)
+        low, high = test["r2"]["ci95"]
+        assert low < test["r2"]["value"] < high
+        # the targets kept exactly as written, the outputs in the same units
+        assert np.array_equal(arrays[name]["test_targets"],
+                              arrays["plain"]["test_targets"] * scale + shift)
+        assert arrays[name]["test_outputs"] == pytest.approx(
+            arrays["plain"]["test_outputs"] * scale + shift, rel=1e-6, abs=1e-2)
+        rmse = test["rmse"]["value"]  # shown to 4 decimals, or 4 digits where those hide it
+        shown = f"{rmse:.4f}" if name == "moved" else f"{rmse:.4g}"
+        assert f"<b>{shown} <small>[" in (runs[name] / "report.html").read_text(), shown
+        predicted = tunesmith.load(runs[name]).predict(plain.drop(columns=["label"]).head(5))
+        assert predicted == pytest.approx(
+            list(np.asarray(tunesmith.load(runs["plain"]).predict(
+                plain.drop(columns=["label"]).head(5))) * scale + shift), rel=1e-6, abs=1e-2)
+
+
 def multilabel_texts(rows: int, *, seed: int) -> list[dict[str, Any]]:
     """Texts carrying a positive cue word (label `good`), a negative one (`bad`), both or none."""
     rng = np.random.default_rng(seed)

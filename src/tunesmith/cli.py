@@ -231,15 +231,14 @@ def evaluate(
 
     from tunesmith.api import evaluate as evaluate_run
     from tunesmith.console import console
+    from tunesmith.report.summary import scored_text
 
     found = evaluate_run(run_dir, data)
     table = Table(title=f"{found.source} ({found.rows} rows)", header_style="bold")
     table.add_column("metric")
     table.add_column("value [95% interval]", justify="right")
     for name, score in found.scores.items():
-        interval = score.get("ci95")
-        table.add_row(name, f"{score['value']:.4f}" + (
-            f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else ""))
+        table.add_row(name, scored_text(score))
     console.print(table)
     typer.echo(f"scores written to {found.record}")
 

@@ -1,7 +1,9 @@
 """Encoded tabular rows as batches, and the label tensor every collate function builds.
 
 Targets arrive as class indices (classification), 0/1 vectors (multilabel) or numbers
-(regression); `stack_targets` gives the tensor each loss reads: int64 indices, or float32.
+(regression); `stack_targets` gives the tensor each loss reads: int64 indices, float32 0/1
+vectors, or float64 numbers (the regression head's output: float32 would round a target near 1e9
+to a multiple of 64).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ def stack_targets(targets: Sequence[Any]) -> torch.Tensor:
     values = np.asarray(targets)
     if np.issubdtype(values.dtype, np.integer):
         return torch.as_tensor(values, dtype=torch.long)
-    return torch.as_tensor(values, dtype=torch.float32)
+    return torch.as_tensor(values, dtype=torch.float64 if values.ndim == 1 else torch.float32)
 
 
 class FeatureRows(Dataset[tuple[np.ndarray, Any]]):

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from scipy.special import logit
 from sklearn.base import BaseEstimator
+from sklearn.compose import TransformedTargetRegressor
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_extraction.text import TfidfVectorizer
@@ -73,11 +74,12 @@ def majority(kind: str, parts: Parts) -> Baseline:
         row = np.array([float(np.mean(y))])
         about = "the training mean"
     name = "mean" if kind == "regression" else "majority"
-    return Baseline(name, about, _constant(row, parts.val), _constant(row, parts.test))
+    return Baseline(name, about, _constant(row, parts.val, kind), _constant(row, parts.test, kind))
 
 
-def _constant(row: np.ndarray, part: Any) -> np.ndarray:
-    return np.broadcast_to(row, (len(part), len(row))).astype(np.float32)
+def _constant(row: np.ndarray, part: Any, kind: str) -> np.ndarray:
+    return np.broadcast_to(row, (len(part), len(row))).astype(
+        np.float64 if kind == "regression" else np.float32)
 
 
 def fitted(name: str, about: str, kind: str, parts: Parts,
@@ -86,6 +88,9 @@ def fitted(name: str, about: str, kind: str, parts: Parts,
     estimator = make(kind)
     if kind == "multilabel":
         estimator = OneVsRestClassifier(estimator)
+    if kind == "regression":  # fitted on standardized targets, as the model is: gradient
+        # boosting sums its gradients in float32, which a target past 1e19 squared overflows
+        estimator = TransformedTargetRegressor(estimator, transformer=StandardScaler())
     with warnings.catch_warnings():  # a slow convergence or a constant label is not the user's
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.simplefilter("ignore", UserWarning)
@@ -98,7 +103,7 @@ def fitted(name: str, about: str, kind: str, parts: Parts,
 
 def _outputs(estimator: Any, kind: str, part: Any, classes: int) -> np.ndarray:
     if kind == "regression":
-        return np.asarray(estimator.predict(part), dtype=np.float32).reshape(-1, 1)
+        return np.asarray(estimator.predict(part), dtype=np.float64).reshape(-1, 1)
     probabilities = np.asarray(estimator.predict_proba(part), dtype=np.float64)
     if kind == "multilabel":
         odds = logit(np.clip(probabilities, PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR))

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tunesmith.models.heads import full_precision
 from tunesmith.models.inputs import EvalBatches
 
 
@@ -22,7 +23,8 @@ def collect_logits(
     autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(logits, labels) as float32/int arrays, row i belonging to input i."""
+    """(logits, labels) as arrays (float32 logits, or a regression's float64 numbers; int or
+    float labels), row i belonging to input i."""
     was_training = model.training
     model.eval()
     logits: list[torch.Tensor] = []
@@ -31,7 +33,7 @@ def collect_logits(
         targets = batch.pop("labels")
         with autocast():
             output = model(batch)
-        logits.append(output.float().cpu())
+        logits.append(full_precision(output).cpu())
         labels.append(targets.cpu())
         if on_batch is not None:
             on_batch(len(targets))

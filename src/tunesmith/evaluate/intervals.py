@@ -29,6 +29,7 @@ from tunesmith.evaluate.metrics import (
     TOP_K,
     TOP_K_FROM_CLASSES,
     auroc_classes,
+    centered,
     confidence_bins,
     top_k_hits,
 )
@@ -97,8 +98,13 @@ def differences(first: Metrics, second: Metrics) -> dict[str, tuple[float, float
 
 
 def _percentiles(values: np.ndarray) -> tuple[float, float]:
+    """The interval over the resamples where the metric is defined (NaN where it is not: an
+    AUROC of a resample that drew no row of a class)."""
     tail = (1.0 - LEVEL) / 2 * 100
-    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+    defined = values[~np.isnan(values)]
+    if not len(defined):
+        return float("nan"), float("nan")
+    return float(np.percentile(defined, tail)), float(np.percentile(defined, 100 - tail))
 
 
 def standard_error(low: float, high: float) -> float:
@@ -200,7 +206,12 @@ def _classification(logits: np.ndarray, targets: np.ndarray) -> _Plan:
             positive = actual[:, scored]
             per_class = (_ratio(parts[..., 0], positive)
                          + _ratio(parts[..., 1], count - positive) - auroc_full)
-            metrics["auroc"] = np.clip(per_class.mean(axis=1), 0.0, 1.0)  # linearized: may stray
+            # A class the resample drew no positive (or no negative) of has no AUROC there: it
+            # is left out, as the full sample's score leaves out such a class, and a resample
+            # with no such class left has none (NaN, outside the interval's percentiles).
+            defined = (positive > 0) & (positive < count)
+            mean = _ratio((per_class * defined).sum(axis=1), defined.sum(axis=1), empty=np.nan)
+            metrics["auroc"] = np.clip(mean, 0.0, 1.0)  # linearized: may stray
         return metrics
 
     return _Plan(_Cells(cells, classes * classes), rows, summarize, coarse=auroc)
@@ -293,19 +304,22 @@ def _average_precisions(
 
 
 def _regression(predictions: np.ndarray, targets: np.ndarray) -> _Plan:
-    predicted = predictions.reshape(-1).astype(np.float64)
-    truth = targets.reshape(-1).astype(np.float64)
+    predicted, truth = centered(predictions, targets)
     error = predicted - truth
     rows = np.stack([error**2, np.abs(error), truth, truth**2], axis=1)
     count = len(rows)
+    # A resample's sum of squared deviations, sum t² - (sum t)²/n, is a difference of two sums
+    # that may both be large: below this share of sum t² it is rounding, not spread.
+    rounding = 1e-9
 
     def summarize(counts: np.ndarray | None, sums: np.ndarray | None) -> Metrics:
         assert sums is not None
         squared, absolute, total, total_sq = (sums[:, i] for i in range(4))
-        spread = total_sq - total**2 / count  # the resample's sum of squared deviations
-        r2 = 1.0 - _ratio(squared, spread, empty=np.inf)
+        spread = total_sq - total**2 / count
+        varies = spread > rounding * total_sq
+        r2 = 1.0 - _ratio(squared, np.where(varies, spread, 0.0), empty=np.inf)
         return {"rmse": np.sqrt(squared / count), "mae": absolute / count,
-                "r2": np.where(spread > 0, r2, 0.0)}
+                "r2": np.where(varies, r2, np.where(squared == 0, 1.0, 0.0))}
 
     return _Plan(None, rows, summarize)
 

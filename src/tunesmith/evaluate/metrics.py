@@ -23,10 +23,7 @@ from sklearn.metrics import (
     average_precision_score,
     balanced_accuracy_score,
     f1_score,
-    mean_absolute_error,
-    mean_squared_error,
     precision_recall_fscore_support,
-    r2_score,
     roc_auc_score,
 )
 
@@ -110,13 +107,35 @@ def multilabel_metrics(logits: np.ndarray, targets: np.ndarray) -> dict[str, flo
 
 
 def regression_metrics(predictions: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-    predicted = predictions.reshape(-1)
-    truth = targets.reshape(-1)
+    predicted, truth = centered(predictions, targets)
+    error = predicted - truth
+    squared = float(np.sum(error**2))
+    spread = float(np.sum((truth - truth.mean()) ** 2)) if len(truth) else 0.0
     return {
-        "rmse": float(np.sqrt(mean_squared_error(truth, predicted))),
-        "mae": float(mean_absolute_error(truth, predicted)),
-        "r2": float(r2_score(truth, predicted)) if len(truth) > 1 else 0.0,
+        "rmse": float(np.sqrt(np.mean(error**2))),
+        "mae": float(np.mean(np.abs(error))),
+        "r2": r2_from(squared, spread),
     }
+
+
+def centered(predictions: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions and targets in float64, less one of the targets (near their middle): the
+    errors are the same, but sums of squared targets no longer lose the digits that matter (a
+    target near 1e10 with a spread of 100), and a constant target becomes exact zeros."""
+    predicted = np.asarray(predictions, dtype=np.float64).reshape(-1)
+    truth = np.asarray(targets, dtype=np.float64).reshape(-1)
+    if not len(truth):
+        return predicted, truth
+    middle = truth[np.argsort(truth, kind="stable")[len(truth) // 2]]
+    return predicted - middle, truth - middle
+
+
+def r2_from(squared: float, spread: float) -> float:
+    """R² from the sum of squared errors and of squared deviations of the truth; where the truth
+    does not vary, 1 for exact predictions and 0 otherwise (scikit-learn's force_finite)."""
+    if spread > 0:
+        return 1.0 - squared / spread
+    return 1.0 if squared == 0 else 0.0
 
 
 def evaluation_metrics(kind: str, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:

@@ -31,6 +31,7 @@ from torch import nn
 
 from tunesmith.errors import TunesmithError
 from tunesmith.export.predictor import Predictor
+from tunesmith.models.heads import full_precision
 
 MODEL = "model.onnx"
 QUANTIZED = "model.int8.onnx"
@@ -50,7 +51,7 @@ class Exported(nn.Module):
         self.temperature = temperature
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        outputs: torch.Tensor = self.model(dict(zip(self.names, tensors, strict=True))).float()
+        outputs = full_precision(self.model(dict(zip(self.names, tensors, strict=True))))
         if self.kind == "multilabel":
             return torch.sigmoid(outputs)
         if self.kind == "classification":

@@ -138,8 +138,9 @@ class Predictor:
         """The model's raw outputs: logits, or numbers in the target's units."""
         self._require_many(inputs)
         if len(inputs) == 0:
-            width = 1 if self.kind == "regression" else len(self.classes)
-            return np.zeros((0, width), dtype=np.float32)
+            if self.kind == "regression":
+                return np.zeros((0, 1), dtype=np.float64)
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
         batches = eval_batches(self.model.backbone, self.encode(inputs), batch_size=batch_size)
         with progress() as bar:
             task = bar.add_task("predict", total=len(inputs), status="")

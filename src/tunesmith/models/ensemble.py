@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from tunesmith.models.backbone import Backbone
+from tunesmith.models.heads import full_precision
 from tunesmith.models.task_model import TaskModel
 
 KINDS = ("classification", "multilabel", "regression")
@@ -35,7 +36,7 @@ class Ensemble(nn.Module):
         return member.backbone
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        outputs = torch.stack([member(inputs).float() for member in self.members])
+        outputs = torch.stack([full_precision(member(inputs)) for member in self.members])
         if self.kind == "classification":
             return torch.logsumexp(torch.log_softmax(outputs, dim=-1), dim=0) - torch.log(
                 torch.tensor(float(len(self.members)), device=outputs.device))

@@ -42,18 +42,26 @@ def initialize(linear: nn.Linear, init: str) -> None:
 
 
 class TargetScale(nn.Module):
-    """y = x * std + mean, with mean and std fixed (buffers, saved with the weights)."""
+    """y = x * std + mean, with mean and std fixed (buffers, saved with the weights), in float64:
+    float32 holds about 7 digits, so a target near 1e9 would move in steps of 64 and one past
+    3.4e38 would be infinite."""
 
     mean: torch.Tensor
     std: torch.Tensor
 
     def __init__(self, mean: float, std: float) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor(float(mean)))
-        self.register_buffer("std", torch.tensor(float(std)))
+        self.register_buffer("mean", torch.tensor(float(mean), dtype=torch.float64))
+        self.register_buffer("std", torch.tensor(float(std), dtype=torch.float64))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.std + self.mean
+        return x.double() * self.std + self.mean
+
+
+def full_precision(output: torch.Tensor) -> torch.Tensor:
+    """A model's output as float32 (from bf16/fp16 autocast), but a regression head's float64
+    numbers (TargetScale) as they are."""
+    return output if output.dtype == torch.float64 else output.float()
 
 
 def make_head(

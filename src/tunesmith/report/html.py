@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from tunesmith.report.summary import metric_text, scored_text
+
 REPORT = "report.html"
 WORST_ERRORS = 12
 LEARNING_CURVES = 5  # the best trials drawn
@@ -188,8 +190,8 @@ def _summary(run: _Run) -> str:
                 cells.append("<td>–</td>")
                 continue
             gap = baseline.get("difference", {}).get(metric, {})
-            cells.append(f"<td>{baseline[metric]:.4f}<br><small>model {_signed(gap)}</small>"
-                         "</td>")
+            cells.append(f"<td>{metric_text(baseline[metric])}<br>"
+                         f"<small>model {_signed(gap)}</small></td>")
         label = metric + (" (primary)" if metric == primary else "")
         table.append(f"<tr><th>{html.escape(label)}</th><td><b>{_interval(score)}</b></td>"
                      f"<td>{_interval(metrics['val'].get(metric))}</td>{''.join(cells)}</tr>")
@@ -582,16 +584,15 @@ def _interval(score: dict[str, Any] | None) -> str:
     if not score:
         return "–"
     interval = score.get("ci95")
-    return f"{score['value']:.4f}" + (
-        f" <small>[{interval[0]:.4f}, {interval[1]:.4f}]</small>" if interval else "")
+    return metric_text(score["value"]) + (
+        f" <small>[{metric_text(interval[0])}, {metric_text(interval[1])}]</small>"
+        if interval else "")
 
 
 def _signed(gap: dict[str, Any]) -> str:
     if not gap:
         return "–"
-    interval = gap.get("ci95")
-    return f"{gap['value']:+.4f}" + (
-        f" [{interval[0]:+.4f}, {interval[1]:+.4f}]" if interval else "")
+    return scored_text(gap, signed=True)
 
 
 def _label_set(text: Any) -> set[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from rich.table import Table
@@ -20,7 +21,7 @@ def summary_table(metrics: dict[str, Any], run_dir: str) -> Table:
             name + (" (primary)" if name == metrics["primary_metric"] else ""),
             _shown(value),
             _shown(metrics["val"].get(name)),
-            f"{baseline:.4f}" if baseline is not None else "–",
+            metric_text(baseline) if baseline is not None else "–",
         )
     table.caption = (
         f"{metrics['test_rows']} test rows · {metrics['wall_s']:.0f} s · "
@@ -30,13 +31,28 @@ def summary_table(metrics: dict[str, Any], run_dir: str) -> Table:
     return table
 
 
-def _shown(score: dict[str, Any] | None) -> str:
-    """0.8123 [0.7890, 0.8345]"""
-    if score is None:
-        return "–"
+def metric_text(value: float, *, signed: bool = False) -> str:
+    """A metric to four decimals (0.8123, 76.7520), or to four significant digits where those
+    would hide it (an RMSE of 7.474e-05 in a target of millionths, 1.235e+09 in one of
+    billions)."""
+    sign = "+" if signed else ""
+    if value == 0 or 1e-3 <= abs(value) < 1e6 or not math.isfinite(value):
+        return f"{value:{sign}.4f}"
+    return f"{value:{sign}.4g}"
+
+
+def scored_text(score: dict[str, Any], *, signed: bool = False) -> str:
+    """0.8123 [0.7890, 0.8345]: a metric and its 95% interval, where it has one."""
     interval = score.get("ci95")
-    shown = f"{score['value']:.4f}"
-    return shown + (f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "")
+    shown = metric_text(score["value"], signed=signed)
+    if not interval:
+        return shown
+    low, high = (metric_text(bound, signed=signed) for bound in interval)
+    return f"{shown} [{low}, {high}]"
+
+
+def _shown(score: dict[str, Any] | None) -> str:
+    return "–" if score is None else scored_text(score)
 
 
 def baselines_ahead(metrics: dict[str, Any]) -> list[str]:
@@ -52,10 +68,11 @@ def baselines_ahead(metrics: dict[str, Any]) -> list[str]:
         if gap is None or (gap["value"] >= 0 if greater else gap["value"] <= 0):
             continue
         interval = gap.get("ci95")
-        shown = f" (95% interval [{-interval[1]:+.4f}, {-interval[0]:+.4f}])" if interval else ""
+        shown = (f" (95% interval [{metric_text(-interval[1], signed=True)}, "
+                 f"{metric_text(-interval[0], signed=True)}])" if interval else "")
         lines.append(
             f"the {name} baseline ({baseline['about']}) beats the fine-tuned model on "
-            f"validation: {primary} {baseline['val'][primary]:.4f} against "
-            f"{baseline['val'][primary] + gap['value']:.4f}, a difference of {-gap['value']:+.4f}"
-            f"{shown}")
+            f"validation: {primary} {metric_text(baseline['val'][primary])} against "
+            f"{metric_text(baseline['val'][primary] + gap['value'])}, a difference of "
+            f"{metric_text(-gap['value'], signed=True)}{shown}")
     return lines

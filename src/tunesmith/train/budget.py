@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from tunesmith.console import console
+from tunesmith.models.heads import full_precision
 from tunesmith.models.losses import LossSettings, make_loss
 from tunesmith.train.optim import Plan
 from tunesmith.train.precision import autocast_for, default_device, resolve_precision
@@ -110,7 +111,7 @@ def measure_step_s(
         batch = {k: v.to(device) for k, v in batch.items()}
         targets = batch.pop("labels")
         with autocast():
-            value = loss_fn(model(batch).float(), targets)
+            value = loss_fn(full_precision(model(batch)), targets)
         value.backward()
         float(value.detach())  # waits for the device
         timed += index > 0

@@ -33,6 +33,7 @@ from tunesmith.console import console, progress
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import Objective, collect_logits, objective_for
 from tunesmith.io import atomic_write
+from tunesmith.models.heads import full_precision
 from tunesmith.models.inputs import EvalBatches
 from tunesmith.models.losses import LossSettings, make_loss
 from tunesmith.train import checkpoint as ckpt
@@ -447,7 +448,7 @@ def _train_epoch(run: _Run, loader: DataLoader[Any], val_rows: int) -> dict[str,
             # Between a step's batches, processes need not average gradients (DDP's no_sync).
             with contextlib.nullcontext() if ends_step else accelerator.no_sync(model):
                 with accelerator.autocast():
-                    loss = run.loss_fn(model(batch).float(), targets)
+                    loss = run.loss_fn(full_precision(model(batch)), targets)
                 accelerator.backward(loss / in_group)
             run.epoch.batches += 1
             value = loss.detach()

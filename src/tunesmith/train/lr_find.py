@@ -21,6 +21,7 @@ import torch
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
+from tunesmith.models.heads import full_precision
 from tunesmith.models.losses import make_loss
 from tunesmith.train.loop import TrainSettings
 from tunesmith.train.optim import make_optimizer, parameter_groups
@@ -83,7 +84,7 @@ def lr_range_test(
             group["lr"] = lr * factor
         batch = {k: v.to(device) for k, v in next(batches).items()}
         targets = batch.pop("labels")
-        loss = loss_fn(model(batch).float(), targets)
+        loss = loss_fn(full_precision(model(batch)), targets)
         loss.backward()
         if settings.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
