@@ -416,6 +416,11 @@ def test_the_final_model_is_chosen_among_the_trials_whose_weights_are_here(
 
     other = run_cli(["search", machine("b", 2)])  # trials 0 and 1, under b/runs
     assert other.code == 0, other.err
+    # A run whose folder holds none of the study's trials says where they are, before anything
+    # is evaluated.
+    result = run_cli(["run", machine("c", 2)])
+    assert result.code == 2
+    assert "output_dir" in result.err and "were trained by workers whose run folders" in result.err
     summary = api.fit(machine("a", 4))  # trials 2 and 3, under a/runs
     search = summary.metrics["search"]
     assert search["trials_elsewhere"] == [0, 1]
@@ -424,11 +429,6 @@ def test_the_final_model_is_chosen_among_the_trials_whose_weights_are_here(
     study = optuna.load_study(study_name="shared", storage=f"sqlite:///{snapshot}")
     local = {t.number: t.user_attrs["val"]["accuracy"] for t in study.trials if t.number >= 2}
     assert local[search["best_trial"]] == max(local.values())
-    # A run whose folder holds none of the study's trials says where they are, before anything
-    # is evaluated.
-    result = run_cli(["run", machine("c", 4)])
-    assert result.code == 2
-    assert "output_dir" in result.err and "were trained by workers whose run folders" in result.err
 
 
 def test_a_linear_probe_trained_by_an_earlier_process_is_rebuilt_from_its_head(
@@ -463,7 +463,7 @@ def test_a_study_made_by_another_config_is_refused_naming_what_differs(
         search={"folds": 1, "trials": 2, "study": "wine", "storage": f"journal:{journal}",
                 "space": {"train.lr": {"low": 1e-4, "high": 1e-3}}}))
     with pytest.raises(TunesmithError, match="another config") as caught:
-        api.fit(other)
+        api.search_worker(other)  # a worker joining (a new run is refused: the search ended)
     assert caught.value.field == "search.study" and "train.lr" in caught.value.problem
 
 

@@ -176,3 +176,17 @@ def test_a_budget_the_set_up_spends_is_too_small_for_one_trial(tmp_path: Path,
     least = float(re.search(r"give at least (\d+) s", result.err).group(1))  # type: ignore[union-attr]
     assert least >= 5 / 0.9
     assert not (tmp_path / "runs" / "short" / "metrics.json").exists()
+
+
+def test_choices_written_1e_3_are_numbers(tmp_path: Path) -> None:
+    """YAML 1.1 reads 1e-3 (no dot) as text: pydantic turns it into a number for train.lr, and
+    the space's choices were refused as "'1e-3' is not a value train.lr allows"."""
+    from tunesmith.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("name: s\ndata: {train: d.csv}\nmodel: {backbone: scratch:mlp}\n"
+                    "search:\n  trials: 3\n  space:\n    train.lr: [1e-3, 1e-2]\n")
+    given = load_config(path)
+    context = SpaceContext(profile=TABLE, recipe=RECIPE, blocks=3, scratch=True)
+    lr = next(p for p in search_space(context, given).params if p.key == "train.lr")
+    assert lr.distribution.choices == (0.001, 0.01)  # type: ignore[attr-defined]

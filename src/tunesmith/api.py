@@ -63,6 +63,7 @@ from tunesmith.search import is_scratch, train_settings
 from tunesmith.searching import (
     Kept,
     WorkerSummary,
+    check_search_can_start,
     check_space,
     search_stage,
     search_worker,
@@ -151,15 +152,18 @@ def _fit(given: Config, prepared: Prepared, processes: PartialState, *, resume: 
         if _finished(run_dir):
             console.print(f"[green]{run_dir} finished already[/]; nothing to resume")
             return RunSummary(run_dir, json.loads((run_dir / "metrics.json").read_text()))
-    elif processes.is_main_process:
-        _fresh_run_dir(run_dir)
-        write_text(run_dir / "config.yaml", resolved.to_yaml())
-        write_json(run_dir / "splits.json", prepared.data.splits)
-        write_json(run_dir / "data_report.json", _data_report(prepared.data))
+    else:
+        if searching:  # before the run folder: a refused search writes nothing
+            check_search_can_start(given, prepared, started=started)
+        if processes.is_main_process:
+            _fresh_run_dir(run_dir)
+            write_text(run_dir / "config.yaml", resolved.to_yaml())
+            write_json(run_dir / "splits.json", prepared.data.splits)
+            write_json(run_dir / "data_report.json", _data_report(prepared.data))
     processes.wait_for_everyone()
 
     if searching:
-        kept, search_record = search_stage(given, prepared, resume=resume)
+        kept, search_record = search_stage(given, prepared, resume=resume, started=started)
     else:
         trial_dir = run_dir / "trials" / "0"
         checkpoint = require_checkpoint(trial_dir) if resume else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import math
+import re
 import time
 import zlib
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import PartialState
+from optuna.trial import TrialState
 
 from tunesmith.candidate import (
     EVAL_BATCH_SIZE,
@@ -77,11 +79,14 @@ class Kept:
         self.result, self.val_outputs = other.result, other.val_outputs
 
 
-def search_stage(given: Config, recipe: Prepared, *, resume: bool) -> tuple[Kept, dict[str, Any]]:
-    """Trials from the study until the budget is spent; the best on validation, as trained."""
+def search_stage(given: Config, recipe: Prepared, *, resume: bool, started: float
+                 ) -> tuple[Kept, dict[str, Any]]:
+    """Trials from the study until the budget, counted from `started` (the run's start), is
+    spent; the best on validation, as trained."""
     from tunesmith.search.run import best_trial, scored_trials
+    from tunesmith.search.study import ENDED_ATTR
 
-    study, trials, kept, budget = _run_study(given, recipe, resume=resume)
+    study, trials, kept, budget = _run_study(given, recipe, resume=resume, started=started)
     if not keeps_its_own_study(given) and PartialState().is_main_process:
         snapshot(study, recipe.config.run_dir)  # for the report: every worker's trials
     objective = objective_for(recipe.kind)
@@ -90,6 +95,8 @@ def search_stage(given: Config, recipe: Prepared, *, resume: bool) -> tuple[Kept
     if not scored_trials(trials, objective):
         raise _nothing_scored(given, study, budget)
     best = best_trial(trials, objective)
+    if PartialState().is_main_process:  # resumed, the run trains no more trials
+        study.set_user_attr(ENDED_ATTR, str(recipe.config.run_dir))
     if best.number != kept.number:  # trained by an earlier run or another worker: from its files
         kept = trained_trial(given, recipe, best, folds)
     assert kept.prepared is not None and kept.model is not None and kept.result is not None
@@ -191,7 +198,10 @@ def _weights_here(given: Config, run_dir: Path, trials: list[Any], folds: list[A
     is chosen among the first; when a better trial is elsewhere, the run says so."""
     def here(trial: Any) -> bool:
         folder = run_dir / "trials" / str(trial.number)
-        parts = [folder / f"fold-{k}" for k in range(len(folds))] if folds else [folder]
+        # A pruned trial stopped after the fold it was pruned on (the first): it is never
+        # chosen, and its folder holds that fold alone.
+        trained = 1 if trial.state == TrialState.PRUNED else len(folds)
+        parts = [folder / f"fold-{k}" for k in range(trained)] if folds else [folder]
         return all(_trained_weights(part) is not None for part in parts)
 
     found = {t.number: here(t) for t in trials}
@@ -463,39 +473,60 @@ def search_worker(
             "the config does not search: set search.trials above 1 or search.budget",
             file=given.source, field="search", fix="add search.trials or search.budget",
         )
+    started = time.perf_counter()
     recipe = prepare(given)
+    if given.search.budget is not None:
+        _check_budget(given, recipe, folds=len(_folds(recipe)), started=started)
     recipe.config.run_dir.mkdir(parents=True, exist_ok=True)
     # A worker retries what a killed process of its machine left running; its budget is its own
     # wall time, not what the study spent before it joined.
-    found, _, _, _ = _run_study(given, recipe, resume=True, own_budget=True)
+    found, _, _, _ = _run_study(given, recipe, resume=True, own_budget=True, started=started)
     return WorkerSummary(recipe.config.run_dir, study_record(found, given))
 
 
+def check_search_can_start(given: Config, recipe: Prepared, *, started: float) -> None:
+    """Before a new run writes its folder (a refused search writes nothing, and leaves the last
+    run where it is): a budget too small for one trial, and a shared study whose search an
+    earlier run already ended, are refused."""
+    from tunesmith.search.study import ended_study
+
+    ended = ended_study(given, recipe.config.run_dir)
+    if ended is not None:
+        name = given.search.study or given.name
+        raise TunesmithError(
+            f"study {name!r} in {shown_storage(recipe.config)} has ended its search "
+            f"already: the run in {ended} chose its final model from it",
+            file=given.source, field="search.study",
+            fix="finish that run with tunesmith run CONFIG --resume, or give this search a "
+            f"study of its own (search.study: {name}-2, or --set search.study=...)")
+    if given.search.budget is not None:
+        _check_budget(given, recipe, folds=len(_folds(recipe)), started=started)
+
+
 def _run_study(
-    given: Config, recipe: Prepared, *, resume: bool, own_budget: bool = False
+    given: Config, recipe: Prepared, *, resume: bool, started: float, own_budget: bool = False
 ) -> tuple[Any, Any, Kept, Any]:
     """Open the study, retry what a killed run of it left running, and run trials until the
-    budget is spent; the best trial of this process is kept in memory."""
+    budget (counted from `started`: the setting up, step timing and backbone probes count too)
+    is spent; the best trial of this process is kept in memory. A resumed run whose search had
+    chosen its final model (`search_stage` marks the study) trains no more trials."""
     from tunesmith.search.run import (
         Budget,
+        finished,
         retry_interrupted,
         run_trials,
         spent_by_study,
     )
     from tunesmith.search.space import recipe_values, search_space
-    from tunesmith.search.study import open_study
+    from tunesmith.search.study import ENDED_ATTR, open_study
 
-    started = time.perf_counter()  # the budget counts the step timing and backbone probes too
     run_dir = recipe.config.run_dir
     objective = objective_for(recipe.kind)
     folds = _folds(recipe)
-    if given.search.budget is not None and (own_budget or not resume):
-        _check_budget(given, recipe, folds=len(folds), started=started)  # before the study: a
-        # refused search writes nothing
     with naming_the_config(given):
         space = search_space(_space_context(recipe), given)
     # Before ranking the backbones: every worker joins the same study.
-    signature = _signature(space, recipe, folds=len(folds) or 1)
+    signature = _signature(given, space, recipe, folds=len(folds) or 1)
     space, probes = _rank_backbones(given, recipe, space)
     first = recipe_values(space, recipe.config)
     epochs_high = max([int(recipe.config.train.epochs)] + [
@@ -538,13 +569,17 @@ def _run_study(
         gc.collect()
         return result
 
+    if resume and not own_budget and ENDED_ATTR in study.user_attrs:
+        console.print("the search had ended before the run stopped: no more trials")
+        return study, finished(study), kept, budget
     # Replicates soup with the recipe; fold models are ensembled, not souped, and the random
     # sampler is the baseline the search is compared with.
     replicate = not folds and given.search.sampler == "tpe"
     with frozen_heap():  # the data and libraries outlive every trial: collections skip them
         trials = run_trials(study, space, train, objective=objective, budget=budget,
                             run_dir=run_dir, first=first,
-                            replicate_seed=given.seed if replicate else None)
+                            replicate_seed=given.seed if replicate else None,
+                            wait_for_others=not own_budget)
     return study, trials, kept, budget
 
 
@@ -734,9 +769,23 @@ def _space_context(prepared: Prepared) -> Any:
     )
 
 
-def _signature(space: Any, recipe: Prepared, *, folds: int) -> dict[str, Any]:
+FOLDERS = re.compile(r"/?(?:[^/?=:]+/)+")  # the folders of a path, up to its last part
+# Settings that may differ between the workers of one study: where each reads the data from
+# (the split's row hashes say it is the same data) and what suits each machine.
+WORKER_OWN_SETTINGS = frozenset({
+    "data.train", "data.val", "data.test", "data.format", "data.delimiter", "data.encoding",
+    "train.precision", "train.workers", "train.compile", "train.log_to", "train.checkpoint_steps",
+})
+
+
+def _signature(given: Config, space: Any, recipe: Prepared, *, folds: int) -> dict[str, Any]:
     """What makes two searches the same study: the task, the data's split, the folds a trial is
-    scored on and the space."""
+    scored on, the space, and every other setting of the data, model and training as the config
+    gives it (an optimizer or schedule not searched, the patience, the augmentation)."""
+    searched = {param.key for param in space.params} | set(space.fixed)
+    settings = _flat(given.model_dump(mode="json", include={"data", "model", "train"}))
+    # a backbone by its name: each machine may keep the weights in a folder of its own
+    settings["model.backbone"] = FOLDERS.sub("", str(settings["model.backbone"]))
     return {
         "task": recipe.data.task,
         "folds": folds,
@@ -744,7 +793,20 @@ def _signature(space: Any, recipe: Prepared, *, folds: int) -> dict[str, Any]:
                    for name, part in recipe.data.splits["parts"].items()},
         "space": {param.key: repr(param.distribution) for param in space.params},
         "fixed": {key: str(value) for key, value in space.fixed.items()},
+        "settings": {key: repr(value) for key, value in settings.items()
+                     if key not in searched and key not in WORKER_OWN_SETTINGS},
     }
+
+
+def _flat(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 1}} as {"train.lr": 1}."""
+    flat: dict[str, Any] = {}
+    for key, value in nested.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def trained_trial(given: Config, recipe: Prepared, trial: Any, folds: list[Any]) -> Kept:

@@ -45,6 +45,7 @@ DUPLICATE_ATTR = "duplicate_of"  # a queued trial another worker queued too, and
 OVER_LIMIT_ATTR = "over_limit"  # a trial asked for when other workers' trials filled the limit
 STOPPED_ATTR = "stopped"  # why a trial ended before its schedule: pruned, early stopping, ...
 TIME_CUT = "time budget"  # ... or the time left, its schedule shortened to fit
+WAIT_POLL_S = 2.0  # how often the run choosing the final model looks at other workers' trials
 # A journal keeps no heartbeats of its own: its workers record theirs as this system attribute
 # of their running trial (Unix seconds).
 HEARTBEAT_ATTR = "tunesmith:heartbeat"
@@ -374,13 +375,61 @@ def run_trials(
     run_dir: Path,
     first: Values | None = None,
     replicate_seed: int | None = None,
+    wait_for_others: bool = False,
 ) -> list[optuna.trial.FrozenTrial]:
     """Ask, train and tell trials until the budget is spent; `first` (the recipe's values) is
     queued before any sampled trial. With `replicate_seed`, a budget too short for the sampler
     to learn anything is spent on replicates of `first` seeded from `replicate_seed + 1` on.
-    Returns the finished trials."""
+    With `wait_for_others` (the run that chooses the final model), trials other workers are
+    still training are waited for: they count against the limit that ended this loop. Returns
+    the finished trials."""
     if first is not None:  # once per study, whichever worker comes first
         study.enqueue_trial(first, user_attrs={"recipe": True}, skip_if_exists=True)
+    while True:
+        _train_while_room(study, space, train, objective=objective, budget=budget,
+                          run_dir=run_dir, first=first, replicate_seed=replicate_seed)
+        if not wait_for_others or not _waited_for_others(study, budget):
+            return finished(study)
+
+
+def _waited_for_others(study: optuna.Study, budget: Budget) -> bool:
+    """Wait while other workers train trials of the study, until they finish, their workers are
+    found gone (their trials are then queued again) or the budget runs out. Whether it waited
+    and there is room for another trial after it: a trial queued again is this run's to
+    train."""
+    shown: set[int] = set()
+    while running := {t.number for t in study.get_trials(deepcopy=False,
+                                                         states=(TrialState.RUNNING,))}:
+        left = budget.left()
+        if left is not None and left <= 0:
+            console.print(f"[yellow]the budget ran out while trials {_numbers(running)} "
+                          "trained elsewhere[/]: the final model is chosen without them")
+            return False
+        if running - shown:
+            console.print(f"waiting for trials {_numbers(running)}, which other workers are "
+                          "training: the final model is chosen among them too")
+            shown |= running
+        for number in retry_interrupted(study):
+            console.print(f"[yellow]trial {number}'s worker is gone[/]: failed, queued again")
+        time.sleep(WAIT_POLL_S if left is None else min(WAIT_POLL_S, left))
+    return bool(shown) and _room_for_another(study, budget)
+
+
+def _numbers(numbers: set[int]) -> str:
+    return ", ".join(map(str, sorted(numbers)))
+
+
+def _train_while_room(
+    study: optuna.Study,
+    space: Space,
+    train: Train,
+    *,
+    objective: Objective,
+    budget: Budget,
+    run_dir: Path,
+    first: Values | None,
+    replicate_seed: int | None,
+) -> None:
     failures = 0  # this worker's trials failed in a row
     while _room_for_another(study, budget):
         if failures >= FAILURES_IN_A_ROW:
@@ -437,7 +486,6 @@ def run_trials(
             study.tell(trial, state=TrialState.FAIL)
         else:
             study.tell(trial, float(score))
-    return finished(study)
 
 
 def _shown(values: Values) -> str:

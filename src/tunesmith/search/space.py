@@ -12,6 +12,7 @@ returns the values as config overrides; the recipe resolves everything left at `
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -214,6 +215,8 @@ def _narrowed(param: Param, given: list[Any] | Range, source: str) -> Param:
                      param.condition, allowed)
     if not given:
         raise refuse(f"no choices given for {param.key}", "list at least one value")
+    if numeric:  # YAML reads 1e-3 (no dot) as text, as pydantic reads it for train.lr
+        given = [_number_or_text(choice) for choice in given]
     for choice in given:
         ok = (isinstance(choice, int | float) and not isinstance(choice, bool)
               and (not integer or float(choice).is_integer())
@@ -225,6 +228,13 @@ def _narrowed(param: Param, given: list[Any] | Range, source: str) -> Param:
                          "choose values it allows")
     choices = [int(choice) for choice in given] if integer and numeric else list(given)
     return Param(param.key, CategoricalDistribution(choices), param.condition, allowed)
+
+
+def _number_or_text(choice: Any) -> Any:
+    if isinstance(choice, str):
+        with contextlib.suppress(ValueError):
+            return float(choice)
+    return choice
 
 
 def search_space(context: SpaceContext, config: Config) -> Space:

@@ -23,10 +23,26 @@ STARTUP_TRIALS = 5  # TPE's random draws before it models anything
 # period is taken for a dead machine's: failed and queued again (`fail_silent_workers_trials`).
 HEARTBEAT_S, HEARTBEAT_GRACE_S = 30, 300
 CONFIG_ATTR = "tunesmith_config"  # the study's searched config, to refuse a different one
+ENDED_ATTR = "search_ended"  # set by the run that chose the final model, when its trials end
 
 
 def storage_url(config: Config, run_dir: Path) -> str:
     return config.search.storage or f"sqlite:///{run_dir / STUDY_FILE}"
+
+
+def ended_study(config: Config, run_dir: Path) -> str | None:
+    """The run folder of the run whose search ended in the config's shared study, if one did
+    (None for a study in the run folder, which a new run starts afresh)."""
+    if keeps_its_own_study(config):
+        return None
+    url = storage_url(config, run_dir)
+    store = open_storage(url, source=config.source)
+    try:
+        study_id = store.get_study_id_from_name(config.search.study or config.name)
+    except KeyError:
+        return None
+    ended = store.get_study_user_attrs(study_id).get(ENDED_ATTR)
+    return None if ended is None else str(ended)
 
 
 def keeps_its_own_study(config: Config) -> bool:
@@ -57,7 +73,19 @@ def open_storage(url: str, *, source: str) -> optuna.storages.BaseStorage:
                 f"the journal's folder {path.parent} does not exist", file=source, field=field,
                 fix="create the folder, or point journal:PATH at one that exists",
             )
-        return JournalStorage(JournalFileBackend(str(path)))
+        if path.is_dir() or not path.name:
+            raise TunesmithError(
+                f"the journal {path} is a folder, not a file", file=source, field=field,
+                fix=f"name a file in it: journal:{path / 'study.log'}",
+            )
+        try:
+            return JournalStorage(JournalFileBackend(str(path)))
+        except (ValueError, UnicodeDecodeError, OSError) as error:  # JSONDecodeError among them
+            raise TunesmithError(
+                f"cannot read {path} as an Optuna journal: {_first_line(error)}",
+                file=source, field=field,
+                fix="point journal:PATH at a journal file tunesmith wrote, or at a new file",
+            ) from None
     try:
         return _rdb_storage(url)
     except Exception as error:  # SQLAlchemy raises many kinds: a bad URL, a refused connection
@@ -195,11 +223,7 @@ def open_study(
     known = study.user_attrs.get(CONFIG_ATTR)
     if known is None:
         study.set_user_attr(CONFIG_ATTR, searched)
-    elif known != searched:
-        differences = [
-            f"{key}: {known.get(key)!r} in the study, {searched.get(key)!r} here"
-            for key in sorted(set(known) | set(searched)) if known.get(key) != searched.get(key)
-        ]
+    elif differences := _differences(known, searched):
         raise TunesmithError(
             f"study {study_name!r} in {redacted(url)} was made by another config "
             f"({'; '.join(differences[:5])})",
@@ -207,3 +231,19 @@ def open_study(
             fix="use the study's config, or give another study name (search.study or --study)",
         )
     return study
+
+
+def _differences(known: dict[str, Any], here: dict[str, Any]) -> list[str]:
+    """What differs between the study's signature and this config's, a line per setting. A part
+    the study lacks was not recorded by the tunesmith that made it, and is not compared."""
+    found = []
+    for key in sorted(known):
+        ours, theirs = here.get(key), known[key]
+        if key == "settings" and isinstance(ours, dict) and isinstance(theirs, dict):
+            found += [f"{name}: {theirs.get(name, '(unset)')} in the study, "
+                      f"{ours.get(name, '(unset)')} here"
+                      for name in sorted(set(theirs) | set(ours))
+                      if theirs.get(name) != ours.get(name)]
+        elif ours != theirs:
+            found.append(f"{key}: {theirs!r} in the study, {ours!r} here")
+    return found
