@@ -133,6 +133,10 @@ def test_a_newer_format_is_refused(text_bundle: tuple[TaskModel, Path], tmp_path
     (lambda text, manifest: json.dumps({**manifest, "ensemble": {"members": 2, "kind": "mean"}}),
      "the model tunesmith.json describes does not fit the bundle's weights",
      "backbone, head, ensemble"),
+    # read by prediction, not by the model: a traceback once prediction began
+    (lambda text, manifest: json.dumps({**manifest, "inputs": {**manifest["inputs"],
+                                                               "delimiter": 5}}),
+     "tunesmith.json's inputs does not fit the model", "inputs"),
 ])
 def test_a_damaged_manifest_is_a_clear_error_naming_the_file(
     text_bundle: tuple[TaskModel, Path], tmp_path: Path, run_cli: Any,
@@ -149,6 +153,22 @@ def test_a_damaged_manifest_is_a_clear_error_naming_the_file(
     inputs.write_text("text\na fine film\n")
     result = run_cli(["predict", folder, inputs])
     assert result.code == 2 and message in result.err and "Traceback" not in result.err
+
+
+def test_the_saved_tokenizer_truncates_where_the_model_was_fine_tuned(
+    text_bundle: tuple[TaskModel, Path],
+) -> None:
+    """Plain transformers with truncation=True cut at the tokenizer's model_max_length (512),
+    so long texts were read further than tunesmith reads them."""
+    from transformers import AutoTokenizer
+
+    model, folder = text_bundle
+    length = json.loads((folder / MANIFEST).read_text())["preprocessing"]["max_length"]
+    assert length == model.backbone.max_length  # type: ignore[attr-defined]
+    tokenizer = AutoTokenizer.from_pretrained(folder / "hf")
+    assert tokenizer.model_max_length == length
+    long_text = " ".join(["fine"] * (3 * length))
+    assert len(tokenizer(long_text, truncation=True)["input_ids"]) == length
 
 
 def test_a_folder_without_a_bundle_is_refused(tmp_path: Path) -> None:

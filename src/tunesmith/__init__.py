@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from tunesmith.export.predictor import Predictor
 
 
-def fit(config: Any, overrides: list[str] | None = None, *, resume: bool = False) -> Any:
+def fit(config: Any, overrides: list[str] | str | None = None, *, resume: bool = False) -> Any:
     """Run the whole pipeline, as `tunesmith run`; returns the run summary."""
     from tunesmith.api import fit as _fit
 

@@ -87,7 +87,7 @@ class RunSummary:
     metrics: dict[str, Any]
 
 
-def validate(config: Config | str | Path, overrides: list[str] | None = None) -> Prepared:
+def validate(config: Config | str | Path, overrides: list[str] | str | None = None) -> Prepared:
     """Check config, data and model without training: one forward pass on two training rows,
     and the search space, where the run searches or names one."""
     given = as_config(config, overrides)
@@ -99,6 +99,21 @@ def validate(config: Config | str | Path, overrides: list[str] | None = None) ->
     batches = eval_batches(prepared.backbone, prepared.inputs(rows), batch_size=2)
     collect_logits(model, batches)
     return prepared
+
+
+def _check_run_folder(config: Config) -> None:
+    """The run folder can be made: output_dir and the folders above it are folders (or will be),
+    and output_dir/name is not a file."""
+    output_dir = config.run_dir.parent
+    for folder in (output_dir, *output_dir.parents):
+        if folder.exists() and not folder.is_dir():
+            raise TunesmithError(f"{folder} is a file, so the run folder cannot be made in it",
+                                 file=config.source, field="output_dir",
+                                 fix="set output_dir to a folder, or move the file")
+    if config.run_dir.exists() and not config.run_dir.is_dir():
+        raise TunesmithError(f"{config.run_dir} is a file, not a run folder",
+                             file=config.source, field="name",
+                             fix="give the run another name, or move the file")
 
 
 def _fresh_run_dir(run_dir: Path) -> None:
@@ -127,7 +142,7 @@ def _data_report(data: TaskData) -> dict[str, Any]:
 
 
 def fit(
-    config: Config | str | Path, overrides: list[str] | None = None, *, resume: bool = False
+    config: Config | str | Path, overrides: list[str] | str | None = None, *, resume: bool = False
 ) -> RunSummary:
     """Run the whole pipeline, as `tunesmith run` does; `resume` continues a killed run of the
     same config from its last checkpoint (or its study, when it searches)."""
@@ -138,6 +153,8 @@ def fit(
     given = as_config(config, overrides)
     prepared = prepare(given)
     # The main process holds the run folder: another run of the same name is refused meanwhile.
+    if processes.is_main_process:
+        _check_run_folder(given)
     held = one_run_at_a_time(prepared.config.run_dir) if processes.is_main_process else None
     with held or contextlib.nullcontext():
         return _fit(given, prepared, processes, resume=resume, started=started)
@@ -436,7 +453,7 @@ class LrFindSummary:
 
 
 def lr_find(
-    config: Config | str | Path, overrides: list[str] | None = None, *, steps: int = 100
+    config: Config | str | Path, overrides: list[str] | str | None = None, *, steps: int = 100
 ) -> LrFindSummary:
     """The learning-rate range test on the config's data and model (`tunesmith lr-find`): writes
     `lr_find.json` and `lr_find.png` to the run folder; nothing else of a run is touched."""
@@ -569,6 +586,9 @@ def export(run_dir: str | Path, format: str = "onnx", *, quantize: bool = False)
     if format not in ("onnx", "safetensors"):
         raise TunesmithError(f"unknown export format {format!r}", field="--format",
                              fix="use --format onnx or --format safetensors")
+    if quantize and format != "onnx":
+        raise TunesmithError(f"int8 quantization is for the ONNX graph, not {format}",
+                             field="--quantize", fix="add --format onnx, or leave --quantize out")
     bundle = bundle_folder(folder)
     predictor = load_predictor(folder)  # checks the weights against their checksum
     if format == "safetensors":

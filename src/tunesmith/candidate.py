@@ -16,7 +16,13 @@ import numpy as np
 from accelerate import PartialState
 from accelerate.utils import set_seed
 
-from tunesmith.config import Config, load_config
+from tunesmith.config import (
+    Config,
+    config_from_dict,
+    deep_merge,
+    load_config,
+    parse_overrides,
+)
 from tunesmith.console import console
 from tunesmith.data import TaskData, load_task_data
 from tunesmith.data.sources import Examples
@@ -77,11 +83,18 @@ class Prepared:
         return float(targets.mean()), std if std > 0 else 1.0
 
 
-def as_config(config: Config | str | Path, overrides: list[str] | None) -> Config:
-    """A config given as one, or read from its file with `overrides` (`key=value`)."""
-    if isinstance(config, Config):
+def as_config(config: Config | str | Path, overrides: list[str] | str | None) -> Config:
+    """A config given as one, or read from its file, with `overrides` (`key=value`, or a list
+    of them) laid over it."""
+    if isinstance(overrides, str):  # one override, not a list of its characters
+        overrides = [overrides]
+    if not isinstance(config, Config):
+        return load_config(config, overrides)
+    if not overrides:
         return config
-    return load_config(config, overrides)
+    raw = deep_merge(config.model_dump(mode="json", exclude_unset=True),
+                     parse_overrides(overrides))
+    return config_from_dict(raw, source=config.source, base_dir=config.base_dir)
 
 
 def prepare(config: Config, *, data: TaskData | None = None) -> Prepared:

@@ -71,7 +71,7 @@ def search(
 def lr_find(
     config: ConfigArg,
     set_: SetOption = None,
-    steps: Annotated[int, typer.Option(help="Training steps of the sweep.")] = 100,
+    steps: Annotated[int, typer.Option(min=2, help="Training steps of the sweep.")] = 100,
 ) -> None:
     """Sweep the learning rate up exponentially and suggest one (writes lr_find.png/.json)."""
     from tunesmith import api
@@ -255,6 +255,7 @@ def export(
     """Export a run's model: an ONNX graph checked against PyTorch with ONNX Runtime."""
     from tunesmith.api import export as export_run
     from tunesmith.errors import TunesmithError as Error
+    from tunesmith.report.summary import metric_text
 
     if quantize not in (None, "int8"):
         raise Error(f"unknown quantization {quantize!r}", field="--quantize",
@@ -269,8 +270,9 @@ def export(
     if found.int8 is not None:
         change = found.int8.get("change")
         typer.echo(f"wrote {found.int8['path']}" + (
-            f": test {found.int8['metric']} {found.int8['fp32']:.4f} -> "
-            f"{found.int8['int8']:.4f} ({change:+.4f})" if change is not None else ""))
+            f": test {found.int8['metric']} {metric_text(found.int8['fp32'])} -> "
+            f"{metric_text(found.int8['int8'])} ({metric_text(change, signed=True)})"
+            if change is not None else ""))
 
 
 @app.command()

@@ -11,6 +11,7 @@ folder that holds the config file, so a config works from any working directory.
 from __future__ import annotations
 
 import codecs
+import difflib
 import os
 import re
 from collections.abc import Hashable
@@ -35,6 +36,7 @@ from pydantic import (
 from tunesmith.errors import TunesmithError
 
 Auto = Literal["auto"]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # what NumPy and scikit-learn take
 M = TypeVar("M", bound=BaseModel)
 Modality = Literal["text", "image", "tabular"]
 # What the label column holds: one class per row (binary or multiclass), a set of classes per
@@ -101,6 +103,7 @@ def seconds(value: Any) -> Any:
 
 
 def check_delimiter(value: str) -> str:
+    value = "\t" if value == "\\t" else value  # a tab typed as \t on a command line
     if len(value) != 1:
         raise ValueError("the delimiter must be one character, e.g. ',' or ';' (or \\t for tab)")
     return value
@@ -108,10 +111,15 @@ def check_delimiter(value: str) -> str:
 
 def check_encoding(value: str) -> str:
     try:
-        codecs.lookup(value)
+        codec = codecs.lookup(value)
     except LookupError:
         raise ValueError("unknown text encoding; use e.g. utf-8, latin-1 or cp1252") from None
+    if not codec._is_text_encoding:  # base64, rot13: codecs of bytes to bytes
+        raise ValueError(f"{value} is not a text encoding; use e.g. utf-8, latin-1 or cp1252")
     return value
+
+
+NAME_MAX = 200  # a folder name holds 255 bytes; the run's lock and dated copies add to it
 
 
 def check_name(value: str) -> str:
@@ -121,6 +129,9 @@ def check_name(value: str) -> str:
             "the run's name must be one plain folder name (the run folder is output_dir/name); "
             "put the folder in output_dir"
         )
+    if len(value.encode()) > NAME_MAX:
+        raise ValueError(f"the run's name is {len(value.encode())} bytes long; give one of at "
+                         f"most {NAME_MAX}")
     return value
 
 
@@ -184,7 +195,7 @@ class SplitConfig(_Strict):
     val: float = Field(0.1, gt=0.0, lt=1.0)
     test: float = Field(0.2, gt=0.0, lt=1.0)
     stratify: bool = True  # for method auto: keep each class's share in every part
-    seed: int = 0
+    seed: Seed = 0
     group_column: str | None = None  # rows sharing a value stay in one part
     time_column: str | None = None  # the latest rows become test, the ones before them val
     column: str | None = None  # a column holding train / val / test for each row
@@ -226,10 +237,13 @@ class DataConfig(_Strict):
     text_column: str = "text"
     image_column: str = "image"  # image manifests: the column of image paths
     label_column: str = "label"
-    label_delimiter: str | None = None  # multilabel labels written as "a|b" in one column
-    feature_columns: list[str] | None = None  # tabular: all columns but label and split ones
-    image_size: int | Auto | None = "auto"  # image tasks; null for text
-    max_length: int | Auto | None = "auto"  # text tasks: auto is the 95th percentile of tokens
+    # multilabel labels written as "a|b" in one column
+    label_delimiter: Annotated[str, Field(min_length=1)] | None = None
+    # tabular: all columns but label and split ones
+    feature_columns: Annotated[list[str], Field(min_length=1)] | None = None
+    image_size: Annotated[int, Field(gt=0)] | Auto | None = "auto"  # image tasks; null for text
+    # text tasks: auto is the 95th percentile of tokens
+    max_length: Annotated[int, Field(ge=2)] | Auto | None = "auto"
     split: SplitConfig = SplitConfig()
     clean: CleanConfig = CleanConfig()
     augment: AugmentConfig = AugmentConfig()
@@ -388,7 +402,7 @@ class Config(_Strict):
     model: ModelConfig
     train: TrainConfig = TrainConfig()
     search: SearchConfig = SearchConfig()
-    seed: int = 0
+    seed: Seed = 0
     output_dir: Path = Path("runs")
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
@@ -412,7 +426,7 @@ class Config(_Strict):
 
     @property
     def run_dir(self) -> Path:
-        return self.output_dir / self.name
+        return self.output_dir.expanduser() / self.name
 
     def updated(self, **sections: Any) -> Config:
         """A copy with the given sections replaced, keeping where it came from."""
@@ -452,6 +466,8 @@ def parse_overrides(overrides: list[str], *, source: str = "--set") -> dict[str,
             )
         node = nested
         parts = key.strip().split(".")
+        if parts[:2] == ["search", "space"] and len(parts) > 2:  # its keys are dotted names
+            parts = ["search", "space", ".".join(parts[2:])]
         for depth, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
@@ -488,10 +504,15 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _describe(error: Any) -> str:
+def _describe(error: Any, model: type[BaseModel]) -> str:
     field = ".".join(str(part) for part in error["loc"]) or "(top level)"
     kind = error["type"]
     if kind == "extra_forbidden":
+        known, given = _keys_at(model, error["loc"][:-1]), str(error["loc"][-1])
+        close = ([OTHER_NAMES[given]] if OTHER_NAMES.get(given) in known
+                 else difflib.get_close_matches(given, known, n=1, cutoff=0.6))
+        if close:
+            return f"  {field}: unknown key; did you mean {close[0]!r}?"
         return f"  {field}: unknown key; remove it or check its spelling against the README"
     if kind == "missing":
         return f"  {field}: required but missing; add it"
@@ -526,13 +547,43 @@ def _validated(model: type[M], raw: dict[str, Any], *, source: str) -> M:
         seen: dict[tuple[Any, ...], str] = {}
         for item in error.errors():
             loc = tuple(part for part in item["loc"] if not _is_union_branch(part))
-            seen.setdefault(loc, _describe({**item, "loc": loc}))
+            seen.setdefault(loc, _describe({**item, "loc": loc}, model))
         lines = "\n".join(seen.values())
         raise TunesmithError(
             f"the config has {len(seen)} problem(s):\n{lines}",
             file=source,
             fix="correct the fields listed above (see the config reference in the README)",
         ) from None
+
+
+# What other tools call a key (Hugging Face's TrainingArguments, timm's train.py), for the
+# suggestion an unknown key gets.
+OTHER_NAMES = {
+    "learning_rate": "lr", "num_train_epochs": "epochs", "num_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size", "train_batch_size": "batch_size",
+    "lr_scheduler_type": "schedule", "scheduler": "schedule", "sched": "schedule",
+    "warmup_ratio": "warmup", "opt": "optimizer", "optim": "optimizer",
+    "max_seq_length": "max_length", "img_size": "image_size", "input_size": "image_size",
+    "model_name": "backbone", "model_name_or_path": "backbone", "smoothing": "label_smoothing",
+    "gradient_accumulation_steps": "accumulate", "max_grad_norm": "grad_clip",
+    "clip_grad": "grad_clip", "mixed_precision": "precision", "model_ema_decay": "ema",
+    "n_trials": "trials", "timeout": "budget",
+}
+
+
+def _keys_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys the config section at `loc` (("train",) for train.lr) takes, for suggestions."""
+    section: Any = model
+    for part in loc:
+        fields = getattr(section, "model_fields", {})
+        field = fields.get(part)
+        if field is None:
+            return []
+        section = next((kind for kind in (field.annotation, *get_args(field.annotation))
+                        if isinstance(kind, type) and issubclass(kind, BaseModel)), None)
+    if not (isinstance(section, type) and issubclass(section, BaseModel)):
+        return []
+    return list(section.model_fields)
 
 
 def _is_union_branch(part: Any) -> bool:

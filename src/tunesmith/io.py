@@ -23,6 +23,27 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp and mkdtemp make private files and folders (0600, 0700); a run folder's are made as
+# any other file is, so the other workers and users of a shared output_dir can read them.
+UMASK = _umask()
+FILE_MODE, FOLDER_MODE = 0o666 & ~UMASK, 0o777 & ~UMASK
+
+
+def shareable(folder: Path) -> None:
+    """Give a folder staged for a rename, and all it holds, the modes the umask gives new files
+    and folders (safetensors writes 0600, mkdtemp makes 0700)."""
+    folder.chmod(FOLDER_MODE)
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(FOLDER_MODE if path.is_dir() else FILE_MODE)
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp)`, then rename it to `path`: readers see the old or the new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -31,6 +52,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     tmp = Path(name)
     try:
         write(tmp)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -458,7 +458,7 @@ class WorkerSummary:
 
 
 def search_worker(
-    config: Config | str | Path, overrides: list[str] | None = None, *,
+    config: Config | str | Path, overrides: list[str] | str | None = None, *,
     storage: str | None = None, study: str | None = None,
 ) -> WorkerSummary:
     """Join the config's study (or `study` in `storage`) as one more worker: trials until the

@@ -29,7 +29,7 @@ from safetensors.torch import load_model, save_model
 from tunesmith import __version__
 from tunesmith.config import Task
 from tunesmith.errors import TunesmithError
-from tunesmith.io import file_sha256
+from tunesmith.io import file_sha256, shareable
 from tunesmith.models import TaskModel, make_head, rebuild_backbone
 from tunesmith.models.ensemble import Ensemble
 
@@ -99,6 +99,7 @@ def _swap_into_place(staging: Path, folder: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
         folder.rename(old)
+    shareable(staging)
     staging.rename(folder)
     shutil.rmtree(old, ignore_errors=True)
 
@@ -179,7 +180,11 @@ def _check_contents(manifest: dict[str, Any], path: Path) -> None:
             or not math.isfinite(temperature) or temperature <= 0),
         "inputs": not isinstance(inputs, dict) or (
             str(task).startswith("text-") and not isinstance(inputs.get("text_column"), str)) or (
-            str(task).startswith("tabular-") and not isinstance(inputs.get("tabular"), dict)),
+            str(task).startswith("tabular-") and not (
+                isinstance(inputs.get("tabular"), dict) and inputs["tabular"])) or (
+            inputs.get("delimiter") is not None and not (
+                isinstance(inputs["delimiter"], str) and len(inputs["delimiter"]) == 1)) or (
+            not isinstance(inputs.get("encoding", "utf-8"), str)),
     }
     if not any(problems.values()) and not str(task).endswith("-regression"):
         problems["classes"] = len(classes) != head["num_outputs"]

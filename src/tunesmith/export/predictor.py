@@ -170,7 +170,8 @@ class Predictor:
         where the model's outputs are not finite numbers (an input far beyond anything it
         trained on: `1e39` in a column of numbers), rather than the first class by default."""
         if self.kind == "regression":
-            return [float(value) for value in self.outputs(inputs).reshape(-1)]
+            return [float(value) if math.isfinite(value) else None
+                    for value in self.outputs(inputs).reshape(-1)]
         probabilities = self.predict_proba(inputs)
         finite = np.isfinite(probabilities).all(axis=1)
         if self.kind == "multilabel":

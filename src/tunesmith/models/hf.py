@@ -121,6 +121,9 @@ class HFTextBackbone(HFBackbone):
         return {"source": "hf", "folder": folder.name, "max_length": self.max_length}
 
     def save_preprocessor(self, folder: Path) -> None:
+        # Saved with the length the model was fine-tuned at: plain transformers then truncates
+        # (truncation=True) where tunesmith does, and predicts as the bundle does.
+        self.tokenizer.model_max_length = self.max_length
         self.tokenizer.save_pretrained(folder)
 
 
@@ -346,12 +349,26 @@ def _load_network(path: Path, config: Any, field: str, *, trust_remote_code: boo
     return network
 
 
-def _max_length(tokenizer: Any, config: Any, requested: int | None) -> int:
-    limits = [DEFAULT_MAX_LENGTH, getattr(config, "max_position_embeddings", DEFAULT_MAX_LENGTH)]
+def _max_length(tokenizer: Any, config: Any, requested: int | None, path: Path) -> int:
+    positions = getattr(config, "max_position_embeddings", None)
+    limits = [DEFAULT_MAX_LENGTH] + ([positions] if isinstance(positions, int) else [])
     model_max = getattr(tokenizer, "model_max_length", None)
     if isinstance(model_max, int) and model_max < 1_000_000:
         limits.append(model_max)
-    return requested if requested is not None else min(limits)
+    if requested is None:
+        return min(limits)
+    # The position embeddings end there (RoBERTa's 514 hold 512 tokens and 2 offsets): a
+    # longer text is an indexing error mid-training. A tokenizer's own lower limit is advice
+    # (a bundle's says the length it was fine-tuned at), not a limit.
+    hard = positions if isinstance(positions, int) else None
+    if hard is not None and isinstance(model_max, int) and hard - 2 <= model_max < hard:
+        hard = model_max
+    if hard is not None and requested > hard:
+        raise TunesmithError(
+            f"data.max_length {requested} is above the {hard} tokens this model reads",
+            file=path / "config.json", field="data.max_length",
+            fix=f"set data.max_length to {hard} or less (or auto)")
+    return requested
 
 
 def folder_modality(path: Path) -> str:
@@ -420,7 +437,8 @@ def _with_modality(path: Path, network: Any, config: Any, field: str, *,
         return vision
     tokenizer = _load_tokenizer(path, field, trust_remote_code=trust_remote_code)
     _check_vocabulary(tokenizer, network, path, field)
-    return HFTextBackbone(network, tokenizer, max_length=_max_length(tokenizer, config, max_length))
+    return HFTextBackbone(network, tokenizer,
+                          max_length=_max_length(tokenizer, config, max_length, path))
 
 
 def _read_processor(path: Path) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from tunesmith.errors import TunesmithError
+from tunesmith.io import shareable
 from tunesmith.models.backbone import Backbone, adaptable_layers, unadaptable, unwrapped
 from tunesmith.models.task_model import TaskModel
 
@@ -217,6 +218,7 @@ def save_adapter(model: TaskModel, folder: Path) -> None:
     try:
         model.backbone.network.save_pretrained(str(staging))  # type: ignore[operator]
         shutil.rmtree(folder, ignore_errors=True)
+        shareable(staging)
         staging.rename(folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -31,7 +31,7 @@ import torch
 
 from tunesmith.console import console
 from tunesmith.errors import TunesmithError
-from tunesmith.io import file_sha256
+from tunesmith.io import file_sha256, shareable
 
 FOLDER = "checkpoints"
 STAGES = ("probe", "train")  # in the order a strategy runs them
@@ -189,6 +189,7 @@ def save_checkpoint(
         }
         (staging / STATE).write_text(json.dumps(record) + "\n")
         shutil.rmtree(target, ignore_errors=True)
+        shareable(staging)
         staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
