@@ -128,3 +128,10 @@ def test_fit_applies_overrides_to_a_config_object(tmp_path: Path, wine_csv: Path
         api.validate(config, ["train.epochs=0"])
     # one override given as a string, not a list of its characters
     assert api.validate(wine(tmp_path, wine_csv), "train.epochs=2").config.train.epochs == 2
+
+
+def test_inspects_own_options_are_named_as_typed(wine_csv: Path, run_cli: Cli) -> None:
+    """The problems of `inspect --task text` named the config key `task`, not the option."""
+    result = run_cli(["inspect", wine_csv, "--task", "text", "--format", "xls"])
+    refused(result, "the options have 2 problem(s)", "--task: Input should be", "(got 'text')",
+            "--format: Input should be", "(got 'xls')", "tunesmith inspect --help")

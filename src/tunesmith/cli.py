@@ -3,6 +3,7 @@ which needs no torch); no computing happens here."""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -174,7 +175,16 @@ INSPECT_FLAGS = {
 
 
 def _with_flag(error: TunesmithError) -> TunesmithError:
-    """The error with the `inspect` option that sets its field named in the fix."""
+    """The error with the `inspect` option that sets its field named in the fix; the options'
+    own problems (a task or format it does not know) by the option, not the config key."""
+    if error.field is None and error.file == "command line":  # inspect_options' source
+        problem = error.problem
+        for key, option in INSPECT_FLAGS.items():
+            problem = re.sub(rf"^(\s+){re.escape(key)}:", rf"\g<1>{option}:", problem,
+                             flags=re.MULTILINE)
+        return type(error)(problem.replace("the config has", "the options have"),
+                           file=error.file, fix="correct the options listed above "
+                           "(tunesmith inspect --help lists them)")
     flag = INSPECT_FLAGS.get(error.field or "")
     if flag is None or error.fix is None:
         return error
