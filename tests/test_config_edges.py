@@ -135,3 +135,13 @@ def test_inspects_own_options_are_named_as_typed(wine_csv: Path, run_cli: Cli) -
     result = run_cli(["inspect", wine_csv, "--task", "text", "--format", "xls"])
     refused(result, "the options have 2 problem(s)", "--task: Input should be", "(got 'text')",
             "--format: Input should be", "(got 'xls')", "tunesmith inspect --help")
+
+
+@pytest.mark.parametrize("override", ["data.augment.mixup=0.4", "data.augment.cutmix=1.0",
+                                      "data.augment.preset=strong"])
+def test_image_augmentation_given_to_a_text_task_is_refused(
+        text_config: Callable[..., Path], run_cli: Cli, override: str) -> None:
+    """Accepted, written to the resolved config as used, and ignored."""
+    field = override.split("=")[0]
+    refused(run_cli(["validate", text_config(), "--set", override]),
+            f"{field} augments images; this is a text task", f"fix: remove {field}")

@@ -685,6 +685,7 @@ def test_flipped_text_labels_are_flagged(tmp_path: Path) -> None:
     errors = api.inspect(path).to_json()["label_errors"]
     assert errors["checked"] is True
     assert errors["count"] > 0
+    assert len(errors["examples"]) == errors["count"]  # all of them: the finding says so
     flagged = [int(example["id"]) - 1 for example in errors["examples"]]
     hits = len(set(flagged) & set(flipped.tolist()))
     assert hits / len(flagged) >= 0.8, (flagged, sorted(flipped.tolist()))

@@ -591,3 +591,42 @@ def test_the_worst_errors_of_multilabel_rows_count_the_labels_wrong(tmp_path: Pa
     assert rows == [("c", "", "good|bad", "2"), ("b", "good|bad", "bad", "1"),
                     ("d", "bad", "", "1")]  # most labels wrong first; the right row left out
     assert "<th>labels wrong</th>" in table
+
+
+def test_the_model_card_shows_small_numbers_and_class_names_as_they_are() -> None:
+    """0.0000 for every metric of a target in millionths; `<script>` went into the Markdown as
+    a tag, `*a*` as emphasis."""
+    from tunesmith.export.card import model_card
+
+    score = {"value": 7.474e-06, "ci95": [6.64e-06, 8.25e-06]}
+    metrics = {"task": "tabular-regression", "primary_metric": "rmse", "test_rows": 89,
+               "test": {"rmse": score}, "val": {"rmse": score},
+               "baselines": {"mean": {"rmse": 1.1e-05, "about": "the training mean",
+                                      "difference": {"rmse": {"value": -3.5e-06,
+                                                              "ci95": [-4e-06, -0.0]}}}},
+               "per_class": [{"label": "<script>x</script>", "support": 3}]}
+    card = model_card(metrics, {"name": "tiny"},
+                      {"classes": ["<script>x</script>", "*a*", "x|y"]})
+    assert "| rmse (primary) | 7.474e-06 [6.64e-06, 8.25e-06] | 7.474e-06 [6.64e-06, 8.25e-06] |" \
+        in card
+    assert "| 1.1e-05 | -3.5e-06 [-4e-06, +0.0000] |" in card
+    assert "Classes (3): &lt;script&gt;x&lt;/script&gt;, \\*a\\*, x\\|y" in card
+    assert "<script>" not in card
+
+
+def test_a_report_rebuilt_from_inside_the_run_folder_names_the_run(
+    wine_run: FinishedRun, run_cli: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(wine_run.run_dir)
+    assert run_cli(["report", "."]).code == 0
+    page = (wine_run.run_dir / "report.html").read_text()
+    assert "<title>tunesmith: wine</title>" in page and "<h1>wine</h1>" in page
+
+
+def test_the_data_section_counts_the_classes_it_does_not_list() -> None:
+    from tunesmith.report.html import _counts
+
+    counts = {f"c{i:02d}": 10 + i for i in range(25)}
+    shown = _counts(counts)
+    assert shown.startswith("c00: 10, c01: 11") and "c19: 29" in shown and "c20" not in shown
+    assert shown.endswith(", and 5 more classes (160 rows)")  # 30 + 31 + 32 + 33 + 34

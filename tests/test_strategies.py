@@ -655,3 +655,45 @@ def test_lr_find_sweeps_the_weights_the_strategy_trains(text_yaml: Path, strateg
         expected -= blocks[0]
     assert moved == expected
     assert (swept.head_lr == swept.lr) == (strategy == "lp-ft")
+
+
+def _running_stats(path: Path) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in load_file(str(path)).items()
+            if k.endswith(("running_mean", "running_var"))}
+
+
+def test_fixed_and_adapted_backbones_keep_their_batch_norm_statistics(
+    tmp_path: Path, image_folder: Path, tiny_timm_weights: tuple[str, Path]
+) -> None:
+    """A stem kept "as pretrained" (freeze_embeddings) and a backbone under LoRA kept their
+    weights but trained their batch norms' running statistics: the adapter saved alone, put
+    back on the base model, did not give the model trained."""
+    import timm
+
+    from conftest import IMAGE_TRAIN, config_dict, write_yaml
+
+    torch.manual_seed(0)  # a stem that is one block: conv, batch norm, activation
+    regnet = tmp_path / "regnetx_002.safetensors"
+    save_file({k: v.contiguous() for k, v in
+               timm.create_model("regnetx_002", pretrained=False).state_dict().items()},
+              str(regnet))
+    runs = {
+        "fixed": (f"timm:regnetx_002?weights={regnet}",
+                  {"strategy": "full", "freeze_embeddings": True}, "stem."),
+        "lora": (f"timm:{tiny_timm_weights[0]}?weights={tiny_timm_weights[1]}",
+                 {"strategy": "lora"}, ""),
+    }
+    for name, (backbone, model, prefix) in runs.items():
+        raw = config_dict(tmp_path, data_path=image_folder, backbone=backbone, name=name,
+                          train_settings={**IMAGE_TRAIN, "epochs": 2},
+                          model=model, data={"image_size": 32})
+        summary = api.fit(write_yaml(tmp_path / f"{name}.yaml", raw))
+        pretrained = _running_stats(regnet if name == "fixed" else tiny_timm_weights[1])
+        trained = _running_stats(summary.run_dir / "best" / "timm.safetensors")
+        kept = {k: v for k, v in pretrained.items() if k.startswith(prefix)}
+        assert kept and all(torch.equal(trained[k], v) for k, v in kept.items()), name
+    # the rest of the fixed run's network trained its statistics as before
+    moved = [k for k, v in _running_stats(regnet).items()
+             if not torch.equal(_running_stats(tmp_path / "runs" / "fixed" / "best" /
+                                               "timm.safetensors")[k], v)]
+    assert moved and not any(k.startswith("stem.") for k in moved)

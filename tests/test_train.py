@@ -23,7 +23,13 @@ from tunesmith.models import TaskModel, make_head
 from tunesmith.search import train_settings
 from tunesmith.train import TrialResult, resolve_precision, train_trial
 from tunesmith.train.loop import Diverged
-from tunesmith.train.optim import Plan, make_optimizer, parameter_groups, warmup_cosine
+from tunesmith.train.optim import (
+    Plan,
+    make_optimizer,
+    parameter_groups,
+    schedule_factor,
+    warmup_cosine,
+)
 from tunesmith.train.precision import cpu_bf16_is_fast
 
 Cli = Callable[[list[str | Path]], CliResult]
@@ -199,7 +205,17 @@ def test_metrics_jsonl_has_one_line_per_epoch(trained) -> None:  # type: ignore[
     for line in lines:
         assert set(line) >= {"train_loss", "lr", "val_loss", "val_accuracy", "val_macro_f1"}
         assert 0.0 <= line["val_accuracy"] <= 1.0
-    assert lines[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine ends at zero
+    total = steps_per_epoch * 10
+    # each step logs the rate it trained at (the schedule's value before it moved on): the last
+    # one's is small but not zero, and the top block's, train.lr (layer decay lowers the rest)
+    steps = logged(trial_dir, "step")
+    assert [line["step"] for line in steps] == list(range(1, total + 1))
+    plan = Plan(total, settings.warmup)
+    expected = [settings.lr * schedule_factor("cosine", step - 1, plan) for step in range(1, 11)]
+    assert [line["lr"] for line in steps[:10]] == pytest.approx(expected, rel=1e-9)
+    assert 0.0 < steps[-1]["lr"] == pytest.approx(
+        settings.lr * schedule_factor("cosine", total - 1, plan), rel=1e-9)
+    assert lines[-1]["lr"] == steps[-1]["lr"]  # an epoch's: its last step's
 
 
 def test_the_model_returned_holds_the_best_val_epoch(trained) -> None:  # type: ignore[no-untyped-def]

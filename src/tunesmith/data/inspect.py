@@ -581,13 +581,8 @@ def _label_error_findings(
             "suggested": classes[int(suggested)],
             "given_probability": round(float(p), 3),
         }
-        for row, given, suggested, p in zip(
-            flagged[:20],
-            issues.given[:20],
-            issues.suggested[:20],
-            issues.given_probability[:20],
-            strict=False,
-        )
+        for row, given, suggested, p in zip(  # every one, the most suspicious first
+            flagged, issues.given, issues.suggested, issues.given_probability, strict=True)
     ]
     details = {
         "checked": True,

@@ -3,8 +3,12 @@ on, how well it does (with intervals, against the baselines), how to use it, and
 
 from __future__ import annotations
 
+import html
+import re
 from pathlib import Path
 from typing import Any
+
+from tunesmith.report.summary import metric_text, scored_text
 
 SMALL_SUPPORT = 30  # test rows of a class below which its scores say little
 
@@ -33,7 +37,7 @@ def model_card(metrics: dict[str, Any], config: dict[str, Any],
     ]
     classes = data_report.get("classes") or []
     if classes:
-        lines += [f"Classes ({len(classes)}): " + ", ".join(map(str, classes[:30]))
+        lines += [f"Classes ({len(classes)}): " + ", ".join(map(_literal, classes[:30]))
                   + (", ..." if len(classes) > 30 else ""), ""]
     lines += [
         f"## Metrics (test part, {metrics.get('test_rows')} rows, used once; 95% bootstrap "
@@ -53,12 +57,10 @@ def model_card(metrics: dict[str, Any], config: dict[str, Any],
                   "|---|---|---|"]
         for baseline_name, baseline in baselines.items():
             gap = baseline.get("difference", {}).get(primary, {})
-            interval = gap.get("ci95")
-            shown = (f"{gap['value']:+.4f}" + (f" [{interval[0]:+.4f}, {interval[1]:+.4f}]"
-                                               if interval else "")) if gap else "–"
+            shown = scored_text(gap, signed=True) if gap else "–"
             value = baseline.get(primary)
             lines.append(f"| {baseline_name} ({baseline.get('about', '')}) | "
-                         f"{value:.4f} | {shown} |" if value is not None else
+                         f"{metric_text(value)} | {shown} |" if value is not None else
                          f"| {baseline_name} | – | – |")
         lines.append("")
     calibration = metrics.get("calibration")
@@ -93,18 +95,23 @@ def model_card(metrics: dict[str, Any], config: dict[str, Any],
             if row.get("support", 0) < SMALL_SUPPORT]
     if rare:
         lines.append(f"- Classes with fewer than {SMALL_SUPPORT} test rows, whose per-class "
-                     f"scores say little: {', '.join(map(str, rare[:20]))}"
+                     f"scores say little: {', '.join(map(_literal, rare[:20]))}"
                      + (", ..." if len(rare) > 20 else "") + ".")
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), ""]
     return "\n".join(lines)
 
 
 def _scored(score: dict[str, Any] | None) -> str:
-    if not score:
-        return "–"
-    interval = score.get("ci95")
-    return f"{score['value']:.4f}" + (f" [{interval[0]:.4f}, {interval[1]:.4f}]"
-                                      if interval else "")
+    return scored_text(score) if score else "–"
+
+
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~-])")
+
+
+def _literal(name: Any) -> str:
+    """A class name as itself in Markdown: its HTML escaped (`<script>` is not a tag to a
+    viewer that renders HTML), its Markdown marks backslashed (`*a*` is not emphasis)."""
+    return MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(str(name), quote=False))
 
 
 def _inputs_of(task: str) -> str:

@@ -195,7 +195,10 @@ def add_adapter(model: TaskModel, settings: AdapterSettings) -> list[str]:
     check_fits_backbone(Strategy(settings.method), backbone, targets=settings.targets)
     targets = backbone.adapter_targets() if settings.targets is None else settings.targets
     backbone.network = get_peft_model(backbone.network, _peft_config(settings, targets))
-    model.frozen = []
+    # The backbone's own weights stay as pretrained, and so do its batch norms' statistics:
+    # the adapter saved alone, loaded onto the base model, then gives the model trained.
+    model.frozen = [module for module in backbone.network.modules()
+                    if isinstance(module, nn.modules.batchnorm._NormBase)]
     return targets
 
 

@@ -14,10 +14,12 @@ from torch import nn
 from tunesmith.models.backbone import Backbone
 from tunesmith.models.blocks import Block
 
+HEAD_BLOCK = "head"  # the name of the head's block (and its optimizer groups')
+
 
 def head_block(head: nn.Module) -> Block:
     named = tuple((f"head.{name}", parameter) for name, parameter in head.named_parameters())
-    return Block("head", named, (head,))
+    return Block(HEAD_BLOCK, named, (head,))
 
 
 class TaskModel(nn.Module):
@@ -27,6 +29,7 @@ class TaskModel(nn.Module):
         self.head = head
         self.frozen: list[nn.Module] = []  # a plain list: not registered as submodules
         self.fixed: list[nn.Parameter] = []  # never trained, whichever blocks are
+        self.fixed_modules: list[nn.Module] = []  # their batch norms: kept in eval mode
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         output: torch.Tensor = self.head(self.backbone(inputs))
@@ -37,7 +40,7 @@ class TaskModel(nn.Module):
 
     def train(self, mode: bool = True) -> TaskModel:
         super().train(mode)
-        for module in self.frozen:
+        for module in [*self.frozen, *self.fixed_modules]:  # batch norms keep their statistics
             module.eval()
         return self
 

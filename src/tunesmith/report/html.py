@@ -77,7 +77,7 @@ class _Run:
         from tunesmith.io import require_run_folder
 
         self.dir = require_run_folder(run_dir)
-        self.name = run_dir.name
+        self.name = run_dir.resolve().name  # `tunesmith report .` names the run too
         self._cache: dict[str, Any] = {}
         self._metrics_problem: Exception = Missing("metrics.json")
         try:
@@ -245,14 +245,23 @@ def _chosen_model(search: dict[str, Any]) -> str:
     return f"The final model is trial {search.get('best_trial', 0)}'s best checkpoint."
 
 
+SHOWN_CLASSES = 20
+
+
+def _counts(counts: dict[str, int]) -> str:
+    """The first classes' counts, and how many classes and rows the rest hold."""
+    shown = ", ".join(f"{k}: {v}" for k, v in list(counts.items())[:SHOWN_CLASSES])
+    rest = list(counts.values())[SHOWN_CLASSES:]
+    return shown + (f", and {len(rest)} more classes ({sum(rest)} rows)" if rest else "")
+
+
 def _data(run: _Run) -> str:
     report = run.json("data_report.json")
     trained = report.get("trained_on", {})
     rows = "".join(
         f"<tr><th>{html.escape(name)}</th><td>{part['rows']}</td><td>"
-        + html.escape(", ".join(f"{k}: {v}" for k, v in list(part.get("label_counts", {})
-                                                              .items())[:20]))
-        + "</td></tr>" for name, part in trained.items())
+        + html.escape(_counts(part.get("label_counts", {}))) + "</td></tr>"
+        for name, part in trained.items())
     findings = "".join(
         f"<li><b>{html.escape(f['severity'])}</b> {html.escape(f['check'])}: "
         f"{html.escape(f['message'])}</li>" for f in report.get("findings", []))

@@ -36,6 +36,7 @@ def metric_text(value: float, *, signed: bool = False) -> str:
     would hide it (an RMSE of 7.474e-05 in a target of millionths, 1.235e+09 in one of
     billions)."""
     sign = "+" if signed else ""
+    value += 0.0  # -0.0 (a negated zero bound) is shown as 0
     if value == 0 or 1e-3 <= abs(value) < 1e6 or not math.isfinite(value):
         return f"{value:{sign}.4f}"
     return f"{value:{sign}.4g}"

@@ -262,6 +262,14 @@ def check_fits(config: Config, profile: DataProfile) -> None:
     if config.train.loss != "auto":
         check_loss(config.train.loss, profile.kind)
     augment = config.data.augment
+    if profile.modality != "image":  # they were accepted, recorded as used, and ignored
+        given = {"data.augment.mixup": augment.mixup, "data.augment.cutmix": augment.cutmix,
+                 "data.augment.preset": augment.preset not in ("auto", "none")}
+        for field, used in given.items():
+            if used:
+                raise TunesmithError(
+                    f"{field} augments images; this is a {profile.modality} task",
+                    field=field, fix=f"remove {field} (texts and tables are not augmented)")
     if (augment.mixup or augment.cutmix) and profile.kind != "classification":
         raise TunesmithError(
             f"MixUp and CutMix mix class labels; this is a {profile.kind} task",

@@ -36,6 +36,7 @@ from tunesmith.io import atomic_write
 from tunesmith.models.heads import full_precision
 from tunesmith.models.inputs import EvalBatches
 from tunesmith.models.losses import LossSettings, make_loss
+from tunesmith.models.task_model import HEAD_BLOCK
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.batch_norm import recalibrate_norms, unfrozen_norms
 from tunesmith.train.budget import Clock, fit_plan
@@ -434,6 +435,7 @@ def _train_epoch(run: _Run, loader: DataLoader[Any], val_rows: int) -> dict[str,
         order.set_epoch(run.epoch.index)
     started = time.perf_counter()
     seen_before = run.epoch.seen
+    step_lr = shown_lr(run.optimizer)  # an epoch without a whole step (a resumed last one)
     with progress(quiet=run.epochs > MAX_EPOCH_LINES) as bar:
         rows = len(loader.dataset)  # type: ignore[arg-type]
         task = bar.add_task(
@@ -462,14 +464,13 @@ def _train_epoch(run: _Run, loader: DataLoader[Any], val_rows: int) -> dict[str,
                        status=f"loss {run.epoch.loss_sum / run.epoch.batches:.4f}")
             if not ends_step:
                 continue
-            _optimizer_step(run)
+            step_lr = _optimizer_step(run)
             now = time.perf_counter()
             if run.result.steps > 1:  # the first step picks kernels: slower than the rest
                 run.clock.time_step(now - mark)
             mark = now
             run.log.step({"stage": settings.stage, "step": run.result.steps,
-                          "epoch": run.epoch.index + 1, "loss": step_loss,
-                          "lr": float(run.scheduler.get_last_lr()[0])})
+                          "epoch": run.epoch.index + 1, "loss": step_loss, "lr": step_lr})
             step_loss = 0.0
             fit_plan(run.plan, run.clock, run.result.steps, batch_size=len(targets) * in_group,
                      steps_per_epoch=run.steps_per_epoch,
@@ -484,19 +485,31 @@ def _train_epoch(run: _Run, loader: DataLoader[Any], val_rows: int) -> dict[str,
     return {
         "train_loss": run.epoch.loss_sum / run.epoch.batches if run.epoch.batches else math.nan,
         "train_samples_per_s": (run.epoch.seen - seen_before) / elapsed if elapsed > 0 else 0.0,
-        "lr": float(run.scheduler.get_last_lr()[0]),
+        "lr": step_lr,
     }
 
 
-def _optimizer_step(run: _Run) -> None:
+def shown_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The rate `train.lr` names, as the schedule has it now: the top backbone block's (lower
+    blocks train at less under layer decay; the head at `head_lr`), or the head's when the
+    backbone does not train."""
+    groups = optimizer.param_groups
+    body = [group for group in groups if group.get("block") != HEAD_BLOCK]
+    return float((body or groups)[-1]["lr"])
+
+
+def _optimizer_step(run: _Run) -> float:
+    """One update; the rate it used (`shown_lr`), before the schedule moves on."""
     if run.settings.grad_clip:
         run.accelerator.clip_grad_norm_(run.model.parameters(), run.settings.grad_clip)
+    used = shown_lr(run.optimizer)
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     if run.average is not None:
         run.average.update()
     run.result.steps += 1
+    return used
 
 
 # ----------------------------------------------------------------------------------------------

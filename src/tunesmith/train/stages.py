@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn
 from torch.utils.data import DataLoader
 
 from tunesmith.console import console
@@ -131,7 +132,7 @@ def fine_tune(
     if strategy.adapter:
         save_adapter(model, trial_dir / ADAPTER_FOLDER)
         merge_adapter(model)
-    model.fixed = []
+    model.fixed, model.fixed_modules = [], []
     freeze_bottom(model, 0)  # the returned model is a plain one, every weight trainable
     result.wall_s = before + time.perf_counter() - started  # every stage
     return result
@@ -143,8 +144,12 @@ def fine_tuned_weights(model: TaskModel, plan: StrategyPlan) -> GradualUnfreeze 
     when they stay fixed. Returns gradual unfreezing's step before each epoch (until its first
     call every block trains)."""
     strategy = plan.strategy
-    if plan.freeze_embeddings:
-        model.fixed = [parameter for _, parameter in model.backbone.blocks()[0].parameters]
+    if plan.freeze_embeddings:  # its weights, and an image stem's batch-norm statistics (its
+        # dropout trains on, as it did)
+        first = model.backbone.blocks()[0]
+        model.fixed = [parameter for _, parameter in first.parameters]
+        model.fixed_modules = [inner for module in first.modules for inner in module.modules()
+                               if isinstance(inner, nn.modules.batchnorm._NormBase)]
     if strategy.name == "gradual-unfreeze":
         return GradualUnfreeze(model)
     if strategy.name == "freeze":
