@@ -630,3 +630,34 @@ def test_the_data_section_counts_the_classes_it_does_not_list() -> None:
     shown = _counts(counts)
     assert shown.startswith("c00: 10, c01: 11") and "c19: 29" in shown and "c20" not in shown
     assert shown.endswith(", and 5 more classes (160 rows)")  # 30 + 31 + 32 + 33 + 34
+
+
+@pytest.mark.parametrize(("file", "damage", "shown"), [
+    ("test_predictions.csv", "", "test_predictions.csv"),  # EmptyDataError
+    ("test_predictions.csv", "id,label\n37,1\n", "test_predictions.csv"),  # KeyError 'predicted'
+    ("data_report.json", "[]", "data_report.json"),  # AttributeError on a list
+])
+def test_a_file_edited_out_of_shape_costs_its_sections_only(
+    wine_run: FinishedRun, tmp_path: Path, run_cli: Any, file: str, damage: str, shown: str,
+) -> None:
+    """Files that read whole but not as a run writes them failed the page with a traceback."""
+    copy = tmp_path / "wine"
+    shutil.copytree(wine_run.run_dir, copy)
+    (copy / file).write_text(damage)
+    result = run_cli(["report", copy])
+    assert result.code == 0 and "Traceback" not in result.err, result.err
+    page = (copy / "report.html").read_text()
+    assert re.search(rf"Not shown: [^<]*{re.escape(shown)}[^<]* does not hold what this "
+                     r"section reads \(\w+", page), page[-3000:]
+    assert "<h2>Summary</h2>" in page
+
+
+def test_a_metrics_line_cut_by_a_kill_is_left_out(wine_run: FinishedRun, tmp_path: Path) -> None:
+    from tunesmith.io import logged_epochs
+
+    copy = tmp_path / "0"
+    shutil.copytree(wine_run.run_dir / "trials" / "0", copy)
+    whole = logged_epochs(copy)
+    log = copy / "metrics.jsonl"
+    log.write_text(log.read_text() + '{"event": "epoch", "epo')  # killed mid-write
+    assert logged_epochs(copy) == whole and whole

@@ -150,5 +150,14 @@ def logged_epochs(trial_dir: Path) -> list[dict[str, Any]]:
         path = trial_dir / "fold-0" / METRICS
     if not path.is_file():
         return []
-    records = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
-    return [record for record in records if record.get("event") == "epoch"]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if number < len(lines) - 1:
+                raise
+            # the last line, cut short by a kill while it was written: the lines before stand
+    return [record for record in records
+            if isinstance(record, dict) and record.get("event") == "epoch"]

@@ -79,6 +79,7 @@ class _Run:
         self.dir = require_run_folder(run_dir)
         self.name = run_dir.resolve().name  # `tunesmith report .` names the run too
         self._cache: dict[str, Any] = {}
+        self.read: list[str] = []  # the files the section being built has asked for
         self._metrics_problem: Exception = Missing("metrics.json")
         try:
             metrics = self.json("metrics.json")
@@ -90,6 +91,7 @@ class _Run:
         self.metrics: dict[str, Any] = metrics
 
     def file(self, name: str) -> Path:
+        self.read.append(name)
         path = self.dir / name
         if not path.exists():
             raise Missing(name)
@@ -145,6 +147,7 @@ def _first_line(error: BaseException) -> str:
 
 
 def _section(title: str, build: Callable[[_Run], str], run: _Run) -> Section:
+    run.read = ["metrics.json"] if run.metrics else []
     try:
         return Section(title, build(run))
     except Missing as missing:
@@ -155,6 +158,13 @@ def _section(title: str, build: Callable[[_Run], str], run: _Run) -> Section:
                               f"{html.escape(str(damaged))} cannot be read.</p>")
     except NotShown as reason:
         return Section(title, f"<p>{html.escape(str(reason))}</p>")
+    except Exception as error:
+        # A file edited or cut short where the reading above cannot tell (a CSV without its
+        # columns, a JSON list for an object, an .npz without an array): the page is still
+        # built, and this section names what it read.
+        read = ", ".join(dict.fromkeys(run.read)) or "the run folder"
+        return Section(title, f'<p class="missing">Not shown: {html.escape(read)} does not hold '
+                              f"what this section reads ({html.escape(_first_line(error))}).</p>")
 
 
 # ------------------------------------------------------------------------------------------------
