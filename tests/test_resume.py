@@ -120,6 +120,9 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_end(
                                  if isinstance(value, float) else value), key
     assert got == expected
     assert_same_weights(first, second)
+    # the run's wall time holds the training before the kill (it held the resumed part alone)
+    metrics = json.loads((second / "metrics.json").read_text())
+    assert metrics["wall_s"] >= metrics["train"]["wall_s"] > 0
     # Every step is logged once: what the killed run logged after its checkpoint was dropped.
     steps = [line["step"] for line in logged(second / "trials/0", "step") if line["stage"] == stage]
     assert steps == list(range(1, expected["steps"] + 1))
@@ -251,3 +254,19 @@ def test_a_second_run_of_the_same_name_is_refused_while_the_first_runs(
         first.wait()
     with one_run_at_a_time(run_dir):  # a killed run holds nothing: its lock went with it
         pass
+
+
+def test_a_library_that_cannot_write_raises_the_oserror_it_met(tmp_path: Path) -> None:
+    """safetensors says 'No space left on device (os error 28)' in an error of its own: the
+    command line turns OSErrors of a full disk into one message, not a traceback."""
+    import errno
+
+    from tunesmith.io import writing
+
+    target = tmp_path / "model.safetensors"
+    with pytest.raises(OSError) as caught, writing(target):
+        raise RuntimeError("Error while serializing: I/O error: No space left on device "
+                           "(os error 28)")
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(target)
+    with pytest.raises(KeyError), writing(target):  # not a write that failed: as it was
+        raise KeyError("weight")

@@ -179,11 +179,15 @@ def _fit(given: Config, prepared: Prepared, processes: PartialState, *, resume: 
             write_json(run_dir / "data_report.json", _data_report(prepared.data))
     processes.wait_for_everyone()
 
+    # A resumed run's wall time counts what ran before the kill: the trials' time the study
+    # recorded, or the training time of the checkpoint it goes on from.
     if searching:
         kept, search_record = search_stage(given, prepared, resume=resume, started=started)
+        earlier = max(0.0, search_record["spent_s"] - (time.perf_counter() - started))
     else:
         trial_dir = run_dir / "trials" / "0"
         checkpoint = require_checkpoint(trial_dir) if resume else None
+        earlier = float(checkpoint.state.get("spent_s", 0.0)) if checkpoint else 0.0
         kept, search_record = Kept(0, prepared), None
         try:
             kept.model, kept.result = train_candidate(prepared, trial_dir, resume=checkpoint)
@@ -232,7 +236,7 @@ def _fit(given: Config, prepared: Prepared, processes: PartialState, *, resume: 
         seed=seed, model_resampled={"test": resampled["test"]} | (
             {"val": resampled["val"]} if len(model_val[1]) == len(outputs["val"][1]) else {}))
     metrics = _metrics_record(
-        chosen, result, scores, time.perf_counter() - started, search=search_record,
+        chosen, result, scores, earlier + time.perf_counter() - started, search=search_record,
         baselines=baselines, calibration=calibration,
         classes_table=None if chosen.kind == "regression" else per_class(
             chosen.kind, *outputs["test"], chosen.data.classes))

@@ -3,6 +3,8 @@ which needs no torch); no computing happens here."""
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import sys
 from pathlib import Path
@@ -304,3 +306,18 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.secho("interrupted", err=True)
         sys.exit(130)
+    except OSError as error:
+        if error.errno not in UNWRITABLE:
+            raise
+        # A full disk or a folder that cannot be written: what was written before stays (every
+        # file is renamed into place whole), so a run can go on with --resume once it can write.
+        where = f"{error.filename}: " if error.filename else ""
+        typer.secho(f"error: {where}cannot write: {os.strerror(error.errno)}\n  fix: free "
+                    "space or give write access there (or set output_dir elsewhere), then run "
+                    "again; tunesmith run CONFIG --resume continues a run", fg=typer.colors.RED,
+                    err=True)
+        sys.exit(2)
+
+
+# A full disk, a quota, a read-only file system, no permission
+UNWRITABLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})

@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import socket
 import tempfile
 from collections.abc import Callable, Iterator
@@ -33,6 +34,22 @@ def _umask() -> int:
 # any other file is, so the other workers and users of a shared output_dir can read them.
 UMASK = _umask()
 FILE_MODE, FOLDER_MODE = 0o666 & ~UMASK, 0o777 & ~UMASK
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Around a library's write: its failure to write (safetensors' Rust error says 'No space
+    left on device (os error 28)') as the OSError it is, naming `path`."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as error:
+        found = re.search(r"os error (\d+)", str(error))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from error
 
 
 def shareable(folder: Path) -> None:

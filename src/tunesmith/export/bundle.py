@@ -29,7 +29,7 @@ from safetensors.torch import load_model, save_model
 from tunesmith import __version__
 from tunesmith.config import Task
 from tunesmith.errors import TunesmithError
-from tunesmith.io import file_sha256, shareable
+from tunesmith.io import file_sha256, shareable, writing
 from tunesmith.models import TaskModel, make_head, rebuild_backbone
 from tunesmith.models.ensemble import Ensemble
 
@@ -56,7 +56,8 @@ def save_bundle(
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
         backbone_info = model.backbone.save_architecture(staging / "backbone")
-        save_model(model, str(staging / WEIGHTS))
+        with writing(folder / WEIGHTS):
+            save_model(model, str(staging / WEIGHTS))
         # The fine-tuned backbone in its own library's format too (one network: not for an
         # ensemble, whose members differ).
         native = None if isinstance(model, Ensemble) else model.backbone.save_native(staging)

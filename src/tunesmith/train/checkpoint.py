@@ -31,7 +31,7 @@ import torch
 
 from tunesmith.console import console
 from tunesmith.errors import TunesmithError
-from tunesmith.io import file_sha256, shareable
+from tunesmith.io import file_sha256, shareable, writing
 
 FOLDER = "checkpoints"
 STAGES = ("probe", "train")  # in the order a strategy runs them
@@ -173,7 +173,8 @@ def save_checkpoint(
     staging = Path(tempfile.mkdtemp(dir=root, prefix=".step-"))
     try:
         contiguous = {key: value.detach().cpu().contiguous() for key, value in tensors.items()}
-        save_file(contiguous, str(staging / TENSORS))
+        with writing(staging / TENSORS):
+            save_file(contiguous, str(staging / TENSORS))
         if best is not None and best.is_file():
             try:
                 os.link(best, staging / BEST)  # the file as it is now; a later best is a new one

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from tunesmith.console import console, progress
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import Objective, collect_logits, objective_for
-from tunesmith.io import atomic_write
+from tunesmith.io import atomic_write, writing
 from tunesmith.models.heads import full_precision
 from tunesmith.models.inputs import EvalBatches
 from tunesmith.models.losses import LossSettings, make_loss
@@ -579,7 +579,8 @@ def _keep_best(run: _Run, metrics: dict[str, float]) -> _Best:
     state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     if run.accelerator.is_main_process:
         path = run.trial_dir / best_weights_name(run.settings.stage)
-        atomic_write(path, lambda tmp: save_model(model, str(tmp)))
+        with writing(path):
+            atomic_write(path, lambda tmp: save_model(model, str(tmp)))
     return _Best(metrics[run.objective.metric], run.epoch.index + 1, copy.deepcopy(metrics), state)
 
 
