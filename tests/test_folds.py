@@ -117,6 +117,13 @@ def test_a_small_table_searches_with_five_folds_and_ships_their_ensemble(
     assert val["value"] == pytest.approx(best.value)
     low, high = val["ci95"]
     assert low <= val["value"] <= high and high - low < 0.2
+    # ... and the page, the card and the summary say so (they read as the val part's, 15 rows)
+    heading = "val, out of fold (5 folds)"
+    page = (run_dir / "report.html").read_text()
+    assert f"<th>test</th><th>{heading}</th>" in page
+    assert "its line is the first fold's" in page
+    assert "| metric | test | validation, out of fold (5 folds) |" in (
+        run_dir / "best" / "README.md").read_text()
     # the bundle is the ensemble of the five fold models and predicts what was scored
     manifest = json.loads((run_dir / "best" / "tunesmith.json").read_text())
     assert manifest["ensemble"] == {"members": 5, "kind": "classification"}

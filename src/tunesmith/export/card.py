@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tunesmith.report.summary import metric_text, scored_text
+from tunesmith.report.summary import metric_text, scored_text, val_heading
 
 SMALL_SUPPORT = 30  # test rows of a class below which its scores say little
 
@@ -43,7 +43,7 @@ def model_card(metrics: dict[str, Any], config: dict[str, Any],
         f"## Metrics (test part, {metrics.get('test_rows')} rows, used once; 95% bootstrap "
         "intervals)",
         "",
-        "| metric | test | validation |",
+        f"| metric | test | {val_heading(metrics).replace('val', 'validation', 1)} |",
         "|---|---|---|",
         *(f"| {metric}{' (primary)' if metric == primary else ''} | {_scored(score)} | "
           f"{_scored(metrics.get('val', {}).get(metric))} |"

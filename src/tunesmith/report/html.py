@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from tunesmith.report.summary import metric_text, scored_text
+from tunesmith.report.summary import metric_text, scored_text, val_heading
 
 REPORT = "report.html"
 WORST_ERRORS = 12
@@ -229,7 +229,8 @@ def _summary(run: _Run) -> str:
         f"<h3>Test metrics, with 95% bootstrap intervals, against the baselines</h3>"
         f"<p>Each baseline cell gives its test score and the fine-tuned model's paired "
         f"difference from it (model minus baseline, 95% interval).</p>"
-        f"<table><tr><th>metric</th><th>test</th><th>val</th>{head}</tr>{''.join(table)}"
+        f"<table><tr><th>metric</th><th>test</th><th>{html.escape(val_heading(metrics))}</th>"
+        f"{head}</tr>{''.join(table)}"
         f"</table>{calibrated}<p>{html.escape(chosen)}</p>"
         + (f"<h3>Best configuration</h3><table>{params}</table>" if params else "")
     )
@@ -324,6 +325,11 @@ def _learning_curves(run: _Run) -> str:
         "<p>The strategy trains in stages, each its own line: "
         f"{html.escape(', then '.join(staged))}. A stage's epochs are drawn after those of the "
         "stage before it.</p>")
+    folds = (run.needs_metrics().get("search") or {}).get("folds", 1)
+    if folds > 1:  # the fold models log alike; the first's stand for the trial
+        note += (f"<p>Each trial trained a model on each of {folds} folds; its line is the first "
+                 "fold's, validated on that fold's held-out rows (the trial's score is out of "
+                 "fold, over all of them).</p>")
     return note + _figure(figure, "learning curves")
 
 

@@ -12,7 +12,7 @@ def summary_table(metrics: dict[str, Any], run_dir: str) -> Table:
     table = Table(title=f"tunesmith: {run_dir}", show_header=True, header_style="bold")
     table.add_column("metric")
     table.add_column("test [95% interval]", justify="right")
-    table.add_column("val [95% interval]", justify="right")
+    table.add_column(f"{val_heading(metrics)} [95% interval]", justify="right")
     baseline_name, baseline_metrics = next(iter(metrics["baselines"].items()))
     table.add_column(f"{baseline_name} baseline", justify="right")
     for name, value in metrics["test"].items():
@@ -29,6 +29,13 @@ def summary_table(metrics: dict[str, Any], run_dir: str) -> Table:
         f"{metrics['train']['samples_per_s']:.1f} train samples/s"
     )
     return table
+
+
+def val_heading(metrics: dict[str, Any]) -> str:
+    """What the val scores are: the validation part's, or with folds the out-of-fold scores of
+    the fold models over the rows they were trained on (train and val)."""
+    folds = (metrics.get("search") or {}).get("folds", 1)
+    return f"val, out of fold ({folds} folds)" if folds > 1 else "val"
 
 
 def metric_text(value: float, *, signed: bool = False) -> str:
@@ -63,6 +70,9 @@ def baselines_ahead(metrics: dict[str, Any]) -> list[str]:
 
     primary = metrics["primary_metric"]
     greater = objective_for(metrics["task"].split("-", 1)[1]).greater_is_better
+    folded = val_heading(metrics) != "val"
+    where = ("the validation part (the model's own scores there, not its out-of-fold ones)"
+             if folded else "validation")
     lines = []
     for name, baseline in metrics["baselines"].items():
         gap = baseline.get("val_difference", {}).get(primary)
@@ -73,7 +83,7 @@ def baselines_ahead(metrics: dict[str, Any]) -> list[str]:
                  f"{metric_text(-interval[0], signed=True)}])" if interval else "")
         lines.append(
             f"the {name} baseline ({baseline['about']}) beats the fine-tuned model on "
-            f"validation: {primary} {metric_text(baseline['val'][primary])} against "
+            f"{where}: {primary} {metric_text(baseline['val'][primary])} against "
             f"{metric_text(baseline['val'][primary] + gap['value'])}, a difference of "
             f"{metric_text(-gap['value'], signed=True)}{shown}")
     return lines
