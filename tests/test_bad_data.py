@@ -577,6 +577,20 @@ def test_multilabel_with_one_label_only(text_config: Callable[..., Path],
     assert_inspect_error(*inspect_cli(run_cli, path), *expected)
 
 
+def test_a_multilabel_label_holding_the_outputs_joiner(text_config: Callable[..., Path],
+                                                       text_table: pd.DataFrame, run_cli: Cli,
+                                                       tmp_path: Path) -> None:
+    """test_predictions.csv and `tunesmith predict` join a row's labels with '|': a label 'x|y'
+    read back as two, and the report counted labels wrong that were right."""
+    path = tmp_path / "tags.jsonl"
+    path.write_text("".join(json.dumps({"text": text, "label": [["a", "x|y"], ["b"]][i % 2]})
+                            + "\n" for i, text in enumerate(text_table["text"].iloc[:60])))
+    expected = (path, "data.label_column", "the label 'x|y' holds '|', which tunesmith's outputs "
+                "join a row's labels with", "rename it (e.g. 'x/y')")
+    assert_user_error(run_cli(["validate", text_config(data_path=path)]), *expected)
+    assert_inspect_error(*inspect_cli(run_cli, path), *expected)
+
+
 @pytest.mark.parametrize("modality", ["text", "tabular"])
 def test_cells_holding_lists_are_named(modality: str, text_config: Callable[..., Path],
                                        text_table: pd.DataFrame, run_cli: Cli,

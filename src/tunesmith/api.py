@@ -48,6 +48,7 @@ from tunesmith.evaluate.metrics import per_class
 from tunesmith.export import Predictor, load_predictor, save_bundle
 from tunesmith.export.card import write_model_card
 from tunesmith.io import (
+    LABEL_JOINER,
     PREDICTIONS,
     TEST_PREDICTIONS,
     atomic_write,
@@ -384,13 +385,13 @@ def write_predictions_record(
     if test.inputs:
         table["input"] = test.inputs
     kind, classes = prepared.kind, prepared.data.classes
-    table["label"] = ["|".join(v) if kind == "multilabel" else v for v in test.labels]
+    table["label"] = [LABEL_JOINER.join(v) if kind == "multilabel" else v for v in test.labels]
     if kind == "classification":
         log_probs = test_outputs - np.logaddexp.reduce(test_outputs, axis=1, keepdims=True)
         table["predicted"] = [classes[i] for i in test_outputs.argmax(axis=1)]
         table["probability"] = np.exp(log_probs.max(axis=1)).round(6)
     elif kind == "multilabel":
-        table["predicted"] = ["|".join(classes[j] for j in np.flatnonzero(row > 0))
+        table["predicted"] = [LABEL_JOINER.join(classes[j] for j in np.flatnonzero(row > 0))
                               for row in test_outputs]
     else:
         table["predicted"] = test_outputs.reshape(-1)

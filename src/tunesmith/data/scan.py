@@ -26,6 +26,7 @@ from tunesmith.data.task import (
     numeric_class,
 )
 from tunesmith.errors import TunesmithError
+from tunesmith.io import LABEL_JOINER
 
 MISSING, UNSEEN = -1, -2  # class codes of a row without a label / with a label train never has
 
@@ -315,6 +316,14 @@ def scan_part(
             missing[str(column)] = missing.get(str(column), 0) + int(count)
         _check_label_values(source, frame, columns.label, kind)
         labels.add(frame[columns.label])
+        if kind == "multilabel" and (joined := next(
+                (name for name in labels.vocabulary if LABEL_JOINER in name), None)):
+            # test_predictions.csv, `tunesmith predict` and the report write a row's labels
+            # joined by '|': a label holding it would read back as two
+            raise source.error(
+                f"the label {joined!r} holds '{LABEL_JOINER}', which tunesmith's outputs join a "
+                "row's labels with", f"rename it (e.g. {joined.replace(LABEL_JOINER, '/')!r})",
+                field="data.label_column")
         if modality == "image":
             paths.extend(frame[IMAGE_COLUMN].tolist())
             continue

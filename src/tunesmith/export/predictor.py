@@ -35,6 +35,7 @@ from tunesmith.data.tabular import MISSING_CATEGORY, TabularEncoding, missing_wo
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import collect_logits
 from tunesmith.export.bundle import MANIFEST, load_bundle
+from tunesmith.io import LABEL_JOINER
 from tunesmith.models import TaskModel
 from tunesmith.models.ensemble import Ensemble
 from tunesmith.models.inputs import Inputs, eval_batches
@@ -437,7 +438,8 @@ def predictions_table(predictor: Predictor, batch: PredictionInputs) -> pd.DataF
                          np.zeros((0, len(predictor.classes)), dtype=np.float32))
         if predictor.kind == "multilabel":
             good["labels"] = [
-                "|".join(predictor.classes[k] for k in np.flatnonzero(row >= MULTILABEL_THRESHOLD))
+                LABEL_JOINER.join(predictor.classes[k]
+                                  for k in np.flatnonzero(row >= MULTILABEL_THRESHOLD))
                 for row in probabilities
             ]
         else:

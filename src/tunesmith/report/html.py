@@ -621,7 +621,9 @@ def _signed(gap: dict[str, Any]) -> str:
 
 
 def _label_set(text: Any) -> set[str]:
-    return {name for name in str(text).split("|") if name}
+    from tunesmith.io import LABEL_JOINER
+
+    return {name for name in str(text).split(LABEL_JOINER) if name}
 
 
 def _number(value: Any) -> str:
