@@ -262,6 +262,12 @@ def check_fits(config: Config, profile: DataProfile) -> None:
     if config.train.loss != "auto":
         check_loss(config.train.loss, profile.kind)
     augment = config.data.augment
+    if (augment.mixup or augment.cutmix) and profile.kind != "classification":
+        raise TunesmithError(
+            f"MixUp and CutMix mix class labels; this is a {profile.kind} task",
+            field="data.augment.mixup" if augment.mixup else "data.augment.cutmix",
+            fix="set data.augment.mixup and data.augment.cutmix to 0",
+        )
     if profile.modality != "image":  # they were accepted, recorded as used, and ignored
         given = {"data.augment.mixup": augment.mixup, "data.augment.cutmix": augment.cutmix,
                  "data.augment.preset": augment.preset not in ("auto", "none")}
@@ -270,12 +276,6 @@ def check_fits(config: Config, profile: DataProfile) -> None:
                 raise TunesmithError(
                     f"{field} augments images; this is a {profile.modality} task",
                     field=field, fix=f"remove {field} (texts and tables are not augmented)")
-    if (augment.mixup or augment.cutmix) and profile.kind != "classification":
-        raise TunesmithError(
-            f"MixUp and CutMix mix class labels; this is a {profile.kind} task",
-            field="data.augment.mixup" if augment.mixup else "data.augment.cutmix",
-            fix="set data.augment.mixup and data.augment.cutmix to 0",
-        )
     if config.train.class_weights == "balanced" and profile.kind == "regression":
         raise TunesmithError(
             "class weights balance the classes of a classification; this is a regression task",
