@@ -41,7 +41,7 @@ def frozen_and_trained() -> tuple[TaskModel, Net]:
     model = TaskModel.__new__(TaskModel)  # the frozen-block bookkeeping of a real TaskModel
     nn.Module.__init__(model)
     model.backbone, model.head = net, nn.Identity()  # type: ignore[assignment]
-    model.frozen, model.fixed = [net.frozen], []
+    model.frozen, model.fixed, model.fixed_modules = [net.frozen], [], []
     return model.train(), net
 
 
