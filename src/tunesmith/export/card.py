@@ -43,7 +43,7 @@ def model_card(metrics: dict[str, Any], config: dict[str, Any],
         f"## Metrics (test part, {metrics.get('test_rows')} rows, used once; 95% bootstrap "
         "intervals)",
         "",
-        f"| metric | test | {val_heading(metrics).replace('val', 'validation', 1)} |",
+        f"| metric | test | {val_heading(metrics, 'validation')} |",
         "|---|---|---|",
         *(f"| {metric}{' (primary)' if metric == primary else ''} | {_scored(score)} | "
           f"{_scored(metrics.get('val', {}).get(metric))} |"

@@ -14,6 +14,7 @@ This module only decides what is trainable; how the stages run is the train stag
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,9 +198,15 @@ def add_adapter(model: TaskModel, settings: AdapterSettings) -> list[str]:
     backbone.network = get_peft_model(backbone.network, _peft_config(settings, targets))
     # The backbone's own weights stay as pretrained, and so do its batch norms' statistics:
     # the adapter saved alone, loaded onto the base model, then gives the model trained.
-    model.frozen = [module for module in backbone.network.modules()
-                    if isinstance(module, nn.modules.batchnorm._NormBase)]
+    model.frozen = batch_norms([backbone.network])
     return targets
+
+
+def batch_norms(modules: Iterable[nn.Module]) -> list[nn.Module]:
+    """The normalizations with running statistics in `modules` (and their submodules): what
+    eval mode keeps as they are while the rest trains."""
+    return [inner for module in modules for inner in module.modules()
+            if isinstance(inner, nn.modules.batchnorm._NormBase)]
 
 
 def has_adapter(model: TaskModel) -> bool:

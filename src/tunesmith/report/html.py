@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from tunesmith.report.summary import metric_text, scored_text, val_heading
+from tunesmith.report.summary import fold_count, metric_text, scored_text, val_heading
 
 REPORT = "report.html"
 WORST_ERRORS = 12
@@ -325,7 +325,7 @@ def _learning_curves(run: _Run) -> str:
         "<p>The strategy trains in stages, each its own line: "
         f"{html.escape(', then '.join(staged))}. A stage's epochs are drawn after those of the "
         "stage before it.</p>")
-    folds = (run.needs_metrics().get("search") or {}).get("folds", 1)
+    folds = fold_count(run.needs_metrics())
     if folds > 1:  # the fold models log alike; the first's stand for the trial
         note += (f"<p>Each trial trained a model on each of {folds} folds; its line is the first "
                  "fold's, validated on that fold's held-out rows (the trial's score is out of "

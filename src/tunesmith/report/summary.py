@@ -31,11 +31,16 @@ def summary_table(metrics: dict[str, Any], run_dir: str) -> Table:
     return table
 
 
-def val_heading(metrics: dict[str, Any]) -> str:
+def fold_count(metrics: dict[str, Any]) -> int:
+    """The folds each trial was trained on (1: the run's own validation part)."""
+    return int((metrics.get("search") or {}).get("folds", 1))
+
+
+def val_heading(metrics: dict[str, Any], word: str = "val") -> str:
     """What the val scores are: the validation part's, or with folds the out-of-fold scores of
     the fold models over the rows they were trained on (train and val)."""
-    folds = (metrics.get("search") or {}).get("folds", 1)
-    return f"val, out of fold ({folds} folds)" if folds > 1 else "val"
+    folds = fold_count(metrics)
+    return f"{word}, out of fold ({folds} folds)" if folds > 1 else word
 
 
 def metric_text(value: float, *, signed: bool = False) -> str:
@@ -70,9 +75,8 @@ def baselines_ahead(metrics: dict[str, Any]) -> list[str]:
 
     primary = metrics["primary_metric"]
     greater = objective_for(metrics["task"].split("-", 1)[1]).greater_is_better
-    folded = val_heading(metrics) != "val"
     where = ("the validation part (the model's own scores there, not its out-of-fold ones)"
-             if folded else "validation")
+             if fold_count(metrics) > 1 else "validation")
     lines = []
     for name, baseline in metrics["baselines"].items():
         gap = baseline.get("val_difference", {}).get(primary)

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import nn
 from torch.utils.data import DataLoader
 
 from tunesmith.console import console
@@ -33,6 +32,7 @@ from tunesmith.models.strategies import (
     AdapterSettings,
     Strategy,
     add_adapter,
+    batch_norms,
     freeze_backbone,
     freeze_bottom,
     merge_adapter,
@@ -148,8 +148,7 @@ def fine_tuned_weights(model: TaskModel, plan: StrategyPlan) -> GradualUnfreeze 
         # dropout trains on, as it did)
         first = model.backbone.blocks()[0]
         model.fixed = [parameter for _, parameter in first.parameters]
-        model.fixed_modules = [inner for module in first.modules for inner in module.modules()
-                               if isinstance(inner, nn.modules.batchnorm._NormBase)]
+        model.fixed_modules = batch_norms(first.modules)
     if strategy.name == "gradual-unfreeze":
         return GradualUnfreeze(model)
     if strategy.name == "freeze":
