@@ -4,6 +4,8 @@ error."""
 
 from __future__ import annotations
 
+import re
+
 import json
 from pathlib import Path
 from typing import Any
@@ -258,7 +260,8 @@ def test_a_row_whose_output_is_not_finite_is_reported_not_predicted_as_the_first
     table_run: tuple[FinishedRun, pd.DataFrame], tmp_path: Path, run_cli: Any
 ) -> None:
     """1e300 parses as a finite number but overflows float32: the probabilities were NaN and the
-    label the first class, with no word."""
+    label the first class, with no word. The row's error names the column and how far out the
+    value is; from Python its label is None."""
     run, frame = table_run
     rows = frame.drop(columns="label").head(4).astype(object)
     rows.loc[1, "proline"] = "1e300"
@@ -270,7 +273,9 @@ def test_a_row_whose_output_is_not_finite_is_reported_not_predicted_as_the_first
     out = tmp_path / "predictions.csv"
     assert run_cli(["predict", run.run_dir, path, "--out", out]).code == 0
     table = pd.read_csv(out, keep_default_na=False, dtype={"label": str})
-    assert table.loc[1, "error"].startswith("the model's output is not a finite number")
+    assert re.fullmatch(r"column 'proline': '1e300' is 3\.\d+e\+297 standard deviations from "
+                        r"the training mean \d+\.\d+ \(at most 1e\+10 are taken\)",
+                        table.loc[1, "error"]), table.loc[1, "error"]
     assert table.loc[1, "label"] == "" and table.loc[1, "p_0"] == ""
     assert list(table.drop(index=[1])["label"]) == [str(label) for label in labels if label]
 

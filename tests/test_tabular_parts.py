@@ -108,6 +108,31 @@ def test_a_bad_value_in_a_given_file_stops_validate_and_run_before_training(
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("part", ["test", "val"])
+def test_a_number_too_far_out_in_a_given_file_is_refused_naming_its_row(
+    part: str, run_cli: Cli, tmp_path: Path
+) -> None:
+    """1e300 is a finite number, but scaled by the training rows' statistics it overflows the
+    network's float32: the run trained, then crashed with a traceback while scoring the test part
+    (ECE's bins of NaN), or called the validation loss of NaN a diverged training ("lower
+    train.lr"). A value more than 1e10 standard deviations out is refused before training."""
+    config = write_config(
+        tmp_path, numbers(30, seed=0), **{part: with_value(numbers(10, seed=1), [6], "1e300")}
+    )
+    file = tmp_path / f"{part}.csv"
+    expected = (f"error: {file}: data.feature_columns: column 'x1' has 1 value(s) too far out "
+                "for the model, e.g. 1e+300: ", " standard deviations from the training mean ",
+                "(at most 1e+10 are taken) (data row 7)", "fix: correct or remove it")
+    assert_user_error(run_cli(["validate", config]), *expected)
+    assert_user_error(run_cli(["run", config]), *expected)
+    assert not (tmp_path / "runs").exists()
+    # 1e9 standard deviations out is kept: no real value is refused for being large
+    far = float(numbers(30, seed=0)["x1"].astype(float).std()) * 1e9
+    config = write_config(
+        tmp_path, numbers(30, seed=0), **{part: with_value(numbers(10, seed=1), [6], far)})
+    assert run_cli(["validate", config]).code == 0
+
+
 @pytest.mark.parametrize(
     ("value", "problem", "fix"),
     [

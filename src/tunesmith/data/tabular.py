@@ -103,6 +103,12 @@ def _check_columns(frame: pd.DataFrame, columns: Sequence[str]) -> None:
 # numeric columns
 
 
+# A scaled feature is at most this many standard deviations from the training mean. No training
+# row can be further than sqrt(rows) from its own mean; a value 1e10 out is a placeholder or a
+# typo (1e300 for unknown), and further out the network's float32 outputs overflow to inf.
+FAR_STDS = 1e10
+
+
 @dataclass(frozen=True)
 class NumericColumn:
     """One numeric column: missing values become `fill`, then (x - mean) / std."""
@@ -117,11 +123,31 @@ class NumericColumn:
     def feature_names(self) -> list[str]:
         return [self.name, f"{self.name}__missing"] if self.missing_indicator else [self.name]
 
-    def encode(self, series: pd.Series, impute: Impute) -> np.ndarray:
+    def far_text(self, value: float) -> str:
+        """How far `value` lies from the training rows, in their standard deviations."""
+        return (f"{abs(value - self.mean) / self.std:.3g} standard deviations from the "
+                f"training mean {self.mean:.6g} (at most {FAR_STDS:.0e} are taken)")
+
+    def encode(self, series: pd.Series, impute: Impute, *, refuse_far: bool = True) -> np.ndarray:
+        """The column scaled; a value further out than FAR_STDS is refused, or with
+        `refuse_far=False` (prediction, which reports such a row and goes on) NaN."""
         values = _numeric_values(series, self.name)
         missing = np.isnan(values)
         _check_missing(self.name, missing, impute)
         scaled = (np.where(missing, self.fill, values) - self.mean) / self.std
+        far = np.flatnonzero(~(np.abs(scaled) <= FAR_STDS))
+        if len(far) and not refuse_far:
+            scaled[far] = np.nan
+        elif len(far):
+            raise BadValue(
+                f"column {self.name!r} has {len(far)} value(s) too far out for the model, e.g. "
+                f"{values[far[0]]:g}: {self.far_text(values[far[0]])}",
+                row=int(far[0]),
+                count=len(far),
+                field=COLUMNS_FIELD,
+                fix="correct or remove it (a placeholder such as 1e300 for unknown is better "
+                    "left empty)",
+            )
         if not self.missing_indicator:
             return scaled[:, None]
         return np.column_stack([scaled, missing.astype(np.float64)])
@@ -305,14 +331,18 @@ class TabularEncoding:
     def feature_names(self) -> list[str]:
         return [name for column in self._columns() for name in column.feature_names]
 
-    def transform(self, frame: pd.DataFrame) -> np.ndarray:
-        """float32 (rows, features), using only the fitted statistics, never the frame's own."""
+    def transform(self, frame: pd.DataFrame, *, refuse_far: bool = True) -> np.ndarray:
+        """float32 (rows, features), using only the fitted statistics, never the frame's own. A
+        number too far out (`NumericColumn.encode`) is refused, or with `refuse_far=False` NaN
+        (its row's outputs are then not finite numbers)."""
         _check_columns(frame, [*self.numeric, *self.categorical])
-        blocks = [column.encode(frame[column.name], self.impute) for column in self._columns()]
+        blocks = [column.encode(frame[column.name], self.impute, refuse_far=refuse_far)
+                  if isinstance(column, NumericColumn)
+                  else column.encode(frame[column.name], self.impute)
+                  for column in self._columns()]
         if not blocks:
             return np.zeros((len(frame), 0), dtype=np.float32)
-        with np.errstate(over="ignore"):  # beyond float32: inf, which prediction reports by row
-            return np.concatenate(blocks, axis=1).astype(np.float32)
+        return np.concatenate(blocks, axis=1).astype(np.float32)  # within FAR_STDS: finite
 
     def unseen(self, frame: pd.DataFrame) -> dict[str, tuple[list[str], int]]:
         """Per one-hot column, the values of `frame` the training rows did not have (sorted;

@@ -31,7 +31,7 @@ from tunesmith.data.sources import (
     shown_name,
     wrong_delimiter_hint,
 )
-from tunesmith.data.tabular import MISSING_CATEGORY, TabularEncoding, missing_words
+from tunesmith.data.tabular import FAR_STDS, MISSING_CATEGORY, TabularEncoding, missing_words
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import collect_logits
 from tunesmith.export.bundle import MANIFEST, load_bundle
@@ -80,7 +80,7 @@ class Predictor:
             return [self._text_or_path(item, row) for row, item in enumerate(inputs)]
         frame = inputs if isinstance(inputs, pd.DataFrame) else pd.DataFrame(list(inputs))
         require_columns(frame, self.tabular, file=None)
-        encoded = self.tabular.transform(frame)
+        encoded = self.tabular.transform(frame, refuse_far=False)  # such a row predicts None
         self._say_unseen(frame)
         return encoded
 
@@ -169,7 +169,7 @@ class Predictor:
     def predict(self, inputs: Sequence[Any] | pd.DataFrame) -> list[Any]:
         """A class per input, a tuple of labels (multilabel), or a number (regression). None
         where the model's outputs are not finite numbers (an input far beyond anything it
-        trained on: `1e39` in a column of numbers), rather than the first class by default."""
+        trained on: `1e300` in a column of numbers), rather than the first class by default."""
         if self.kind == "regression":
             return [float(value) if math.isfinite(value) else None
                     for value in self.outputs(inputs).reshape(-1)]
@@ -274,8 +274,8 @@ def _unreadable_rows(table: pd.DataFrame, encoding: TabularEncoding) -> dict[int
     bad: dict[int, str] = {}
     columns = [*encoding.numeric, *encoding.categorical]
     gaps = {column: table[column].isna().to_numpy() for column in columns}
-    for column in encoding.numeric:
-        values = table[column]
+    for numeric in encoding.numeric_columns:
+        column, values = numeric.name, table[numeric.name]
         gaps[column] = gaps[column] | missing_words(values)  # NA, n/a, ...: gaps, as in training
         parsed = pd.to_numeric(values, errors="coerce")
         for row in np.flatnonzero(parsed.isna().to_numpy() & ~gaps[column]):
@@ -283,6 +283,10 @@ def _unreadable_rows(table: pd.DataFrame, encoding: TabularEncoding) -> dict[int
         finite = parsed.to_numpy(dtype=np.float64, na_value=np.nan)
         for row in np.flatnonzero(np.isinf(finite)):
             bad.setdefault(int(row), f"column {column!r}: {values.iloc[row]!r} is not finite")
+        far = np.abs(finite - numeric.mean) / numeric.std > FAR_STDS  # NaN compares False
+        for row in np.flatnonzero(far & np.isfinite(finite)):
+            bad.setdefault(int(row), f"column {column!r}: {values.iloc[row]!r} is "
+                                     f"{numeric.far_text(float(finite[row]))}")
     if encoding.impute == "none":
         for column in columns:
             for row in np.flatnonzero(gaps[column]):
