@@ -318,3 +318,31 @@ def test_a_batch_finished_at_once_matches_each_image_transformed_whole(
     if train:  # the draws are the examples' own: another seed gives other pixels
         with drawing_from(7):
             assert not torch.equal(reference(Image.open(paths[0]).convert("RGB")), expected[0])
+
+
+def test_an_image_unreadable_in_a_loader_worker_is_the_same_error_as_without_workers(
+    tmp_path: Path
+) -> None:
+    """A file replaced after the data was read fails in the worker that decodes it. torch
+    re-raises a worker's error as `type(message=text)`, which TunesmithError did not take: a
+    TypeError traceback (exit 1) where no workers gave the DataError naming the file (exit 2)."""
+    from tunesmith.errors import DataError
+
+    paths = []
+    for index in range(3):
+        path = tmp_path / f"{index}.png"
+        Image.fromarray(np.full((8, 8, 3), index, dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    Path(paths[1]).write_text("not a picture any more")
+    files = ImageFiles(paths, [0, 1, 0], image_transform(SIZE, MEAN, STD, train=False,
+                                                         preset="none"))
+    said = {}
+    for workers in (0, 1):
+        loader = DataLoader(files, batch_size=1, collate_fn=files.collate, num_workers=workers)
+        with pytest.raises(DataError) as caught:
+            list(loader)
+        said[workers] = caught.value
+    assert said[0].message.startswith(f"{paths[1]}: cannot read the image: ")
+    assert said[0].message.endswith(
+        "\n  fix: remove it from the inputs, or replace it with a readable image")
+    assert said[1].message == said[0].message and said[1].problem == said[0].message

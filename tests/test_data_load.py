@@ -26,7 +26,7 @@ from tunesmith.config import AugmentConfig, load_config
 from tunesmith.data import TaskData, load_task_data
 from tunesmith.data.scan import Columns, PartScan, scan_part
 from tunesmith.data.sources import Source, open_source
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import DataError, TunesmithError
 from tunesmith.models.inputs import eval_batches, train_batches
 
 # ----------------------------------------------------------------------------------------------
@@ -564,6 +564,30 @@ def test_corrupt_bytes_in_a_saved_image_dataset_are_unreadable_rows(
     data = load(tmp_path, path, clean={"drop_unreadable": True})
     assert data.report.cleaning["unreadable_dropped"]["train"] == 1
     assert len(data.train) + len(data.val) + len(data.test) == len(files) - 1
+
+
+def test_a_class_whose_images_are_all_unreadable_is_refused_not_shipped_untrained(
+    tmp_path: Path, leaky_images: Any
+) -> None:
+    """With drop_unreadable, a class folder of unreadable files only kept its name among the
+    classes: the model predicted a class it never trained on (four-way log loss on three)."""
+    train, _, _ = leaky_images
+    folder = tmp_path / "train"
+    shutil.copytree(train, folder)
+    (folder / "bird").mkdir()
+    (folder / "bird" / "empty.png").write_bytes(b"")
+    (folder / "bird" / "text.png").write_text("not an image")
+    with pytest.raises(DataError) as caught:
+        load(tmp_path, folder, clean={"drop_unreadable": True})
+    assert caught.value.problem == ("class(es) 'bird' have no training rows left after cleaning "
+                                    "dropped unreadable images")
+    assert caught.value.file == str(folder) and caught.value.field == "data.clean"
+    (folder / "bird" / "one.png").write_bytes((folder / "cat" / "cat00.png").read_bytes())
+    shutil.copy(folder / "dog" / "dog00.png", folder / "bird" / "two.png")
+    shutil.copy(folder / "dog" / "dog01.png", folder / "bird" / "three.png")
+    data = load(tmp_path, folder, clean={"drop_unreadable": True, "drop_duplicates": False,
+                                         "drop_test_overlap": "none"})
+    assert data.classes == ["bird", "cat", "dog"]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -261,3 +261,48 @@ def test_a_column_of_numbers_with_a_stray_text_value_is_named(
     assert "10" in data.train.ids  # the split (seed 0) put the stray value in the training part
     assert flagged == {"x1": {"text_values": 1, "example": "12 kg", "row": "10"}}
     assert "column 'x1' of" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# tables are not deduplicated by default
+
+
+def passengers(rows: int, *, seed: int) -> pd.DataFrame:
+    """Two features of few values (6 combinations) and a label they only partly decide."""
+    rng = np.random.default_rng(seed)
+    sex = rng.choice(["female", "male"], size=rows)
+    pclass = rng.choice([1, 2, 3], size=rows)
+    likely = np.where(sex == "female", 0.8, 0.2) - 0.1 * (pclass - 2)
+    return pd.DataFrame({"sex": sex, "pclass": pclass,
+                         "survived": (rng.random(rows) < likely).astype(int)})
+
+
+def test_a_table_whose_rows_share_feature_values_trains_on_every_row(tmp_path: Path) -> None:
+    """Rows of a table with 6 feature combinations repeat each other and the test part's: by
+    default a table's duplicates and test overlap are kept (its frequencies are the data), where
+    dropping them emptied the train part ("cleaning left the train part empty"). Set explicitly,
+    the drops still apply."""
+    table = passengers(300, seed=0)
+    config = write_config(tmp_path, table.rename(columns={"survived": "label"}),
+                          split={"val": 0.1, "test": 0.2, "seed": 0})
+    data = load(config)
+    assert len(data.train) + len(data.val) + len(data.test) == 300
+    assert len(data.test) == 60 and len(data.val) == 24
+    assert not {"duplicates_dropped", "test_overlap_dropped"} & set(data.report.cleaning)
+    resolved = load_config(config)
+    assert (resolved.data.clean.drop_duplicates, resolved.data.clean.drop_test_overlap) == (
+        "auto", "auto")
+    assert resolved.data.clean.resolved("tabular").drop_test_overlap == "none"
+    assert resolved.data.clean.resolved("text").drop_test_overlap == "near"
+    assert resolved.data.clean.resolved("image").drop_duplicates is True
+    # asked for, the table's repeats go, and then its train part is empty
+    config = write_config(tmp_path, table.rename(columns={"survived": "label"}),
+                          split={"val": 0.1, "test": 0.2, "seed": 0},
+                          clean={"drop_duplicates": True})
+    with pytest.raises(TunesmithError, match=r"cleaning left the (train|val) part empty"):
+        load(config)
+    config = write_config(tmp_path, table.rename(columns={"survived": "label"}),
+                          split={"val": 0.1, "test": 0.2, "seed": 0},
+                          clean={"drop_test_overlap": "exact"})
+    with pytest.raises(TunesmithError, match=r"cleaning left the (train|val) part empty"):
+        load(config)

@@ -210,11 +210,26 @@ class SplitConfig(_Strict):
 class CleanConfig(_Strict):
     """What cleaning may drop or change; every drop is counted in data_report.json."""
 
-    drop_duplicates: bool = True  # exact duplicate inputs inside train (first one kept)
-    drop_test_overlap: Literal["exact", "near", "none"] = "near"  # train/val rows seen in test
+    # Exact duplicate inputs inside train (first one kept), and train/val rows seen in test. Auto:
+    # on for texts and images (near: also normalized text, look-alike images); off for tables,
+    # whose rows share feature values by nature (two passengers of one class and sex) and keep
+    # their frequencies, as scikit-learn and gradient-boosting libraries take them.
+    drop_duplicates: bool | Literal["auto"] = "auto"
+    drop_test_overlap: Literal["auto", "exact", "near", "none"] = "auto"
     drop_unreadable: bool = False  # false: an unreadable image is an error naming it
     impute: Impute = "auto"  # tabular missing values; statistics from train only
     image_mode: Literal["RGB", "L"] = "RGB"  # every image is converted to this mode
+
+    def resolved(self, modality: str) -> CleanConfig:
+        """Every `auto` decided for data of `modality` (and imputation's median)."""
+        table = modality == "tabular"
+        return self.model_copy(update={
+            "drop_duplicates": (not table if self.drop_duplicates == "auto"
+                                else self.drop_duplicates),
+            "drop_test_overlap": (("none" if table else "near")
+                                  if self.drop_test_overlap == "auto" else self.drop_test_overlap),
+            "impute": "median" if self.impute == "auto" else self.impute,
+        })
 
 
 class AugmentConfig(_Strict):

@@ -14,12 +14,15 @@ class TunesmithError(Exception):
 
     def __init__(
         self,
-        problem: str,
+        problem: str = "",
         *,
         file: str | Path | None = None,
         field: str | None = None,
         fix: str | None = None,
+        message: str | None = None,
     ) -> None:
+        if message is not None:
+            problem = _raised_elsewhere(message, type(self).__name__)
         self.problem = problem
         self.file = str(file) if file is not None else None
         self.field = field
@@ -40,3 +43,13 @@ class DataError(TunesmithError):
 
     `tunesmith inspect` exits with status 1 for these and 2 for other errors; a run stops with 2.
     """
+
+
+def _raised_elsewhere(text: str, name: str) -> str:
+    """The message of an error a DataLoader worker raised. torch re-raises it in the main
+    process as `type(message=text)` (for an exception class with a `message` attribute), where
+    `text` is "Caught DataError in DataLoader worker process 0. Original Traceback ... DataError:
+    MESSAGE": MESSAGE is the whole message (file, field, problem and fix) as the worker said it."""
+    marker = f"{name}: "
+    at = text.rfind(marker)
+    return text[at + len(marker):].strip() if at >= 0 else text

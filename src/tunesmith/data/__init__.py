@@ -354,6 +354,7 @@ def load_task_data(config: Config, *, test_replaced: bool = False) -> TaskData:
     parts, record, dropped = _split(config, scans, train_frame, test_replaced=test_replaced)
     train, val, counts = clean_parts(*parts, data.clean)
     report.cleaning = {"unreadable_dropped": dropped, **counts}
+    _check_classes_kept(train, report.classes, report.cleaning)
     examples = {
         name: _examples(part, frames[part.scan.name], spec.modality, columns)
         for name, part in (("train", train), ("val", val), ("test", parts[2]))
@@ -377,6 +378,31 @@ def load_task_data(config: Config, *, test_replaced: bool = False) -> TaskData:
         record,
         report,
         tabular,
+    )
+
+
+def _check_classes_kept(train: Part, classes: list[str], cleaning: dict[str, Any]) -> None:
+    """Every class keeps a training row after the drops (unreadable images, duplicates): a class
+    with none would be predicted without ever having been trained on."""
+    labels = train.scan.labels
+    if labels.kind != "classification":  # a multilabel split may leave a rare label out anyway
+        return
+    codes = labels.codes[train.rows]
+    held = np.bincount(codes[codes >= 0], minlength=len(classes))
+    gone = [name for name, count in zip(classes, held, strict=True) if not count]
+    if not gone:
+        return
+    named = {"unreadable_dropped": "unreadable images", "duplicates_dropped": "duplicates",
+             "test_overlap_dropped": "rows seen in test"}
+    dropped = [what for key, what in named.items()
+               if isinstance(value := cleaning.get(key), dict) and value.get("train")]
+    raise DataError(
+        f"class(es) {', '.join(map(repr, gone[:10]))}{' ...' if len(gone) > 10 else ''} have no "
+        f"training rows left after cleaning dropped {', '.join(dropped) or 'rows'}",
+        file=train.scan.source.path,
+        field="data.clean",
+        fix="replace the unreadable files or add readable examples of the class, or remove the "
+        "class from the data",
     )
 
 

@@ -3,7 +3,9 @@
 The test part is never cleaned of duplicates: it is measured as given (or as split), and training
 is what must not have seen it. So duplicates are dropped from train and val, first occurrence kept
 (train before val, so val loses the rows train already has), and train and val rows whose inputs
-occur in test are dropped too, exactly or nearly (normalized text, perceptual image hash).
+occur in test are dropped too, exactly or nearly (normalized text, perceptual image hash). Tables
+are not cleaned so by default (`CleanConfig.resolved`): their rows repeat feature values by
+nature.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ def clean_parts(
     train: Part, val: Part, test: Part, clean: CleanConfig
 ) -> tuple[Part, Part, dict[str, Any]]:
     """Train and val with duplicates and test overlap dropped as `clean` says, and the counts."""
+    clean = clean.resolved(train.scan.modality)
     counts: dict[str, Any] = {}
     if clean.drop_duplicates:
         pooled = np.concatenate([train.hashes(near=False), val.hashes(near=False)])

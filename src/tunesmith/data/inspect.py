@@ -511,7 +511,9 @@ def _duplicate_findings(part: PartScan) -> tuple[dict[str, Any], list[Finding]]:
                 + (f"; {conflicts} of them with a different label" if conflicts else ""),
                 count=len(exact),
                 examples=_ids(part, exact),
-                fix="data.clean.drop_duplicates: true drops them from training",
+                fix="data.clean.drop_duplicates: true drops them from training"
+                + (" (off by default for tables, whose rows repeat feature values by nature)"
+                   if part.modality == "tabular" else ""),
             )
         )
     if len(near):
@@ -535,16 +537,25 @@ def _leakage_findings(train: PartScan, other: PartScan) -> tuple[dict[str, Any],
     details = {"exact": len(exact), "near": len(near), "examples": _ids(train, exact)}
     if not len(exact) and not len(near):
         return details, []
+    if train.modality == "tabular":  # the same feature values, not necessarily the same record
+        message = (f"{len(exact)} training row(s) hold the feature values of a row of "
+                   f"{other.name}: where features take few values that is expected; if they are "
+                   "the same records, the measured score would flatter the model")
+        fix = ("data.clean.drop_test_overlap: exact drops them from training (off by default "
+               "for tables)")
+    else:
+        message = (f"{len(exact)} training row(s) also occur in {other.name} exactly and "
+                   f"{len(near)} nearly: the measured score would flatter the model")
+        fix = "data.clean.drop_test_overlap (near by default) drops them from training"
     return details, [
         _finding(
             train,
             f"leakage-{other.name}",
             "warning",
-            f"{len(exact)} training row(s) also occur in {other.name} exactly and {len(near)} "
-            "nearly: the measured score would flatter the model",
+            message,
             count=len(exact) + len(near),
             examples=_ids(train, exact if len(exact) else near),
-            fix="data.clean.drop_test_overlap (near by default) drops them from training",
+            fix=fix,
         )
     ]
 

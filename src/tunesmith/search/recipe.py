@@ -326,9 +326,7 @@ def resolve(
             "val": config.path(given.val) if given.val else None,
             "format": profile.source_format,
             "split": given.split.model_copy(update={"method": config_method(profile.split_method)}),
-            "clean": given.clean.model_copy(
-                update={"impute": "median" if given.clean.impute == "auto" else given.clean.impute}
-            ),
+            "clean": given.clean.resolved(profile.modality),
             "augment": given.augment.model_copy(
                 update={
                     "preset": augment_preset(profile)
