@@ -362,15 +362,17 @@ def bundle_inputs(prepared: Prepared) -> dict[str, Any]:
 
 
 def predict_part(
-    model: TaskModel | Ensemble, prepared: Prepared, part: Examples, result: TrialResult
+    model: TaskModel | Ensemble, prepared: Prepared, part: Examples, result: TrialResult,
+    *, precision: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(outputs, targets) of `model` on a part, computed as it was trained (its precision)."""
+    """(outputs, targets) of `model` on a part, computed as it was trained (its precision), or
+    in `precision` (fp32: as the bundle predicts)."""
     batches = eval_batches(
         prepared.backbone, prepared.inputs(part), prepared.data.targets(part),
         batch_size=EVAL_BATCH_SIZE,
     )
     device = next(model.parameters()).device
-    autocast = autocast_for(result.precision, device)
+    autocast = autocast_for(precision or result.precision, device)
     return collect_logits(model, batches, device=device, autocast=autocast)
 
 
