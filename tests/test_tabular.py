@@ -221,6 +221,27 @@ def test_bools_are_one_hot() -> None:
     )
 
 
+def test_a_boolean_and_its_word_in_any_case_are_one_category() -> None:
+    """A CSV's `true` was the category 'true' and a boolean's (pandas' read_csv of that CSV,
+    JSON, Parquet) 'True': the model was given all zeros for the column, silently, when
+    training and prediction read the flag differently."""
+    from_csv = fit_tabular(pd.DataFrame({"flag": ["true", "false", "true"]}, dtype=object),
+                           ["flag"], kinds={"flag": "categorical"})
+    from_json = fit_tabular(pd.DataFrame({"flag": [True, False, True]}), ["flag"])
+    served = pd.DataFrame({"flag": [False, True, "TRUE", " false", "False"]}, dtype=object)
+    expected = [[0, 1], [1, 0], [1, 0], [0, 1], [0, 1]]
+    for encoding in (from_csv, from_json):
+        assert encoding.feature_names == ["flag=True", "flag=False"]
+        np.testing.assert_array_equal(encoding.transform(served), expected)
+        assert encoding.unseen(served) == {}
+    # a bundle saved before the words were read as booleans holds 'true'/'false': still read
+    saved = from_csv.to_dict()
+    saved["categorical"][0]["categories"] = ["true", "false"]
+    old = TabularEncoding.from_dict(saved)
+    np.testing.assert_array_equal(old.transform(served), expected)
+    assert old.unseen(pd.DataFrame({"flag": ["maybe"]})) == {"flag": (["maybe"], 1)}
+
+
 # ----------------------------------------------------------------------------------------------
 # saving
 

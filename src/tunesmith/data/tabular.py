@@ -250,10 +250,18 @@ class CategoricalColumn:
             return [f"{self.name}={category}" for category in self.categories]
         return [f"{self.name}__ordinal"]
 
+    def known_keys(self) -> pd.Series:
+        """Each kept category's position by its key: a bundle from before booleans were
+        spelled one way may hold `true` as a category, which is the key `True` now (the first
+        of two categories with one key wins)."""
+        keys = pd.Series(range(len(self.categories)),
+                         index=[_category_key(category) for category in self.categories])
+        return keys[~keys.index.duplicated(keep="first")]
+
     def encode(self, series: pd.Series, impute: Impute) -> np.ndarray:
         keys = _category_keys(series, self.name, self.fill, impute)
         # -1 for values the training part did not have (or did not keep).
-        codes = pd.Index(self.categories).get_indexer(keys)
+        codes = self.known_keys().reindex(keys).fillna(-1).to_numpy(dtype=np.int64)
         if not self.one_hot:
             other = len(self.categories)
             return (np.where(codes < 0, other, codes) / other)[:, None]
@@ -263,10 +271,17 @@ class CategoricalColumn:
         return encoded
 
 
+BOOLEAN_WORDS = {"true": "True", "false": "False"}
+
+
 def _category_key(value: object) -> str:
-    """One spelling per value, so 3, 3.0 and "3" (CSV at training, JSON at serving) agree."""
+    """One spelling per value, so 3, 3.0 and "3" (CSV at training, JSON at serving) agree, and
+    so do a boolean and its word in any case (`true` in a CSV, `True` from pandas' read_csv or
+    Parquet, `true` in JSON)."""
     if isinstance(value, bool | np.bool_):
         return str(bool(value))
+    if isinstance(value, str) and (word := BOOLEAN_WORDS.get(value.strip().lower())):
+        return word
     if isinstance(value, int | np.integer):
         return str(int(value))
     if isinstance(value, float | np.floating) and float(value).is_integer():
@@ -354,7 +369,7 @@ class TabularEncoding:
             if not column.one_hot:
                 continue
             keys = _category_keys(frame[column.name], column.name, column.fill, self.impute)
-            known = set(column.categories)
+            known = set(column.known_keys().index)
             new = [key for key in keys if key not in known]
             if new:
                 found[column.name] = (sorted(set(new)), len(new))
