@@ -153,11 +153,28 @@ def test_given_val_file_leaves_every_non_test_row_to_train() -> None:
     assert (both.train, both.val, both.test) == (list(range(100)), [], [])
 
 
-def test_a_class_too_rare_to_stratify_is_an_error_with_a_fix() -> None:
-    y = np.array([0] * 20 + [1])
+def test_a_class_too_rare_to_share_out_keeps_its_rows_in_train() -> None:
+    """scikit-learn refuses to stratify a class of one row ("Classes with too few members are:
+    [3]", by code): a class of 2 rows stopped the run, whose fix (lower the fractions) could not
+    help. Its rows are shared out as far as they go, the last one to train: 2 rows give test one
+    and train one, 1 row goes to train (the data check refuses a class of one before a run)."""
+    y = np.array([0] * 40 + [1] * 40 + [2] * 2 + [3])
+    parts = split(SplitInputs(len(y), classes=y))
+    assert covers_each_row_once(parts, len(y))
+    assert sorted(y[parts.test].tolist()).count(2) == 1 and 2 in y[parts.train]
+    assert 2 not in y[parts.val] and 3 in y[parts.train] and 3 not in y[parts.test]
+    assert len(parts.test) == int(np.ceil(0.2 * len(y)))
+    # the common classes are still stratified: a share of each in every part
+    for part in (parts.train, parts.val, parts.test):
+        assert {0, 1} <= set(y[part].tolist())
+    assert split(SplitInputs(len(y), classes=y)) == parts  # seeded
+
+
+def test_a_test_part_smaller_than_the_classes_is_an_error_with_a_fix() -> None:
+    y = np.arange(10).repeat(2)
     error = raised(SplitInputs(len(y), classes=y))
     assert error.field == "data.split" and error.file == "t.csv"
-    assert error.problem.startswith("cannot split 21 rows with a 20% part: ")
+    assert error.problem.startswith("cannot split 20 rows with a 20% part: ")
     assert error.fix is not None and "data.split.method: random" in error.fix
     assert "rarest classes" in error.fix
 

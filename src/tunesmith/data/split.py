@@ -14,6 +14,7 @@ regression; plain random without labels), `random`, `group` (a group never spans
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,19 +206,32 @@ def _stratified_cutter(inputs: SplitInputs, split: SplitConfig, *, source: Path)
 def _sklearn_cut(
     indices: np.ndarray,
     stratify: np.ndarray | None,
-    fraction: float,
+    fraction: float | int,  # a share of the rows, or a number of them
     seed: int,
     *,
     source: Path,
     fix: str,
 ) -> tuple[np.ndarray, np.ndarray]:
+    if stratify is not None:
+        # A class down to one row here cannot be shared out (scikit-learn refuses, naming the
+        # class by its code): its row stays on the training side, and the rest is stratified.
+        # So a class of 2 rows gets one into test and one into train, none into val.
+        values, counts = np.unique(stratify, return_counts=True)
+        lone = np.isin(stratify, values[counts < 2])
+        if lone.any() and not lone.all():
+            kept, cut = _sklearn_cut(indices[~lone], stratify[~lone],
+                                     math.ceil(fraction * len(indices)), seed,
+                                     source=source, fix=fix)
+            return np.concatenate([kept, indices[lone]]), cut
     try:
         kept, cut = train_test_split(
             indices, test_size=fraction, random_state=seed, stratify=stratify
         )
     except ValueError as error:
         raise TunesmithError(
-            f"cannot split {len(indices)} rows with a {fraction:.0%} part: {error}",
+            f"cannot split {len(indices)} rows with a "
+            f"{f'{fraction:.0%}' if isinstance(fraction, float) else f'{fraction}-row'} part: "
+            f"{error}",
             file=source,
             field="data.split",
             fix=fix,
