@@ -158,3 +158,29 @@ def test_a_journal_that_is_a_folder_or_another_file_is_named(tmp_path: Path, win
     assert ("is a folder" if kind == "folder" else "cannot read") in caught.value.problem
     assert str(path) in caught.value.problem
     assert not (tmp_path / "runs" / "wine").exists()  # refused before the run folder
+
+
+def test_a_run_started_after_a_worker_chooses_among_the_workers_trials(
+    tmp_path: Path, wine_csv: Path
+) -> None:
+    """A worker (`tunesmith search`) started before `tunesmith run` writes its trials into the
+    shared run folder; the run moved that folder aside as an earlier run's, then stopped: "no
+    trial of the study trained its weights into runs/NAME/trials". It keeps them."""
+    from tunesmith.searching import search_worker
+
+    config = wine(tmp_path, wine_csv, trials=3, storage=f"journal:{tmp_path / 'j.log'}")
+    worker = search_worker(config, ["search.trials=2"])
+    assert sorted(p.name for p in (worker.run_dir / "trials").iterdir()) == ["0", "1"]
+    summary = api.fit(config)
+    assert summary.run_dir == worker.run_dir
+    assert sorted(p.name for p in summary.run_dir.parent.iterdir()) == ["wine"]  # none moved
+    study = summary.metrics["search"]
+    assert study["trials_completed"] + study["trials_pruned"] == 3
+    assert sorted(p.name for p in (summary.run_dir / "trials").iterdir()) == ["0", "1", "2"]
+    # an earlier run's folder (its config.yaml beside the trials) is still moved aside
+    other = wine(tmp_path, wine_csv, trials=2, storage=f"journal:{tmp_path / 'k.log'}",
+                 name="other")
+    (tmp_path / "runs" / "other" / "trials").mkdir(parents=True)
+    (tmp_path / "runs" / "other" / "config.yaml").write_text("name: other\n")
+    api.fit(other)
+    assert len([p for p in (tmp_path / "runs").iterdir() if p.name.startswith("other-")]) == 1

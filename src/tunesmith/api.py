@@ -117,10 +117,16 @@ def _check_run_folder(config: Config) -> None:
                              fix="give the run another name, or move the file")
 
 
-def _fresh_run_dir(run_dir: Path) -> None:
+def _fresh_run_dir(run_dir: Path, *, shared_study: bool = False) -> None:
     """Start an empty run folder. Whatever an earlier run left there, finished or killed, is kept
-    under `NAME-<time it was last written>`, never overwritten."""
-    if run_dir.exists() and any(run_dir.iterdir()):
+    under `NAME-<time it was last written>`, never overwritten. A search of a shared study keeps
+    the `trials/` that its workers (`tunesmith search`, started first) wrote into it with
+    nothing else: they are this study's trials (a study an earlier run ended is refused before),
+    which the run chooses among."""
+    held = {child.name for child in run_dir.iterdir()} if run_dir.is_dir() else set()
+    if shared_study and held == {"trials"}:
+        return
+    if held:
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(run_dir.stat().st_mtime))
         kept = run_dir.with_name(f"{run_dir.name}-{stamp}")
         suffix = 1
@@ -174,7 +180,7 @@ def _fit(given: Config, prepared: Prepared, processes: PartialState, *, resume: 
         if searching:  # before the run folder: a refused search writes nothing
             check_search_can_start(given, prepared, started=started)
         if processes.is_main_process:
-            _fresh_run_dir(run_dir)
+            _fresh_run_dir(run_dir, shared_study=searching and given.search.storage is not None)
             write_text(run_dir / "config.yaml", resolved.to_yaml())
             write_json(run_dir / "splits.json", prepared.data.splits)
             write_json(run_dir / "data_report.json", _data_report(prepared.data))
