@@ -211,3 +211,60 @@ def test_a_module_whose_own_import_is_missing(
         "'no_such_package_for_tunesmith'",
         "install what that file imports",
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# python: user code with pretrained weights takes adapters
+
+PRETRAINED_NET = '''
+from torch import nn
+
+
+def build(in_features):
+    return nn.Sequential(nn.Linear(in_features, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                         nn.Linear(32, 16), nn.ReLU())
+'''
+
+
+def test_a_users_module_with_pretrained_weights_trains_a_lora_adapter(
+    tmp_path: Path, wine_csv: Path
+) -> None:
+    """LoRA on `python:MODULE:FUNCTION?weights=FILE` was refused as "has none to keep": its
+    pretrained weights stay fixed, the adapter trains, and the search's space offers adapters
+    for it (not for a module without a weights file, whose weights may be random)."""
+    import safetensors.torch
+    import torch
+
+    from tunesmith import api
+    from tunesmith.config import load_config
+    from tunesmith.search import takes_adapters
+
+    (tmp_path / "pretrained_net.py").write_text(PRETRAINED_NET)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import pretrained_net
+    finally:
+        sys.path.remove(str(tmp_path))
+    torch.manual_seed(0)
+    original = pretrained_net.build(13)
+    weights = tmp_path / "pretrained.safetensors"
+    safetensors.torch.save_model(original, str(weights))
+    raw = config_dict(tmp_path, data_path=wine_csv,
+                      backbone=f"python:pretrained_net:build?weights={weights}",
+                      train_settings={"epochs": 3, "precision": "fp32"},
+                      model={"strategy": "lora", "peft": {"r": 4}})
+    config = write_yaml(tmp_path / "config.yaml", raw)
+    assert takes_adapters(load_config(config))
+    assert not takes_adapters(load_config(config, ["model.backbone=python:pretrained_net:build"]))
+    summary = api.fit(config)
+    assert summary.metrics["train"]["strategy"] == "lora"
+    adapter = safetensors.torch.load_file(
+        str(summary.run_dir / "trials" / "0" / "adapter" / "adapter_model.safetensors"))
+    assert any("lora_A" in key for key in adapter) and any("lora_B" in key for key in adapter)
+    assert not any(".0." in key.split("network")[-1] for key in adapter)  # the first layer's not
+    # the bundle holds the adapters merged in: the frozen first layer as it was pretrained, the
+    # adapted ones moved
+    bundle = safetensors.torch.load_file(str(summary.run_dir / "best" / "model.safetensors"))
+    weights = original.state_dict()
+    assert torch.equal(bundle["backbone.network.0.weight"], weights["0.weight"])
+    assert not torch.equal(bundle["backbone.network.2.weight"], weights["2.weight"])

@@ -67,8 +67,11 @@ def starts_random(config: Config) -> bool:
 
 def takes_adapters(config: Config) -> bool:
     """Whether adapter strategies (LoRA, DoRA, LoHa) apply: they adapt pretrained layers, which
-    a network from scratch and a user's own module do not declare."""
-    return not config.model.backbone.startswith(("scratch:", "python:"))
+    a network from scratch has none of, and a user's own module declares with `?weights=FILE`
+    (the search tries adapters there only; asked for, they apply to any of the user's modules,
+    which may load pretrained weights themselves)."""
+    spec = parse_spec(config.model.backbone)
+    return spec.source != "scratch" and (spec.source != "python" or "weights" in spec.options)
 
 
 def image_size(profile: DataProfile, pretrained_size: int) -> int:
@@ -291,11 +294,11 @@ def check_fits(config: Config, profile: DataProfile) -> None:
             fix="remove train.label_smoothing (or set it to 0)",
         )
     strategy = Strategy.parse(config.model.strategy) if config.model.strategy != "auto" else None
-    if strategy is not None and strategy.adapter and not takes_adapters(config):
+    if strategy is not None and strategy.adapter and is_scratch(config):
         raise TunesmithError(
             f"{strategy} adapts pretrained weights; {config.model.backbone} has none to keep",
             field="model.strategy",
-            fix="use full (or freeze:K) for networks from scratch and your own modules",
+            fix="use full (or freeze:K) for networks from scratch",
         )
 
 
