@@ -137,3 +137,13 @@ def test_a_small_table_searches_with_five_folds_and_ships_their_ensemble(
                                                                 strict=True)]))
     assert accuracy == pytest.approx(metrics["test"]["accuracy"]["value"])
     assert metrics["test"]["accuracy"]["value"] >= 0.85
+
+
+def test_a_run_without_a_search_records_no_folds(tmp_path: Path, wine_csv: Path) -> None:
+    """The resolved config.yaml of a run of the recipe alone said `folds: 5` (what a search
+    would have used) for a run that validated on its val part."""
+    alone = api.prepare(load_config(wine_config(tmp_path, wine_csv)))
+    assert alone.config.search.folds == 1
+    assert "folds: 1" in alone.config.to_yaml()
+    searched = api.prepare(load_config(wine_config(tmp_path, wine_csv, trials=2)))
+    assert searched.config.search.folds == 5

@@ -354,7 +354,7 @@ def load_task_data(config: Config, *, test_replaced: bool = False) -> TaskData:
     parts, record, dropped = _split(config, scans, train_frame, test_replaced=test_replaced)
     train, val, counts = clean_parts(*parts, data.clean)
     report.cleaning = {"unreadable_dropped": dropped, **counts}
-    _check_classes_kept(train, report.classes, report.cleaning)
+    _check_classes_kept(parts[0], train, report.classes, report.cleaning)
     examples = {
         name: _examples(part, frames[part.scan.name], spec.modality, columns)
         for name, part in (("train", train), ("val", val), ("test", parts[2]))
@@ -381,15 +381,23 @@ def load_task_data(config: Config, *, test_replaced: bool = False) -> TaskData:
     )
 
 
-def _check_classes_kept(train: Part, classes: list[str], cleaning: dict[str, Any]) -> None:
-    """Every class keeps a training row after the drops (unreadable images, duplicates): a class
-    with none would be predicted without ever having been trained on."""
-    labels = train.scan.labels
+def _check_classes_kept(before: Part, after: Part, classes: list[str],
+                        cleaning: dict[str, Any]) -> None:
+    """No class loses all its training rows to cleaning (`before` it, train as split; `after`
+    it, what trains), nor all its rows to unreadable images: a class with none would be
+    predicted without ever having been trained on. (A class a time split leaves out of train is
+    the split's business.)"""
+    labels = before.scan.labels
     if labels.kind != "classification":  # a multilabel split may leave a rare label out anyway
         return
-    codes = labels.codes[train.rows]
-    held = np.bincount(codes[codes >= 0], minlength=len(classes))
-    gone = [name for name, count in zip(classes, held, strict=True) if not count]
+
+    def held(codes: np.ndarray) -> np.ndarray:
+        return np.bincount(codes[codes >= 0], minlength=len(classes))
+
+    readable = before.scan.readable
+    lost = ((held(labels.codes) > 0) & (held(labels.codes[readable]) == 0)) | (
+        (held(labels.codes[before.rows]) > 0) & (held(labels.codes[after.rows]) == 0))
+    gone = [name for name, out in zip(classes, lost, strict=True) if out]
     if not gone:
         return
     named = {"unreadable_dropped": "unreadable images", "duplicates_dropped": "duplicates",
@@ -399,7 +407,7 @@ def _check_classes_kept(train: Part, classes: list[str], cleaning: dict[str, Any
     raise DataError(
         f"class(es) {', '.join(map(repr, gone[:10]))}{' ...' if len(gone) > 10 else ''} have no "
         f"training rows left after cleaning dropped {', '.join(dropped) or 'rows'}",
-        file=train.scan.source.path,
+        file=after.scan.source.path,
         field="data.clean",
         fix="replace the unreadable files or add readable examples of the class, or remove the "
         "class from the data",
