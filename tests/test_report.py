@@ -89,6 +89,15 @@ def test_a_temperature_fitted_on_overconfident_outputs_undoes_the_overconfidence
     assert found.val_ece_after < 0.5 * found.val_ece_before
     # every row right: the log loss falls as T goes to 0, so no temperature is fitted
     assert fit_temperature(np.eye(4)[labels] * 5.0, labels) == 1.0
+    # a best beyond the range is approached by its end: T was left at 1 (val log loss 42 where
+    # 20 gives 2.1, and 0.05 lowers that of tiny logits)
+    for scale, end in ((200.0, np.exp(3.0)), (0.01, np.exp(-3.0))):  # "20" and "0.05"
+        right = rng.random(len(labels)) < (0.8 if scale > 1 else 0.9)
+        predicted = np.where(right, labels, (labels + 1) % 4)
+        logits = np.eye(4)[predicted] * scale
+        assert fit_temperature(logits, labels) == pytest.approx(end)
+        found = calibrate(logits, labels)
+        assert found.fitted and found.temperature == pytest.approx(end)
 
 
 def test_the_temperature_fitted_on_validation_is_what_the_bundle_applies(

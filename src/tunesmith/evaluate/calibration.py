@@ -22,9 +22,11 @@ LOG_T_RANGE = (-3.0, 3.0)  # T from 0.05 to 20
 
 
 def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
-    """The T > 0 that minimizes the mean negative log-likelihood of softmax(logits / T); 1 when
-    the rows do not pin one down: none, or every row right (the log-likelihood then only grows
-    as T shrinks toward 0) or the minimum at an end of the range."""
+    """The T > 0 that minimizes the mean negative log-likelihood of softmax(logits / T) within
+    0.05..20; 1 when the rows do not pin one down: none, or every row right (the likelihood then
+    only grows as T shrinks toward 0). The log loss is convex in 1/T, so a minimum beyond the
+    range is approached by the end of it: an overconfident model (margins of 200 on 80% right)
+    is softened by 20 rather than left as it was (val log loss 2.1, not 42)."""
     if not len(targets) or bool(np.all(logits.argmax(axis=1) == targets)):
         return 1.0
     logits = logits.astype(np.float64)
@@ -36,9 +38,8 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
 
     found = minimize_scalar(loss, bounds=LOG_T_RANGE, method="bounded",
                             options={"xatol": 1e-5})
-    if min(abs(found.x - end) for end in LOG_T_RANGE) < 1e-3:
-        return 1.0
-    return float(np.exp(found.x))
+    best = min([found.x, *LOG_T_RANGE], key=loss)  # "bounded" stops just short of an end
+    return float(np.exp(best)) if loss(best) < loss(0.0) else 1.0
 
 
 def scaled(logits: np.ndarray, temperature: float) -> np.ndarray:

@@ -222,7 +222,7 @@ def _summary(run: _Run) -> str:
             f"after); the bundle applies it.</p>")
     elif calibration:
         calibrated = ("<p>No temperature was fitted: validation cannot pin one down (every "
-                      "validation row is right, or the best lies at an end of the range).</p>")
+                      "validation row is right).</p>")
     chosen = _chosen_model(search)
     return (
         f'<table class="facts">{rows}</table>{ahead}'
