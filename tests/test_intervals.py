@@ -223,3 +223,15 @@ def test_scores_carry_the_value_and_its_interval_around_it() -> None:
         assert scores[name]["value"] == value and low < value < high
         if name in {"accuracy", "balanced_accuracy", "macro_f1"}:
             assert 0.02 < high - low < 0.15  # about 4 standard errors of a proportion, 400 rows
+
+
+def test_one_scored_row_has_no_interval() -> None:
+    """Every resample of one row is that row: the intervals read [x, x], a certainty one row
+    cannot give (`evaluate --data` on a one-row file). Two rows have them."""
+    logits, targets = classification(2, 2, seed=5)
+    one = scored_with_intervals("classification", logits[:1], targets[:1])
+    assert one["accuracy"]["value"] in (0.0, 1.0) and all("ci95" not in s for s in one.values())
+    one = scored_with_intervals("regression", np.array([[3.0]]), np.array([1.0]))
+    assert one["rmse"] == {"value": 2.0}
+    two = scored_with_intervals("regression", np.array([[3.0], [0.0]]), np.array([1.0, 1.0]))
+    assert two["rmse"]["ci95"] == [1.0, 2.0]

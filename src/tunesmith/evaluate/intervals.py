@@ -335,13 +335,16 @@ def scored_with_intervals(
     resampled: Metrics | None = None,
 ) -> dict[str, dict[str, float | list[float]]]:
     """{metric: {"value": v, "ci95": [low, high]}}: metrics.json's form of a part's scores;
-    `resampled`, `bootstrap_values` of the same outputs when the caller has them already."""
+    `resampled`, `bootstrap_values` of the same outputs when the caller has them already. One
+    row has no interval (no "ci95")."""
     from tunesmith.evaluate.metrics import evaluation_metrics
 
     values = evaluation_metrics(kind, outputs, targets)
-    if resampled is None and len(targets):
+    if len(targets) < 2:  # every resample of one row is that row: an interval of width 0
+        resampled = {}
+    elif resampled is None:
         resampled = bootstrap_values(kind, outputs, targets, seed=seed)
-    intervals = {name: _percentiles(v) for name, v in (resampled or {}).items()}
+    intervals = {name: _percentiles(v) for name, v in resampled.items()}
     return {
         name: {"value": value, **({"ci95": list(intervals[name])} if name in intervals else {})}
         for name, value in values.items()
