@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from conftest import FinishedRun, write_yaml
@@ -209,3 +210,16 @@ def test_a_category_training_never_saw_is_named_and_still_predicted(
         predictor.predict(pd.DataFrame({"x": [1.0], "colour": [colour]}))
     said = " ".join(capsys.readouterr().err.split())
     assert said.count("'purple'") == 1 and said.count("an empty cell") == 1
+
+
+def test_a_multilabel_label_is_given_as_the_metrics_count_it() -> None:
+    """The metrics call a label positive where its logit is above 0; prediction compared the
+    float32 sigmoid with 0.5, which rounds a logit of -1e-8 to exactly 0.5: positive there."""
+    from tunesmith.evaluate.metrics import multilabel_metrics
+    from tunesmith.export.predictor import positive
+
+    logits = np.array([[-1e-8, 1e-8, 0.0, -3.0, 2.0]], dtype=np.float32)
+    assert bool((torch.sigmoid(torch.from_numpy(logits)) >= 0.5)[0, 0])  # what it was
+    assert positive(logits).tolist() == [[False, True, False, False, True]]
+    truth = positive(logits).astype(np.float32)
+    assert multilabel_metrics(logits, truth)["subset_accuracy"] == 1.0

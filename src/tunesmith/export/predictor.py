@@ -41,6 +41,13 @@ from tunesmith.models.ensemble import Ensemble
 from tunesmith.models.inputs import Inputs, eval_batches
 
 MULTILABEL_THRESHOLD = 0.5
+
+
+def positive(logits: np.ndarray) -> np.ndarray:
+    """Which labels a multilabel model gives: probability above MULTILABEL_THRESHOLD, read off
+    the logits (> 0) as the metrics do. A float32 sigmoid rounds a logit of -1e-8 to exactly 0.5,
+    which `>= 0.5` on the probabilities would have called positive and the metrics not."""
+    return np.asarray(logits > 0)
 UNSEEN_SHOWN = 5  # unseen category values named in the warning
 
 
@@ -173,13 +180,13 @@ class Predictor:
         if self.kind == "regression":
             return [float(value) if math.isfinite(value) else None
                     for value in self.outputs(inputs).reshape(-1)]
+        if self.kind == "multilabel":
+            logits = self.outputs(inputs)
+            finite = np.isfinite(logits).all(axis=1)
+            return [tuple(self.classes[k] for k in np.flatnonzero(positive(row))) if ok else None
+                    for row, ok in zip(logits, finite, strict=True)]
         probabilities = self.predict_proba(inputs)
         finite = np.isfinite(probabilities).all(axis=1)
-        if self.kind == "multilabel":
-            return [
-                tuple(self.classes[k] for k in np.flatnonzero(row >= MULTILABEL_THRESHOLD))
-                if ok else None for row, ok in zip(probabilities, finite, strict=True)
-            ]
         return [self.classes[i] if ok else None
                 for i, ok in zip(probabilities.argmax(axis=1), finite, strict=True)]
 
@@ -438,13 +445,17 @@ def predictions_table(predictor: Predictor, batch: PredictionInputs) -> pd.DataF
         good["prediction"] = outputs
         finite = np.isfinite(outputs)
     else:  # the same columns when no input could be read
-        probabilities = (predictor.predict_proba(batch.inputs) if len(good) else
-                         np.zeros((0, len(predictor.classes)), dtype=np.float32))
+        if predictor.kind == "multilabel":  # one pass: the labels from its logits
+            logits = (predictor.outputs(batch.inputs) if len(good) else
+                      np.zeros((0, len(predictor.classes)), dtype=np.float32))
+            probabilities = torch.sigmoid(torch.from_numpy(logits)).numpy()
+        else:
+            probabilities = (predictor.predict_proba(batch.inputs) if len(good) else
+                             np.zeros((0, len(predictor.classes)), dtype=np.float32))
         if predictor.kind == "multilabel":
             good["labels"] = [
-                LABEL_JOINER.join(predictor.classes[k]
-                                  for k in np.flatnonzero(row >= MULTILABEL_THRESHOLD))
-                for row in probabilities
+                LABEL_JOINER.join(predictor.classes[k] for k in np.flatnonzero(positive(row)))
+                for row in logits
             ]
         else:
             good["label"] = [predictor.classes[i] for i in probabilities.argmax(axis=1)]
