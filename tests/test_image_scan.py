@@ -431,3 +431,32 @@ def test_a_photo_is_read_as_its_exif_orientation_shows_it(
     scans = scan_images([str(plain), str(stored)])
     assert (scans.widths.tolist(), scans.heights.tolist()) == ([32, 32], [24, 24])
     assert scans.content_hash[0] == scans.content_hash[1]  # the same picture: a duplicate
+
+
+def test_the_pixel_baseline_and_the_report_thumbnails_decode_as_the_model_does(
+    zoo: dict[str, str], tmp_path: Path
+) -> None:
+    """Both converted with Pillow's own `convert`: a 16-bit scan came out white (the pixel
+    baseline scored chance on 16-bit digits, every thumbnail blank) and transparent pixels
+    showed the colour under them."""
+    import base64
+    import io
+
+    from tunesmith.evaluate.baselines import PIXELS, pixels
+    from tunesmith.report.html import _thumbnail
+
+    rgba = np.zeros((16, 16, 4), dtype=np.uint8)
+    rgba[:, 8:] = (200, 0, 0, 255)
+    Image.fromarray(rgba).save(tmp_path / "alpha.png")
+    paths = [zoo["depth16"], str(tmp_path / "alpha.png")]
+    rows = pixels(paths)
+    for row, path in zip(rows, paths, strict=True):
+        seen = open_image(path, "RGB").resize((PIXELS, PIXELS), Image.Resampling.BILINEAR)
+        assert np.array_equal(row, np.asarray(seen, dtype=np.float32).reshape(-1) / 255.0)
+    assert rows[0].mean() < 0.8 and rows[1][: 3 * 4].min() == 1.0  # not white; alpha on white
+    for path in paths:
+        shown = _thumbnail(Path(path))
+        data = base64.b64decode(shown.split("base64,")[1].split('"')[0])
+        thumb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        assert thumb.min() < thumb.max()  # a picture, not a blank square
+    assert "(unreadable)" in _thumbnail(Path(zoo["truncated png"]))

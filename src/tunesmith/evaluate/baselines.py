@@ -151,17 +151,17 @@ def boosted_trees(kind: str) -> BaseEstimator:
 
 
 def pixels(paths: list[str]) -> np.ndarray:
-    """Each image shrunk to 16 x 16 RGB, as 768 numbers in [0, 1]."""
+    """Each image shrunk to 16 x 16 RGB, as 768 numbers in [0, 1], decoded as the model sees it
+    (`open_image`: a 16-bit scan stretched to its range, transparency on white; Pillow's own
+    conversion made 16-bit digits all white, and the baseline scored chance)."""
     from PIL import Image
 
-    from tunesmith.data.image_scan import upright
+    from tunesmith.data.image_scan import open_image
 
     rows = np.empty((len(paths), PIXELS * PIXELS * 3), dtype=np.float32)
     for i, path in enumerate(paths):
-        with Image.open(path) as image:
-            small = upright(image).convert("RGB").resize((PIXELS, PIXELS),
-                                                         Image.Resampling.BILINEAR)
-            rows[i] = np.asarray(small, dtype=np.float32).reshape(-1) / 255.0
+        small = open_image(path, "RGB").resize((PIXELS, PIXELS), Image.Resampling.BILINEAR)
+        rows[i] = np.asarray(small, dtype=np.float32).reshape(-1) / 255.0
     return rows
 
 

@@ -544,15 +544,14 @@ def _worst_errors(run: _Run) -> str:
 
 
 def _thumbnail(path: Path) -> str:
-    from PIL import Image, ImageOps
+    from tunesmith.data.image_scan import DECODE_ERRORS, open_image
 
-    try:
-        with Image.open(path) as image:
-            small = ImageOps.exif_transpose(image).convert("RGB")  # as a viewer shows it
-            small.thumbnail((96, 96))
-            buffer = io.BytesIO()
-            small.save(buffer, format="PNG")
-    except OSError:
+    try:  # as a viewer shows it, and the model saw it: upright, 16 bits stretched, alpha on white
+        small = open_image(path, "RGB")
+        small.thumbnail((96, 96))
+        buffer = io.BytesIO()
+        small.save(buffer, format="PNG")
+    except DECODE_ERRORS:
         return f"<i>{html.escape(path.name)} (unreadable)</i>"
     data = base64.b64encode(buffer.getvalue()).decode()
     return f'<img class="thumb" alt="{html.escape(path.name)}" src="data:image/png;base64,{data}">'
