@@ -18,6 +18,7 @@ from sklearn.datasets import load_wine
 from conftest import FinishedRun, config_dict, finish_run
 from tunesmith import api
 from tunesmith.config import load_config
+from tunesmith.errors import TunesmithError
 
 
 def test_an_unreadable_image_is_reported_in_its_row_and_the_rest_predicted(
@@ -368,3 +369,27 @@ def test_a_run_trained_in_bf16_scores_what_its_bundle_predicts(
     predictor = api.load(run.run_dir)
     outputs = predictor.outputs([by_id[i] for i in table["id"]]) / predictor.temperature
     assert np.abs(outputs - recorded["test_outputs"]).max() < 1e-5  # bf16: 1e-4 apart
+
+
+def test_images_in_memory_predict_as_their_files(image_run: FinishedRun,
+                                                 image_folder: Path) -> None:
+    """A PIL image, an array of its pixels and its file's bytes predict as the file does (they
+    raised a TypeError from Path()); something that is no image says which input and why."""
+    from PIL import Image
+
+    files = sorted((image_folder / "vertical").iterdir())[:2]
+    predictor = api.load(image_run.run_dir)
+    expected = predictor.predict_proba([str(path) for path in files])
+    with Image.open(files[0]) as opened:
+        image = opened.copy()
+    pixels = np.asarray(image.convert("RGB"))
+    given = [image, pixels, files[0].read_bytes(), files[1]]
+    found = predictor.predict_proba(given)
+    assert np.abs(found - expected[[0, 0, 0, 1]]).max() < 1e-6
+    assert predictor.predict(given) == predictor.predict([files[0]] * 3 + [files[1]])
+    with pytest.raises(TunesmithError, match="predict takes a list of inputs, not one"):
+        predictor.predict(image)
+    with pytest.raises(TunesmithError, match="input 1 is an array of float64 shaped"):
+        predictor.predict([image, np.zeros((4, 4, 7))])
+    with pytest.raises(TunesmithError, match="input 0 holds bytes that are no image file"):
+        predictor.predict([b"not an image"])

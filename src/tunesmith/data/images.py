@@ -6,11 +6,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from tunesmith.data.augment import ImagePipeline
 from tunesmith.data.features import stack_targets
-from tunesmith.data.image_scan import DECODE_ERRORS, open_image, scan_images
+from tunesmith.data.image_scan import DECODE_ERRORS, open_image, scan_images, to_mode, upright
 from tunesmith.data.order import drawing_from
 from tunesmith.errors import DataError
 
@@ -40,7 +41,7 @@ class ImageFiles(Dataset[Example]):
 
     def __init__(
         self,
-        paths: Sequence[str],
+        paths: Sequence[str | Image.Image],  # files, or images in memory (Python's predict)
         targets: Sequence[Any],
         transform: ImagePipeline,
         mode: str = "RGB",
@@ -54,12 +55,16 @@ class ImageFiles(Dataset[Example]):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Example:
-        try:  # checked when the data was read; a file replaced since, or given to predict()
-            image = open_image(self.paths[index], self.mode)
-        except DECODE_ERRORS as error:
-            raise DataError(f"cannot read the image: {error}", file=self.paths[index],
-                            fix="remove it from the inputs, or replace it with a readable "
-                            "image") from None
+        item = self.paths[index]
+        if isinstance(item, Image.Image):  # given to predict() in memory: decoded already
+            image = to_mode(upright(item), self.mode)
+        else:
+            try:  # checked when the data was read; a file replaced since, or given to predict()
+                image = open_image(item, self.mode)
+            except DECODE_ERRORS as error:
+                raise DataError(f"cannot read the image: {error}", file=item,
+                                fix="remove it from the inputs, or replace it with a readable "
+                                "image") from None
         seed: int | None = getattr(index, "seed", None)
         with drawing_from(seed):
             pixels = self.transform.per_image(image)

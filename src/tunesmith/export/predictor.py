@@ -7,6 +7,7 @@ labels whose probability passes 0.5 and every label's probability (multilabel), 
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -19,10 +20,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from rich.markup import escape
 
 from tunesmith.console import console, progress
-from tunesmith.data.image_scan import ImageScan, scan_images
+from tunesmith.data.image_scan import DECODE_ERRORS, ImageScan, scan_images
 from tunesmith.data.sources import (
     IMAGE_SUFFIXES,
     TABLE_SUFFIXES,
@@ -111,7 +113,7 @@ class Predictor:
 
     def _require_many(self, inputs: Any) -> None:
         # One text or path is a sequence too: its characters would be predicted one by one.
-        if isinstance(inputs, str | bytes | Path | Mapping):
+        if isinstance(inputs, str | bytes | Path | Mapping | Image.Image):
             raise TunesmithError(
                 f"predict takes a list of inputs, not one {type(inputs).__name__}",
                 field="inputs",
@@ -133,11 +135,15 @@ class Predictor:
             )
         return frame[column]
 
-    def _text_or_path(self, item: Any, row: int) -> str:
+    def _text_or_path(self, item: Any, row: int) -> str | Image.Image:
+        """A text, or an image: a path, or one in memory (a PIL image, an array of pixels, an
+        image file's bytes), as Hugging Face's and timm's users hold them."""
         missing = item is None or (isinstance(item, float) and math.isnan(item))
         if self.modality == "text":
             return "" if missing else str(item)  # an empty cell, as `tunesmith predict` reads it
-        if missing or not Path(item).is_file():
+        if isinstance(item, Image.Image | np.ndarray | bytes | bytearray):
+            return _in_memory(item, row)
+        if missing or not isinstance(item, str | os.PathLike) or not Path(item).is_file():
             raise TunesmithError(f"input {row} is not an image file", file=str(item),
                                  field="inputs", fix="pass paths of existing image files")
         return str(item)
@@ -273,6 +279,28 @@ def gather_inputs(predictor: Predictor, paths: Sequence[Path]) -> PredictionInpu
         return PredictionInputs(sources, table.drop(index=list(errors)).reset_index(drop=True),
                                 errors)
     return PredictionInputs(sources, texts_or_images, errors)
+
+
+def _in_memory(item: Image.Image | np.ndarray | bytes | bytearray, row: int) -> Image.Image:
+    """An image given to `predict` in memory, decoded (a file's bytes) or wrapped (an array)."""
+    if isinstance(item, Image.Image):
+        return item
+    if isinstance(item, np.ndarray):
+        try:
+            return Image.fromarray(item)
+        except (TypeError, ValueError) as error:
+            raise TunesmithError(
+                f"input {row} is an array of {item.dtype} shaped {item.shape}, which is no "
+                f"image ({error})", field="inputs",
+                fix="pass uint8 pixels shaped (height, width) or (height, width, 3 or 4)"
+            ) from None
+    try:
+        with Image.open(io.BytesIO(item)) as image:
+            image.load()
+            return image.copy()
+    except DECODE_ERRORS as error:
+        raise TunesmithError(f"input {row} holds bytes that are no image file: {error}",
+                             field="inputs", fix="pass the bytes of an image file") from None
 
 
 def _unreadable_rows(table: pd.DataFrame, encoding: TabularEncoding) -> dict[int, str]:

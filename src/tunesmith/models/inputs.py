@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from tunesmith.config import AugmentConfig
@@ -24,8 +25,9 @@ from tunesmith.data.text import LengthGroupedSampler, TokenizedTexts, pad_collat
 from tunesmith.models.backbone import Backbone
 from tunesmith.models.hf import HFTextBackbone
 
-# Inputs: texts or image paths (a list of str), or encoded table rows (a float matrix).
-Inputs = Sequence[str] | np.ndarray
+# Inputs: texts or image paths (a list of str; images in memory from Python's predict), or
+# encoded table rows (a float matrix).
+Inputs = Sequence[str] | Sequence[str | Image.Image] | np.ndarray
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,9 @@ def _dataset(
     transform = image_transform(
         spec["size"], spec["mean"], spec["std"], train=train, preset=preset, flip=augment.flip
     )
-    return ImageFiles([str(path) for path in inputs], targets, transform, backbone.image_mode)
+    # Paths, or (from Python's predict) images in memory as they are.
+    return ImageFiles([path if isinstance(path, Image.Image) else str(path) for path in inputs],
+                      targets, transform, backbone.image_mode)
 
 
 def _collate(backbone: Backbone, dataset: Any) -> Any:
