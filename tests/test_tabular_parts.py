@@ -306,3 +306,17 @@ def test_a_table_whose_rows_share_feature_values_trains_on_every_row(tmp_path: P
                           clean={"drop_test_overlap": "exact"})
     with pytest.raises(TunesmithError, match=r"cleaning left the (train|val) part empty"):
         load(config)
+
+
+def test_inspect_reads_a_table_saved_with_its_index_as_run_does(tmp_path: Path) -> None:
+    """pandas' to_csv writes the index under an empty name, which the rows read as
+    'Unnamed: 0': inspect looked for a column '' and stopped ("column '' not found")."""
+    from tunesmith import api
+
+    path = tmp_path / "indexed.csv"
+    numbers(30, seed=0).to_csv(path)  # index=True, as pandas does by default
+    report = api.inspect(path).to_json()
+    assert report["parts"]["train"]["column_names"][0] == "Unnamed: 0"
+    assert not [f for f in report["findings"] if f["severity"] == "fatal"]
+    config = write_config(tmp_path, pd.read_csv(path))
+    assert load(config).tabular is not None

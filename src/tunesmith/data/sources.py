@@ -117,7 +117,9 @@ class Source:
     def columns(self) -> list[str]:
         """The column names, read without reading the rows."""
         if self.format in ("csv", "tsv", "image-manifest"):
-            return _csv_header(self)
+            # Named as the rows are read: an empty name (pandas' index written by to_csv) is
+            # "Unnamed: 0", not "" (inspect went looking for a column "").
+            return [name or f"Unnamed: {i}" for i, name in enumerate(_csv_header(self))]
         if self.format == "image-folder":
             return [IMAGE_COLUMN, "label"]
         if self.format == "hf-dataset":
