@@ -793,3 +793,27 @@ def test_a_table_with_an_image_column_is_read_as_a_table_for_prediction(tmp_path
     path.write_text("body,image\na fine film,http://x/1.jpg,extra\nawful,http://x/2.jpg\n")
     rows, errors = read_table_rows(path, field="INPUT")
     assert errors == {0: "row has 3 fields, the header 2"} and rows.loc[1, "body"] == "awful"
+
+
+def test_an_image_task_on_a_table_without_the_image_column_names_data_image_column(
+    tmp_path: Path, leaky_images: Any
+) -> None:
+    """A manifest whose paths are in a column not named `image`: the fix said "set task: auto"
+    (which made it a table task) and never named data.image_column."""
+    train, _, _ = leaky_images
+    shutil.copytree(train, tmp_path / "images")
+    files = sorted((tmp_path / "images").glob("*/*.png"))
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame({"path": [str(f.relative_to(tmp_path)) for f in files],
+                  "label": [f.parent.name for f in files]}).to_csv(manifest, index=False)
+    with pytest.raises(TunesmithError) as caught:
+        load(tmp_path, manifest, task="image-classification")
+    assert caught.value.field == "data.image_column" and caught.value.file == str(manifest)
+    assert "no column 'image'" in caught.value.problem and "['path', 'label']" in caught.value.problem
+    data = load(tmp_path, manifest, task="image-classification", image_column="path")
+    assert data.classes == ["cat", "dog"]
+    # a table for an image task that is no manifest at all still says so
+    table = tmp_path / "table.csv"
+    pd.DataFrame({"x": [1.0, 2.0], "label": [0, 1]}).to_csv(table, index=False)
+    with pytest.raises(TunesmithError, match="no column 'image'"):
+        load(tmp_path, table, task="image-classification")

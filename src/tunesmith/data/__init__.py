@@ -116,6 +116,17 @@ def resolve_task(task: str, data: DataConfig, train: Source) -> TaskSpec:
     modality = infer_modality(train, text_column=data.text_column)
     if task != "auto":
         spec = TaskSpec.parse(task)
+        if spec.modality == "image" and train.format in ("csv", "tsv"):
+            # A manifest is a table with a column of image paths: this one's is not named so.
+            raise TunesmithError(
+                f"task {task} reads a manifest's column of image paths, and this file has no "
+                f"column {data.image_column!r} (data.image_column); its columns are "
+                f"{train.columns()}",
+                file=train.path,
+                field="data.image_column",
+                fix="set data.image_column to the column of image paths, or point data.train at "
+                "an image folder",
+            )
         if (spec.modality == "image") != train.is_image:
             raise TunesmithError(
                 f"task {task} does not fit this data ({train.format})",
