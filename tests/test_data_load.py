@@ -809,7 +809,8 @@ def test_an_image_task_on_a_table_without_the_image_column_names_data_image_colu
     with pytest.raises(TunesmithError) as caught:
         load(tmp_path, manifest, task="image-classification")
     assert caught.value.field == "data.image_column" and caught.value.file == str(manifest)
-    assert "no column 'image'" in caught.value.problem and "['path', 'label']" in caught.value.problem
+    problem = caught.value.problem
+    assert "no column 'image'" in problem and "['path', 'label']" in problem
     data = load(tmp_path, manifest, task="image-classification", image_column="path")
     assert data.classes == ["cat", "dog"]
     # a table for an image task that is no manifest at all still says so
@@ -817,3 +818,24 @@ def test_an_image_task_on_a_table_without_the_image_column_names_data_image_colu
     pd.DataFrame({"x": [1.0, 2.0], "label": [0, 1]}).to_csv(table, index=False)
     with pytest.raises(TunesmithError, match="no column 'image'"):
         load(tmp_path, table, task="image-classification")
+
+
+def test_files_an_image_folder_does_not_read_are_named_not_dropped_silently(
+    tmp_path: Path, leaky_images: Any
+) -> None:
+    """A class folder's .heic or .avif files were left out of training without a word (only a
+    class left with no image at all was named)."""
+    train, _, _ = leaky_images
+    folder = tmp_path / "train"
+    shutil.copytree(train, folder)
+    for name in ("a.heic", "b.heic", "c.avif"):
+        (folder / "cat" / name).write_bytes(b"\0" * 10)
+    (folder / "dog" / "notes").write_text("no suffix")
+    (folder / "dog" / ".DS_Store").write_bytes(b"")  # hidden: no one's picture
+    report = api.inspect(folder).to_json()
+    left = [f for f in report["findings"] if f["check"] == "files-left-out"]
+    assert len(left) == 1 and left[0]["severity"] == "warning" and left[0]["count"] == 4
+    assert left[0]["message"].endswith("left out: 1 .avif, 2 .heic, 1 no suffix")
+    assert ".png" in left[0]["fix"]
+    assert not [f for f in api.inspect(train).to_json()["findings"]
+                if f["check"] == "files-left-out"]

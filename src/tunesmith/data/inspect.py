@@ -20,6 +20,7 @@ import pandas as pd
 
 from tunesmith.data.image_scan import confirm_near_pairs, exact_duplicates, near_duplicates
 from tunesmith.data.scan import PartScan
+from tunesmith.data.sources import IMAGE_SUFFIXES, files_left_out
 from tunesmith.data.task import TaskSpec
 
 Severity = Literal["fatal", "warning", "info"]
@@ -407,6 +408,16 @@ def _image_findings(part: PartScan, options: Options) -> list[Finding]:
                 else None,
             )
         )
+    left_out = files_left_out(part.source)
+    if left_out:
+        listed = ", ".join(f"{count} {kind}" for kind, count in left_out.items())
+        found.append(_finding(
+            part, "files-left-out", "warning",
+            f"{sum(left_out.values())} file(s) in the class folders are not images tunesmith "
+            f"reads, and are left out: {listed}",
+            count=sum(left_out.values()),
+            fix=f"convert them to one of {', '.join(sorted(IMAGE_SUFFIXES))} to train on them",
+        ))
     modes = Counter(mode for mode in scan.modes if mode not in (None, "RGB"))
     if modes:
         listed = ", ".join(f"{count} {mode}" for mode, count in modes.most_common())

@@ -648,17 +648,9 @@ def _folder_frames(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
     rows: list[tuple[str, str, str]] = []
     suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
     for class_dir in classes:
-        others: dict[str, int] = {}
+        images, others = _class_contents(class_dir)
         found = len(rows)
-        for image in sorted(class_dir.rglob("*")):
-            hidden = any(part.startswith(".") for part in image.relative_to(class_dir).parts)
-            if hidden:
-                continue
-            if image.suffix.lower() not in IMAGE_SUFFIXES:
-                if image.is_file():
-                    kind = image.suffix.lower() or "no suffix"
-                    others[kind] = others.get(kind, 0) + 1
-                continue
+        for image in images:
             if not inside(image, root):
                 raise _outside_error(source, str(image.relative_to(root)))
             if (shown := shown_name(image.relative_to(root))) is not None:
@@ -678,6 +670,35 @@ def _folder_frames(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
         yield pd.DataFrame(
             rows[start : start + chunk_rows], columns=[ID_COLUMN, IMAGE_COLUMN, "label"]
         )
+
+
+def _class_contents(class_dir: Path) -> tuple[list[Path], dict[str, int]]:
+    """A class folder's image files (sorted; subfolders too, hidden ones not), and how many
+    other files it holds per suffix (left out: a .heic or .avif is not read)."""
+    images: list[Path] = []
+    others: dict[str, int] = {}
+    for path in sorted(class_dir.rglob("*")):
+        if any(part.startswith(".") for part in path.relative_to(class_dir).parts):
+            continue
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            images.append(path)
+        elif path.is_file():
+            kind = path.suffix.lower() or "no suffix"
+            others[kind] = others.get(kind, 0) + 1
+    return images, others
+
+
+def files_left_out(source: Source) -> dict[str, int]:
+    """An image folder's files in its class folders that are not images it reads, per suffix
+    (hidden files aside): inspect names them, so none is left out silently."""
+    if source.format != "image-folder":
+        return {}
+    found: dict[str, int] = {}
+    for class_dir in source.path.iterdir():
+        if class_dir.is_dir() and not class_dir.name.startswith("."):
+            for kind, count in _class_contents(class_dir)[1].items():
+                found[kind] = found.get(kind, 0) + count
+    return dict(sorted(found.items()))
 
 
 def _manifest_frames(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
