@@ -235,3 +235,15 @@ def test_one_scored_row_has_no_interval() -> None:
     assert one["rmse"] == {"value": 2.0}
     two = scored_with_intervals("regression", np.array([[3.0], [0.0]]), np.array([1.0, 1.0]))
     assert two["rmse"]["ci95"] == [1.0, 2.0]
+
+
+def test_auroc_of_150_classes_has_its_interval() -> None:
+    """AUROC had no interval past 100 classes, though the others did and it costs no more; the
+    limit is on rows x classes now (its resampling state)."""
+    import tunesmith.evaluate.intervals as intervals
+
+    logits, targets = classification(3000, 150, seed=2)
+    scores = scored_with_intervals("classification", logits, targets)
+    low, high = scores["auroc"]["ci95"]
+    assert low < scores["auroc"]["value"] < high and high - low < 0.05
+    assert 3000 * 150 <= intervals.AUROC_INTERVAL_CELLS < 50_000 * 1000
