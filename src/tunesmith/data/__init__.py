@@ -186,7 +186,8 @@ def _columns(data: DataConfig, header: list[str], modality: Modality) -> Columns
 
 
 def _label_error_features(
-    modality: Modality, columns: Columns, rows_of: FrameRows, file: Path
+    modality: Modality, columns: Columns, rows_of: FrameRows, file: Path, *,
+    decimal_comma: bool = False,
 ) -> Any:
     from tunesmith.data.label_noise import image_features, text_features
 
@@ -197,7 +198,8 @@ def _label_error_features(
         if modality == "image":
             return image_features(frame[IMAGE_COLUMN].tolist())
         with _naming_rows(file, frame[ID_COLUMN].astype(str).tolist()):
-            encoding = fit_tabular(frame, list(columns.features), impute="median")
+            encoding = fit_tabular(frame, list(columns.features), impute="median",
+                                   decimal_comma=decimal_comma)
             return encoding.transform(frame)
 
     return features
@@ -263,6 +265,13 @@ def inspect_data(
     return report
 
 
+def decimal_comma(data: DataConfig) -> bool:
+    """Whether a table's numbers may be written with a decimal comma (13,74): in a file whose
+    fields are split by `;`, as spreadsheets in much of Europe write CSV. Elsewhere a comma in a
+    number groups thousands (1,234), so it is not read as a decimal point."""
+    return data.delimiter == ";"
+
+
 def _imputation(data: DataConfig) -> str:
     """How a table's gaps are filled: `auto` is the median."""
     return "median" if data.clean.impute == "auto" else data.clean.impute
@@ -286,7 +295,8 @@ def _value_findings(
         try:
             with _naming_rows(source.path, frame[ID_COLUMN].astype(str).tolist()):
                 if encoding is None:
-                    encoding = fit_tabular(frame, list(columns.features), impute=impute)
+                    encoding = fit_tabular(frame, list(columns.features), impute=impute,
+                                           decimal_comma=decimal_comma(data))
                 else:
                     encoding.transform(frame)
         except DataError as error:
@@ -320,7 +330,8 @@ def _checked(
         scans,
         options=Options(drop_unreadable=data.clean.drop_unreadable, seed=seed),
         label_error_features=_label_error_features(
-            spec.modality, columns, rows_of, sources["train"].path
+            spec.modality, columns, rows_of, sources["train"].path,
+            decimal_comma=decimal_comma(data),
         ),
     )
 
@@ -532,7 +543,8 @@ def _fit_tabular(
     train = parts["train"]
     assert train.features is not None
     with _naming_rows(train.source, train.ids):
-        encoding = fit_tabular(train.features, list(columns.features), impute=impute)
+        encoding = fit_tabular(train.features, list(columns.features), impute=impute,
+                               decimal_comma=decimal_comma(config.data))
     for name in ("val", "test"):
         part = parts[name]
         assert part.features is not None

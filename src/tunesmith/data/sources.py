@@ -295,6 +295,14 @@ def _csv_frames(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
     fix = f"check that every row has the header's {len(header)} fields, or set data.delimiter"
     first = _csv_first_record(source)
     if first is not None and len(first) > len(header):
+        # A `;` file whose numbers have decimal commas (13,74;2,25) splits its rows on the
+        # commas but not its header: the delimiter is what is wrong.
+        if (hint := wrong_delimiter_hint(source, header)) is not None:
+            raise source.error(
+                f"the header reads as the single column {header[0]!r}: the file looks "
+                f"separated by {hint!r}, not {_csv_delimiter(source)!r}",
+                f"set data.delimiter: {hint!r}" if hint != "\t" else 'set data.delimiter: "\\t"',
+                field="data.delimiter")
         # pandas would read the first column as the index and shift every column by one
         raise source.error(f"cannot parse the file: data row 1 has {len(first)} fields, the "
                            f"header {len(header)}", fix)

@@ -9,6 +9,7 @@ only, so a bundle never needs pickle and a prediction server applies exactly the
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -46,17 +47,35 @@ class BadValue(DataError):
 # column kinds
 
 
-def column_kinds(frame: pd.DataFrame, columns: Sequence[str]) -> dict[str, ColumnKind]:
+def column_kinds(frame: pd.DataFrame, columns: Sequence[str], *,
+                 decimal_comma: bool = False) -> dict[str, ColumnKind]:
     """Numeric for numeric dtypes and for strings that all parse as numbers; else categorical.
 
     Bools are categorical. Integers stay numeric however few distinct values they have: a
     small-integer column is as often a count as a code, and a count loses its order if one-hot.
+    With `decimal_comma` (a `;`-delimited file, as spreadsheets in much of Europe write them)
+    `13,74` and `1.234,5` are numbers too.
     """
     _check_columns(frame, columns)
-    return {name: _column_kind(frame[name]) for name in columns}
+    return {name: _column_kind(frame[name], decimal_comma) for name in columns}
 
 
-def _column_kind(series: pd.Series) -> ColumnKind:
+# A number written with a decimal comma, dots grouping its thousands or not: 13,74 and 1.234,5.
+DECIMAL_COMMA = re.compile(r"^\s*[-+]?(\d{1,3}(\.\d{3})+|\d+),\d+\s*$")
+
+
+def comma_numbers(values: pd.Series) -> pd.Series:
+    """Cells written with a decimal comma as the point-decimal text pandas parses (13,74 ->
+    13.74, 1.234,5 -> 1234.5); every other cell as it is."""
+    text = values.astype(object)
+    comma = text.map(lambda v: isinstance(v, str) and DECIMAL_COMMA.match(v) is not None)
+    if not comma.any():
+        return text
+    plain = text[comma].str.replace(".", "", regex=False).str.replace(",", ".", regex=False)
+    return text.where(~comma, plain)
+
+
+def _column_kind(series: pd.Series, decimal_comma: bool = False) -> ColumnKind:
     dtype = series.dtype
     if pd.api.types.is_bool_dtype(dtype):
         return "categorical"
@@ -69,7 +88,8 @@ def _column_kind(series: pd.Series) -> ColumnKind:
     if present.empty or any(isinstance(value, bool | np.bool_) for value in present):
         return "categorical"
     present = present[~missing_words(present)]  # "NA" in a column of numbers is a gap
-    parsed = pd.to_numeric(present, errors="coerce")
+    parsed = pd.to_numeric(comma_numbers(present) if decimal_comma else present,
+                           errors="coerce")
     return "numeric" if not present.empty and bool(parsed.notna().all()) else "categorical"
 
 
@@ -118,6 +138,7 @@ class NumericColumn:
     mean: float
     std: float
     missing_indicator: bool
+    decimal_comma: bool = False  # read from a `;` file: 13,74 is 13.74 (and 13.74 still is)
 
     @property
     def feature_names(self) -> list[str]:
@@ -131,7 +152,7 @@ class NumericColumn:
     def encode(self, series: pd.Series, impute: Impute, *, refuse_far: bool = True) -> np.ndarray:
         """The column scaled; a value further out than FAR_STDS is refused, or with
         `refuse_far=False` (prediction, which reports such a row and goes on) NaN."""
-        values = _numeric_values(series, self.name)
+        values = _numeric_values(series, self.name, decimal_comma=self.decimal_comma)
         missing = np.isnan(values)
         _check_missing(self.name, missing, impute)
         scaled = (np.where(missing, self.fill, values) - self.mean) / self.std
@@ -153,13 +174,15 @@ class NumericColumn:
         return np.column_stack([scaled, missing.astype(np.float64)])
 
 
-def _numeric_values(series: pd.Series, name: str) -> np.ndarray:
+def _numeric_values(series: pd.Series, name: str, *, decimal_comma: bool = False) -> np.ndarray:
     """The column as float64 with NaN for missing; an error for text or inf values."""
     values: np.ndarray
     if pd.api.types.is_bool_dtype(series.dtype) or pd.api.types.is_numeric_dtype(series.dtype):
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
         as_objects = series.astype(object).mask(missing_words(series), None)
+        if decimal_comma:
+            as_objects = comma_numbers(as_objects)
         parsed = pd.to_numeric(as_objects, errors="coerce")
         not_numbers = np.flatnonzero((parsed.isna() & as_objects.notna()).to_numpy())
         if len(not_numbers):
@@ -184,8 +207,9 @@ def _numeric_values(series: pd.Series, name: str) -> np.ndarray:
     return values
 
 
-def _fit_numeric(series: pd.Series, name: str, impute: Impute) -> NumericColumn:
-    values = _numeric_values(series, name)
+def _fit_numeric(series: pd.Series, name: str, impute: Impute, *,
+                 decimal_comma: bool = False) -> NumericColumn:
+    values = _numeric_values(series, name, decimal_comma=decimal_comma)
     missing = np.isnan(values)
     _check_missing(name, missing, impute)
     fill = _numeric_fill(values[~missing], impute)
@@ -199,6 +223,7 @@ def _fit_numeric(series: pd.Series, name: str, impute: Impute) -> NumericColumn:
         mean=float(filled.mean()),
         std=1.0 if constant else float(filled.std()),
         missing_indicator=bool(missing.any()),
+        decimal_comma=decimal_comma and not pd.api.types.is_numeric_dtype(series.dtype),
     )
 
 
@@ -412,6 +437,7 @@ def _numeric_from_dict(item: Mapping[str, Any]) -> NumericColumn:
         mean=float(item["mean"]),
         std=float(item["std"]),
         missing_indicator=bool(item["missing_indicator"]),
+        decimal_comma=bool(item.get("decimal_comma", False)),  # bundles from before: False
     )
 
 
@@ -443,8 +469,10 @@ def fit_tabular(
     impute: str = "median",
     max_one_hot: int = 16,
     kinds: Mapping[str, ColumnKind] | None = None,
+    decimal_comma: bool = False,
 ) -> TabularEncoding:
-    """Fit on the training part only. `kinds` overrides `column_kinds` for the columns it names.
+    """Fit on the training part only. `kinds` overrides `column_kinds` for the columns it names;
+    `decimal_comma` reads `13,74` as a number (a `;`-delimited file's).
 
     `impute` is "median", "mean", "most_frequent" or "none" (missing values are then an error);
     the config's "auto" is resolved by the caller.
@@ -452,11 +480,12 @@ def fit_tabular(
     resolved_impute = _impute(impute)
     if max_one_hot < 1:
         raise ValueError(f"max_one_hot must be at least 1, not {max_one_hot}")
-    resolved_kinds = {**column_kinds(frame, columns), **(kinds or {})}
+    resolved_kinds = {**column_kinds(frame, columns, decimal_comma=decimal_comma),
+                      **(kinds or {})}
     _check_has_values(frame, columns)
     return TabularEncoding(
         numeric_columns=[
-            _fit_numeric(frame[name], name, resolved_impute)
+            _fit_numeric(frame[name], name, resolved_impute, decimal_comma=decimal_comma)
             for name in columns
             if resolved_kinds[name] == "numeric"
         ],
