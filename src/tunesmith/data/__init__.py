@@ -30,7 +30,13 @@ from tunesmith.data.sources import (
     open_source,
 )
 from tunesmith.data.split import SplitInputs, ids_hash, make_splits
-from tunesmith.data.tabular import BadValue, TabularEncoding, fit_tabular, missing_words
+from tunesmith.data.tabular import (
+    BadValue,
+    TabularEncoding,
+    column_kinds,
+    fit_tabular,
+    missing_words,
+)
 from tunesmith.data.task import TaskSpec, infer_kind, infer_modality
 from tunesmith.errors import DataError, TunesmithError
 
@@ -542,9 +548,17 @@ def _fit_tabular(
     impute = _imputation(config.data)
     train = parts["train"]
     assert train.features is not None
+    # Whether a column holds numbers is read off every row of the training file, whichever part
+    # the split gave it: a stray "12 kg" made the column categories when the split put it in
+    # train and stopped the run when it put it in test. (Its statistics are train's alone.)
+    from_file = [part for part in parts.values()
+                 if part.source == train.source and part.features is not None]
+    pooled = pd.concat([part.features for part in from_file], ignore_index=True)
+    pooled_ids = [row for part in from_file for row in part.ids]
+    kinds = column_kinds(pooled, list(columns.features), decimal_comma=decimal_comma(config.data))
     with _naming_rows(train.source, train.ids):
         encoding = fit_tabular(train.features, list(columns.features), impute=impute,
-                               decimal_comma=decimal_comma(config.data))
+                               decimal_comma=decimal_comma(config.data), kinds=kinds)
     for name in ("val", "test"):
         part = parts[name]
         assert part.features is not None
@@ -556,7 +570,7 @@ def _fit_tabular(
             for c in features.columns}
     missing = {c: int(gap.sum()) for c, gap in gaps.items() if gap.any()}
     report.cleaning["imputed"] = {"strategy": impute, "train_values_filled": missing}
-    stray = _mostly_numbers(features, encoding.categorical, train.ids)
+    stray = _mostly_numbers(pooled, encoding.categorical, pooled_ids)
     if stray:
         report.cleaning["mostly_numbers_read_as_categories"] = stray
         for column, found in stray.items():
