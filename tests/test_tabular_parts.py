@@ -320,6 +320,16 @@ def test_inspect_reads_a_table_saved_with_its_index_as_run_does(tmp_path: Path) 
     report = api.inspect(path).to_json()
     assert report["parts"]["train"]["column_names"][0] == "Unnamed: 0"
     assert not [f for f in report["findings"] if f["severity"] == "fatal"]
+    # that column holds the rows' numbers: named, as an id counted from 1 is
+    counted = [f for f in report["findings"] if f["check"] == "row-numbers"]
+    assert len(counted) == 1 and "'Unnamed: 0'" in counted[0]["message"]
+    assert counted[0]["field"] == "data.feature_columns"
+    with_id = numbers(30, seed=0).assign(id=range(1, 31))
+    with_id.to_csv(path, index=False)
+    counted = [f for f in api.inspect(path).to_json()["findings"] if f["check"] == "row-numbers"]
+    assert len(counted) == 1 and "'id'" in counted[0]["message"]
+    with_id.assign(id=[*range(1, 30), 99]).to_csv(path, index=False)  # not every row's number
+    assert not [f for f in api.inspect(path).to_json()["findings"] if f["check"] == "row-numbers"]
     config = write_config(tmp_path, pd.read_csv(path))
     assert load(config).tabular is not None
 

@@ -99,6 +99,7 @@ def inspect_parts(
         details["parts"][name] = _part_details(task, part)
         findings += _label_findings(task, part, is_train=name == "train")
         findings += _missing_value_findings(task, part)
+        findings += _row_number_findings(part) if name == "train" else []
         findings += _empty_text_findings(part)
         findings += _image_findings(part, options)
         duplicates, found = _duplicate_findings(part)
@@ -383,6 +384,22 @@ def _empty_text_findings(part: PartScan) -> list[Finding]:
             fix="remove them, or check that data.text_column is the text",
         )
     ]
+
+
+def _row_number_findings(part: PartScan) -> list[Finding]:
+    """A feature column that holds each row's number (an index pandas' to_csv wrote, an id
+    counted from 1) teaches the model the file's order, and nothing about the rows."""
+    if not part.row_numbers:
+        return []
+    names = ", ".join(map(repr, part.row_numbers))
+    return [_finding(
+        part, "row-numbers", "warning",
+        f"feature column(s) {names} hold each row's number (0, 1, 2, ... or 1, 2, 3, ...): an "
+        "index or id, which tells the model the rows' order and nothing about them",
+        field="data.feature_columns",
+        fix="list the real features in data.feature_columns, or write the CSV without its "
+        "index (pandas: to_csv(path, index=False))",
+    )]
 
 
 def _image_findings(part: PartScan, options: Options) -> list[Finding]:

@@ -8,6 +8,7 @@ memory stays bounded by the chunk size however long the file is.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -189,6 +190,7 @@ class PartScan:
     empty: np.ndarray  # bool: empty text
     text_chars: np.ndarray | None = None  # int32 characters per text
     images: ImageScan | None = None
+    row_numbers: list[str] = dataclasses.field(default_factory=list)  # features 0, 1, 2, ...
 
     @property
     def readable(self) -> np.ndarray:
@@ -302,6 +304,9 @@ def scan_part(
     missing: dict[str, int] = {}
     header: list[str] = []
     inputs = columns.inputs(modality)
+    # Feature columns that so far hold each row's own number (from 0 or 1), and from which.
+    counting: dict[str, set[int]] = {c: {0, 1} for c in inputs} if modality == "tabular" else {}
+    position = 0
     for frame in frames:
         if not header:
             header = [c for c in frame.columns if c != ID_COLUMN]
@@ -341,6 +346,8 @@ def scan_part(
             exact.append(_hash(features))
             near.append(exact[-1])
             empty.append(features.isna().all(axis=1).to_numpy(dtype=bool))
+            counting = _still_counting(counting, features, position)
+            position += len(frame)
     rows = sum(len(chunk) for chunk in ids)
     images = scan_images(paths) if modality == "image" else None
     if images is not None:
@@ -360,4 +367,22 @@ def scan_part(
         empty=np.concatenate(empty) if empty else np.zeros(0, bool),
         text_chars=np.concatenate(chars) if chars else None,
         images=images,
+        row_numbers=sorted(counting) if rows >= ROW_NUMBER_LEAST_ROWS else [],
     )
+
+
+ROW_NUMBER_LEAST_ROWS = 10  # fewer rows in order may be a real feature's few values
+
+
+def _still_counting(counting: dict[str, set[int]], features: pd.DataFrame,
+                    position: int) -> dict[str, set[int]]:
+    """`counting` narrowed to the columns whose values in this chunk are still their rows'
+    numbers (position + i, or one more: an index written by pandas' to_csv, a 1-based id)."""
+    kept = {}
+    expected = np.arange(position, position + len(features), dtype=np.float64)
+    for column, starts in counting.items():
+        values = pd.to_numeric(features[column], errors="coerce").to_numpy(dtype=np.float64)
+        left = {start for start in starts if np.array_equal(values, expected + start)}
+        if left:
+            kept[column] = left
+    return kept
