@@ -342,7 +342,8 @@ def test_a_semicolon_file_with_decimal_commas_reads_its_numbers(tmp_path: Path) 
     """A spreadsheet's European CSV (fields split by `;`, 13,74 for 13.74) trained every number
     column as a 16-value ordinal category without a word; and without data.delimiter the error
     was "data row 1 has 4 fields, the header 1", not the delimiter."""
-    from tunesmith.data.tabular import comma_numbers, fit_tabular
+    from tunesmith.data.tabular import fit_tabular
+    from tunesmith.data.task import comma_numbers
 
     plain = numbers(40, seed=3)
     plain["x1"] = plain["x1"].astype(float) * 1000  # some past a thousand: 1.234,5
@@ -397,3 +398,22 @@ def test_a_stray_word_in_a_number_column_reads_the_same_whichever_part_it_is_spl
         if {"train", "test"} <= set(seen):
             break
     assert {"train", "test"} <= set(seen), seen
+
+
+def test_a_semicolon_files_regression_target_with_decimal_commas_is_numbers(
+    tmp_path: Path
+) -> None:
+    """A `;` file's target of 13,74 read as text: a classification of as many classes as
+    distinct values (or a run stopped on its not-numbers), where it is a regression."""
+    rng = np.random.default_rng(5)
+    table = numbers(40, seed=5).drop(columns="label")
+    target = rng.normal(50, 20, size=40).round(2)
+    table["label"] = [f"{value:.2f}".replace(".", ",") for value in target]
+    path = tmp_path / "semi.csv"
+    table.to_csv(path, sep=";", index=False)
+    raw = load_config(write_config(tmp_path, numbers(40, seed=5)))
+    data = load_task_data(raw.updated(data=raw.data.model_copy(
+        update={"train": path, "delimiter": ";"})))
+    assert data.spec.kind == "regression"
+    rows = [int(i) - 1 for i in data.train.ids]
+    assert data.train.labels == pytest.approx(target[rows].tolist())

@@ -146,7 +146,8 @@ def resolve_task(task: str, data: DataConfig, train: Source) -> TaskSpec:
         return TaskSpec(modality, "classification")
     first = next(train.frames(chunk_rows=10_000))
     check_columns(train, [c for c in first.columns if c != ID_COLUMN], _needed(data, modality))
-    kind = infer_kind(first[data.label_column], delimiter=data.label_delimiter)
+    kind = infer_kind(first[data.label_column], delimiter=data.label_delimiter,
+                      decimal_comma=decimal_comma(data))
     return TaskSpec(modality, kind)
 
 
@@ -184,6 +185,7 @@ def _columns(data: DataConfig, header: list[str], modality: Modality) -> Columns
         features=features,
         label_delimiter=data.label_delimiter,
         extra=extra,
+        decimal_comma=decimal_comma(data),
     )
 
 

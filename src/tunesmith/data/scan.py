@@ -22,6 +22,7 @@ from tunesmith.data.task import (
     NAN_WORDS,
     LabelKind,
     class_text,
+    comma_numbers,
     is_missing,
     label_set,
     numeric_class,
@@ -41,6 +42,7 @@ class Columns:
     features: tuple[str, ...] = ()
     label_delimiter: str | None = None
     extra: tuple[str, ...] = ()  # group, time or split columns the split reads
+    decimal_comma: bool = False  # a `;` file's numbers: 13,74 is 13.74
 
     def inputs(self, modality: Modality) -> list[str]:
         if modality == "text":
@@ -102,6 +104,7 @@ class _LabelReader:
     kind: LabelKind
     delimiter: str | None
     literal: bool = False  # class names as written (an image folder's folder names)
+    decimal_comma: bool = False  # a regression target of 13,74 is 13.74
     vocabulary: dict[str, int] = field(default_factory=dict)
     codes: list[np.ndarray] = field(default_factory=list)
     pairs: list[tuple[int, int]] = field(default_factory=list)  # (row, class) for multilabel
@@ -111,7 +114,8 @@ class _LabelReader:
 
     def add(self, values: pd.Series) -> None:
         if self.kind == "regression":
-            targets = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+            numbers = comma_numbers(values) if self.decimal_comma else values
+            targets = pd.to_numeric(numbers, errors="coerce").to_numpy(dtype=float)
             self.targets.append(targets)
             words = values.map(lambda v: isinstance(v, str) and v.strip().lower() in NAN_WORDS)
             written = ~values.map(is_missing).to_numpy(dtype=bool) & ~words.to_numpy(dtype=bool)
@@ -294,7 +298,8 @@ def scan_part(
 ) -> PartScan:
     """Read every chunk of `frames` once and keep the per-row facts the checks use."""
     # A folder's name is its class as written: '01' and '1' are two, 'none' is one.
-    labels = _LabelReader(kind, columns.label_delimiter, literal=source.format == "image-folder")
+    labels = _LabelReader(kind, columns.label_delimiter, literal=source.format == "image-folder",
+                          decimal_comma=columns.decimal_comma)
     ids: list[np.ndarray] = []
     exact: list[np.ndarray] = []
     near: list[np.ndarray] = []

@@ -9,7 +9,6 @@ only, so a bundle never needs pickle and a prediction server applies exactly the
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -18,7 +17,7 @@ from typing import Any, Literal, cast, get_args
 import numpy as np
 import pandas as pd
 
-from tunesmith.data.task import NAN_WORDS
+from tunesmith.data.task import NAN_WORDS, comma_numbers
 from tunesmith.errors import DataError, TunesmithError
 
 ColumnKind = Literal["numeric", "categorical"]
@@ -58,21 +57,6 @@ def column_kinds(frame: pd.DataFrame, columns: Sequence[str], *,
     """
     _check_columns(frame, columns)
     return {name: _column_kind(frame[name], decimal_comma) for name in columns}
-
-
-# A number written with a decimal comma, dots grouping its thousands or not: 13,74 and 1.234,5.
-DECIMAL_COMMA = re.compile(r"^\s*[-+]?(\d{1,3}(\.\d{3})+|\d+),\d+\s*$")
-
-
-def comma_numbers(values: pd.Series) -> pd.Series:
-    """Cells written with a decimal comma as the point-decimal text pandas parses (13,74 ->
-    13.74, 1.234,5 -> 1234.5); every other cell as it is."""
-    text = values.astype(object)
-    comma = text.map(lambda v: isinstance(v, str) and DECIMAL_COMMA.match(v) is not None)
-    if not comma.any():
-        return text
-    plain = text[comma].str.replace(".", "", regex=False).str.replace(",", ".", regex=False)
-    return text.where(~comma, plain)
 
 
 def _column_kind(series: pd.Series, decimal_comma: bool = False) -> ColumnKind:

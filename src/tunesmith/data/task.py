@@ -9,6 +9,7 @@ overrides the guess.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -91,7 +92,23 @@ def label_set(value: Any, delimiter: str | None) -> tuple[str, ...]:
     return tuple(sorted({item for item in items if item}))
 
 
-def infer_kind(labels: pd.Series, *, delimiter: str | None) -> LabelKind:
+# A number written with a decimal comma, dots grouping its thousands or not: 13,74 and 1.234,5.
+DECIMAL_COMMA = re.compile(r"^\s*[-+]?(\d{1,3}(\.\d{3})+|\d+),\d+\s*$")
+
+
+def comma_numbers(values: pd.Series) -> pd.Series:
+    """Cells written with a decimal comma as the point-decimal text pandas parses (13,74 ->
+    13.74, 1.234,5 -> 1234.5); every other cell as it is."""
+    text = values.astype(object)
+    comma = text.map(lambda v: isinstance(v, str) and DECIMAL_COMMA.match(v) is not None)
+    if not comma.any():
+        return text
+    plain = text[comma].str.replace(".", "", regex=False).str.replace(",", ".", regex=False)
+    return text.where(~comma, plain)
+
+
+def infer_kind(labels: pd.Series, *, delimiter: str | None,
+               decimal_comma: bool = False) -> LabelKind:
     """Multilabel for lists or a delimiter; regression for fractional or many distinct numbers,
     also when a few cells among them are not numbers (a `?` for unknown, a typo): the data check
     then names those rows, where reading the column as classes would make each one a class."""
@@ -100,6 +117,8 @@ def infer_kind(labels: pd.Series, *, delimiter: str | None) -> LabelKind:
         isinstance(v, list | tuple | np.ndarray) for v in present[:1000]
     ):
         return "multilabel"
+    if decimal_comma:  # a `;` file's 13,74, as its features are read
+        present = comma_numbers(present)
     numbers = pd.to_numeric(present, errors="coerce").astype(float)
     # "nan" written in a numeric column is a missing target, not a class named "nan".
     words = present.astype(str).str.strip().str.lower()

@@ -37,9 +37,9 @@ from tunesmith.data.tabular import (
     FAR_STDS,
     MISSING_CATEGORY,
     TabularEncoding,
-    comma_numbers,
     missing_words,
 )
+from tunesmith.data.task import comma_numbers
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import collect_logits
 from tunesmith.export.bundle import MANIFEST, load_bundle
