@@ -839,3 +839,23 @@ def test_files_an_image_folder_does_not_read_are_named_not_dropped_silently(
     assert ".png" in left[0]["fix"]
     assert not [f for f in api.inspect(train).to_json()["findings"]
                 if f["check"] == "files-left-out"]
+
+
+def test_class_codes_written_with_leading_zeros_keep_their_spelling(tmp_path: Path) -> None:
+    """Labels 01, 02 were renamed 1, 2 (the rule that makes 1 and 1.0 one class): predictions
+    and the model card named classes the data never wrote. A number written two ways is still
+    one class, and a given test file that writes 1 for train's 01 still matches it."""
+    table = unique_texts(60, seed=5).assign(label=["01", "02", "10"] * 20)
+    table.to_csv(path := tmp_path / "codes.csv", index=False)
+    assert api.inspect(path).classes == ["01", "02", "10"]
+    table.loc[4, "label"] = "2.0"  # 02 and 2.0: one number, written two ways
+    table.to_csv(path, index=False)
+    assert api.inspect(path).classes == ["01", "2", "10"]
+    table.loc[4, "label"] = "02"
+    table.to_csv(path, index=False)
+    test = unique_texts(90, seed=6).tail(12).assign(label=["1", "2", "10"] * 4)
+    test.to_csv(test_path := tmp_path / "test.csv", index=False)
+    data = load(tmp_path, path, test=str(test_path))
+    assert data.classes == ["01", "02", "10"]
+    assert sorted(set(data.test.labels)) == ["01", "02", "10"]
+    assert data.test.labels[:3] == ["01", "02", "10"]

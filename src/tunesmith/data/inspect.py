@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from tunesmith.data.image_scan import confirm_near_pairs, exact_duplicates, near_duplicates
-from tunesmith.data.scan import PartScan
+from tunesmith.data.scan import UNSEEN, PartScan
 from tunesmith.data.sources import IMAGE_SUFFIXES, files_left_out
 from tunesmith.data.task import TaskSpec
 
@@ -91,7 +91,10 @@ def inspect_parts(
     unseen: dict[str, list[str]] = {}
     for name, part in parts.items():
         if name != "train":
-            unseen[name] = sorted(set(part.labels.classes) - set(train.labels.classes))
+            unseen[name] = sorted(
+                label for label, code in zip(part.labels.classes,
+                                             part.labels.matches(train.labels.classes),
+                                             strict=True) if code == UNSEEN)
             part.labels = part.labels.recoded(train.labels.classes)
     findings: list[Finding] = []
     details: dict[str, Any] = {"parts": {}}

@@ -71,14 +71,21 @@ class Labels:
             return np.asarray(np.isnan(self.targets) & ~written)
         return np.asarray(self.codes == MISSING)
 
+    def matches(self, classes: list[str]) -> list[int]:
+        """Each of these labels' classes as an index into `classes`, or UNSEEN. A class named
+        by its number matches that number however written (01 in train, 1 in a given test
+        file), where the name alone does not."""
+        index = {name: i for i, name in enumerate(classes)}
+        numbers = {number: i for i, name in enumerate(classes)
+                   if (number := numeric_class(name)) is not None}
+        return [index.get(name, numbers.get(numeric_class(name) or "", UNSEEN))
+                for name in self.classes]
+
     def recoded(self, classes: list[str]) -> Labels:
         """The same labels with class indices into `classes`; a name not in it becomes UNSEEN."""
         if self.kind == "regression" or classes == self.classes:
             return self
-        index = {name: i for i, name in enumerate(classes)}
-        lookup = np.array(
-            [index.get(name, UNSEEN) for name in self.classes] + [MISSING], dtype=np.int32
-        )
+        lookup = np.array([*self.matches(classes), MISSING], dtype=np.int32)
         if self.kind == "multilabel":
             assert self.sets is not None
             sets = np.zeros((len(self.codes), len(classes)), dtype=np.uint8)
@@ -167,12 +174,19 @@ class _LabelReader:
             for original, name in names.items()
         ):
             return
+        # A number written one way keeps its spelling (codes 01, 02 stay so); spellings of one
+        # number (1 and 1.0) become the one plain name (1).
+        spellings: dict[str, list[str]] = {}
+        for original, name in names.items():
+            if name is not None:
+                spellings.setdefault(name, []).append(original)
         merged: dict[str, int] = {}
         recode = np.full(len(self.vocabulary) + 1, -1, dtype=np.int32)  # -1 stays missing
         for original, code in self.vocabulary.items():
             name = names[original]
             if name is not None:
-                recode[code] = merged.setdefault(name, len(merged))
+                shown = original.strip() if len(spellings[name]) == 1 else name
+                recode[code] = merged.setdefault(shown, len(merged))
         self.codes = [recode[codes] for codes in self.codes]
         self.vocabulary = merged
 
