@@ -213,12 +213,12 @@ def _fit(given: Config, prepared: Prepared, processes: PartialState, *, resume: 
     # ONNX graph and `evaluate` predict: bf16 autocast, which trained and chose the model, moved
     # a MiniLM's probabilities by up to 3e-3 from those shipped.
     folded = search_record is not None and search_record.get("folds", 1) > 1
-    outputs = {name: predict_part(model, chosen, getattr(chosen.data, name), result,
-                                  precision=SHIPPED_PRECISION) for name in ("test", "val")
-               if name == "test" or not folded}
-    if folded:  # out of fold: each row by the fold model that did not train on it
-        assert kept.val_outputs is not None
-        outputs["val"] = kept.val_outputs
+    def shipped(part: Examples) -> tuple[np.ndarray, np.ndarray]:
+        return predict_part(model, chosen, part, result, precision=SHIPPED_PRECISION)
+
+    # Out of fold, each val row is the fold model's that did not train on it.
+    val = kept.val_outputs if folded else None
+    outputs = {"test": shipped(chosen.data.test), "val": val or shipped(chosen.data.val)}
     # A classifier's probabilities are calibrated on validation (one temperature, which the
     # bundle applies); what is scored is what the bundle predicts. Not a fold ensemble's: its
     # validation outputs are each one fold model's, sharper than the members' average it ships.

@@ -150,9 +150,10 @@ def _prepare(config: Config, data: TaskData | None = None) -> Prepared:
     )
     # Folds are a search's (its trials train on each); a run of the recipe alone validates on
     # the val part, and its config.yaml says so rather than the folds a search would have used.
-    searching = config.search.budget is not None or (config.search.trials or 1) > 1
+    from tunesmith.searching import searches  # the search runs candidates: it imports this module
+
     search = resolved.search.model_copy(
-        update={"folds": fold_count(config, data) if searching else 1})
+        update={"folds": fold_count(config, data) if searches(config) else 1})
     return Prepared(resolved.updated(search=search), data, backbone, profile)
 
 

@@ -230,22 +230,13 @@ def _hash(frame: pd.DataFrame | pd.Series) -> np.ndarray:
 
 def check_columns(source: Source, header: list[str], needed: dict[str, str]) -> None:
     """Each needed column (name -> config key) exists, or an error that says what to set."""
-    from tunesmith.data.sources import wrong_delimiter_hint
+    from tunesmith.data.sources import wrong_delimiter_error
 
     for column, key in needed.items():
         if column in header:
             continue
-        hint = wrong_delimiter_hint(source, header) if source.format in ("csv", "tsv") else None
-        if hint is not None:
-            raise TunesmithError(
-                f"the file reads as the single column {header[0]!r}: it looks separated by "
-                f"{hint!r}, not {source.delimiter or (',' if source.format == 'csv' else 'tab')!r}",
-                file=source.path,
-                field="data.delimiter",
-                fix=f"set data.delimiter: {hint!r}"
-                if hint != "\t"
-                else 'set data.delimiter: "\\t"',
-            )
+        if (wrong := wrong_delimiter_error(source, header)) is not None:
+            raise wrong
         other = source.field in ("data.val", "data.test")  # the config names train's columns
         raise TunesmithError(
             f"column {column!r} not found; the file has columns {header}",

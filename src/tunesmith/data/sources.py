@@ -289,6 +289,20 @@ def wrong_delimiter_hint(source: Source, header: list[str]) -> str | None:
     return None
 
 
+def wrong_delimiter_error(source: Source, header: list[str]) -> TunesmithError | None:
+    """The error naming the likely delimiter, when the header is one column holding another."""
+    hint = wrong_delimiter_hint(source, header) if source.format in ("csv", "tsv") else None
+    if hint is None:
+        return None
+    return TunesmithError(
+        f"the file reads as the single column {header[0]!r}: it looks separated by "
+        f"{hint!r}, not {source.delimiter or (',' if source.format == 'csv' else 'tab')!r}",
+        file=source.path,
+        field="data.delimiter",
+        fix=f"set data.delimiter: {hint!r}" if hint != "\t" else 'set data.delimiter: "\\t"',
+    )
+
+
 def _csv_frames(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
     header = _csv_header(source)
     _check_header(source, header)
@@ -297,12 +311,8 @@ def _csv_frames(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
     if first is not None and len(first) > len(header):
         # A `;` file whose numbers have decimal commas (13,74;2,25) splits its rows on the
         # commas but not its header: the delimiter is what is wrong.
-        if (hint := wrong_delimiter_hint(source, header)) is not None:
-            raise source.error(
-                f"the header reads as the single column {header[0]!r}: the file looks "
-                f"separated by {hint!r}, not {_csv_delimiter(source)!r}",
-                f"set data.delimiter: {hint!r}" if hint != "\t" else 'set data.delimiter: "\\t"',
-                field="data.delimiter")
+        if (wrong := wrong_delimiter_error(source, header)) is not None:
+            raise wrong
         # pandas would read the first column as the index and shift every column by one
         raise source.error(f"cannot parse the file: data row 1 has {len(first)} fields, the "
                            f"header {len(header)}", fix)

@@ -128,6 +128,16 @@ class NumericColumn:
     def feature_names(self) -> list[str]:
         return [self.name, f"{self.name}__missing"] if self.missing_indicator else [self.name]
 
+    def numbers(self, series: pd.Series) -> pd.Series:
+        """The column's cells as numbers (decimal commas read where it was trained on them),
+        NaN where a cell is none."""
+        return pd.to_numeric(comma_numbers(series) if self.decimal_comma else series,
+                             errors="coerce")
+
+    def far_out(self, values: np.ndarray) -> np.ndarray:
+        """Which values lie further than FAR_STDS from the training mean (NaN does not)."""
+        return np.asarray(np.abs(values - self.mean) / self.std > FAR_STDS)
+
     def far_text(self, value: float) -> str:
         """How far `value` lies from the training rows, in their standard deviations."""
         return (f"{abs(value - self.mean) / self.std:.3g} standard deviations from the "
@@ -139,8 +149,9 @@ class NumericColumn:
         values = _numeric_values(series, self.name, decimal_comma=self.decimal_comma)
         missing = np.isnan(values)
         _check_missing(self.name, missing, impute)
-        scaled = (np.where(missing, self.fill, values) - self.mean) / self.std
-        far = np.flatnonzero(~(np.abs(scaled) <= FAR_STDS))
+        filled = np.where(missing, self.fill, values)
+        scaled = (filled - self.mean) / self.std
+        far = np.flatnonzero(self.far_out(filled))
         if len(far) and not refuse_far:
             scaled[far] = np.nan
         elif len(far):
@@ -464,8 +475,9 @@ def fit_tabular(
     resolved_impute = _impute(impute)
     if max_one_hot < 1:
         raise ValueError(f"max_one_hot must be at least 1, not {max_one_hot}")
-    resolved_kinds = {**column_kinds(frame, columns, decimal_comma=decimal_comma),
-                      **(kinds or {})}
+    given = kinds or {}
+    resolved_kinds = {**column_kinds(frame, [c for c in columns if c not in given],
+                                     decimal_comma=decimal_comma), **given}
     _check_has_values(frame, columns)
     return TabularEncoding(
         numeric_columns=[

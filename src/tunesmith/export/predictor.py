@@ -33,13 +33,7 @@ from tunesmith.data.sources import (
     shown_name,
     wrong_delimiter_hint,
 )
-from tunesmith.data.tabular import (
-    FAR_STDS,
-    MISSING_CATEGORY,
-    TabularEncoding,
-    missing_words,
-)
-from tunesmith.data.task import comma_numbers
+from tunesmith.data.tabular import MISSING_CATEGORY, TabularEncoding, missing_words
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import collect_logits
 from tunesmith.export.bundle import MANIFEST, load_bundle
@@ -318,15 +312,13 @@ def _unreadable_rows(table: pd.DataFrame, encoding: TabularEncoding) -> dict[int
     for numeric in encoding.numeric_columns:
         column, values = numeric.name, table[numeric.name]
         gaps[column] = gaps[column] | missing_words(values)  # NA, n/a, ...: gaps, as in training
-        parsed = pd.to_numeric(comma_numbers(values) if numeric.decimal_comma else values,
-                               errors="coerce")
+        parsed = numeric.numbers(values)
         for row in np.flatnonzero(parsed.isna().to_numpy() & ~gaps[column]):
             bad.setdefault(int(row), f"column {column!r}: {values.iloc[row]!r} is not a number")
         finite = parsed.to_numpy(dtype=np.float64, na_value=np.nan)
         for row in np.flatnonzero(np.isinf(finite)):
             bad.setdefault(int(row), f"column {column!r}: {values.iloc[row]!r} is not finite")
-        far = np.abs(finite - numeric.mean) / numeric.std > FAR_STDS  # NaN compares False
-        for row in np.flatnonzero(far & np.isfinite(finite)):
+        for row in np.flatnonzero(numeric.far_out(finite) & np.isfinite(finite)):
             bad.setdefault(int(row), f"column {column!r}: {values.iloc[row]!r} is "
                                      f"{numeric.far_text(float(finite[row]))}")
     if encoding.impute == "none":
