@@ -29,9 +29,11 @@ from tunesmith.errors import TunesmithError
 SMALL_SPACE = {"train.lr": {"low": 1e-3, "high": 3e-2}, "model.scratch.depth": [1, 2]}
 
 
-def wine_config(folder: Path, csv: Path, name: str = "wine", **search: Any) -> Path:
+def wine_config(folder: Path, csv: Path, name: str = "wine", train: dict[str, Any] | None = None,
+                **search: Any) -> Path:
     raw = config_dict(folder, data_path=csv, backbone="scratch:mlp",
-                      train_settings={"epochs": 6, "precision": "fp32"}, name=name,
+                      train_settings={"epochs": 6, "precision": "fp32", **(train or {})},
+                      name=name,
                       search={"space": SMALL_SPACE, "folds": 1, **search})
     return write_yaml(folder / f"{name}.yaml", raw)
 
@@ -584,7 +586,10 @@ def test_two_workers_share_one_study_without_duplicate_or_lost_trials(
         journal = tmp_path / "shared.journal"
         storage, study_name = f"journal:{journal}", "shared"
         opened = JournalStorage(JournalFileBackend(str(journal)))
-    config = wine_config(tmp_path, wine_csv, name="shared", trials=6, pruner="none")
+    # Trials long enough (about a second each) that one worker cannot run all six while the
+    # other is still importing torch on a loaded machine.
+    config = wine_config(tmp_path, wine_csv, name="shared", trials=6, pruner="none",
+                         train={"epochs": 150, "patience": None})
     workers = [
         subprocess.Popen(
             [sys.executable, "-m", "tunesmith", "search", str(config),
