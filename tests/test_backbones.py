@@ -115,7 +115,7 @@ CASES: dict[str, Expected] = {
         "embeddings.patch_embeddings.projection.weight", "layernorm", "pooler.dense.",
     ),
     "timm": Expected(
-        "timm:{timm}", "image", "image", 96, "conv1.0", "conv1.0.weight", "layer4.0", "fc.",
+        "timm:{timm}", "image", "image", 96, "conv1.0+1", "conv1.0.weight", "layer4.0", "fc.",
     ),
     "torchvision": Expected(
         "torchvision:mobilenet_v3_small?weights={assets}/mobilenet_v3_small.pth", "image",
@@ -511,15 +511,40 @@ def test_ordered_blocks_of_a_resnet18() -> None:
     network.fc = nn.Identity()
     blocks = ordered_blocks(network)
     assert [block.name for block in blocks] == [
-        "conv1", "bn1", "layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1",
+        "conv1+bn1", "layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1",
         "layer4.0", "layer4.1",
     ]
-    assert [name for name, _ in blocks[0].parameters] == ["conv1.weight"]
-    assert [name for name, _ in blocks[4].parameters][-3:] == [
+    # The stem's batch norm is one block with the convolution it normalizes (as timm's stem
+    # group): freezing the stem freezes both, and they share a layer-wise learning rate.
+    assert [name for name, _ in blocks[0].parameters] == ["conv1.weight", "bn1.weight",
+                                                          "bn1.bias"]
+    assert blocks[0].modules == (network.conv1, network.bn1)
+    assert [name for name, _ in blocks[3].parameters][-3:] == [
         "layer2.0.downsample.0.weight", "layer2.0.downsample.1.weight",
         "layer2.0.downsample.1.bias",
     ]
     assert sum(block.size() for block in blocks) == sum(p.numel() for p in network.parameters())
+
+
+def test_a_lone_norm_joins_the_layer_it_normalizes_as_timm_groups_them() -> None:
+    """EfficientNet's stem and head convolutions take their batch norms; ConvNeXt's
+    downsampling norm, which comes before its convolution, takes that; a ViT's final norm after
+    its stack of layers stays a block of its own (timm's `norm` group)."""
+    import timm
+
+    def names(model: str) -> list[str]:
+        return [block.name for block in ordered_blocks(timm.create_model(model, num_classes=0))]
+
+    lite0 = names("tf_efficientnet_lite0")
+    assert lite0[0] == "conv_stem+bn1" and lite0[-1] == "conv_head+bn2"
+    assert len(lite0) == 1 + 16 + 1  # the stem, 16 inverted residual blocks, the head
+    convnext = names("convnext_atto")
+    assert convnext[:4] == ["stem.0+1", "stages.0.blocks.0", "stages.0.blocks.1",
+                            "stages.1.downsample.0+1"]
+    vit = names("vit_tiny_patch16_224")
+    assert vit[-2:] == ["blocks.11", "norm"]
+    # timm's deep stem: a Sequential of convolutions and norms, then the network's own bn1
+    assert names("resnet10t")[:4] == ["conv1.0+1", "conv1.3+4", "conv1.6+bn1", "layer1.0"]
 
 
 def tiny_vit() -> TorchvisionBackbone:

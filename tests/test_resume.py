@@ -167,6 +167,27 @@ def test_resume_with_another_config_says_what_differs(
                       "train.lr: 0.002 -> 0.003")
 
 
+def test_a_checkpoint_whose_optimizer_groups_do_not_fit_the_model_is_refused(
+    killed_text_run: tuple[Path, Path], run_cli: Cli,
+) -> None:
+    """A checkpoint written where the model's parameters were cut into other groups (an older
+    tunesmith's blocks) names itself and the way out, not torch's ValueError."""
+    config, trial = killed_text_run
+    newest = trial / "checkpoints" / "train" / "step-00000020"
+    for folder in newest.parent.glob("step-*"):
+        state = json.loads((folder / "state.json").read_text())
+        groups = state["optimizer"]["param_groups"]
+        groups[0]["params"] += groups.pop(1)["params"]  # two groups saved as one
+        (folder / "state.json").write_text(json.dumps(state))
+    result = run_cli(["run", config, "--resume"])
+    assert result.code == 2 and "Traceback" not in result.err, result.err[-2000:]
+    message = result.err[result.err.index("error: "):]  # after the run's own header line
+    assert message.count("error: ") == 1
+    for part in (newest, "--resume", "optimizer state does not fit this model's parameter groups",
+                 "fix: run without --resume"):
+        assert str(part) in message, (part, message)
+
+
 def test_resume_without_a_checkpoint(killed_text_run: tuple[Path, Path],
                                      text_config: Callable[..., Path], run_cli: Cli) -> None:
     import shutil

@@ -12,7 +12,13 @@ them: BERT becomes [embeddings,
 layer 0, ..., layer N-1], a ResNet its stem and residual blocks, a torchvision ViT its patch
 projection (with the class token and position embedding), encoder layers and final norm.
 Parameters a split module holds itself (a class token, a position embedding) join the block of the
-embedding they belong to: the one before them, or the next one when they come first.
+embedding they belong to: the one before them, or the next one when they come first. A
+normalization layer cut out on its own joins the layer it normalizes, a sibling in the same
+parent: the one before it (a stem's convolution and its batch norm, EfficientNet's `conv_stem`
+and `bn1`), or the one after it when it comes first (ConvNeXt's downsampling norm and
+convolution), as timm groups them; a final norm after a stack of layers (a ViT's `encoder.ln`)
+has no such sibling and stays a block of its own. A sibling cut up as a plain sequence of layers
+(timm's deep stem `conv1`, a Sequential, before `bn1`) ends in the layer the norm follows.
 """
 
 from __future__ import annotations
@@ -105,7 +111,63 @@ def ordered_blocks(network: nn.Module) -> list[Block]:
         for name, piece in pieces
         if (piece.size() if isinstance(piece, Block) else _size(piece))
     ]
-    return _merge_loose_parameters(blocks)
+    return _merge_norms(_merge_loose_parameters(blocks), network)
+
+
+NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+
+
+def _is_norm(block: Block) -> bool:
+    return len(block.modules) == 1 and isinstance(block.modules[0], NORMS)
+
+
+def _parent(block: Block) -> str:
+    return block.name.rpartition(".")[0]
+
+
+def _joined(first: Block, second: Block) -> Block:
+    return Block(f"{first.name}+{second.name.rpartition('.')[2]}",
+                 first.parameters + second.parameters, first.modules + second.modules)
+
+
+def _follows(block: Block, norm: Block, network: nn.Module) -> bool:
+    """Whether `norm` normalizes what `block` computes: `block` is its sibling, or the last part
+    of a sibling that is a plain sequence of layers, not a stack of repeated ones (a ViT's
+    encoder layers before its final norm) or a module wrapping one."""
+    parent = _parent(norm)
+    if _parent(block) == parent:
+        return True
+    prefix = f"{parent}." if parent else ""
+    if not block.name.startswith(prefix):
+        return False
+    sibling = network.get_submodule(prefix + block.name[len(prefix):].split(".")[0])
+    return _is_container(sibling) and not _is_stack(sibling)
+
+
+def _first_in_parent(norm: Block, network: nn.Module) -> bool:
+    parent = network.get_submodule(_parent(norm))
+    return next(child for child in parent.children() if _size(child)) is norm.modules[0]
+
+
+def _merge_norms(blocks: list[Block], network: nn.Module) -> list[Block]:
+    """Each block that is one normalization layer joined to the layer it normalizes (see
+    above)."""
+    merged: list[Block] = []
+    index = 0
+    while index < len(blocks):
+        block = blocks[index]
+        after = blocks[index + 1] if index + 1 < len(blocks) else None
+        if (_is_norm(block) and merged and not _is_norm(merged[-1])
+                and _follows(merged[-1], block, network)):
+            merged[-1] = _joined(merged[-1], block)
+        elif (_is_norm(block) and after is not None and not _is_norm(after)
+              and _parent(after) == _parent(block) and _first_in_parent(block, network)):
+            merged.append(_joined(block, after))
+            index += 1
+        else:
+            merged.append(block)
+        index += 1
+    return merged
 
 
 def _merge_loose_parameters(blocks: list[Block]) -> list[Block]:

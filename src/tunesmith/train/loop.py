@@ -397,7 +397,13 @@ def _restore(run: _Run, checkpoint: ckpt.Checkpoint, loader: DataLoader[Any]) ->
         {key.removeprefix("model."): value for key, value in tensors.items()
          if key.startswith("model.")}
     )
-    ckpt.load_optimizer_state(run.optimizer, state["optimizer"], tensors)
+    try:
+        ckpt.load_optimizer_state(run.optimizer, state["optimizer"], tensors)
+    except ValueError as error:  # parameter groups cut otherwise (an older tunesmith's blocks)
+        raise TunesmithError(
+            f"the checkpoint's optimizer state does not fit this model's parameter groups "
+            f"({error})", file=checkpoint.folder, field="--resume",
+            fix="run without --resume to train this trial afresh") from error
     if run.accelerator.scaler is not None and state.get("scaler"):
         run.accelerator.scaler.load_state_dict(state["scaler"])
     run.scheduler.load_state_dict(state["scheduler"])
