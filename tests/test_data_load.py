@@ -859,3 +859,19 @@ def test_class_codes_written_with_leading_zeros_keep_their_spelling(tmp_path: Pa
     assert data.classes == ["01", "02", "10"]
     assert sorted(set(data.test.labels)) == ["01", "02", "10"]
     assert data.test.labels[:3] == ["01", "02", "10"]
+
+
+def test_boolean_labels_match_however_each_file_writes_them(tmp_path: Path) -> None:
+    """A CSV's `true` and a JSON file's `true` (a boolean, named `True` as Python spells it) are
+    one class: a given test file in the other format matched none of train's classes."""
+    import json
+
+    table = unique_texts(60, seed=7).assign(label=["true", "false"] * 30)
+    table.to_csv(path := tmp_path / "train.csv", index=False)
+    test = unique_texts(90, seed=8).tail(12).assign(label=[True, False] * 6)
+    rows = test.to_dict("records")
+    (test_path := tmp_path / "test.jsonl").write_text("".join(
+        json.dumps({"text": row["text"], "label": row["label"]}) + "\n" for row in rows))
+    data = load(tmp_path, path, test=str(test_path))
+    assert data.classes == ["false", "true"]
+    assert data.test.labels == ["true", "false"] * 6

@@ -21,6 +21,7 @@ from tunesmith.data.sources import ID_COLUMN, IMAGE_COLUMN, Modality, Source, la
 from tunesmith.data.task import (
     NAN_WORDS,
     LabelKind,
+    class_key,
     class_text,
     comma_numbers,
     is_missing,
@@ -73,12 +74,11 @@ class Labels:
 
     def matches(self, classes: list[str]) -> list[int]:
         """Each of these labels' classes as an index into `classes`, or UNSEEN. A class named
-        by its number matches that number however written (01 in train, 1 in a given test
-        file), where the name alone does not."""
+        by its number or a boolean matches it however written (01 in train, 1 in a given test
+        file; a CSV's true, a JSON file's True), where the name alone does not."""
         index = {name: i for i, name in enumerate(classes)}
-        numbers = {number: i for i, name in enumerate(classes)
-                   if (number := numeric_class(name)) is not None}
-        return [index.get(name, numbers.get(numeric_class(name) or "", UNSEEN))
+        keys = {key: i for i, name in enumerate(classes) if (key := class_key(name)) is not None}
+        return [index.get(name, keys.get(class_key(name) or "", UNSEEN))
                 for name in self.classes]
 
     def recoded(self, classes: list[str]) -> Labels:

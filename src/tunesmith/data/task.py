@@ -79,6 +79,19 @@ def numeric_class(name: str) -> str | None:
     return class_text(number) if math.isfinite(number) else None
 
 
+BOOLEAN_WORDS = ("true", "false")
+
+
+def class_key(name: str) -> str | None:
+    """What a class name stands for however a file writes it: a number (`numeric_class`), or a
+    boolean (a CSV's `true`, a JSON file's `true` that Python names `True`); None otherwise."""
+    number = numeric_class(name)
+    if number is not None:
+        return number
+    word = name.strip().lower()
+    return f"boolean:{word}" if word in BOOLEAN_WORDS else None
+
+
 def label_set(value: Any, delimiter: str | None) -> tuple[str, ...]:
     """A multilabel value as a sorted tuple of class names (empty for no labels)."""
     if isinstance(value, list | tuple | np.ndarray):
