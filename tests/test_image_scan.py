@@ -206,6 +206,21 @@ def test_float_and_constant_images_are_scaled_without_dividing_by_zero() -> None
     assert np.asarray(to_mode(flat, "L")).max() == 0
 
 
+def test_a_16_bit_key_colour_is_transparent_and_outside_the_stretch(tmp_path: Path) -> None:
+    """A 16-bit grayscale PNG's tRNS key colour: its pixels are white as a viewer shows them, not
+    the black of the lowest value, and the picture is stretched over the other pixels' range."""
+    values = np.full((4, 6), 40_000, dtype=np.uint16)
+    values[1:3, 1:3] = 1_000
+    values[0, :2] = 5  # the key colour
+    Image.fromarray(values).save(path := tmp_path / "key.png", transparency=5)
+    gray = np.asarray(open_image(path, "L"))
+    expected = np.where(values == 40_000, 255, 0)
+    expected[0, :2] = 255
+    assert gray.tolist() == expected.tolist()
+    rgba = np.asarray(open_image(path, "RGBA"))
+    assert rgba[0, 0, 3] == 0 and rgba[0, 2, 3] == 255 and rgba[1, 1].tolist() == [0, 0, 0, 255]
+
+
 def test_transparent_pixels_are_composited_on_white() -> None:
     # Left half fully transparent black, right half opaque red.
     rgba = np.zeros((4, 6, 4), dtype=np.uint8)

@@ -116,16 +116,24 @@ def to_mode(image: Image.Image, mode: str = "RGB") -> Image.Image:
 
 
 def _to_eight_bits(image: Image.Image) -> Image.Image:
+    """A high-depth image stretched to 8 bits: `L`, or `LA` where a key colour (a 16-bit PNG's
+    `tRNS`) makes pixels transparent; those are no part of the picture's range either."""
     if image.mode not in HIGH_DEPTH_MODES:
         return image
     # float32 holds every 16-bit value exactly, at half the memory of float64 on large scans.
     values = np.asarray(image).astype(np.float32)
-    finite = values[np.isfinite(values)]
+    key = image.info.get("transparency")
+    hidden = values == key if isinstance(key, int | float) else np.zeros(values.shape, bool)
+    finite = values[np.isfinite(values) & ~hidden]
     low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
     # A constant image has no range to stretch; black keeps it constant without inventing contrast.
     scale = 255.0 / (high - low) if high > low else 0.0
     scaled = np.nan_to_num((values - low) * scale, nan=0.0, posinf=255.0, neginf=0.0)
-    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+    gray = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+    if not hidden.any():
+        return gray
+    alpha = Image.fromarray(np.where(hidden, 0, 255).astype(np.uint8), mode="L")
+    return Image.merge("LA", (gray, alpha))
 
 
 def _on_white(image: Image.Image) -> Image.Image:
