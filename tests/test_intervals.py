@@ -247,3 +247,22 @@ def test_auroc_of_150_classes_has_its_interval() -> None:
     low, high = scores["auroc"]["ci95"]
     assert low < scores["auroc"]["value"] < high and high - low < 0.05
     assert 3000 * 150 <= intervals.AUROC_INTERVAL_CELLS < 50_000 * 1000
+
+
+def test_top_5_breaks_ties_as_argmax_does() -> None:
+    """On tied logits a row right at top 1 (argmax: the lowest tied class) is right at top 5,
+    and the true class's rank counts the tied classes before it; argpartition had picked among
+    ties arbitrarily, leaving the predicted class out of some rows' top 5."""
+    from tunesmith.evaluate.metrics import top_k_hits
+
+    rng = np.random.default_rng(0)
+    logits = rng.integers(0, 3, size=(5_000, 20)).astype(np.float32)
+    predicted = logits.argmax(axis=1)
+    assert top_k_hits(logits, predicted, 5).all()
+    targets = rng.integers(0, 20, size=5_000)
+    ranks = np.array([list(np.argsort(-row, kind="stable")).index(t)
+                      for row, t in zip(logits, targets, strict=True)])
+    np.testing.assert_array_equal(top_k_hits(logits, targets, 5), ranks < 5)
+    flat = np.zeros((2, 12), dtype=np.float32)
+    assert top_k_hits(flat, np.array([4, 5]), 5).tolist() == [True, False]
+    assert not top_k_hits(np.full((1, 12), np.nan, dtype=np.float32), np.array([0]), 5)[0]
