@@ -919,3 +919,36 @@ def test_a_soup_of_batch_norm_replicates_has_its_own_statistics(
     moved = [float((bundle[key] - averaged[key]).abs().max()) for key in norms]
     assert max(moved) > 1e-3  # ... with statistics measured again, not averaged
     assert metrics["val"]["accuracy"]["value"] == pytest.approx(soup["val"])
+
+
+def test_a_greedy_soup_takes_only_trials_of_the_best_trials_activations(
+    tmp_path: Path, wine_csv: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trials that differ only in their activation have weights of the same names and shapes,
+    but weights trained under tanh do not average into a ReLU network: the soup is offered
+    only trials of the best one's activation."""
+    from tunesmith.search import soup
+
+    offered: list[list[int]] = []
+    original = soup.greedy_soup
+
+    def watched(candidates: Any, *args: Any, **kwargs: Any) -> Any:
+        offered.append([number for number, _, _ in candidates])
+        return original(candidates, *args, **kwargs)
+
+    monkeypatch.setattr(soup, "greedy_soup", watched)
+    space = {"model.scratch.depth": [2], "model.scratch.width": [64],
+             "model.scratch.activation": ["relu", "tanh", "sigmoid"]}
+    summary = api.fit(wine_config(tmp_path, wine_csv, train={"epochs": 10}, trials=8,
+                                  pruner="none", sampler="random", space=space))
+    trials = {t.number: t for t in study_of(summary.run_dir).get_trials()}
+    drawn = [t.params["model.scratch.activation"] for t in trials.values()]
+    best = trials[offered[0][0]] if offered else None
+    assert best is not None and drawn.count(best.params["model.scratch.activation"]) >= 2
+    assert len(set(drawn)) >= 2  # trials of other activations were there to be offered
+    assert {trials[n].params["model.scratch.activation"] for n in offered[0]} == {
+        best.params["model.scratch.activation"]}
+    from tunesmith.searching import SOUP_CANDIDATES
+
+    assert len(offered[0]) == min(SOUP_CANDIDATES,
+                                  drawn.count(best.params["model.scratch.activation"]))

@@ -171,6 +171,8 @@ def test_search_space_narrows_to_choices_or_a_range(
          "search.space.model.backbone", "gone.safetensors does not exist"),
         ({"model.backbone": ["scratch:mlp"]}, "search.space.model.backbone",
          "scratch:mlp reads tabular inputs, but the task is text"),
+        ({"model.backbone": ["scratch:mlpx"]}, "search.space.model.backbone",
+         "scratch has no network named 'mlpx'"),  # was found only when a trial built it
     ],
 )
 def test_a_search_space_override_outside_allowed_values_names_the_key(

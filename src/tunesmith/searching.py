@@ -364,7 +364,8 @@ def _greedy_soup(kept: Kept, trials: list[Any], best: Any, objective: Any) -> An
     metric = objective.metric
     run_dir = kept.prepared.config.run_dir
     scored = sorted((t for t in trials if metric in t.user_attrs.get("val", {})
-                     and t.number != best.number and _best_weights(run_dir, t.number).is_file()),
+                     and t.number != best.number and _best_weights(run_dir, t.number).is_file()
+                     and _same_activations(t, best)),
                     key=lambda t: t.user_attrs["val"][metric], reverse=objective.greater_is_better)
     others = [(t.number, float(t.user_attrs["val"][metric])) for t in scored[: SOUP_CANDIDATES - 1]]
     if not others:
@@ -372,6 +373,15 @@ def _greedy_soup(kept: Kept, trials: list[Any], best: Any, objective: Any) -> An
     return _soup_of(kept, best, others, objective,
                     lambda candidates, score: greedy_soup(
                         candidates, score, greater_is_better=objective.greater_is_better))
+
+
+# Drawn settings that change what a network computes but not its weights' names or shapes
+# (which `soup.compatible` checks): weights trained under one do not average into another.
+WEIGHTLESS_ARCHITECTURE = ("model.scratch.activation", "model.head.activation")
+
+
+def _same_activations(trial: Any, best: Any) -> bool:
+    return all(trial.params.get(key) == best.params.get(key) for key in WEIGHTLESS_ARCHITECTURE)
 
 
 def _soup_of(kept: Kept, best: Any, others: list[tuple[int, float]], objective: Any,

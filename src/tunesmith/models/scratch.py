@@ -163,6 +163,18 @@ class ScratchNetwork(Backbone):
         }
 
 
+NETWORKS = ("mlp", "cnn")
+
+
+def check_network(kind: str, field: str) -> None:
+    if kind not in NETWORKS:
+        raise TunesmithError(
+            f"scratch has no network named {kind!r}",
+            field=field,
+            fix="use scratch:mlp (tables, flat features) or scratch:cnn (images)",
+        )
+
+
 def create(
     kind: str,
     shape: ScratchShape,
@@ -171,12 +183,7 @@ def create(
     in_features: int | None = None,
     image_size: int | None = None,
 ) -> ScratchNetwork:
-    if kind not in ("mlp", "cnn"):
-        raise TunesmithError(
-            f"scratch has no network named {kind!r}",
-            field=field,
-            fix="use scratch:mlp (tables, flat features) or scratch:cnn (images)",
-        )
+    check_network(kind, field)
     if kind == "mlp" and not in_features:
         raise TunesmithError(
             "scratch:mlp reads tabular features, and this task has none",

@@ -283,6 +283,7 @@ def _check_backbones(backbones: list[Any], config: Config, modality: Modality) -
     rather than a trial."""
     from tunesmith.models.hf import check_folder
     from tunesmith.models.registry import PATH_OPTIONS, checked_spec, parse_spec
+    from tunesmith.models.scratch import check_network
 
     field = "search.space.model.backbone"
     for spec in map(str, backbones):
@@ -290,6 +291,8 @@ def _check_backbones(backbones: list[Any], config: Config, modality: Modality) -
             parsed = parse_spec(spec)
             if parsed.source == "hf":
                 check_folder(config.path(parsed.target), field)
+            if parsed.source == "scratch":
+                check_network(parsed.target, field)
             for option in PATH_OPTIONS & parsed.options.keys():
                 if not config.path(parsed.options[option]).exists():
                     raise TunesmithError(f"{config.path(parsed.options[option])} does not exist",
