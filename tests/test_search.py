@@ -145,7 +145,7 @@ def _loop_trials(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, seconds: float | None, trials: int,
     trial_s: float | list[float], replicate_seed: int | None = None,
     other_worker: Callable[[optuna.Study, int], None] | None = None,
-    study: optuna.Study | None = None,
+    study: optuna.Study | None = None, least_trial_s: float = 0.0,
 ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """The search loop on a real in-memory study and a fake clock, trial k taking `trial_s`
     seconds (or `trial_s[k]`, the last repeated), or what is left of the budget (then cut short,
@@ -182,7 +182,8 @@ def _loop_trials(
                            stopped="time budget" if cut else None)
 
     run.run_trials(study, space, train, objective=objective_for("classification"),
-                   budget=run.Budget(seconds, trials, started=clock.now), run_dir=tmp_path,
+                   budget=run.Budget(seconds, trials, started=clock.now,
+                                     least_trial_s=least_trial_s), run_dir=tmp_path,
                    first={"train.lr": 1e-3}, replicate_seed=replicate_seed)
     attrs = {t.number: t.user_attrs for t in study.get_trials()}
     return [(values, attrs[number]) for values, number in zip(trained, numbers, strict=True)]
@@ -190,6 +191,18 @@ def _loop_trials(
 
 def replicates(trials: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[int | None]:
     return [attrs.get("replicate") for _, attrs in trials]
+
+
+def test_no_trial_starts_with_no_more_left_than_its_folds_take_at_least(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each fold of a trial is given at least a second whatever is left, so a trial started with
+    less than that overran the budget (5 folds, 20 s: the search spent 20.3 s)."""
+    plain = _loop_trials(tmp_path, monkeypatch, seconds=8, trials=10, trial_s=3)
+    assert len(plain) == 3 and plain[-1][1]["cut_short"]  # at 6 s, 2 s left: one more, cut
+    folded = _loop_trials(tmp_path, monkeypatch, seconds=8, trials=10, trial_s=3,
+                          least_trial_s=4)  # 2 s left is less than such a trial takes
+    assert len(folded) == 2 and not any(attrs["cut_short"] for _, attrs in folded)
 
 
 def test_a_budget_of_few_trials_is_spent_on_seeded_replicates_of_the_recipe(

@@ -4,6 +4,7 @@ workers started together, and a budget the search's own set-up spends before the
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -176,6 +177,18 @@ def test_a_budget_the_set_up_spends_is_too_small_for_one_trial(tmp_path: Path,
     least = float(re.search(r"give at least (\d+) s", result.err).group(1))  # type: ignore[union-attr]
     assert least >= 5 / 0.9
     assert not (tmp_path / "runs" / "short" / "metrics.json").exists()
+    # The least it names is enough: the set-up after the check (the run folder, the study) is
+    # counted too, and with no more left than a trial's folds take at least, none starts.
+    for folds in (5, 1):  # without folds the least is a second or two: no slack in rounding
+        raw["search"].update(budget=0.1, folds=folds)
+        result = run_cli(["run", write_yaml(tmp_path / "short.yaml", raw)])
+        least = float(re.search(r"give at least (\d+) s", result.err).group(1))  # type: ignore[union-attr]
+        raw["search"]["budget"] = least
+        result = run_cli(["run", write_yaml(tmp_path / "short.yaml", raw)])
+        assert result.code == 0, result.err[-2000:]
+        metrics = json.loads((tmp_path / "runs" / "short" / "metrics.json").read_text())
+        assert metrics["search"]["trials_completed"] >= 1
+        assert metrics["search"]["folds"] == folds
 
 
 def test_choices_written_1e_3_are_numbers(tmp_path: Path) -> None:

@@ -556,7 +556,7 @@ def _run_study(
     budget = Budget(
         None if search.budget is None else search.budget - reserve, search.trials,
         spent_before=spent_by_study(study) if resume and not own_budget else 0.0,
-        started=started,
+        started=started, least_trial_s=FOLD_LEAST_S * len(folds) if folds else 0.0,
     )
     kept = Kept()
 
@@ -619,6 +619,9 @@ def least_budget(epoch_s: float) -> float:
 
 
 FOLD_LEAST_S = 1.0  # the least time a trial's fold model is given (see `_train_folds`)
+# What the set-up spends after the budget check, before the first trial: the run folder, the
+# study opened or created (about half a second for SQLite here), the search space's signature.
+AFTER_CHECK_S = 1.0
 
 
 def _check_budget(given: Config, recipe: Prepared, *, folds: int, started: float) -> None:
@@ -628,7 +631,7 @@ def _check_budget(given: Config, recipe: Prepared, *, folds: int, started: float
     measured here."""
     epoch_s = _epoch_seconds(recipe)
     epoch_s = max(epoch_s, FOLD_LEAST_S) * folds if folds else epoch_s
-    spent = time.perf_counter() - started
+    spent = time.perf_counter() - started + AFTER_CHECK_S
     budget, least = float(given.search.budget or 0.0), least_budget(epoch_s + spent)
     if budget >= least:
         return

@@ -80,6 +80,9 @@ class Budget:
     trials: int | None
     spent_before: float = 0.0
     started: float = field(default_factory=time.perf_counter)
+    # The least a trial runs whatever is left (each of its folds is given at least a second):
+    # with no more left than that, a trial would overrun the budget.
+    least_trial_s: float = 0.0
 
     def spent(self) -> float:
         return self.spent_before + time.perf_counter() - self.started
@@ -346,6 +349,8 @@ def _room_for_another(study: optuna.Study, budget: Budget) -> bool:
     left = budget.left()
     if left is None:
         return True
+    if left <= budget.least_trial_s:
+        return False
     # A trial shorter than half the quickest whole one so far would be cut too short to
     # compare. Pruned trials and those the budget cut are not whole: a cut trial's wall would let
     # ever shorter ones follow it; with no whole trial yet, the longest of them is the least a
