@@ -17,7 +17,7 @@ from typing import Any, Literal, cast, get_args
 import numpy as np
 import pandas as pd
 
-from tunesmith.data.task import NAN_WORDS, comma_numbers
+from tunesmith.data.task import BOOLEAN_WORDS, NAN_WORDS, comma_numbers
 from tunesmith.errors import DataError, TunesmithError
 
 ColumnKind = Literal["numeric", "categorical"]
@@ -289,9 +289,6 @@ class CategoricalColumn:
         seen = codes >= 0
         encoded[np.flatnonzero(seen), codes[seen]] = 1.0
         return encoded
-
-
-BOOLEAN_WORDS = {"true": "True", "false": "False"}
 
 
 def _category_key(value: object) -> str:

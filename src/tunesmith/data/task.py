@@ -79,17 +79,14 @@ def numeric_class(name: str) -> str | None:
     return class_text(number) if math.isfinite(number) else None
 
 
-BOOLEAN_WORDS = ("true", "false")
+# A boolean's word in any case, as Python spells the boolean (what pandas and JSON readers give).
+BOOLEAN_WORDS = {"true": "True", "false": "False"}
 
 
 def class_key(name: str) -> str | None:
     """What a class name stands for however a file writes it: a number (`numeric_class`), or a
     boolean (a CSV's `true`, a JSON file's `true` that Python names `True`); None otherwise."""
-    number = numeric_class(name)
-    if number is not None:
-        return number
-    word = name.strip().lower()
-    return f"boolean:{word}" if word in BOOLEAN_WORDS else None
+    return numeric_class(name) or BOOLEAN_WORDS.get(name.strip().lower())
 
 
 def label_set(value: Any, delimiter: str | None) -> tuple[str, ...]:
