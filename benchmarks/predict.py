@@ -5,13 +5,22 @@
 
 For MiniLM on Rotten Tomatoes and EfficientNet-Lite0 on MNIST-5k (64x64), a bundle is made by a
 short `tunesmith run` (a linear probe: two epochs of the head on frozen features, so the margins
-are a trained model's, in a minute or two), exported with `tunesmith export --format onnx`, and both
-predict every test row in batches of 64, interleaved (eager, ONNX, eager, ONNX, ...; the best of
-three each), through the same input pipeline (tokenization or image decoding included). Reported:
-samples/s of each, their ratio, and whether the labels agree on every test row; and, to read
-the ratio against what the machine allows, the model's forward FLOPs per row on those batches
-(torch's FlopCounterMode) and each arm's share of the fp32 matrix-product rate measured in the same
-script (a roofline: a graph already at the matrix units' rate cannot be made much faster).
+are a trained model's, in a minute or two) and exported with `tunesmith export --format onnx`.
+Every arm predicts every test row in batches of 64 through the same input pipeline (tokenization
+or image decoding included), interleaved (one pass of each arm, three times; the best pass each):
+
+- eager: `tunesmith.load(run)`, the bundle in PyTorch, fp32 (the reference);
+- onnx-cpu: the graph on ONNX Runtime's own CPU kernels (what `onnxruntime` alone gives);
+- onnx: `tunesmith.load(run, engine="onnx")`, as `tunesmith predict --engine onnx` runs it
+  (ONNX Runtime's OpenVINO provider where installed, held to fp32);
+- onnx-bf16: the same with `precision="bf16"`, the rows near a tie recomputed in fp32, where the
+  export found bf16 usable for the model.
+
+Reported: samples/s of each, the ratio to eager, whether the labels agree with eager's on every
+test row and the largest difference in probability; and, to read the ratios against what the
+machine allows, the model's forward FLOPs per row (torch's FlopCounterMode) and each arm's share
+of the fp32 matrix-product rate measured in the same script (a graph already at the matrix units'
+rate cannot be made much faster in fp32).
 """
 
 from __future__ import annotations
@@ -24,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -32,7 +40,7 @@ import throughput  # the example configs
 
 from tunesmith import api
 from tunesmith.config import load_config
-from tunesmith.export.onnx import batches, predict_rows
+from tunesmith.export.onnx import CPU, batches, open_session, predict_rows
 
 REPEATS = 3
 BATCH = 64
@@ -61,32 +69,44 @@ def measure(name: str, config: Path, workdir: Path, gflops: float) -> dict[str, 
     predictor = api.load(run_dir)
     test = api.prepare(load_config(run_dir / "config.yaml")).data.test
     inputs = test.features if test.features is not None else test.inputs
-    session = ort.InferenceSession(record.path, providers=["CPUExecutionProvider"])
-    eager_s, onnx_s = [], []
+    cpu = open_session(Path(record.path), provider=CPU)
+    arms: dict[str, Any] = {
+        "eager": lambda: predictor.predict_proba(inputs, batch_size=BATCH),
+        "onnx-cpu": lambda: predict_rows(cpu, predictor, inputs, record.inputs, record.output,
+                                         batch_size=BATCH),
+    }
+    engine = api.load(run_dir, engine="onnx")
+    arms["onnx"] = lambda: engine.predict_proba(inputs, batch_size=BATCH)
+    fast = None
+    if record.bf16 is not None and record.bf16["recheck_margin"] < 1:
+        fast = api.load(run_dir, engine="onnx", precision="bf16")
+        arms["onnx-bf16"] = lambda: fast.predict_proba(inputs, batch_size=BATCH)
+    seconds: dict[str, list[float]] = {arm: [] for arm in arms}
+    found: dict[str, np.ndarray] = {}
     for _ in range(REPEATS):
-        started = time.perf_counter()
-        eager = predictor.predict_proba(inputs, batch_size=BATCH)
-        eager_s.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        graph = predict_rows(session, predictor, inputs, record.inputs, record.output,
-                             batch_size=BATCH)
-        onnx_s.append(time.perf_counter() - started)
+        for arm, predict in arms.items():
+            started = time.perf_counter()
+            found[arm] = predict()
+            seconds[arm].append(time.perf_counter() - started)
     rows = len(test)
     flops = forward_flops(predictor, inputs)
-    eager_rate, onnx_rate = rows / min(eager_s), rows / min(onnx_s)
-    result = {
-        "model": name, "rows": rows,
-        "eager_samples_per_s": round(eager_rate, 1),
-        "onnx_samples_per_s": round(onnx_rate, 1),
-        "onnx_over_eager": round(min(eager_s) / min(onnx_s), 2),
-        "labels_identical": bool(np.array_equal(eager.argmax(axis=1), graph.argmax(axis=1))),
-        "max_abs_diff": float(np.abs(eager - graph).max()),
+    rates = {arm: rows / min(s) for arm, s in seconds.items()}
+    eager = found["eager"]
+    result: dict[str, Any] = {
+        "model": name, "rows": rows, "providers": record.providers, "bf16": record.bf16,
         "parity_max_abs_diff": record.parity_max_abs_diff,
-        "forward_gflop_per_row": round(flops / 1e9, 3),
-        "fp32_matmul_gflops": round(gflops, 1),
-        "eager_share_of_matmul_rate": round(flops * eager_rate / (gflops * 1e9), 2),
-        "onnx_share_of_matmul_rate": round(flops * onnx_rate / (gflops * 1e9), 2),
+        "forward_gflop_per_row": round(flops / 1e9, 3), "fp32_matmul_gflops": round(gflops, 1),
+        "arms": {arm: {
+            "samples_per_s": round(rate, 1),
+            "over_eager": round(rate / rates["eager"], 2),
+            "labels_identical": bool(np.array_equal(eager.argmax(1), found[arm].argmax(1))),
+            "labels_changed": int(np.sum(eager.argmax(1) != found[arm].argmax(1))),
+            "max_abs_diff": float(np.abs(eager - found[arm]).max()),
+            "share_of_fp32_matmul_rate": round(flops * rate / (gflops * 1e9), 2),
+        } for arm, rate in rates.items()},
     }
+    if fast is not None:
+        result["arms"]["onnx-bf16"]["rows_rechecked_in_fp32"] = fast.rechecked
     print(json.dumps(result), flush=True)
     return result
 
@@ -97,14 +117,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         results = [measure("minilm-rt2", throughput.TEXT_CONFIG, Path(tmp), gflops),
                    measure("lite0-mnist5k", throughput.IMAGE_CONFIG, Path(tmp), gflops)]
-    print("| model | test rows | eager samples/s | ONNX Runtime samples/s | ratio | "
-          "labels identical | share of the fp32 matmul rate, eager / ONNX |")
+    print("| model | test rows | arm | samples/s | over eager | labels identical | "
+          "share of the fp32 matmul rate |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['model']} | {r['rows']} | {r['eager_samples_per_s']} | "
-              f"{r['onnx_samples_per_s']} | {r['onnx_over_eager']}x | {r['labels_identical']} | "
-              f"{r['eager_share_of_matmul_rate']} / {r['onnx_share_of_matmul_rate']} |")
-
+        for arm, a in r["arms"].items():
+            print(f"| {r['model']} | {r['rows']} | {arm} | {a['samples_per_s']} | "
+                  f"{a['over_eager']}x | {a['labels_identical']} ({a['labels_changed']} changed) | "
+                  f"{a['share_of_fp32_matmul_rate']} |")
 
 if __name__ == "__main__":
     main()

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pandas as pd
 import pytest
 
 from conftest import FinishedRun
@@ -19,8 +20,9 @@ from tunesmith.config import load_config
 from tunesmith.export.onnx import predict_rows
 
 
-def held_out(run: FinishedRun) -> tuple[Any, np.ndarray, list[str]]:
-    data = api.prepare(load_config(run.run_dir / "config.yaml")).data
+def held_out(run: FinishedRun | Path) -> tuple[Any, np.ndarray, list[str]]:
+    run_dir = run if isinstance(run, Path) else run.run_dir
+    data = api.prepare(load_config(run_dir / "config.yaml")).data
     test = data.test
     inputs = test.features if test.features is not None else test.inputs
     return inputs, np.asarray(data.targets(test)), data.classes
@@ -171,6 +173,11 @@ def test_a_regression_graph_is_checked_in_the_targets_units_and_a_failed_one_not
     session = ort.InferenceSession(record.path, providers=["CPUExecutionProvider"])
     got = predict_rows(session, predictor, inputs, record.inputs, record.output)
     np.testing.assert_allclose(got, expected, rtol=1e-5)
+    # the ONNX engine predicts the same numbers; bf16, which has no tie to recheck, is refused
+    engine = api.load(run.run_dir, engine="onnx")
+    np.testing.assert_allclose(engine.predict(inputs), expected.reshape(-1), rtol=1e-5)
+    with pytest.raises(TunesmithError, match="a regression model has none"):
+        api.load(run.run_dir, engine="onnx", precision="bf16")
     # A graph that fails the check is refused and the one exported before stays in place.
     before = (run.run_dir / "model.onnx").read_bytes()
     monkeypatch.setattr(exporter, "_parity", lambda *args: (0.5, 1e-4, 32))
@@ -178,3 +185,119 @@ def test_a_regression_graph_is_checked_in_the_targets_units_and_a_failed_one_not
         api.export(run.run_dir, "onnx")
     assert (run.run_dir / "model.onnx").read_bytes() == before
     assert not [p for p in run.run_dir.iterdir() if p.name.startswith(".model.onnx")]
+
+
+# ----------------------------------------------------------------------------------------------
+# The ONNX engine: `tunesmith predict --engine onnx`, `tunesmith.load(run, engine="onnx")`
+
+
+def exported(run: FinishedRun, tmp_path: Path) -> Path:
+    """A copy of `run` with a fresh ONNX export (tests that alter it keep to their copy)."""
+    import shutil
+
+    copy = tmp_path / run.run_dir.name
+    shutil.copytree(run.run_dir, copy)
+    api.export(copy, "onnx")
+    return copy
+
+
+@pytest.mark.parametrize("which", ["text", "image"])
+def test_predict_with_the_onnx_engine_gives_the_bundles_labels_and_probabilities(
+    which: str, text_run: FinishedRun, image_run: FinishedRun, run_cli: Any, tmp_path: Path
+) -> None:
+    from tunesmith.export.onnx import providers
+
+    run_dir = exported({"text": text_run, "image": image_run}[which], tmp_path)
+    inputs, _, classes = held_out(run_dir)
+    record = json.loads((run_dir / "export.json").read_text())
+    assert record["providers"] == providers()  # the parity check ran on each one
+    if which == "text":
+        source = tmp_path / "texts.jsonl"
+        source.write_text("".join(json.dumps({"text": t}) + "\n" for t in inputs))
+    else:
+        source = tmp_path / "images"
+        source.mkdir()
+        for i, path in enumerate(inputs):
+            (source / f"{i:04d}{Path(path).suffix}").write_bytes(Path(path).read_bytes())
+    tables = {}
+    for engine in ("torch", "onnx"):
+        out = tmp_path / f"{engine}.csv"
+        result = run_cli(["predict", run_dir, source, "--engine", engine, "--out", out])
+        assert result.code == 0, result.err
+        tables[engine] = pd.read_csv(out)
+    torch_table, onnx_table = tables["torch"], tables["onnx"]
+    assert len(onnx_table) == len(inputs)
+    assert onnx_table["input"].tolist() == torch_table["input"].tolist()
+    assert onnx_table["label"].tolist() == torch_table["label"].tolist()
+    columns = [f"p_{c}" for c in classes]
+    np.testing.assert_allclose(onnx_table[columns], torch_table[columns], atol=1e-4)
+
+
+def test_bf16_prediction_recomputes_the_rows_near_a_tie_in_fp32(
+    text_run: FinishedRun, tmp_path: Path
+) -> None:
+    from tunesmith.export.onnx import (
+        RECHECK_SAFETY,
+        bf16_available,
+        load_onnx_predictor,
+        open_session,
+        top_two_gap,
+    )
+
+    if not bf16_available():
+        pytest.skip("bf16 needs ONNX Runtime's OpenVINO provider and AVX-512 BF16 or AMX")
+    run_dir = exported(text_run, tmp_path)
+    data = api.prepare(load_config(run_dir / "config.yaml")).data
+    record = json.loads((run_dir / "export.json").read_text())
+    change = record["bf16"]
+    # measured on the validation rows: bf16 really ran (float32 would change nothing)
+    assert change["rows"] == min(1024, len(data.val))
+    assert 0 < change["max_abs_diff"] < 0.05
+    assert change["recheck_margin"] == pytest.approx(RECHECK_SAFETY * 2 * change["max_abs_diff"])
+    inputs = data.test.inputs
+    torch_probabilities = api.load(run_dir).predict_proba(inputs)
+    graph = run_dir / "model.onnx"
+    exact = predict_rows(open_session(graph, "fp32"), api.load(run_dir), inputs,
+                         record["inputs"], record["output"])
+    fast = predict_rows(open_session(graph, "bf16"), api.load(run_dir), inputs,
+                        record["inputs"], record["output"])
+    assert np.abs(fast - exact).max() > 0
+    predictor = load_onnx_predictor(run_dir, "bf16")
+    # with the export's margin: the labels are float32's on every test row
+    got = predictor.predict_proba(inputs)
+    assert (got.argmax(1) == torch_probabilities.argmax(1)).all()
+    assert predictor.rechecked == int(np.sum(top_two_gap(fast) < change["recheck_margin"]))
+    # with a margin that rechecks about half the rows: exactly those rows are float32's, the
+    # others bf16's
+    predictor.recheck_margin = float(np.median(top_two_gap(fast)))
+    got = predictor.predict_proba(inputs)
+    close = top_two_gap(fast) < predictor.recheck_margin
+    assert 0 < predictor.rechecked == close.sum() < len(inputs)
+    np.testing.assert_allclose(got[close], exact[close], atol=1e-5)  # batched apart from the rest
+    np.testing.assert_allclose(got[~close], fast[~close], atol=1e-6)
+    assert predictor.predict(inputs) == [predictor.classes[i] for i in got.argmax(1)]
+
+
+def test_the_onnx_engine_refuses_an_altered_or_missing_graph_and_bad_options(
+    text_run: FinishedRun, tmp_path: Path, run_cli: Any
+) -> None:
+    from test_cli import assert_user_error
+
+    run_dir = exported(text_run, tmp_path)
+    source = tmp_path / "texts.jsonl"
+    source.write_text('{"text": "superb"}\n')
+    graph = run_dir / "model.onnx"
+    data = bytearray(graph.read_bytes())
+    data[-1] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    assert_user_error(run_cli(["predict", run_dir, source, "--engine", "onnx"]), graph,
+                      "checksum", "tunesmith export")
+    graph.unlink()
+    assert_user_error(run_cli(["predict", run_dir / "best", source, "--engine", "onnx"]),
+                      graph, "no ONNX graph", "--engine torch")
+    assert_user_error(run_cli(["predict", run_dir, source, "--engine", "tensorrt"]),
+                      "unknown engine 'tensorrt'", "--engine")
+    assert_user_error(run_cli(["predict", run_dir, source, "--precision", "bf16"]),
+                      "--precision", "--engine onnx")
+    assert_user_error(run_cli(["predict", run_dir, source, "--engine", "onnx", "--precision",
+                               "int4"]), "unknown precision 'int4'")

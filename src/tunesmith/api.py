@@ -514,7 +514,21 @@ def inspect(
     return inspect_data(data_config, task=chosen, resolve=lambda path: Path(path).absolute())
 
 
-def load(run_or_bundle: str | Path) -> Predictor:
+def load(run_or_bundle: str | Path, *, engine: str = "torch", precision: str = "fp32"
+         ) -> Predictor:
+    """A predictor for a run folder or bundle: `engine="torch"` runs the bundle's model in
+    PyTorch; `engine="onnx"` runs the run's exported `model.onnx` in ONNX Runtime, in `precision`
+    fp32 or bf16 (a classifier's rows near a tie recomputed in fp32)."""
+    if engine == "onnx":
+        from tunesmith.export.onnx import load_onnx_predictor
+
+        return load_onnx_predictor(run_or_bundle, precision)
+    if engine != "torch":
+        raise TunesmithError(f"unknown engine {engine!r}", field="--engine",
+                             fix="use --engine torch or --engine onnx")
+    if precision != "fp32":
+        raise TunesmithError(f"the torch engine predicts in fp32, not {precision}",
+                             field="--precision", fix="add --engine onnx, or leave --precision out")
     return load_predictor(run_or_bundle)
 
 
@@ -596,7 +610,8 @@ def _evaluation_file(folder: Path, name: str, source: str) -> Path:
 
 def export(run_dir: str | Path, format: str = "onnx", *, quantize: bool = False) -> Any:
     """Export a run's bundle: `onnx` writes `RUN_DIR/model.onnx` (checked against PyTorch on the
-    run's test rows with ONNX Runtime; `quantize` adds an int8 graph scored on them) and
+    run's test rows with ONNX Runtime; bf16's change in a classifier's probabilities measured on
+    its validation rows; `quantize` adds an int8 graph scored on the test rows) and
     `export.json`; `safetensors` checks the bundle's weights and says where they are."""
     from tunesmith.export.bundle import WEIGHTS
     from tunesmith.export.onnx import export_onnx
@@ -614,11 +629,13 @@ def export(run_dir: str | Path, format: str = "onnx", *, quantize: bool = False)
     if format == "safetensors":
         return bundle / WEIGHTS
     require_run_folder(folder)
-    test = _run_data(folder, load_config(folder / "config.yaml")).test
+    data = _run_data(folder, load_config(folder / "config.yaml"))
+    test, val = data.test, data.val
     inputs = test.features if test.features is not None else test.inputs
     targets = _targets_for(test, predictor.classes, predictor.kind)
+    calibration = None if val is None else val.features if val.features is not None else val.inputs
     return export_onnx(predictor, folder, inputs, evaluation=(inputs, targets),
-                       quantize=quantize)
+                       calibration=calibration, quantize=quantize)
 
 
 def _check_labels(part: Examples, predictor: Predictor, kind: str) -> None:

@@ -204,19 +204,27 @@ def predict(
         Path | None,
         typer.Option(help="Write predictions to this .csv or .jsonl instead of printing them."),
     ] = None,
+    engine: Annotated[
+        str, typer.Option(help="torch (the bundle), or onnx (the run's exported model.onnx in "
+                          "ONNX Runtime).")
+    ] = "torch",
+    precision: Annotated[
+        str, typer.Option(help="With --engine onnx: fp32, or bf16 (rows near a tie between "
+                          "two classes recomputed in fp32).")
+    ] = "fp32",
 ) -> None:
     """Predict labels and class probabilities with a trained bundle."""
+    from tunesmith.api import load
     from tunesmith.export.predictor import (
         check_out,
         gather_inputs,
-        load_predictor,
         predictions_table,
         write_predictions,
     )
 
     if out is not None:
         check_out(out, inputs)
-    predictor = load_predictor(run_dir)
+    predictor = load(run_dir, engine=engine, precision=precision)
     batch = gather_inputs(predictor, inputs)
     table = predictions_table(predictor, batch)
     if out is None:
@@ -278,7 +286,15 @@ def export(
         return
     typer.echo(f"wrote {found.path}: inputs {', '.join(found.inputs)} -> {found.output}; "
                f"ONNX Runtime matches PyTorch on {found.parity_rows} test inputs within "
-               f"{found.parity_max_abs_diff:.1e}")
+               f"{found.parity_max_abs_diff:.1e} ({', '.join(found.providers or [])})")
+    if found.bf16 is not None:
+        moved = (f"bf16 moves the probabilities by up to {found.bf16['max_abs_diff']:.1e} on "
+                 f"{found.bf16['rows']} validation inputs: ")
+        typer.echo(moved + (
+            "too far for --precision bf16 (every row would be recomputed in fp32)"
+            if found.bf16["recheck_margin"] >= 1 else
+            f"--precision bf16 recomputes in fp32 the rows whose top two are within "
+            f"{found.bf16['recheck_margin']:.3f} ({found.bf16['rechecked_share']:.1%} of them)"))
     if found.int8 is not None:
         change = found.int8.get("change")
         typer.echo(f"wrote {found.int8['path']}" + (

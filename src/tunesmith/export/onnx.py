@@ -10,27 +10,39 @@ the predicted numbers for regression. Tokenizers and image preprocessing stay ou
 After the export, ONNX Runtime runs the graph on real inputs (the run's test rows, in batches of
 different lengths) and the largest absolute difference from PyTorch's outputs is reported; above
 `PARITY_TOLERANCE` (for a regression, that share of the largest output) the export is an error
-and the graph is not kept. `--quantize int8` adds ONNX Runtime's dynamic int8
+and the graph is not kept. The check runs on every execution provider prediction uses: ONNX
+Runtime's own CPU kernels and, where it is installed (`onnxruntime-openvino`, Linux on x86-64),
+its OpenVINO provider held to float32. `--quantize int8` adds ONNX Runtime's dynamic int8
 quantization of the weights, with its change in test accuracy (or RMSE) reported.
+
+`OnnxPredictor` predicts with the graph (`tunesmith predict --engine onnx`). In bf16 (on a CPU that
+multiplies bf16 natively, through the OpenVINO provider) a classifier's probabilities move a
+little, so the export measures how far on validation rows, and prediction recomputes in float32
+every row whose top two probabilities are closer than a margin drawn from that: the labels stay
+float32's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
+from tunesmith.console import progress
 from tunesmith.errors import TunesmithError
-from tunesmith.export.predictor import Predictor
+from tunesmith.export.predictor import Predictor, bundle_folder
 from tunesmith.models.heads import full_precision
 
 MODEL = "model.onnx"
@@ -40,6 +52,13 @@ PARITY_ROWS = 32
 PARITY_TOLERANCE = 1e-4
 OPSET = 17
 TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+CPU = "CPUExecutionProvider"
+OPENVINO = "OpenVINOExecutionProvider"
+PRECISIONS = ("fp32", "bf16")
+CALIBRATION_ROWS = 1024  # validation rows on which bf16's change in probabilities is measured
+# A label can change only where the top two probabilities are within twice the largest change
+# of one probability; rows closer than RECHECK_SAFETY times that are recomputed in float32.
+RECHECK_SAFETY = 4.0
 
 
 class Exported(nn.Module):
@@ -71,7 +90,56 @@ class ExportRecord:
     parity_allowed: float
     onnx_kb: int
     export_s: float
+    sha256: str = ""
+    providers: list[str] | None = None  # the execution providers the parity check ran on
+    bf16: dict[str, Any] | None = None
     int8: dict[str, Any] | None = None
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def providers() -> list[str]:
+    """The execution providers prediction uses here: OpenVINO's first where it is installed."""
+    import onnxruntime as ort
+
+    return [p for p in (OPENVINO, CPU) if p in ort.get_available_providers()]
+
+
+def bf16_available() -> bool:
+    """Whether bf16 prediction runs here: ONNX Runtime's OpenVINO provider, on a CPU with bf16
+    matrix instructions (AVX-512 BF16 or AMX). ONNX Runtime's own CPU kernels have no bf16."""
+    if OPENVINO not in providers():
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
+
+
+def open_session(path: Path, precision: str = "fp32", provider: str | None = None) -> Any:
+    """An ONNX Runtime session for the graph at `path`: the OpenVINO provider where it is
+    installed (or `provider`), its inference precision held to `precision`. OpenVINO would
+    otherwise compute in bf16 by itself on a CPU that has it."""
+    import onnxruntime as ort
+
+    chosen = provider or providers()[0]
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # not the provider's notes on which nodes it left to the CPU
+    if chosen == CPU:
+        return ort.InferenceSession(str(path), options, providers=[CPU])
+    config = {"CPU": {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+                      "PERFORMANCE_HINT": "THROUGHPUT"}}
+    openvino = {"device_type": "CPU", "precision": "ACCURACY" if precision == "bf16" else "FP32",
+                "load_config": json.dumps(config)}
+    return ort.InferenceSession(str(path), options, providers=[OPENVINO, CPU],
+                                provider_options=[openvino, {}])
 
 
 def batches(
@@ -90,12 +158,12 @@ def batches(
 
 def export_onnx(
     predictor: Predictor, out_dir: Path, sample: Any, *,
-    evaluation: tuple[Any, np.ndarray] | None = None, quantize: bool = False,
+    evaluation: tuple[Any, np.ndarray] | None = None, calibration: Any = None,
+    quantize: bool = False,
 ) -> ExportRecord:
     """Export `predictor`'s model to `out_dir/model.onnx`; `sample` (at least a few real inputs)
-    traces the graph and checks it; `evaluation` (inputs, targets) scores the int8 graph."""
-    import onnxruntime as ort
-
+    traces the graph and checks it; `calibration` (validation inputs) measures bf16's change in
+    a classifier's probabilities; `evaluation` (inputs, targets) scores the int8 graph."""
     from tunesmith.io import atomic_write
 
     started = time.perf_counter()
@@ -120,9 +188,10 @@ def export_onnx(
     def checked(tmp: Path) -> None:  # a graph that fails the check never takes the place
         nonlocal worst, allowed, rows
         write(tmp)
-        worst, allowed, rows = _parity(ort.InferenceSession(
-            str(tmp), providers=["CPUExecutionProvider"]), wrapper, predictor, sample, names,
-            output)
+        for provider in providers():
+            found, allowed, rows = _parity(open_session(tmp, provider=provider), wrapper,
+                                           predictor, sample, names, output)
+            worst = max(worst, found)
         if worst > allowed:
             raise TunesmithError(
                 f"the ONNX graph's outputs differ from PyTorch's by up to {worst:.2e} on {rows} "
@@ -131,7 +200,9 @@ def export_onnx(
 
     atomic_write(path, checked)
     record = ExportRecord("onnx", str(path), names, axes, output, rows, worst, allowed,
-                          path.stat().st_size // 1024, round(time.perf_counter() - started, 1))
+                          path.stat().st_size // 1024, round(time.perf_counter() - started, 1),
+                          sha256_of(path), providers(),
+                          _bf16_change(path, predictor, names, output, calibration))
     if quantize:
         record = _quantized(record, predictor, out_dir, names, output, evaluation)
     (out_dir / RECORD).write_text(json.dumps(asdict(record), indent=2) + "\n")
@@ -154,6 +225,31 @@ def _parity(session: Any, wrapper: Exported, predictor: Predictor, sample: Any, 
         rows += len(expected)
     scale = max(1.0, largest) if predictor.kind == "regression" else 1.0
     return worst, PARITY_TOLERANCE * scale, rows
+
+
+def _bf16_change(path: Path, predictor: Predictor, names: list[str], output: str,
+                 inputs: Any) -> dict[str, Any] | None:
+    """How far bf16 moves a classifier's probabilities on validation rows, and the margin under
+    which prediction in bf16 recomputes a row in float32 (None where bf16 does not run here)."""
+    if predictor.kind != "classification" or inputs is None or not len(inputs) \
+            or not bf16_available():
+        return None
+    rows = inputs[:CALIBRATION_ROWS]
+    exact = predict_rows(open_session(path, "fp32"), predictor, rows, names, output)
+    fast = predict_rows(open_session(path, "bf16"), predictor, rows, names, output)
+    change = float(np.abs(fast - exact).max())
+    margin = RECHECK_SAFETY * 2 * change
+    return {"rows": len(exact), "max_abs_diff": change, "recheck_margin": margin,
+            "rechecked_share": float(np.mean(top_two_gap(fast) < margin)),
+            "labels_changed_unrechecked": int(np.sum(fast.argmax(1) != exact.argmax(1)))}
+
+
+def top_two_gap(probabilities: np.ndarray) -> np.ndarray:
+    """Each row's largest probability less its second largest (NaN where one is not finite)."""
+    if probabilities.shape[1] < 2:
+        return np.full(len(probabilities), np.inf)
+    top = np.sort(probabilities, axis=1)[:, -2:]
+    return np.asarray(top[:, 1] - top[:, 0])
 
 
 def _quantized(
@@ -180,7 +276,7 @@ def _quantized(
         inputs, targets = evaluation
         scores = {}
         for name, graph in (("fp32", out_dir / MODEL), ("int8", path)):
-            session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(graph), providers=[CPU])
             outputs = predict_rows(session, predictor, inputs, names, output)
             scores[name] = _quality(predictor.kind, outputs, targets)
         metric = next(iter(scores["fp32"]))
@@ -191,7 +287,7 @@ def _quantized(
 
 
 def predict_rows(session: Any, predictor: Predictor, inputs: Any, names: list[str], output: str,
-                 batch_size: int = 64) -> np.ndarray:
+                 batch_size: int = 64, on_batch: Callable[[int], Any] | None = None) -> np.ndarray:
     """The graph's outputs for `inputs`, in their order (prediction batches texts by length)."""
     from tunesmith.models.inputs import eval_batches
 
@@ -199,6 +295,8 @@ def predict_rows(session: Any, predictor: Predictor, inputs: Any, names: list[st
     parts = []
     for batch in made.loader:
         parts.append(session.run([output], {n: batch[n].numpy() for n in names})[0])
+        if on_batch is not None:
+            on_batch(len(parts[-1]))
     stacked = np.concatenate(parts)
     restore = np.empty(len(made.order), dtype=int)
     restore[np.asarray(made.order)] = np.arange(len(made.order))
@@ -211,3 +309,125 @@ def _quality(kind: str, outputs: np.ndarray, targets: np.ndarray) -> dict[str, f
     if kind == "multilabel":
         return {"subset_accuracy": float(np.mean(((outputs >= 0.5) == (targets > 0.5)).all(1)))}
     return {"accuracy": float(np.mean(outputs.argmax(axis=1) == targets))}
+
+
+def _rows(inputs: Any, positions: np.ndarray) -> Any:
+    """The inputs at `positions`: from a list, a DataFrame or encoded rows."""
+    if isinstance(inputs, pd.DataFrame):
+        return inputs.iloc[positions]
+    if isinstance(inputs, np.ndarray):
+        return inputs[positions]
+    return [inputs[i] for i in positions]
+
+
+class OnnxPredictor(Predictor):
+    """A bundle whose graph ONNX Runtime runs: the bundle's own preprocessing (tokenizer, image
+    transforms, table encoding), the exported graph's outputs. In `bf16` a classifier's rows
+    whose top two probabilities are closer than the export's recheck margin are recomputed in
+    float32; `rechecked` counts them in the last call."""
+
+    def __init__(self, base: Predictor, graph: Path, record: dict[str, Any], precision: str
+                 ) -> None:
+        super().__init__(base.model, base.manifest)
+        self.graph, self.record, self.precision = graph, record, precision
+        self.names: list[str] = list(record["inputs"])
+        self.output: str = record["output"]
+        self.recheck_margin = 0.0
+        self.rechecked = 0
+        if precision == "bf16":
+            self.recheck_margin = self._recheck_margin()
+        self.session = open_session(graph, "fp32")
+        self.fast = open_session(graph, "bf16") if precision == "bf16" else None
+
+    def _recheck_margin(self) -> float:
+        fallback = "use --precision fp32"
+        if self.kind != "classification":
+            raise TunesmithError(
+                f"bf16 prediction recomputes the rows near a tie between two classes; a "
+                f"{self.kind} model has none", field="--precision", fix=fallback)
+        if not bf16_available():
+            raise TunesmithError(
+                "bf16 prediction needs ONNX Runtime's OpenVINO provider and a CPU with bf16 "
+                f"instructions (AVX-512 BF16 or AMX); here there are {', '.join(providers())}",
+                field="--precision", fix=fallback)
+        change = self.record.get("bf16")
+        if not change:
+            raise TunesmithError(
+                "the export has no measure of bf16's change in this model's probabilities "
+                "(made where bf16 did not run, or by an older tunesmith)", file=self.graph,
+                field="--precision", fix="export again here (tunesmith export RUN_DIR), or "
+                + fallback)
+        margin = float(change["recheck_margin"])
+        if margin >= 1.0:
+            raise TunesmithError(
+                f"bf16 moved this model's probabilities by up to {change['max_abs_diff']:.2f} on "
+                f"{change['rows']} validation rows: every row would be recomputed in float32",
+                file=self.graph, field="--precision", fix=fallback)
+        return margin
+
+    def _run(self, session: Any, inputs: Any, batch_size: int, label: str) -> np.ndarray:
+        with progress() as bar:
+            task = bar.add_task(label, total=len(inputs), status="")
+            return predict_rows(session, self, inputs, self.names, self.output,
+                                batch_size=batch_size,
+                                on_batch=lambda n: bar.update(task, advance=n))
+
+    def _graph_outputs(self, inputs: Any, batch_size: int) -> np.ndarray:
+        self._require_many(inputs)
+        self.rechecked = 0
+        if len(inputs) == 0:
+            return np.zeros((0, 1 if self.kind == "regression" else len(self.classes)),
+                            dtype=np.float32)
+        if self.fast is None:
+            return self._run(self.session, inputs, batch_size, "predict (onnx)")
+        found = self._run(self.fast, inputs, batch_size, "predict (onnx, bf16)")
+        gap = top_two_gap(found)
+        close = np.flatnonzero(~(gap >= self.recheck_margin))  # NaN rows too
+        if len(close):
+            found[close] = self._run(self.session, _rows(inputs, close), batch_size,
+                                     "recheck (onnx, fp32)")
+        self.rechecked = len(close)
+        return found
+
+    def predict_proba(
+        self, inputs: Sequence[Any] | pd.DataFrame, *, batch_size: int = 64
+    ) -> np.ndarray:
+        if self.kind == "regression":
+            return super().predict_proba(inputs)  # refused, as the bundle refuses it
+        return self._graph_outputs(inputs, batch_size)
+
+    def outputs(self, inputs: Sequence[Any] | pd.DataFrame, *, batch_size: int = 64) -> np.ndarray:
+        """The graph's numbers (regression); for classes, logits recovered from its
+        probabilities: log-odds per label (multilabel), or the log-probabilities times the
+        temperature, which differ from the model's logits by a constant per row."""
+        found = self._graph_outputs(inputs, batch_size)
+        if self.kind == "regression":
+            return found
+        probabilities = found.astype(np.float64)
+        with np.errstate(divide="ignore"):
+            if self.kind == "multilabel":
+                return np.log(probabilities) - np.log1p(-probabilities)
+            return self.temperature * np.log(probabilities)
+
+
+def load_onnx_predictor(path: str | Path, precision: str = "fp32") -> OnnxPredictor:
+    """The ONNX engine for a run folder exported with `tunesmith export` (or its `best/`)."""
+    from tunesmith.export.predictor import load_predictor
+
+    if precision not in PRECISIONS:
+        raise TunesmithError(f"unknown precision {precision!r}", field="--precision",
+                             fix="use --precision fp32 or --precision bf16")
+    folder = Path(path)
+    bundle = bundle_folder(folder)
+    run = folder if bundle != folder else folder.parent  # the export sits beside best/
+    record_path, graph = run / RECORD, run / MODEL
+    if not record_path.is_file() or not graph.is_file():
+        raise TunesmithError("this run has no ONNX graph", file=graph, field="--engine",
+                             fix=f"export it first: tunesmith export {run} --format onnx "
+                             "(or predict with --engine torch)")
+    record = json.loads(record_path.read_text())
+    if record.get("sha256") and sha256_of(graph) != record["sha256"]:
+        raise TunesmithError(
+            f"the ONNX graph is not the one exported (its checksum differs from {RECORD}'s)",
+            file=graph, field="sha256", fix=f"export again: tunesmith export {run} --format onnx")
+    return OnnxPredictor(load_predictor(bundle), graph, record, precision)
