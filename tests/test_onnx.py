@@ -301,3 +301,33 @@ def test_the_onnx_engine_refuses_an_altered_or_missing_graph_and_bad_options(
                       "--precision", "--engine onnx")
     assert_user_error(run_cli(["predict", run_dir, source, "--engine", "onnx", "--precision",
                                "int4"]), "unknown precision 'int4'")
+
+
+def test_a_graph_the_openvino_provider_cannot_run_is_predicted_on_the_cpu_kernels(
+    text_run: FinishedRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    from tunesmith.errors import TunesmithError
+    from tunesmith.export import onnx as exporter
+
+    if exporter.OPENVINO not in exporter.providers():
+        pytest.skip("ONNX Runtime's OpenVINO provider is not installed here")
+    real = exporter.open_session
+
+    def refusing(path: Path, precision: str = "fp32", provider: str | None = None) -> Any:
+        if (provider or exporter.providers()[0]) == exporter.OPENVINO:
+            raise state.Fail("[OpenVINO-EP] an op it does not support")
+        return real(path, precision, provider)
+
+    monkeypatch.setattr(exporter, "open_session", refusing)
+    run_dir = exported(text_run, tmp_path)
+    record = json.loads((run_dir / "export.json").read_text())
+    assert record["providers"] == [exporter.CPU] and record["bf16"] is None
+    monkeypatch.undo()
+    engine = api.load(run_dir, engine="onnx")
+    assert engine.provider == exporter.CPU  # the provider the check ran, not OpenVINO
+    texts, _, _ = held_out(run_dir)
+    assert engine.predict(texts) == api.load(run_dir).predict(texts)
+    with pytest.raises(TunesmithError, match="OpenVINO provider"):
+        api.load(run_dir, engine="onnx", precision="bf16")

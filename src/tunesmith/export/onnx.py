@@ -38,9 +38,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from rich.markup import escape
 from torch import nn
 
-from tunesmith.console import progress
+from tunesmith.console import console, progress
 from tunesmith.errors import TunesmithError
 from tunesmith.export.predictor import Predictor, bundle_folder
 from tunesmith.models.heads import full_precision
@@ -109,6 +110,14 @@ def providers() -> list[str]:
     import onnxruntime as ort
 
     return [p for p in (OPENVINO, CPU) if p in ort.get_available_providers()]
+
+
+def runtime_errors() -> tuple[type[Exception], ...]:
+    """What ONNX Runtime raises when a provider cannot load or run a graph."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return (state.Fail, state.EPFail, state.InvalidGraph, state.NotImplemented,
+            state.RuntimeException)
 
 
 def bf16_available() -> bool:
@@ -185,13 +194,25 @@ def export_onnx(
     path = out_dir / MODEL
     worst, allowed, rows = 0.0, PARITY_TOLERANCE, 0
 
+    ran: list[str] = []  # the providers that ran the graph
+
     def checked(tmp: Path) -> None:  # a graph that fails the check never takes the place
         nonlocal worst, allowed, rows
         write(tmp)
         for provider in providers():
-            found, allowed, rows = _parity(open_session(tmp, provider=provider), wrapper,
-                                           predictor, sample, names, output)
+            try:
+                found, allowed, rows = _parity(open_session(tmp, provider=provider), wrapper,
+                                               predictor, sample, names, output)
+            except runtime_errors() as error:
+                if provider == CPU:
+                    raise
+                console.print(escape(
+                    f"ONNX Runtime's {provider} could not run this graph "
+                    f"({str(error).splitlines()[0][:200]}): prediction uses its CPU kernels"),
+                    style="yellow", highlight=False)
+                continue
             worst = max(worst, found)
+            ran.append(provider)
         if worst > allowed:
             raise TunesmithError(
                 f"the ONNX graph's outputs differ from PyTorch's by up to {worst:.2e} on {rows} "
@@ -201,8 +222,9 @@ def export_onnx(
     atomic_write(path, checked)
     record = ExportRecord("onnx", str(path), names, axes, output, rows, worst, allowed,
                           path.stat().st_size // 1024, round(time.perf_counter() - started, 1),
-                          sha256_of(path), providers(),
-                          _bf16_change(path, predictor, names, output, calibration))
+                          sha256_of(path), ran,
+                          _bf16_change(path, predictor, names, output, calibration)
+                          if OPENVINO in ran else None)
     if quantize:
         record = _quantized(record, predictor, out_dir, names, output, evaluation)
     (out_dir / RECORD).write_text(json.dumps(asdict(record), indent=2) + "\n")
@@ -336,8 +358,11 @@ class OnnxPredictor(Predictor):
         self.rechecked = 0
         if precision == "bf16":
             self.recheck_margin = self._recheck_margin()
-        self.session = open_session(graph, "fp32")
-        self.fast = open_session(graph, "bf16") if precision == "bf16" else None
+        # the providers the export's check ran the graph on (older exports: any here)
+        checked = record.get("providers") or providers()
+        self.provider = next((p for p in providers() if p in checked), CPU)
+        self.session = open_session(graph, "fp32", self.provider)
+        self.fast = open_session(graph, "bf16", OPENVINO) if precision == "bf16" else None
 
     def _recheck_margin(self) -> float:
         fallback = "use --precision fp32"
@@ -345,7 +370,7 @@ class OnnxPredictor(Predictor):
             raise TunesmithError(
                 f"bf16 prediction recomputes the rows near a tie between two classes; a "
                 f"{self.kind} model has none", field="--precision", fix=fallback)
-        if not bf16_available():
+        if not bf16_available() or OPENVINO not in (self.record.get("providers") or []):
             raise TunesmithError(
                 "bf16 prediction needs ONNX Runtime's OpenVINO provider and a CPU with bf16 "
                 f"instructions (AVX-512 BF16 or AMX); here there are {', '.join(providers())}",
