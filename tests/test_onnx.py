@@ -329,5 +329,5 @@ def test_a_graph_the_openvino_provider_cannot_run_is_predicted_on_the_cpu_kernel
     assert engine.provider == exporter.CPU  # the provider the check ran, not OpenVINO
     texts, _, _ = held_out(run_dir)
     assert engine.predict(texts) == api.load(run_dir).predict(texts)
-    with pytest.raises(TunesmithError, match="OpenVINO provider"):
+    with pytest.raises(TunesmithError, match="did not run this graph on"):
         api.load(run_dir, engine="onnx", precision="bf16")

@@ -370,11 +370,16 @@ class OnnxPredictor(Predictor):
             raise TunesmithError(
                 f"bf16 prediction recomputes the rows near a tie between two classes; a "
                 f"{self.kind} model has none", field="--precision", fix=fallback)
-        if not bf16_available() or OPENVINO not in (self.record.get("providers") or []):
+        if not bf16_available():
             raise TunesmithError(
                 "bf16 prediction needs ONNX Runtime's OpenVINO provider and a CPU with bf16 "
                 f"instructions (AVX-512 BF16 or AMX); here there are {', '.join(providers())}",
                 field="--precision", fix=fallback)
+        if OPENVINO not in (self.record.get("providers") or []):
+            raise TunesmithError(
+                "the export did not run this graph on ONNX Runtime's OpenVINO provider, which "
+                "bf16 prediction uses", file=self.graph, field="--precision",
+                fix="export again here (tunesmith export RUN_DIR), or " + fallback)
         change = self.record.get("bf16")
         if not change:
             raise TunesmithError(
