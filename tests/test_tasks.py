@@ -234,6 +234,18 @@ def test_multilabel_texts_train_and_predict_label_sets(tiny_bert: Path, tmp_path
     for command in (["evaluate", run.run_dir], ["export", run.run_dir, "--format", "onnx"]):
         result = run_cli(command)
         assert result.code == 0, result.err
+    # the ONNX engine gives the same label sets and probabilities (its logits recovered from
+    # the graph's sigmoids)
+    texts = [record["text"] for record in records[:60]]
+    engine = tunesmith.load(run.run_dir, engine="onnx")
+    assert engine.predict(texts) == predictor.predict(texts)
+    np.testing.assert_allclose(engine.predict_proba(texts), predictor.predict_proba(texts),
+                               atol=1e-5)
+    logits, recovered = predictor.outputs(texts), engine.outputs(texts)
+    assert (np.sign(recovered) == np.sign(logits)).all()
+    moderate = np.abs(logits) < 8  # beyond, float32 sigmoids keep too few digits of 1 - p
+    assert moderate.mean() > 0.5
+    np.testing.assert_allclose(recovered[moderate], logits[moderate], atol=1e-3)
 
 
 PYTHON_NET = '''

@@ -19,11 +19,13 @@ def fit(config: Any, overrides: list[str] | str | None = None, *, resume: bool =
     return _fit(config, overrides, resume=resume)
 
 
-def load(run_or_bundle: str | Path) -> Predictor:
-    """Load a run folder or a `best/` bundle as a predictor."""
+def load(run_or_bundle: str | Path, *, engine: str = "torch", precision: str = "fp32"
+         ) -> Predictor:
+    """Load a run folder or a `best/` bundle as a predictor: `engine="onnx"` runs the run's
+    exported `model.onnx` in ONNX Runtime, in `precision` fp32 or bf16."""
     from tunesmith.api import load as _load
 
-    return _load(run_or_bundle)
+    return _load(run_or_bundle, engine=engine, precision=precision)
 
 
 __all__ = ["__version__", "fit", "load"]
