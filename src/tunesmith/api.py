@@ -614,7 +614,7 @@ def export(run_dir: str | Path, format: str = "onnx", *, quantize: bool = False)
     its validation rows; `quantize` adds an int8 graph scored on the test rows) and
     `export.json`; `safetensors` checks the bundle's weights and says where they are."""
     from tunesmith.export.bundle import WEIGHTS
-    from tunesmith.export.onnx import export_onnx
+    from tunesmith.export.onnx import CALIBRATION_ROWS, export_onnx
     from tunesmith.export.predictor import bundle_folder
 
     folder = Path(run_dir)
@@ -630,12 +630,29 @@ def export(run_dir: str | Path, format: str = "onnx", *, quantize: bool = False)
         return bundle / WEIGHTS
     require_run_folder(folder)
     data = _run_data(folder, load_config(folder / "config.yaml"))
-    test, val = data.test, data.val
-    inputs = test.features if test.features is not None else test.inputs
-    targets = _targets_for(test, predictor.classes, predictor.kind)
-    calibration = None if val is None else val.features if val.features is not None else val.inputs
+    inputs = _inputs_of(data.test)
+    targets = _targets_for(data.test, predictor.classes, predictor.kind)
+    # bf16's change in probabilities is a matter of numbers, not labels: the validation rows,
+    # then training rows, so that a small validation part still measures it on many rows
+    calibration = _first_rows([data.val, data.train], CALIBRATION_ROWS)
     return export_onnx(predictor, folder, inputs, evaluation=(inputs, targets),
                        calibration=calibration, quantize=quantize)
+
+
+def _inputs_of(part: Examples) -> Any:
+    return part.features if part.features is not None else part.inputs
+
+
+def _first_rows(parts: list[Examples | None], limit: int) -> Any:
+    """Up to `limit` inputs of `parts`, in order (a list, or a table's rows)."""
+    import pandas as pd
+
+    chosen = [_inputs_of(part)[:limit] for part in parts if part is not None and len(part)]
+    if not chosen:
+        return None
+    if isinstance(chosen[0], pd.DataFrame):
+        return pd.concat(chosen).iloc[:limit]
+    return [item for rows in chosen for item in rows][:limit]
 
 
 def _check_labels(part: Examples, predictor: Predictor, kind: str) -> None:

@@ -289,7 +289,7 @@ def export(
                f"{found.parity_max_abs_diff:.1e} ({', '.join(found.providers or [])})")
     if found.bf16 is not None:
         moved = (f"bf16 moves the probabilities by up to {found.bf16['max_abs_diff']:.1e} on "
-                 f"{found.bf16['rows']} validation inputs: ")
+                 f"{found.bf16['rows']} of the run's inputs (validation, then training): ")
         typer.echo(moved + (
             "too far for --precision bf16 (every row would be recomputed in fp32)"
             if found.bf16["recheck_margin"] >= 1 else

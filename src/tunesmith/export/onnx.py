@@ -17,7 +17,8 @@ quantization of the weights, with its change in test accuracy (or RMSE) reported
 
 `OnnxPredictor` predicts with the graph (`tunesmith predict --engine onnx`). In bf16 (on a CPU that
 multiplies bf16 natively, through the OpenVINO provider) a classifier's probabilities move a
-little, so the export measures how far on validation rows, and prediction recomputes in float32
+little, so the export measures how far on the run's rows (validation, then training), and
+prediction recomputes in float32
 every row whose top two probabilities are closer than a margin drawn from that: the labels stay
 float32's.
 """
@@ -56,7 +57,7 @@ TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 CPU = "CPUExecutionProvider"
 OPENVINO = "OpenVINOExecutionProvider"
 PRECISIONS = ("fp32", "bf16")
-CALIBRATION_ROWS = 1024  # validation rows on which bf16's change in probabilities is measured
+CALIBRATION_ROWS = 1024  # rows on which bf16's change in probabilities is measured
 # A label can change only where the top two probabilities are within twice the largest change
 # of one probability; rows closer than RECHECK_SAFETY times that are recomputed in float32.
 RECHECK_SAFETY = 4.0
@@ -171,8 +172,9 @@ def export_onnx(
     quantize: bool = False,
 ) -> ExportRecord:
     """Export `predictor`'s model to `out_dir/model.onnx`; `sample` (at least a few real inputs)
-    traces the graph and checks it; `calibration` (validation inputs) measures bf16's change in
-    a classifier's probabilities; `evaluation` (inputs, targets) scores the int8 graph."""
+    traces the graph and checks it; `calibration` (inputs of the run: validation, then training)
+    measures bf16's change in a classifier's probabilities; `evaluation` (inputs, targets)
+    scores the int8 graph."""
     from tunesmith.io import atomic_write
 
     started = time.perf_counter()
@@ -251,7 +253,7 @@ def _parity(session: Any, wrapper: Exported, predictor: Predictor, sample: Any, 
 
 def _bf16_change(path: Path, predictor: Predictor, names: list[str], output: str,
                  inputs: Any) -> dict[str, Any] | None:
-    """How far bf16 moves a classifier's probabilities on validation rows, and the margin under
+    """How far bf16 moves a classifier's probabilities on the run's rows, and the margin under
     which prediction in bf16 recomputes a row in float32 (None where bf16 does not run here)."""
     if predictor.kind != "classification" or inputs is None or not len(inputs) \
             or not bf16_available():
@@ -391,7 +393,7 @@ class OnnxPredictor(Predictor):
         if margin >= 1.0:
             raise TunesmithError(
                 f"bf16 moved this model's probabilities by up to {change['max_abs_diff']:.2f} on "
-                f"{change['rows']} validation rows: every row would be recomputed in float32",
+                f"{change['rows']} of the run's rows: every row would be recomputed in float32",
                 file=self.graph, field="--precision", fix=fallback)
         return margin
 
