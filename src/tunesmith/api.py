@@ -567,7 +567,7 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None) -> Evaluation:
     predictor = load_predictor(folder)
     kind = predictor.kind
     _check_labels(part, predictor, kind)
-    inputs = part.features if part.features is not None else part.inputs
+    inputs = _inputs_of(part)
     outputs = predictor.outputs(inputs)
     if kind == "classification":
         outputs = scaled(outputs, predictor.temperature)
@@ -611,7 +611,8 @@ def _evaluation_file(folder: Path, name: str, source: str) -> Path:
 def export(run_dir: str | Path, format: str = "onnx", *, quantize: bool = False) -> Any:
     """Export a run's bundle: `onnx` writes `RUN_DIR/model.onnx` (checked against PyTorch on the
     run's test rows with ONNX Runtime; bf16's change in a classifier's probabilities measured on
-    its validation rows; `quantize` adds an int8 graph scored on the test rows) and
+    its validation rows, then training rows; `quantize` adds an int8 graph scored on the test
+    rows) and
     `export.json`; `safetensors` checks the bundle's weights and says where they are."""
     from tunesmith.export.bundle import WEIGHTS
     from tunesmith.export.onnx import CALIBRATION_ROWS, export_onnx

@@ -25,7 +25,6 @@ float32's.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -45,6 +44,7 @@ from torch import nn
 from tunesmith.console import console, progress
 from tunesmith.errors import TunesmithError
 from tunesmith.export.predictor import Predictor, bundle_folder
+from tunesmith.io import atomic_write, file_sha256
 from tunesmith.models.heads import full_precision
 
 MODEL = "model.onnx"
@@ -96,14 +96,6 @@ class ExportRecord:
     providers: list[str] | None = None  # the execution providers the parity check ran on
     bf16: dict[str, Any] | None = None
     int8: dict[str, Any] | None = None
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def providers() -> list[str]:
@@ -175,8 +167,6 @@ def export_onnx(
     traces the graph and checks it; `calibration` (inputs of the run: validation, then training)
     measures bf16's change in a classifier's probabilities; `evaluation` (inputs, targets)
     scores the int8 graph."""
-    from tunesmith.io import atomic_write
-
     started = time.perf_counter()
     first = next(batches(predictor, sample[:2] if len(sample) > 2 else sample, 2))
     names = sorted(first)
@@ -224,7 +214,7 @@ def export_onnx(
     atomic_write(path, checked)
     record = ExportRecord("onnx", str(path), names, axes, output, rows, worst, allowed,
                           path.stat().st_size // 1024, round(time.perf_counter() - started, 1),
-                          sha256_of(path), ran,
+                          file_sha256(path), ran,
                           _bf16_change(path, predictor, names, output, calibration)
                           if OPENVINO in ran else None)
     if quantize:
@@ -283,8 +273,6 @@ def _quantized(
     """ONNX Runtime's dynamic int8 quantization of the weights, and what it costs in quality."""
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from tunesmith.io import atomic_write
 
     path = out_dir / QUANTIZED
     root = logging.getLogger()
@@ -458,7 +446,7 @@ def load_onnx_predictor(path: str | Path, precision: str = "fp32") -> OnnxPredic
                              fix=f"export it first: tunesmith export {run} --format onnx "
                              "(or predict with --engine torch)")
     record = json.loads(record_path.read_text())
-    if record.get("sha256") and sha256_of(graph) != record["sha256"]:
+    if record.get("sha256") and file_sha256(graph) != record["sha256"]:
         raise TunesmithError(
             f"the ONNX graph is not the one exported (its checksum differs from {RECORD}'s)",
             file=graph, field="sha256", fix=f"export again: tunesmith export {run} --format onnx")
