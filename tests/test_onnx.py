@@ -5,6 +5,7 @@ scored; bad exports are refused."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -332,3 +333,55 @@ def test_a_graph_the_openvino_provider_cannot_run_is_predicted_on_the_cpu_kernel
     assert engine.predict(texts) == api.load(run_dir).predict(texts)
     with pytest.raises(TunesmithError, match="did not run this graph on"):
         api.load(run_dir, engine="onnx", precision="bf16")
+
+
+def test_prefetched_gives_every_item_in_order_and_raises_what_making_one_raised() -> None:
+    from tunesmith.export.onnx import prefetched
+
+    assert list(prefetched(iter(range(50)), 2)) == list(range(50))
+    assert list(prefetched([], 2)) == []
+
+    def failing() -> Any:
+        yield from range(3)
+        raise ValueError("item 3 is broken")
+
+    got: list[int] = []
+    with pytest.raises(ValueError, match="item 3 is broken"):
+        got.extend(prefetched(failing(), 2))
+    assert got == [0, 1, 2]
+    assert not [t for t in threading.enumerate() if t.name == "tunesmith-prefetch"]
+
+
+def test_prefetched_stops_making_items_when_the_consumer_stops() -> None:
+    from tunesmith.export.onnx import prefetched
+
+    made: list[int] = []
+
+    def counted() -> Any:
+        for i in range(1000):
+            made.append(i)
+            yield i
+
+    items = prefetched(counted(), 2)
+    assert [next(items), next(items)] == [0, 1]
+    items.close()  # the consumer stops: the thread ends, having made at most `depth` more
+    assert not [t for t in threading.enumerate() if t.name == "tunesmith-prefetch"]
+    assert 2 <= len(made) <= 2 + 2 + 1
+
+
+def test_the_onnx_engine_names_an_unreadable_image_among_the_inputs(
+    image_run: FinishedRun, tmp_path: Path
+) -> None:
+    from tunesmith.errors import TunesmithError
+
+    run_dir = exported(image_run, tmp_path)
+    inputs, _, _ = held_out(run_dir)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    engine = api.load(run_dir, engine="onnx")
+    # decoded in the prefetching thread, three batches in: raised here, naming the file
+    with pytest.raises(TunesmithError, match="cannot read the image") as raised:
+        engine.predict_proba([*inputs[:5], broken, *inputs[5:]], batch_size=2)
+    assert str(broken) in str(raised.value)
+    assert not [t for t in threading.enumerate() if t.name == "tunesmith-prefetch"]
+    assert engine.predict_proba(inputs[:5], batch_size=2).shape[0] == 5  # and it goes on

@@ -27,13 +27,15 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import re
+import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -61,6 +63,10 @@ CALIBRATION_ROWS = 1024  # rows on which bf16's change in probabilities is measu
 # A label can change only where the top two probabilities are within twice the largest change
 # of one probability; rows closer than RECHECK_SAFETY times that are recomputed in float32.
 RECHECK_SAFETY = 4.0
+# Batches decoded ahead of the graph (a thread's queue): images decode while the graph runs
+PREFETCH = 2
+
+T = TypeVar("T")
 
 
 class Exported(nn.Module):
@@ -305,7 +311,7 @@ def predict_rows(session: Any, predictor: Predictor, inputs: Any, names: list[st
 
     made = eval_batches(predictor.model.backbone, predictor.encode(inputs), batch_size=batch_size)
     parts = []
-    for batch in made.loader:
+    for batch in prefetched(made.loader, PREFETCH):
         parts.append(session.run([output], {n: batch[n].numpy() for n in names})[0])
         if on_batch is not None:
             on_batch(len(parts[-1]))
@@ -313,6 +319,49 @@ def predict_rows(session: Any, predictor: Predictor, inputs: Any, names: list[st
     restore = np.empty(len(made.order), dtype=int)
     restore[np.asarray(made.order)] = np.arange(len(made.order))
     return np.asarray(stacked[restore])
+
+
+def prefetched(items: Iterable[T], depth: int) -> Iterator[T]:
+    """`items` in order, made by a background thread up to `depth` ahead of the consumer; what
+    making one raises is raised here. The graph's run releases the GIL, and ONNX Runtime's
+    threads leave room on the cores, so the next batch's images decode meanwhile (EfficientNet-
+    Lite0 on 64-pixel digits: a quarter to a third more samples/s). Eager PyTorch does not gain:
+    its OpenMP threads and a decoding thread slow each other down (a sixth fewer samples/s)."""
+    ready: queue.Queue[tuple[bool, Any]] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[bool, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def make() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+        except BaseException as error:  # raised again in the consumer
+            put((False, error))
+            return
+        put((False, None))
+
+    thread = threading.Thread(target=make, name="tunesmith-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            more, item = ready.get()
+            if not more:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _quality(kind: str, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
