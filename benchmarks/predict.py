@@ -17,6 +17,16 @@ each arm, three times; the best pass each):
 - onnx-bf16: the same with `precision="bf16"`, the rows near a tie recomputed in fp32, where the
   export found bf16 usable for the model.
 
+The ONNX arms decode the next batch's images in a background thread while the graph runs (the
+product's `predict_rows`); eager PyTorch runs as the bundle runs it (a decoding thread beside its
+OpenMP threads slowed it down).
+
+Eager PyTorch's speed depends on what a page fault costs on the host: glibc serves its large
+tensors from fresh mmaps until its dynamic threshold rises, and some never fall below it. To read
+the ratios without that, run it again with the threshold held:
+
+    MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824 python benchmarks/predict.py
+
 Reported: samples/s of each, the ratio to eager, whether the labels agree with eager's on every
 test row and the largest difference in probability; and, to read the ratios against what the
 machine allows, the model's forward FLOPs per row (torch's FlopCounterMode) and each arm's share
@@ -27,6 +37,7 @@ rate cannot be made much faster in fp32).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -103,6 +114,7 @@ def measure(name: str, config: Path, workdir: Path, gflops: float) -> dict[str, 
     eager = found["eager"]
     result: dict[str, Any] = {
         "model": name, "rows": rows, "providers": record.providers, "bf16": record.bf16,
+        "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc's dynamic"),
         "parity_max_abs_diff": record.parity_max_abs_diff,
         "forward_gflop_per_row": round(flops / 1e9, 3), "fp32_matmul_gflops": round(gflops, 1),
         "arms": {arm: {
