@@ -486,7 +486,7 @@ def test_a_study_made_by_another_config_is_refused_naming_what_differs(
     ("storage", "says"),
     [
         ("postgresql://nobody@127.0.0.1:1/none", "cannot open the study storage"),
-        ("notadb://x", "cannot open the study storage"),
+        ("sqlite:////no/such/folder/s.db", "cannot open the study storage"),
         ("journal:/no/such/folder/s.journal", "does not exist"),
     ],
 )
@@ -496,6 +496,30 @@ def test_a_wrong_or_unreachable_storage_is_a_clear_error(
     with pytest.raises(TunesmithError, match=says) as caught:
         api.fit(wine_config(tmp_path, wine_csv, trials=2, storage=storage))
     assert caught.value.field == "search.storage" and caught.value.fix
+
+
+@pytest.mark.parametrize(
+    ("storage", "says"),
+    [
+        ("journal:", "journal: names no file"),
+        ("notadb://x", "no database called 'notadb'"),
+        ("study.db", "not a URL"),
+        ("postgresql+nodriver://me:hunter2@db.example/s", "'postgresql+nodriver'"),
+    ],
+)
+def test_validate_refuses_a_storage_that_is_not_a_storage_url(
+    tmp_path: Path, wine_csv: Path, run_cli: Any, storage: str, says: str
+) -> None:
+    from test_cli import assert_user_error
+
+    config = wine_config(tmp_path, wine_csv, trials=2, storage=storage)
+    for command in ("validate", "run"):  # before anything is written
+        result = run_cli([command, config])
+        assert_user_error(result, config, "search.storage", says, "journal:PATH")
+        assert "hunter2" not in result.err + result.out  # the password is not shown
+    assert not (tmp_path / "runs").exists()
+    assert run_cli(["validate", wine_config(tmp_path, wine_csv, trials=2,
+                                            storage=f"journal:{tmp_path / 's.log'}")]).code == 0
 
 
 def test_a_killed_search_resumes_keeping_finished_trials_and_retrying_the_interrupted_one(

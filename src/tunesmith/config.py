@@ -135,6 +135,37 @@ def check_name(value: str) -> str:
     return value
 
 
+def redacted(url: str) -> str:
+    """The URL without its password."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return url
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
+
+
+def check_storage(value: str) -> str:
+    """`search.storage`'s form, checked before anything runs: `journal:PATH`, or an SQLAlchemy
+    URL whose dialect SQLAlchemy knows. The server itself is reached when the search opens it
+    (opening one writes: Optuna creates its tables, a journal its file)."""
+    usage = "use sqlite:///PATH, postgresql://USER:PASSWORD@HOST:PORT/DB or journal:PATH"
+    if value.startswith("journal:"):
+        if not value.removeprefix("journal:").strip():
+            raise ValueError(f"journal: names no file; give the journal's path ({usage})")
+        return value
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        make_url(value).get_dialect()
+    except NoSuchModuleError:  # an ArgumentError too: first
+        scheme = value.split("://", 1)[0]
+        raise ValueError(f"SQLAlchemy knows no database called {scheme!r}; {usage}") from None
+    except ArgumentError:
+        raise ValueError(f"the storage is not a URL; {usage}") from None
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -400,7 +431,7 @@ class SearchConfig(_Strict):
     trials: Annotated[int, Field(gt=0)] | None = None  # the first limit reached ends the search
     # Default: SQLite in the run folder (study.db); an SQLAlchemy URL (postgresql://...) or
     # journal:PATH (a file several processes may share) for many workers.
-    storage: str | None = None
+    storage: Annotated[str, AfterValidator(check_storage)] | None = None
     study: str | None = None  # default: the run's name
     sampler: Literal["tpe", "random"] = "tpe"  # random: uniform draws, a baseline to compare
     pruner: Literal["hyperband", "successive-halving", "none"] = "hyperband"
@@ -532,6 +563,8 @@ def _describe(error: Any, model: type[BaseModel]) -> str:
     if kind == "missing":
         return f"  {field}: required but missing; add it"
     given = error.get("input")
+    if field == "search.storage" and isinstance(given, str):
+        given = redacted(given)  # a database URL's password is not shown
     return f"  {field}: {error['msg']} (got {given!r})"
 
 

@@ -38,7 +38,7 @@ from tunesmith.candidate import (
     task_model,
     train_candidate,
 )
-from tunesmith.config import Config
+from tunesmith.config import Config, redacted
 from tunesmith.console import console
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import objective_for
@@ -456,7 +456,7 @@ def study_record(study: Any, given: Config) -> dict[str, Any]:
 
 def shown_storage(config: Config) -> str:
     """The study's storage URL, its password left out."""
-    from tunesmith.search.study import redacted, storage_url
+    from tunesmith.search.study import storage_url
 
     return redacted(storage_url(config, config.run_dir))
 

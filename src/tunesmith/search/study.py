@@ -14,7 +14,7 @@ from typing import Any
 
 import optuna
 
-from tunesmith.config import Config
+from tunesmith.config import Config, redacted
 from tunesmith.errors import TunesmithError
 from tunesmith.io import SNAPSHOT_FILE, STUDY_FILE, atomic_write
 
@@ -131,15 +131,6 @@ def _requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
-
-
-def redacted(url: str) -> str:
-    """The URL without its password."""
-    scheme, sep, rest = url.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if not sep or not at or ":" not in credentials:
-        return url
-    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
 
 
 def make_sampler(seed: int, kind: str = "tpe") -> optuna.samplers.BaseSampler:
