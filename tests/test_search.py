@@ -522,6 +522,18 @@ def test_validate_refuses_a_storage_that_is_not_a_storage_url(
                                             storage=f"journal:{tmp_path / 's.log'}")]).code == 0
 
 
+def test_a_search_space_without_a_trial_limit_or_budget_is_warned_about(
+    tmp_path: Path, wine_csv: Path, run_cli: Any
+) -> None:
+    unlimited = wine_config(tmp_path, wine_csv, name="unlimited")  # a space, no limit
+    result = run_cli(["validate", unlimited])
+    assert result.code == 0, result.err
+    said = " ".join((result.out + result.err).split())
+    assert "search.space is set" in said and "set search.trials or search.budget" in said
+    limited = run_cli(["validate", wine_config(tmp_path, wine_csv, name="limited", trials=2)])
+    assert limited.code == 0 and "search.space is set" not in limited.out + limited.err
+
+
 def test_a_killed_search_resumes_keeping_finished_trials_and_retrying_the_interrupted_one(
     tmp_path: Path, wine_csv: Path
 ) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import yaml
 from accelerate import PartialState
+from rich.markup import escape
 
 from tunesmith import __version__
 from tunesmith.candidate import (
@@ -95,11 +96,22 @@ def validate(config: Config | str | Path, overrides: list[str] | str | None = No
     prepared = prepare(given)
     if searches(given) or given.search.space:
         check_space(given, prepared)
+    _warn_space_unused(given)
     model = task_model(prepared)
     rows = prepared.data.train.subset([0, 1][: len(prepared.data.train)])
     batches = eval_batches(prepared.backbone, prepared.inputs(rows), batch_size=2)
     collect_logits(model, batches)
     return prepared
+
+
+def _warn_space_unused(config: Config) -> None:
+    """A search space in a run that does not search is most likely a forgotten limit."""
+    if config.search.space and not searches(config):
+        console.print(escape(
+            f"{config.source}: search.space is set, but without search.trials above 1 or "
+            "search.budget the run does not search: it trains the recipe once (set "
+            "search.trials or search.budget to search the space)"),
+            style="yellow", highlight=False)
 
 
 def _check_run_folder(config: Config) -> None:
@@ -171,6 +183,7 @@ def _fit(given: Config, prepared: Prepared, processes: PartialState, *, resume: 
          started: float) -> RunSummary:
     resolved, run_dir = prepared.config, prepared.config.run_dir
     searching = searches(given)
+    _warn_space_unused(given)
     if resume:
         _check_resumable(prepared)
         if _finished(run_dir):
