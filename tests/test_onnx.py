@@ -385,3 +385,35 @@ def test_the_onnx_engine_names_an_unreadable_image_among_the_inputs(
     assert str(broken) in str(raised.value)
     assert not [t for t in threading.enumerate() if t.name == "tunesmith-prefetch"]
     assert engine.predict_proba(inputs[:5], batch_size=2).shape[0] == 5  # and it goes on
+
+
+def test_evaluate_scores_the_exported_graph_beside_the_bundles_scores(
+    text_run: FinishedRun, tmp_path: Path, run_cli: Any
+) -> None:
+    from test_cli import assert_user_error
+    from tunesmith.export.onnx import bf16_available
+
+    run_dir = exported(text_run, tmp_path)
+    precisions = ["fp32", "bf16"] if bf16_available() else ["fp32"]
+    for precision in precisions:
+        result = run_cli(["evaluate", run_dir, "--engine", "onnx", "--precision", precision])
+        assert result.code == 0, result.err
+    assert run_cli(["evaluate", run_dir]).code == 0
+    found = {p.name: json.loads(p.read_text()) for p in (run_dir / "evaluations").iterdir()}
+    names = {"fp32": "test-onnx.json", "bf16": "test-onnx-bf16.json"}
+    assert set(found) == {"test.json", *(names[p] for p in precisions)}  # none overwritten
+    bundle = found["test.json"]
+    assert (bundle["engine"], bundle["precision"]) == ("torch", "fp32")
+    _, targets, _ = held_out(run_dir)
+    for precision in precisions:
+        graph = found[names[precision]]
+        assert (graph["engine"], graph["precision"]) == ("onnx", precision)
+        assert graph["rows"] == bundle["rows"] == len(targets)
+        # the same labels on every row: the same accuracy; the probabilities within bf16's error
+        assert graph["scores"]["accuracy"] == bundle["scores"]["accuracy"]
+        close = 1e-4 if precision == "fp32" else 1e-2
+        assert graph["scores"]["log_loss"]["value"] == pytest.approx(
+            bundle["scores"]["log_loss"]["value"], abs=close)
+    (run_dir / "model.onnx").unlink()
+    assert_user_error(run_cli(["evaluate", run_dir, "--engine", "onnx"]), "no ONNX graph",
+                      "tunesmith export")

@@ -558,15 +558,19 @@ class Evaluation:
     record: Path  # where the scores were written
 
 
-def evaluate(run_dir: str | Path, data: str | Path | None = None) -> Evaluation:
+def evaluate(run_dir: str | Path, data: str | Path | None = None, *, engine: str = "torch",
+             precision: str = "fp32") -> Evaluation:
     """Score a run's bundle on labelled data: the run's own test part (as its config splits it
     again) or `data`, a file or folder in the training data's format and columns. The scores
-    and their intervals go to `RUN_DIR/evaluations/NAME.json`."""
+    and their intervals go to `RUN_DIR/evaluations/NAME.json`. `engine` and `precision` choose
+    the model scored as `load` does: with `engine="onnx"`, the exported graph (the file is
+    `NAME-onnx.json`, or `NAME-onnx-bf16.json`, beside the bundle's)."""
     from tunesmith.export.predictor import bundle_folder
 
     folder = Path(run_dir)
     require_run_folder(folder)
     bundle_folder(folder)  # a run that never finished has no bundle: said before any data is read
+    predictor = load(folder, engine=engine, precision=precision)  # a missing graph: said now
     config = load_config(folder / "config.yaml")
     if data is not None:  # training rows it holds stay in training (said below), as trained
         config = config.with_values({"data.test": str(Path(data).resolve()),
@@ -577,7 +581,6 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None) -> Evaluation:
     if data is not None and overlap:
         console.print(f"[yellow]{overlap} training row(s) also occur in {data}[/] (exactly or "
                       "nearly): the scores of those rows are not held out, and flatter the model")
-    predictor = load_predictor(folder)
     kind = predictor.kind
     _check_labels(part, predictor, kind)
     inputs = _inputs_of(part)
@@ -586,9 +589,12 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None) -> Evaluation:
         outputs = scaled(outputs, predictor.temperature)
     targets = _targets_for(part, predictor.classes, kind)
     scores = scored_with_intervals(kind, outputs, targets, seed=config.seed)
-    record = _evaluation_file(folder / "evaluations", "test" if data is None else Path(data).stem,
-                              str(part.source))
-    write_json(record, {"data": str(part.source), "rows": len(part), "scores": scores,
+    name = "test" if data is None else Path(data).stem
+    if engine != "torch":
+        name += f"-{engine}" + ("" if precision == "fp32" else f"-{precision}")
+    record = _evaluation_file(folder / "evaluations", name, str(part.source))
+    write_json(record, {"data": str(part.source), "rows": len(part), "engine": engine,
+                        "precision": precision, "scores": scores,
                         "training_rows_also_in_data": overlap})
     return Evaluation(part.source, len(part), scores, record)
 

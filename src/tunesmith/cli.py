@@ -194,6 +194,16 @@ def _with_flag(error: TunesmithError) -> TunesmithError:
     return type(error)(error.problem, file=error.file, field=error.field, fix=fix)
 
 
+EngineOption = Annotated[
+    str, typer.Option(help="torch (the bundle), or onnx (the run's exported model.onnx in ONNX "
+                      "Runtime).")
+]
+PrecisionOption = Annotated[
+    str, typer.Option(help="With --engine onnx: fp32, or bf16 (rows near a tie between two "
+                      "classes recomputed in fp32).")
+]
+
+
 @app.command()
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (runs/NAME) or a bundle folder.")],
@@ -204,14 +214,8 @@ def predict(
         Path | None,
         typer.Option(help="Write predictions to this .csv or .jsonl instead of printing them."),
     ] = None,
-    engine: Annotated[
-        str, typer.Option(help="torch (the bundle), or onnx (the run's exported model.onnx in "
-                          "ONNX Runtime).")
-    ] = "torch",
-    precision: Annotated[
-        str, typer.Option(help="With --engine onnx: fp32, or bf16 (rows near a tie between "
-                          "two classes recomputed in fp32).")
-    ] = "fp32",
+    engine: EngineOption = "torch",
+    precision: PrecisionOption = "fp32",
 ) -> None:
     """Predict labels and class probabilities with a trained bundle."""
     from tunesmith.api import load
@@ -245,6 +249,8 @@ def evaluate(
         typer.Option(help="Labelled data in the training data's format and columns (default: "
                      "the run's own test part)."),
     ] = None,
+    engine: EngineOption = "torch",
+    precision: PrecisionOption = "fp32",
 ) -> None:
     """Score a run's model on labelled data, with 95% bootstrap intervals."""
     from rich.table import Table
@@ -253,7 +259,7 @@ def evaluate(
     from tunesmith.console import console
     from tunesmith.report.summary import scored_text
 
-    found = evaluate_run(run_dir, data)
+    found = evaluate_run(run_dir, data, engine=engine, precision=precision)
     table = Table(title=f"{found.source} ({found.rows} rows)", header_style="bold")
     table.add_column("metric")
     table.add_column("value [95% interval]", justify="right")
