@@ -246,6 +246,32 @@ def test_multilabel_texts_train_and_predict_label_sets(tiny_bert: Path, tmp_path
     moderate = np.abs(logits) < 8  # beyond, float32 sigmoids keep too few digits of 1 - p
     assert moderate.mean() > 0.5
     np.testing.assert_allclose(recovered[moderate], logits[moderate], atol=1e-3)
+    assert_bf16_keeps_the_label_sets(run.run_dir, texts, predictor)
+
+
+def assert_bf16_keeps_the_label_sets(run_dir: Path, texts: list[str], predictor: Any) -> None:
+    """bf16 with the recheck: the label sets are float32's; the rows rechecked are those with a
+    probability within the margin of 0.5, and they are float32's, the others bf16's."""
+    from tunesmith.export.onnx import bf16_available, decision_gap
+
+    if not bf16_available():
+        return
+    change = json.loads((run_dir / "export.json").read_text())["bf16"]
+    assert 0 < change["max_abs_diff"] < 0.05 and change["recheck_margin"] < 1
+    exact = tunesmith.load(run_dir, engine="onnx")
+    fast = tunesmith.load(run_dir, engine="onnx", precision="bf16")
+    assert fast.predict(texts) == predictor.predict(texts)
+    fast.recheck_margin = 0.0  # bf16 alone
+    alone = fast.predict_proba(texts)
+    assert fast.rechecked == 0 and np.abs(alone - exact.predict_proba(texts)).max() > 0
+    gap = 2 * np.abs(alone - 0.5).min(axis=1)  # a label flips only where p crosses 0.5
+    np.testing.assert_allclose(decision_gap(alone, "multilabel"), gap)
+    fast.recheck_margin = float(np.median(gap))
+    got = fast.predict_proba(texts)
+    close = gap < fast.recheck_margin
+    assert 0 < fast.rechecked == close.sum() < len(texts)
+    np.testing.assert_allclose(got[close], exact.predict_proba(texts)[close], atol=1e-5)
+    np.testing.assert_allclose(got[~close], alone[~close], atol=1e-6)
 
 
 PYTHON_NET = '''

@@ -531,7 +531,7 @@ def load(run_or_bundle: str | Path, *, engine: str = "torch", precision: str = "
          ) -> Predictor:
     """A predictor for a run folder or bundle: `engine="torch"` runs the bundle's model in
     PyTorch; `engine="onnx"` runs the run's exported `model.onnx` in ONNX Runtime, in `precision`
-    fp32 or bf16 (a classifier's rows near a tie recomputed in fp32)."""
+    fp32 or bf16 (a classifier's rows close to a change of label recomputed in fp32)."""
     if engine == "onnx":
         from tunesmith.export.onnx import load_onnx_predictor
 

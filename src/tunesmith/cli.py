@@ -199,8 +199,8 @@ EngineOption = Annotated[
                       "Runtime).")
 ]
 PrecisionOption = Annotated[
-    str, typer.Option(help="With --engine onnx: fp32, or bf16 (rows near a tie between two "
-                      "classes recomputed in fp32).")
+    str, typer.Option(help="With --engine onnx: fp32, or bf16 (rows close to a change of "
+                      "label recomputed in fp32).")
 ]
 
 
@@ -299,8 +299,9 @@ def export(
         typer.echo(moved + (
             "too far for --precision bf16 (every row would be recomputed in fp32)"
             if found.bf16["recheck_margin"] >= 1 else
-            f"--precision bf16 recomputes in fp32 the rows whose top two are within "
-            f"{found.bf16['recheck_margin']:.3f} ({found.bf16['rechecked_share']:.1%} of them)"))
+            f"--precision bf16 recomputes in fp32 the rows within "
+            f"{found.bf16['recheck_margin']:.3f} of a change of label "
+            f"({found.bf16['rechecked_share']:.1%} of them)"))
     if found.int8 is not None:
         change = found.int8.get("change")
         typer.echo(f"wrote {found.int8['path']}" + (

@@ -18,9 +18,9 @@ quantization of the weights, with its change in test accuracy (or RMSE) reported
 `OnnxPredictor` predicts with the graph (`tunesmith predict --engine onnx`). In bf16 (on a CPU that
 multiplies bf16 natively, through the OpenVINO provider) a classifier's probabilities move a
 little, so the export measures how far on the run's rows (validation, then training), and
-prediction recomputes in float32
-every row whose top two probabilities are closer than a margin drawn from that: the labels stay
-float32's.
+prediction recomputes in float32 every row whose labels are within a margin drawn from that of
+changing (its top two probabilities that close, or for multilabel, one probability that close
+to 0.5): the labels stay float32's.
 """
 
 from __future__ import annotations
@@ -251,17 +251,33 @@ def _bf16_change(path: Path, predictor: Predictor, names: list[str], output: str
                  inputs: Any) -> dict[str, Any] | None:
     """How far bf16 moves a classifier's probabilities on the run's rows, and the margin under
     which prediction in bf16 recomputes a row in float32 (None where bf16 does not run here)."""
-    if predictor.kind != "classification" or inputs is None or not len(inputs) \
-            or not bf16_available():
+    if predictor.kind not in ("classification", "multilabel") or inputs is None \
+            or not len(inputs) or not bf16_available():
         return None
     rows = inputs[:CALIBRATION_ROWS]
     exact = predict_rows(open_session(path, "fp32"), predictor, rows, names, output)
     fast = predict_rows(open_session(path, "bf16"), predictor, rows, names, output)
     change = float(np.abs(fast - exact).max())
     margin = RECHECK_SAFETY * 2 * change
+    changed = labels_of(fast, predictor.kind) != labels_of(exact, predictor.kind)
     return {"rows": len(exact), "max_abs_diff": change, "recheck_margin": margin,
-            "rechecked_share": float(np.mean(top_two_gap(fast) < margin)),
-            "labels_changed_unrechecked": int(np.sum(fast.argmax(1) != exact.argmax(1)))}
+            "rechecked_share": float(np.mean(decision_gap(fast, predictor.kind) < margin)),
+            "labels_changed_unrechecked": int(np.sum(changed.reshape(len(exact), -1).any(1)))}
+
+
+def labels_of(probabilities: np.ndarray, kind: str) -> np.ndarray:
+    """Each row's class (classification), or its label set as booleans (multilabel)."""
+    return probabilities >= 0.5 if kind == "multilabel" else probabilities.argmax(1)
+
+
+def decision_gap(probabilities: np.ndarray, kind: str) -> np.ndarray:
+    """How far each row is from a change of its labels, scaled so that a change of every
+    probability by at most d can change them only where the gap is under 2 d: the top two
+    probabilities' difference (classification), or twice the distance of the probability
+    closest to 0.5 (multilabel). NaN where one is not finite."""
+    if kind == "multilabel":
+        return np.asarray(2 * np.abs(probabilities - 0.5).min(axis=1))
+    return top_two_gap(probabilities)
 
 
 def top_two_gap(probabilities: np.ndarray) -> np.ndarray:
@@ -383,8 +399,8 @@ def _rows(inputs: Any, positions: np.ndarray) -> Any:
 
 class OnnxPredictor(Predictor):
     """A bundle whose graph ONNX Runtime runs: the bundle's own preprocessing (tokenizer, image
-    transforms, table encoding), the exported graph's outputs. In `bf16` a classifier's rows
-    whose top two probabilities are closer than the export's recheck margin are recomputed in
+    transforms, table encoding), the exported graph's outputs. In `bf16` the rows whose labels
+    are close to changing (`decision_gap` under the export's recheck margin) are recomputed in
     float32; `rechecked` counts them in the last call."""
 
     def __init__(self, base: Predictor, graph: Path, record: dict[str, Any], precision: str
@@ -405,10 +421,10 @@ class OnnxPredictor(Predictor):
 
     def _recheck_margin(self) -> float:
         fallback = "use --precision fp32"
-        if self.kind != "classification":
+        if self.kind == "regression":
             raise TunesmithError(
-                f"bf16 prediction recomputes the rows near a tie between two classes; a "
-                f"{self.kind} model has none", field="--precision", fix=fallback)
+                "bf16 prediction recomputes the rows whose labels are close to changing; a "
+                "regression model has none", field="--precision", fix=fallback)
         if not bf16_available():
             raise TunesmithError(
                 "bf16 prediction needs ONNX Runtime's OpenVINO provider and a CPU with bf16 "
@@ -450,7 +466,7 @@ class OnnxPredictor(Predictor):
         if self.fast is None:
             return self._run(self.session, inputs, batch_size, "predict (onnx)")
         found = self._run(self.fast, inputs, batch_size, "predict (onnx, bf16)")
-        gap = top_two_gap(found)
+        gap = decision_gap(found, self.kind)
         close = np.flatnonzero(~(gap >= self.recheck_margin))  # NaN rows too
         if len(close):
             found[close] = self._run(self.session, _rows(inputs, close), batch_size,
