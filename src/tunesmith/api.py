@@ -565,12 +565,10 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, *, engine: str
     and their intervals go to `RUN_DIR/evaluations/NAME.json`. `engine` and `precision` choose
     the model scored as `load` does: with `engine="onnx"`, the exported graph (the file is
     `NAME-onnx.json`, or `NAME-onnx-bf16.json`, beside the bundle's)."""
-    from tunesmith.export.predictor import bundle_folder
-
     folder = Path(run_dir)
     require_run_folder(folder)
-    bundle_folder(folder)  # a run that never finished has no bundle: said before any data is read
-    predictor = load(folder, engine=engine, precision=precision)  # a missing graph: said now
+    # before any data is read: a run that never finished has no bundle, or no exported graph
+    predictor = load(folder, engine=engine, precision=precision)
     config = load_config(folder / "config.yaml")
     if data is not None:  # training rows it holds stay in training (said below), as trained
         config = config.with_values({"data.test": str(Path(data).resolve()),

@@ -563,8 +563,8 @@ def _describe(error: Any, model: type[BaseModel]) -> str:
     if kind == "missing":
         return f"  {field}: required but missing; add it"
     given = error.get("input")
-    if field == "search.storage" and isinstance(given, str):
-        given = redacted(given)  # a database URL's password is not shown
+    if isinstance(given, str):
+        given = redacted(given)  # a URL's password (a database's: search.storage) is not shown
     return f"  {field}: {error['msg']} (got {given!r})"
 
 

@@ -60,8 +60,8 @@ CPU = "CPUExecutionProvider"
 OPENVINO = "OpenVINOExecutionProvider"
 PRECISIONS = ("fp32", "bf16")
 CALIBRATION_ROWS = 1024  # rows on which bf16's change in probabilities is measured
-# A label can change only where the top two probabilities are within twice the largest change
-# of one probability; rows closer than RECHECK_SAFETY times that are recomputed in float32.
+# A label can change only where a row's `decision_gap` is under twice the largest change of one
+# probability; rows under RECHECK_SAFETY times that are recomputed in float32.
 RECHECK_SAFETY = 4.0
 # Batches decoded ahead of the graph (a thread's queue): images decode while the graph runs
 PREFETCH = 2
