@@ -260,6 +260,38 @@ def test_a_network_from_scratch_trains_its_head_at_the_rate_given(
     assert resolved.train.head_lr == head_lr
 
 
+@pytest.mark.parametrize(("modality", "backbone", "strategy", "adamw", "sgd"), [
+    ("text", "hf:m", "full", (1e-4, 1e-3), (3e-2, 0.3)),
+    ("text", "hf:m", "lp-ft", (5e-5, 1e-3), (1.5e-2, 0.3)),
+    ("image", "timm:m", "full", (1e-3, 1e-3), (3e-2, 3e-2)),
+    ("tabular", "scratch:mlp", "full", (1e-3, 1e-3), (3e-2, 3e-2)),
+])
+def test_sgd_s_rates_default_to_its_own_scale(
+    modality: str, backbone: str, strategy: str, adamw: tuple[float, float],
+    sgd: tuple[float, float]
+) -> None:
+    """`train.optimizer: sgd` with the rates at auto trains at SGD's scale of AdamW's rates
+    (x300 for text, x30 for images and tables): body, new head and probe stage alike. At AdamW's
+    rates SGD barely moved MiniLM."""
+    from tunesmith.config import config_from_dict
+    from tunesmith.search import resolve
+
+    profile = DataProfile(modality=modality, train_rows=3_000, classes=2,  # type: ignore[arg-type]
+                          in_features=13, median_image_side=28)
+    rates = {}
+    for optimizer in ("auto", "adamw", "sgd"):
+        config = config_from_dict(
+            {"name": "m", "data": {"train": "d"}, "model": {"backbone": backbone,
+                                                             "strategy": strategy},
+             "train": {"optimizer": optimizer}}, source="c.yaml", base_dir=Path("."))
+        train = resolve(config, profile, num_features=13, preprocessing={}, backbone=backbone,
+                        shape=None).train
+        rates[optimizer] = (train.optimizer, train.lr, train.head_lr, train.probe_lr)
+    head = adamw[1]
+    assert rates["auto"] == rates["adamw"] == ("adamw", *map(pytest.approx, (*adamw, head)))
+    assert rates["sgd"] == ("sgd", *map(pytest.approx, (*sgd, sgd[1])))
+
+
 @pytest.mark.parametrize("name", [".", "..", "a/b", "/tmp/elsewhere", "a\\b", " "])
 def test_a_run_name_that_is_not_one_folder_name_is_refused(
     text_config: Callable[..., Path], name: str

@@ -25,6 +25,7 @@ from conftest import config_dict, logged, write_yaml
 from tunesmith import api, searching
 from tunesmith.config import load_config
 from tunesmith.errors import TunesmithError
+from tunesmith.search.space import config_values
 
 SMALL_SPACE = {"train.lr": {"low": 1e-3, "high": 3e-2}, "model.scratch.depth": [1, 2]}
 
@@ -45,7 +46,9 @@ def study_of(run_dir: Path, name: str = "wine") -> optuna.Study:
 def test_a_search_runs_its_trials_in_the_run_folder_study_with_trial_zero_the_recipe(
     tmp_path: Path, wine_csv: Path
 ) -> None:
-    summary = api.fit(wine_config(tmp_path, wine_csv, trials=4, pruner="none"))
+    # one activation, so that trials share the best's architecture and the greedy soup looks
+    space = {**SMALL_SPACE, "model.scratch.activation": ["relu"]}
+    summary = api.fit(wine_config(tmp_path, wine_csv, trials=4, pruner="none", space=space))
     study = study_of(summary.run_dir)
     trials = study.get_trials()
     assert [t.number for t in trials] == [0, 1, 2, 3]
@@ -54,21 +57,24 @@ def test_a_search_runs_its_trials_in_the_run_folder_study_with_trial_zero_the_re
     # the recipe's for this table
     recipe = api.prepare(load_config(wine_config(tmp_path, wine_csv, trials=4))).config
     assert trials[0].params["train.lr"] == pytest.approx(float(recipe.train.lr))
+    # a trial that draws SGD draws its rate as train.lr@sgd; either sets train.lr
+    rates = [config_values(t.params)["train.lr"] for t in trials]
     assert trials[0].user_attrs["recipe"] is True
-    assert len({t.params["train.lr"] for t in trials}) == 4  # the others are drawn
+    assert len(set(rates)) == 4  # the others are drawn
     # each trial trained in its own folder with its own resolved config, and scored itself
-    for trial in trials:
+    for trial, rate in zip(trials, rates, strict=True):
         folder = summary.run_dir / "trials" / str(trial.number)
         assert (folder / "best.safetensors").is_file()
         saved = load_config(folder / "config.yaml")
-        assert float(saved.train.lr) == pytest.approx(trial.params["train.lr"])
+        assert float(saved.train.lr) == pytest.approx(rate)
+        assert saved.train.optimizer == trial.params["train.optimizer"]
         assert trial.value == pytest.approx(trial.user_attrs["val"]["accuracy"])
     # the final model is the best on validation, and metrics.json says which
     best = max(trials, key=lambda t: (t.value, -t.number))
     metrics = json.loads((summary.run_dir / "metrics.json").read_text())
     assert metrics["search"]["best_trial"] == best.number
     assert metrics["search"]["trials_completed"] == 4
-    assert metrics["search"]["best_params"] == best.params
+    assert metrics["search"]["best_params"] == config_values(best.params)
     # the greedy soup starts from the best trial and is used only when it beats it on val
     soup = metrics["search"]["soup"]
     assert soup["ingredients"][0] == best.number

@@ -18,7 +18,7 @@ from conftest import config_dict, write_yaml
 from tunesmith.config import config_from_dict
 from tunesmith.errors import TunesmithError
 from tunesmith.search.recipe import DataProfile
-from tunesmith.search.space import SpaceContext, search_space
+from tunesmith.search.space import SpaceContext, config_values, search_space
 from tunesmith.search.study import open_study
 
 TABLE = DataProfile(modality="tabular", train_rows=400, classes=3, in_features=13)
@@ -157,7 +157,7 @@ def test_workers_started_together_draw_trials_of_their_own(tmp_path: Path,
                               storage=JournalStorage(JournalFileBackend(str(journal))))
     trained = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(trained) == 5
-    rates = [t.params["train.lr"] for t in trained]
+    rates = [config_values(t.params)["train.lr"] for t in trained]
     # Seeded alike, both drew the same first random trials: trained twice each.
     assert len(set(rates)) == 5, rates
 

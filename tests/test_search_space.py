@@ -16,6 +16,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.search.recipe import DataProfile
 from tunesmith.search.space import (
     SpaceContext,
+    config_values,
     recipe_values,
     search_space,
     suggest,
@@ -44,6 +45,11 @@ RECIPE = config(
 )
 
 
+def is_log_range(distribution: Any, low: float, high: float) -> bool:
+    return isinstance(distribution, FloatDistribution) and distribution.log and (
+        distribution.low, distribution.high) == (pytest.approx(low), pytest.approx(high))
+
+
 def context(profile: DataProfile, *, scratch: bool = False, blocks: int = 8) -> SpaceContext:
     return SpaceContext(profile=profile, recipe=RECIPE, blocks=blocks, scratch=scratch)
 
@@ -54,9 +60,12 @@ def test_a_pretrained_text_model_searches_training_strategy_and_head_but_no_augm
     assert {"train.lr", "model.strategy", "model.peft.r", "model.head.layers",
             "train.label_smoothing", "train.epochs"} <= keys
     assert not keys & {"data.augment.preset", "data.augment.mixup", "model.scratch.depth"}
-    params = {p.key: p.distribution for p in space.params}
-    # the rate is searched on a log scale around the recipe's: 1e-4 / 5 to 1e-4 * 5
+    params = {p.name: p.distribution for p in space.params}
+    # the rate is searched on a log scale around the recipe's: 1e-4 / 5 to 1e-4 * 5 for AdamW,
+    # and around SGD's own scale of it (300 times for text) where a trial draws SGD
     assert params["train.lr"] == FloatDistribution(2e-5, 5e-4, log=True)
+    assert is_log_range(params["train.lr@sgd"], 0.006, 0.15)
+    assert params["train.optimizer"] == CategoricalDistribution(["adamw", "sgd"])
     assert params["train.epochs"] == IntDistribution(2, 8)
     assert params["train.batch_size"] == CategoricalDistribution([8, 16, 32])
     assert set(params["model.strategy"].choices) == {  # type: ignore[attr-defined]
@@ -87,6 +96,53 @@ def test_conditional_parameters_are_drawn_only_where_they_apply() -> None:
          "model.head.hidden": 256, "model.head.activation": "gelu"}), space)
     assert full["train.layer_decay"] == 0.8 and full["model.head.hidden"] == 256
     assert "model.peft.r" not in full
+
+
+def test_a_trial_that_draws_sgd_draws_its_rate_from_sgd_s_range() -> None:
+    """SGD at AdamW's rate barely moves a pretrained network (MiniLM, one epoch: val 0.74 at 1e-4
+    against 0.81 at 3e-2): each optimizer's rate is its own parameter, drawn where it applies,
+    and both set train.lr."""
+    for profile, backbone, scratch, adamw, sgd in (
+            (TEXT, "hf:m", False, (2e-5, 5e-4), (6e-3, 0.15)),
+            (IMAGE, "timm:m", False, (2e-5, 5e-4), (6e-4, 0.015)),
+            (TABLE, "scratch:mlp", True, (2e-5, 5e-4), (6e-4, 0.015))):
+        space = search_space(context(profile, scratch=scratch), config(backbone))
+        assert "train.optimizer" in space.keys  # networks from scratch choose it too
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        for _ in range(40):
+            trial = study.ask()
+            drawn = suggest(trial, space)
+            low, high = sgd if drawn["train.optimizer"] == "sgd" else adamw
+            assert low * 0.999 <= drawn["train.lr"] <= high * 1.001, (profile.modality, drawn)
+            names = {"train.lr@sgd"} if drawn["train.optimizer"] == "sgd" else {"train.lr"}
+            assert names == {n for n in trial.params if n.startswith("train.lr")}
+            assert config_values(trial.params)["train.lr"] == drawn["train.lr"]
+            study.tell(trial, 0.0)
+        optimizers = [t.params["train.optimizer"] for t in study.trials]
+        assert 5 < optimizers.count("sgd") < 35
+
+
+def test_a_config_that_fixes_sgd_searches_only_sgd_s_rate_around_its_recipe() -> None:
+    """The recipe resolves SGD's rate for SGD (here 3e-2, as `recipe.resolve` gives text);
+    trial 0 is queued under the parameter's own name."""
+    recipe = RECIPE.with_values({"train.optimizer": "sgd", "train.lr": 3e-2})
+    space = search_space(SpaceContext(profile=TEXT, recipe=recipe, blocks=8, scratch=False),
+                         config(train={"optimizer": "sgd"}))
+    assert space.fixed["train.optimizer"] == "sgd"
+    rates = [p for p in space.params if p.key == "train.lr"]
+    assert [p.name for p in rates] == ["train.lr", "train.lr@sgd"]
+    assert is_log_range(rates[1].distribution, 0.006, 0.15)
+    first = recipe_values(space, recipe)
+    assert first["train.lr@sgd"] == 3e-2 and "train.lr" not in first
+    assert suggest(optuna.trial.FixedTrial(first), space)["train.lr"] == 3e-2
+
+
+def test_narrowing_the_rate_narrows_both_optimizers_rates() -> None:
+    space = search_space(context(TEXT), config(search={"space": {"train.lr": {"low": 1e-5,
+                                                                             "high": 1e-3}}}))
+    rates = {p.name: p.distribution for p in space.params if p.key == "train.lr"}
+    assert rates == {name: FloatDistribution(1e-5, 1e-3, log=True)
+                     for name in ("train.lr", "train.lr@sgd")}
 
 
 def test_conditions_read_the_values_the_user_fixed() -> None:

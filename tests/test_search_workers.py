@@ -67,14 +67,24 @@ def test_a_worker_with_other_settings_is_refused_naming_them(tmp_path: Path,
                                                              wine_csv: Path) -> None:
     journal = f"journal:{tmp_path / 'shared.log'}"
     api.fit(wine(tmp_path, wine_csv, trials=2, storage=journal))
-    # the same space, but an optimizer and schedule the space does not search
+    # the same space, but a momentum and schedule the space does not search
     other = wine(tmp_path, wine_csv, name="other", trials=3, storage=journal, study="wine",
-                 train={"optimizer": "sgd", "schedule": "constant"})
+                 train={"momentum": 0.5, "schedule": "constant"})
     with pytest.raises(TunesmithError, match="another config") as caught:
         api.search_worker(other)
     problem = caught.value.problem
-    assert "train.optimizer: 'auto' in the study, 'sgd' here" in problem
+    assert "train.momentum: 0.9 in the study, 0.5 here" in problem
     assert "train.schedule: 'auto' in the study, 'constant' here" in problem
+    # an optimizer the study searches, fixed here: named as the parameters that differ
+    fixed = wine(tmp_path, wine_csv, name="fixed", trials=3, storage=journal, study="wine",
+                 train={"optimizer": "sgd"})
+    with pytest.raises(TunesmithError, match="another config") as caught:
+        api.search_worker(fixed)
+    problem = caught.value.problem
+    assert "fixed train.optimizer: (unset) in the study, sgd here" in problem
+    assert "space train.optimizer: CategoricalDistribution(choices=('adamw', 'sgd')) in the " \
+        "study, (unset) here" in problem
+    assert "space train.lr@sgd" not in problem  # searched alike in both
     assert caught.value.field == "search.study"
     # a worker that differs only in what suits its machine joins
     same = wine(tmp_path, wine_csv, name="same", trials=3, storage=journal, study="wine",

@@ -49,6 +49,7 @@ from tunesmith.models.inputs import eval_batches
 from tunesmith.models.weights import load_weights
 from tunesmith.search import is_scratch, strategy_plan, takes_adapters, train_settings
 from tunesmith.search.run import STOPPED_ATTR, WALL_ATTR, trial_values, was_dropped
+from tunesmith.search.space import config_values
 from tunesmith.search.study import keeps_its_own_study, snapshot
 from tunesmith.train import TrialResult
 from tunesmith.train.heap import frozen_heap
@@ -103,7 +104,7 @@ def search_stage(given: Config, recipe: Prepared, *, resume: bool, started: floa
     record = {**study_record(study, given), "best_trial": best.number,
               "profile": asdict(recipe.profile),
               "backbone_probes": study.user_attrs.get("backbone_probes", {}),
-              "best_params": dict(best.params), "spent_s": round(budget.spent(), 1),
+              "best_params": config_values(best.params), "spent_s": round(budget.spent(), 1),
               "folds": len(folds) or 1}
     if elsewhere:
         record["trials_elsewhere"] = elsewhere
@@ -804,7 +805,7 @@ def _signature(given: Config, space: Any, recipe: Prepared, *, folds: int) -> di
         "folds": folds,
         "splits": {name: part["ids_sha256"]
                    for name, part in recipe.data.splits["parts"].items()},
-        "space": {param.key: repr(param.distribution) for param in space.params},
+        "space": {param.name: repr(param.distribution) for param in space.params},
         "fixed": {key: str(value) for key, value in space.fixed.items()},
         "settings": {key: repr(value) for key, value in settings.items()
                      if key not in searched and key not in WORKER_OWN_SETTINGS},
@@ -829,7 +830,7 @@ def trained_trial(given: Config, recipe: Prepared, trial: Any, folds: list[Any])
     from tunesmith.train.checkpoint import BEST
 
     trial_dir = recipe.config.run_dir / "trials" / str(trial.number)
-    values = trial_values(trial, dict(trial.params))
+    values = trial_values(trial, config_values(trial.params))
     candidate = prepare(given.with_values(values), data=recipe.data)
     if candidate.config.model.peft is not None:
         raise TunesmithError(

@@ -106,7 +106,31 @@ def probe_epochs(profile: DataProfile, batch_size: int) -> int:
     return min(100, max(10, math.ceil(1_500 / _steps_per_epoch(profile, batch_size))))
 
 
+# SGD steps by the gradient itself where Adam divides it by its running size, so the same model
+# needs a far larger rate. One epoch of MiniLM on Rotten Tomatoes (the sentiment example; val
+# accuracy): SGD 0.74 at AdamW's 1e-4, 0.77 at 1e-2, 0.81 at 3e-2 (AdamW 0.81), 0.77 at 0.1.
+# EfficientNet-Lite0 on the digits, four epochs: SGD 0.52 at AdamW's 1e-3, 0.90 at 3e-2, 0.28 at
+# 0.1 (AdamW 0.98). The small tables' MLPs score alike with SGD from 1e-3 to 0.3 (wine's
+# validation loss falls from 0.12 at 1e-3 to 0.002 at 3e-2).
+SGD_RATE_SCALE: dict[Modality, float] = {"text": 300.0, "image": 30.0, "tabular": 30.0}
+
+
+def optimizer_rate(rate: float, optimizer: str, modality: Modality) -> float:
+    """A rate given for AdamW, for `optimizer`."""
+    return rate * SGD_RATE_SCALE[modality] if optimizer == "sgd" else rate
+
+
+def recipe_optimizer(config: Config) -> str:
+    return "adamw" if config.train.optimizer == "auto" else str(config.train.optimizer)
+
+
 def _learning_rate(config: Config, profile: DataProfile, strategy: Strategy) -> float:
+    """The body's rate for the config's optimizer."""
+    return optimizer_rate(_adamw_rate(config, profile, strategy), recipe_optimizer(config),
+                          profile.modality)
+
+
+def _adamw_rate(config: Config, profile: DataProfile, strategy: Strategy) -> float:
     if is_scratch(config):
         return 2e-3 if profile.modality == "image" else 1e-3
     text = profile.modality == "text"
@@ -126,12 +150,14 @@ def _train_defaults(config: Config, profile: DataProfile, strategy: Strategy) ->
     if isinstance(config.train.batch_size, int):
         batch_size = config.train.batch_size
     smoothing = 0.1 if profile.modality == "image" and profile.kind == "classification" else 0.0
+    optimizer = recipe_optimizer(config)
+    new_head_lr = optimizer_rate(1e-3, optimizer, profile.modality)
     return {
-        "optimizer": "adamw",
+        "optimizer": optimizer,
         "lr": _learning_rate(config, profile, strategy),
         # A network from scratch is one network: its last layer trains at the rate of the rest
         # (the user's or a trial's train.lr when given).
-        "head_lr": 1e-3 if not scratch else (
+        "head_lr": new_head_lr if not scratch else (
             config.train.lr if isinstance(config.train.lr, float)
             else _learning_rate(config, profile, strategy)),
         "weight_decay": 0.01 if not scratch else 1e-4,
@@ -144,7 +170,7 @@ def _train_defaults(config: Config, profile: DataProfile, strategy: Strategy) ->
         "label_smoothing": smoothing,
         "class_weights": "none",
         "probe_epochs": probe_epochs(profile, 64),
-        "probe_lr": 1e-3,
+        "probe_lr": new_head_lr,
         "patience": SCRATCH_PATIENCE if scratch else None,
     }
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import optuna
@@ -29,7 +29,7 @@ from optuna.distributions import (
 from tunesmith.config import Config, Range
 from tunesmith.data.sources import Modality
 from tunesmith.errors import TunesmithError
-from tunesmith.search.recipe import DataProfile
+from tunesmith.search.recipe import DataProfile, optimizer_rate
 
 Values = dict[str, Any]
 Condition = Callable[[Values], bool]
@@ -53,9 +53,22 @@ class Param:
     condition: Condition | None = None
     # What the parameter may take at all, for a user's narrowing: (low, high) or choices.
     allowed: tuple[float, float] | tuple[Any, ...] = ()
+    # Where two parameters set one key under different conditions (the learning rate of AdamW
+    # and of SGD), each is its own Optuna parameter, `key@variant`: one distribution per name.
+    variant: str = ""
+
+    @property
+    def name(self) -> str:
+        """The Optuna parameter's name."""
+        return f"{self.key}@{self.variant}" if self.variant else self.key
 
     def applies(self, values: Values) -> bool:
         return self.condition is None or self.condition(values)
+
+
+def config_values(params: dict[str, Any]) -> Values:
+    """A trial's Optuna parameters as config values: `train.lr@sgd` sets `train.lr`."""
+    return {name.split("@", 1)[0]: value for name, value in params.items()}
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,14 @@ def _log_range(center: float, factor: float, low: float, high: float) -> FloatDi
     return FloatDistribution(max(low, center / factor), min(high, center * factor), log=True)
 
 
+def _sgd(values: Values) -> bool:
+    return str(values.get("train.optimizer", "adamw")) == "sgd"
+
+
+def _adaptive(values: Values) -> bool:  # AdamW or Adam
+    return not _sgd(values)
+
+
 def _adapter(values: Values) -> bool:
     return str(values.get("model.strategy", "")) in ("lora", "dora", "loha")
 
@@ -99,11 +120,17 @@ def candidate_params(context: SpaceContext) -> list[Param]:
     profile, recipe = context.profile, context.recipe
     train = recipe.train
     image = profile.modality == "image"
-    lr = float(train.lr)
+    # The recipe's rate as AdamW's (it is SGD's where the config fixes SGD): each optimizer's
+    # range is centred on its own scale of it.
+    lr = float(train.lr) / optimizer_rate(1.0, str(train.optimizer), profile.modality)
     epochs = int(train.epochs)
     batch = int(train.batch_size)
     params = [
-        Param("train.lr", _log_range(lr, 5.0, 1e-6, 1.0), allowed=(1e-7, 1.0)),
+        Param("train.optimizer", CategoricalDistribution(["adamw", "sgd"]),
+              allowed=("adamw", "adam", "sgd")),
+        Param("train.lr", _log_range(lr, 5.0, 1e-6, 1.0), _adaptive, allowed=(1e-7, 1.0)),
+        Param("train.lr", _log_range(optimizer_rate(lr, "sgd", profile.modality), 5.0, 1e-6, 1.0),
+              _sgd, allowed=(1e-7, 1.0), variant="sgd"),
         Param("train.weight_decay", FloatDistribution(0.0, 0.1), allowed=(0.0, 1.0)),
         Param("train.epochs", IntDistribution(max(1, epochs // 2), max(2, 2 * epochs)),
               allowed=(1, 1000)),
@@ -135,8 +162,6 @@ def candidate_params(context: SpaceContext) -> list[Param]:
         Param("model.strategy", CategoricalDistribution(strategies),
               allowed=("full", "lp-ft", "linear-probe", "gradual-unfreeze", *adapters,
                        *(f"freeze:{k}" for k in range(context.blocks + 1)))),
-        Param("train.optimizer", CategoricalDistribution(["adamw", "sgd"]),
-              allowed=("adamw", "adam", "sgd")),
         Param("train.layer_decay", FloatDistribution(0.6, 1.0), _fine_tunes_blocks,
               allowed=(0.1, 1.0)),
         Param("model.peft.r", CategoricalDistribution([4, 8, 16, 32]), _adapter,
@@ -208,11 +233,10 @@ def _narrowed(param: Param, given: list[Any] | Range, source: str) -> Param:
             if not (float(given.low).is_integer() and float(given.high).is_integer()):
                 raise refuse(f"{param.key} takes whole numbers, not {given.low}..{given.high}",
                              "give whole numbers for low and high")
-            return Param(param.key, IntDistribution(int(given.low), int(given.high)),
-                         param.condition, allowed)
+            return replace(param, distribution=IntDistribution(int(given.low), int(given.high)))
         log = isinstance(param.distribution, FloatDistribution) and param.distribution.log
-        return Param(param.key, FloatDistribution(given.low, given.high, log=log and given.low > 0),
-                     param.condition, allowed)
+        return replace(param, distribution=FloatDistribution(given.low, given.high,
+                                                             log=log and given.low > 0))
     if not given:
         raise refuse(f"no choices given for {param.key}", "list at least one value")
     if numeric:  # YAML reads 1e-3 (no dot) as text, as pydantic reads it for train.lr
@@ -227,7 +251,7 @@ def _narrowed(param: Param, given: list[Any] | Range, source: str) -> Param:
             raise refuse(f"{choice!r} is not a value {param.key} allows ({shown}{whole})",
                          "choose values it allows")
     choices = [int(choice) for choice in given] if integer and numeric else list(given)
-    return Param(param.key, CategoricalDistribution(choices), param.condition, allowed)
+    return replace(param, distribution=CategoricalDistribution(choices))
 
 
 def _number_or_text(choice: Any) -> Any:
@@ -241,18 +265,20 @@ def search_space(context: SpaceContext, config: Config) -> Space:
     """The parameters a search draws: the candidates, less what the user fixed, narrowed by
     `search.space`."""
     source = config.source
-    candidates = {param.key: param for param in candidate_params(context)}
+    candidates = candidate_params(context)
+    keys = list(dict.fromkeys(param.key for param in candidates))
     overrides = dict(config.search.space)
     for key in overrides:
-        if key not in candidates and key not in EXTRA_KEYS:
+        if key not in keys and key not in EXTRA_KEYS:
             raise TunesmithError(
                 f"{key} is not searched for this data and backbone",
                 file=source, field=f"search.space.{key}",
-                fix=f"use one of {', '.join([*candidates, *EXTRA_KEYS])}",
+                fix=f"use one of {', '.join([*keys, *EXTRA_KEYS])}",
             )
     params: list[Param] = []
     fixed: Values = {}
-    for key, param in candidates.items():
+    for param in candidates:  # a narrowed key narrows each of its parameters (both rates)
+        key = param.key
         value = _given(config, key)
         if value is not None:
             if key in overrides:
@@ -358,7 +384,7 @@ def suggest(trial: optuna.Trial | optuna.trial.FixedTrial, space: Space) -> Valu
     for param in space.params:
         if not param.applies({**space.fixed, **values}):
             continue
-        values[param.key] = _draw(trial, param.key, param.distribution)
+        values[param.key] = _draw(trial, param.name, param.distribution)
     return values
 
 
@@ -373,16 +399,19 @@ def _draw(trial: Any, name: str, distribution: BaseDistribution) -> Any:
 
 def recipe_values(space: Space, recipe: Config) -> Values:
     """The recipe's own values of the searched parameters, for trial 0, each brought inside its
-    distribution (a user's narrowed range may exclude the recipe's value)."""
+    distribution (a user's narrowed range may exclude the recipe's value); by Optuna parameter
+    name, as a trial is queued."""
+    drawn: Values = {}  # by config key, as the conditions read them
     values: Values = {}
     for param in space.params:
-        if not param.applies({**space.fixed, **values}):
+        if not param.applies({**space.fixed, **drawn}):
             continue
         if param.key == "model.backbone":
-            values[param.key] = param.distribution.choices[0]  # type: ignore[attr-defined]
-            continue
-        value = _get(recipe, param.key) if _settable(recipe, param.key) else None
-        values[param.key] = _inside(value, param.distribution)
+            value = param.distribution.choices[0]  # type: ignore[attr-defined]
+        else:
+            value = _get(recipe, param.key) if _settable(recipe, param.key) else None
+            value = _inside(value, param.distribution)
+        drawn[param.key] = values[param.name] = value
     return values
 
 

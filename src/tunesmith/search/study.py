@@ -225,13 +225,15 @@ def open_study(
 
 
 def _differences(known: dict[str, Any], here: dict[str, Any]) -> list[str]:
-    """What differs between the study's signature and this config's, a line per setting. A part
-    the study lacks was not recorded by the tunesmith that made it, and is not compared."""
+    """What differs between the study's signature and this config's, a line per setting (per
+    searched parameter of the space, per fixed value). A part the study lacks was not recorded
+    by the tunesmith that made it, and is not compared."""
     found = []
     for key in sorted(known):
         ours, theirs = here.get(key), known[key]
-        if key == "settings" and isinstance(ours, dict) and isinstance(theirs, dict):
-            found += [f"{name}: {theirs.get(name, '(unset)')} in the study, "
+        if isinstance(ours, dict) and isinstance(theirs, dict):
+            part = "" if key == "settings" else f"{key} "
+            found += [f"{part}{name}: {theirs.get(name, '(unset)')} in the study, "
                       f"{ours.get(name, '(unset)')} here"
                       for name in sorted(set(theirs) | set(ours))
                       if theirs.get(name) != ours.get(name)]
