@@ -46,8 +46,10 @@ def study_of(run_dir: Path, name: str = "wine") -> optuna.Study:
 def test_a_search_runs_its_trials_in_the_run_folder_study_with_trial_zero_the_recipe(
     tmp_path: Path, wine_csv: Path
 ) -> None:
-    # one activation, so that trials share the best's architecture and the greedy soup looks
-    space = {**SMALL_SPACE, "model.scratch.activation": ["relu"]}
+    # one activation, so that trials share the best's architecture and the greedy soup looks;
+    # the optimizer searched too (a network from scratch searches it where listed)
+    space = {**SMALL_SPACE, "model.scratch.activation": ["relu"],
+             "train.optimizer": ["adamw", "sgd"]}
     summary = api.fit(wine_config(tmp_path, wine_csv, trials=4, pruner="none", space=space))
     study = study_of(summary.run_dir)
     trials = study.get_trials()

@@ -102,12 +102,15 @@ def test_a_trial_that_draws_sgd_draws_its_rate_from_sgd_s_range() -> None:
     """SGD at AdamW's rate barely moves a pretrained network (MiniLM, one epoch: val 0.74 at 1e-4
     against 0.81 at 3e-2): each optimizer's rate is its own parameter, drawn where it applies,
     and both set train.lr."""
+    listed = {"search": {"space": {"train.optimizer": ["adamw", "sgd"]}}}
     for profile, backbone, scratch, adamw, sgd in (
             (TEXT, "hf:m", False, (2e-5, 5e-4), (6e-3, 0.15)),
             (IMAGE, "timm:m", False, (2e-5, 5e-4), (6e-4, 0.015)),
             (TABLE, "scratch:mlp", True, (2e-5, 5e-4), (6e-4, 0.015))):
-        space = search_space(context(profile, scratch=scratch), config(backbone))
-        assert "train.optimizer" in space.keys  # networks from scratch choose it too
+        # a network from scratch searches the optimizer where search.space lists it
+        space = search_space(context(profile, scratch=scratch),
+                             config(backbone, **(listed if scratch else {})))
+        assert "train.optimizer" in space.keys
         study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
         for _ in range(40):
             trial = study.ask()
@@ -120,6 +123,17 @@ def test_a_trial_that_draws_sgd_draws_its_rate_from_sgd_s_range() -> None:
             study.tell(trial, 0.0)
         optimizers = [t.params["train.optimizer"] for t in study.trials]
         assert 5 < optimizers.count("sgd") < 35
+
+
+def test_a_network_from_scratch_searches_the_optimizer_only_where_listed() -> None:
+    space = search_space(context(TABLE, scratch=True), config("scratch:mlp"))
+    assert "train.optimizer" not in space.keys and "train.optimizer" not in space.fixed
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(10):
+        trial = study.ask()
+        drawn = suggest(trial, space)
+        assert "train.lr" in trial.params and "train.lr@sgd" not in trial.params
+        assert "train.optimizer" not in drawn  # the recipe's AdamW
 
 
 def test_a_config_that_fixes_sgd_searches_only_sgd_s_rate_around_its_recipe() -> None:

@@ -75,16 +75,16 @@ def test_a_worker_with_other_settings_is_refused_naming_them(tmp_path: Path,
     problem = caught.value.problem
     assert "train.momentum: 0.9 in the study, 0.5 here" in problem
     assert "train.schedule: 'auto' in the study, 'constant' here" in problem
-    # an optimizer the study searches, fixed here: named as the parameters that differ
+    # a searched parameter fixed here: named as the parameter that differs
     fixed = wine(tmp_path, wine_csv, name="fixed", trials=3, storage=journal, study="wine",
-                 train={"optimizer": "sgd"})
+                 train={"warmup": 0.1})
     with pytest.raises(TunesmithError, match="another config") as caught:
         api.search_worker(fixed)
     problem = caught.value.problem
-    assert "fixed train.optimizer: (unset) in the study, sgd here" in problem
-    assert "space train.optimizer: CategoricalDistribution(choices=('adamw', 'sgd')) in the " \
-        "study, (unset) here" in problem
-    assert "space train.lr@sgd" not in problem  # searched alike in both
+    assert "fixed train.warmup: (unset) in the study, 0.1 here" in problem
+    assert "space train.warmup: FloatDistribution(high=0.2, log=False, low=0.0, step=None) in " \
+        "the study, (unset) here" in problem
+    assert "space train.lr" not in problem  # searched alike in both
     assert caught.value.field == "search.study"
     # a worker that differs only in what suits its machine joins
     same = wine(tmp_path, wine_csv, name="same", trials=3, storage=journal, study="wine",

@@ -56,6 +56,9 @@ class Param:
     # Where two parameters set one key under different conditions (the learning rate of AdamW
     # and of SGD), each is its own Optuna parameter, `key@variant`: one distribution per name.
     variant: str = ""
+    # Searched only where `search.space` lists it: a choice that rarely matters for this network
+    # and would cost the sampler draws.
+    opt_in: bool = False
 
     @property
     def name(self) -> str:
@@ -126,8 +129,11 @@ def candidate_params(context: SpaceContext) -> list[Param]:
     epochs = int(train.epochs)
     batch = int(train.batch_size)
     params = [
+        # A small network from scratch scores alike with either (the tables' MLPs, SGD from 1e-3
+        # to 0.3 against AdamW): searching it there delayed both tables' searches, from reaching
+        # random search's best at 18 s and 15 s to 46 s and 66 s, with the same test accuracy.
         Param("train.optimizer", CategoricalDistribution(["adamw", "sgd"]),
-              allowed=("adamw", "adam", "sgd")),
+              allowed=("adamw", "adam", "sgd"), opt_in=context.scratch),
         Param("train.lr", _log_range(lr, 5.0, 1e-6, 1.0), _adaptive, allowed=(1e-7, 1.0)),
         Param("train.lr", _log_range(optimizer_rate(lr, "sgd", profile.modality), 5.0, 1e-6, 1.0),
               _sgd, allowed=(1e-7, 1.0), variant="sgd"),
@@ -288,6 +294,8 @@ def search_space(context: SpaceContext, config: Config) -> Space:
                     fix=f"remove {key} from the config or from search.space",
                 )
             fixed[key] = value
+            continue
+        if param.opt_in and key not in overrides:
             continue
         params.append(_narrowed(param, overrides[key], source) if key in overrides else param)
     backbones = overrides.get("model.backbone")
