@@ -115,9 +115,9 @@ def probe_epochs(profile: DataProfile, batch_size: int) -> int:
 SGD_RATE_SCALE: dict[Modality, float] = {"text": 300.0, "image": 30.0, "tabular": 30.0}
 
 
-def optimizer_rate(rate: float, optimizer: str, modality: Modality) -> float:
-    """A rate given for AdamW, for `optimizer`."""
-    return rate * SGD_RATE_SCALE[modality] if optimizer == "sgd" else rate
+def rate_scale(optimizer: str, modality: Modality) -> float:
+    """What `optimizer`'s learning rates are, times AdamW's."""
+    return SGD_RATE_SCALE[modality] if optimizer == "sgd" else 1.0
 
 
 def recipe_optimizer(config: Config) -> str:
@@ -126,8 +126,8 @@ def recipe_optimizer(config: Config) -> str:
 
 def _learning_rate(config: Config, profile: DataProfile, strategy: Strategy) -> float:
     """The body's rate for the config's optimizer."""
-    return optimizer_rate(_adamw_rate(config, profile, strategy), recipe_optimizer(config),
-                          profile.modality)
+    return _adamw_rate(config, profile, strategy) * rate_scale(recipe_optimizer(config),
+                                                               profile.modality)
 
 
 def _adamw_rate(config: Config, profile: DataProfile, strategy: Strategy) -> float:
@@ -151,15 +151,15 @@ def _train_defaults(config: Config, profile: DataProfile, strategy: Strategy) ->
         batch_size = config.train.batch_size
     smoothing = 0.1 if profile.modality == "image" and profile.kind == "classification" else 0.0
     optimizer = recipe_optimizer(config)
-    new_head_lr = optimizer_rate(1e-3, optimizer, profile.modality)
+    lr = _learning_rate(config, profile, strategy)
+    new_head_lr = 1e-3 * rate_scale(optimizer, profile.modality)
     return {
         "optimizer": optimizer,
-        "lr": _learning_rate(config, profile, strategy),
+        "lr": lr,
         # A network from scratch is one network: its last layer trains at the rate of the rest
         # (the user's or a trial's train.lr when given).
         "head_lr": new_head_lr if not scratch else (
-            config.train.lr if isinstance(config.train.lr, float)
-            else _learning_rate(config, profile, strategy)),
+            config.train.lr if isinstance(config.train.lr, float) else lr),
         "weight_decay": 0.01 if not scratch else 1e-4,
         "layer_decay": 1.0,
         "batch_size": batch_size,

@@ -29,7 +29,7 @@ from optuna.distributions import (
 from tunesmith.config import Config, Range
 from tunesmith.data.sources import Modality
 from tunesmith.errors import TunesmithError
-from tunesmith.search.recipe import DataProfile, optimizer_rate
+from tunesmith.search.recipe import DataProfile, rate_scale
 
 Values = dict[str, Any]
 Condition = Callable[[Values], bool]
@@ -125,7 +125,7 @@ def candidate_params(context: SpaceContext) -> list[Param]:
     image = profile.modality == "image"
     # The recipe's rate as AdamW's (it is SGD's where the config fixes SGD): each optimizer's
     # range is centred on its own scale of it.
-    lr = float(train.lr) / optimizer_rate(1.0, str(train.optimizer), profile.modality)
+    lr = float(train.lr) / rate_scale(str(train.optimizer), profile.modality)
     epochs = int(train.epochs)
     batch = int(train.batch_size)
     params = [
@@ -135,7 +135,7 @@ def candidate_params(context: SpaceContext) -> list[Param]:
         Param("train.optimizer", CategoricalDistribution(["adamw", "sgd"]),
               allowed=("adamw", "adam", "sgd"), opt_in=context.scratch),
         Param("train.lr", _log_range(lr, 5.0, 1e-6, 1.0), _adaptive, allowed=(1e-7, 1.0)),
-        Param("train.lr", _log_range(optimizer_rate(lr, "sgd", profile.modality), 5.0, 1e-6, 1.0),
+        Param("train.lr", _log_range(lr * rate_scale("sgd", profile.modality), 5.0, 1e-6, 1.0),
               _sgd, allowed=(1e-7, 1.0), variant="sgd"),
         Param("train.weight_decay", FloatDistribution(0.0, 0.1), allowed=(0.0, 1.0)),
         Param("train.epochs", IntDistribution(max(1, epochs // 2), max(2, 2 * epochs)),
